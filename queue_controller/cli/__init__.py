@@ -1,0 +1,38 @@
+"""The `ckq` command line. Each command group lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from queue_controller import __version__
+
+app = typer.Typer(
+    name="ckq",
+    help="Checkpoint-aware batch queue controller for Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the ckq version."""
+    typer.echo(__version__)
+
+
+def _register() -> None:
+    # Imported here so `ckq version` stays fast and one broken group cannot hide the others' help.
+    from queue_controller.cli import criu, crds, demo, dev
+
+    app.add_typer(dev.app, name="dev")
+    app.add_typer(criu.app, name="criu")
+    app.command(name="crds")(crds.crds)
+    app.command(name="demo")(demo.demo)
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,6 @@
+"""`ckq demo`: placeholder."""
+
+
+def demo() -> None:
+    """Show the product working."""
+    raise NotImplementedError

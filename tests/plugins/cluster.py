@@ -1,0 +1,1 @@
+"""Cluster fixtures (issue 3)."""

@@ -1,0 +1,1 @@
+"""CRIU fixtures (issue 5)."""
