@@ -1,0 +1,115 @@
+"""Policy profiles: the knobs that make the engine behave like FIFO, Kueue, EASY backfill or IASS.
+
+A profile is plain data (validated YAML under `policies/`); a ClusterQueue's own fields refine it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from queue_controller.engine.snapshot import ReclaimWithinCohort, WithinClusterQueue
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '1h30m', '2h' -> seconds. Raises ValueError naming the accepted forms."""
+    m = _DURATION.match(text.strip())
+    if not text.strip() or m is None or not any(m.groups()):
+        raise ValueError(f"{text!r} is not a duration: use forms like '45s', '30m', '1h30m'")
+    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+    seconds = h * 3600 + mi * 60 + s
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+def young_interval(checkpoint_cost_s: float, mtbf_s: float) -> float:
+    """Young's first-order optimum checkpoint interval, sqrt(2*C*MTBF)."""
+    return math.sqrt(2.0 * max(checkpoint_cost_s, 0.0) * mtbf_s)
+
+
+class PreemptionMode(StrEnum):
+    NEVER = "Never"  # nothing is ever preempted
+    KILL = "Kill"  # victims are killed and requeued; progress since their last checkpoint is lost
+    CHECKPOINT = "Checkpoint"  # checkpointable victims are checkpointed; the others are killed
+
+
+class OnCheckpointFailure(StrEnum):
+    KILL = "Kill"  # kill the victim and requeue it from its previous checkpoint
+    KEEP_RUNNING = "KeepRunning"  # leave it running; the engine picks another victim next cycle
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+
+class PreemptionSettings(_Model):
+    mode: PreemptionMode = PreemptionMode.NEVER
+    within_cluster_queue: WithinClusterQueue = WithinClusterQueue.NEVER
+    reclaim_within_cohort: ReclaimWithinCohort = ReclaimWithinCohort.NEVER
+    # A job that has run less than this is not a victim (Slurm's PreemptExemptTime).
+    min_runtime_seconds: Annotated[float, Field(ge=0)] = 0.0
+    on_checkpoint_failure: OnCheckpointFailure = OnCheckpointFailure.KILL
+
+
+class BackfillSettings(_Model):
+    enabled: bool = False
+    # How many blocked jobs get a reserved start (1 = EASY; larger approaches conservative backfill).
+    reservation_depth: Annotated[int, Field(ge=1, le=1000)] = 1
+    # IASS: a checkpointable job may backfill past a reservation, because it is vacated by checkpoint when
+    # the reservation comes due.
+    checkpoint_aware: bool = False
+    # Used for jobs without spec.runtimeEstimateSeconds; None means "unknown" (such a job can only
+    # backfill where it cannot delay a reservation, or checkpoint-aware).
+    default_runtime_estimate_seconds: Annotated[float | None, Field(gt=0)] = None
+
+
+class CheckpointSettings(_Model):
+    periodic: bool = False
+    # Default for jobs that set no interval: "auto" (Young's interval) or a duration such as "30m".
+    default_interval: str = "auto"
+    node_mtbf_seconds: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
+    # Bounds on the auto interval, so a tiny measured cost does not checkpoint every few seconds.
+    min_interval_seconds: Annotated[float, Field(gt=0)] = 300.0
+    max_interval_seconds: Annotated[float, Field(gt=0)] = 24 * 3600.0
+
+    @field_validator("default_interval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        if v != "auto":
+            parse_duration(v)
+        return v
+
+
+class Policy(_Model):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    description: str = ""
+    preemption: PreemptionSettings = PreemptionSettings()
+    backfill: BackfillSettings = BackfillSettings()
+    checkpoints: CheckpointSettings = CheckpointSettings()
+    # Treat every ClusterQueue as StrictFIFO (the head blocks the queue): plain FCFS.
+    strict_fifo: bool = False
+    # Order queues by their dominant resource share (lowest first) before priority, as Kueue's fair sharing.
+    fair_sharing: bool = False
+    # Blocked jobs per ClusterQueue per cycle that may search for preemption victims; the rest wait for
+    # the next cycle. Bounds a cycle's cost the way Kueue only considers queue heads.
+    preemption_attempts_per_queue: Annotated[int, Field(ge=1, le=1000)] = 4
+
+    def interval_for(self, explicit_s: float | None, auto: bool, checkpoint_cost_s: float) -> float | None:
+        """The periodic checkpoint interval for one job, or None when it takes none."""
+        if not self.checkpoints.periodic:
+            return None
+        if explicit_s is not None and not auto:
+            return explicit_s
+        if not auto and self.checkpoints.default_interval != "auto":
+            return parse_duration(self.checkpoints.default_interval)
+        c = self.checkpoints
+        return min(max(young_interval(checkpoint_cost_s, c.node_mtbf_seconds), c.min_interval_seconds),
+                   c.max_interval_seconds)
