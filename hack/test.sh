@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run every test tier (unit, integration, criu, e2e) the way CI does.
+# It first provisions, idempotently and from caches outside the repo, what the tiers need:
+# the Python environment, CRIU >= 4 (ckq criu install) and the Kubernetes binaries (ckq dev build).
+# Extra arguments go to pytest, e.g. `hack/test.sh -m unit` or `hack/test.sh tests/unit -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+echo "== lint and types"
+ruff check .
+mypy
+
+echo "== provisioning CRIU and the Kubernetes binaries (cached)"
+ckq criu install
+ckq dev build
+
+echo "== tests"
+exec python -m pytest "$@"
