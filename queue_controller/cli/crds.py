@@ -1,6 +1,55 @@
-"""`ckq crds`: write CRD YAML generated from the API models. Placeholder until the models land."""
+"""`ckq crds`: write crds/*.yaml generated from the pydantic API models (or check they are current)."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import typer
 
 
-def crds() -> None:
+def crds(
+    out: Path = typer.Option(Path("crds"), "--out", help="Directory to write the CRD files into."),
+    check: bool = typer.Option(
+        False, "--check", help="Write nothing; exit 1 with a diff summary if files differ from the models."
+    ),
+) -> None:
     """Write crds/*.yaml from the pydantic API models."""
-    raise NotImplementedError
+    from queue_controller.api.crdgen import render_all
+
+    wanted = render_all()
+    if check:
+        problems = _differences(out, wanted)
+        for line in problems:
+            typer.echo(line, err=True)
+        if problems:
+            typer.echo(f"{out}/ is out of date; run `ckq crds --out {out}`.", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{out}/ is up to date ({len(wanted)} CRDs).")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in wanted.items():
+        (out / name).write_text(text)
+        typer.echo(str(out / name))
+
+
+def _differences(out: Path, wanted: dict[str, str]) -> list[str]:
+    """One summary line per differing file (changed lines counted), missing file or stray CRD file."""
+    problems: list[str] = []
+    for name, text in wanted.items():
+        path = out / name
+        if not path.exists():
+            problems.append(f"missing: {path}")
+            continue
+        have = path.read_text()
+        if have != text:
+            diff = list(difflib.unified_diff(have.splitlines(), text.splitlines(), lineterm="", n=0))
+            added = sum(1 for d in diff if d.startswith("+") and not d.startswith("+++"))
+            removed = sum(1 for d in diff if d.startswith("-") and not d.startswith("---"))
+            first = next((d for d in diff if d.startswith("@@")), "")
+            problems.append(f"differs: {path} (+{added} -{removed} lines; first change {first})")
+    if out.is_dir():
+        for path in sorted(out.glob("ckq.io_*.yaml")):
+            if path.name not in wanted:
+                problems.append(f"stale: {path} (no model generates it)")
+    return problems
