@@ -119,7 +119,7 @@ class CheckpointPolicy(ApiModel):
         ),
     ] = None
     """Periodic checkpoint interval: a duration ("30m", "1h30m") or "auto" (the controller picks
-    one from checkpoint cost and failure rate). Unset: checkpoint only when preempted or suspended."""
+    one from checkpoint cost and failure rate). Unset: the policy profile decides (`iass`: "auto"; the others take none)."""
     retain: Annotated[int, Field(ge=1, le=100)] = 3
     """How many completed checkpoints to keep; older ones are pruned."""
     timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 600
@@ -240,6 +240,11 @@ class Admission(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     """Flavor and nodes per pod set."""
+    backfill: bool = False
+    """Admitted ahead of a reservation (checkpoint-aware backfill): it is vacated by checkpoint when the
+    reservation comes due, by any job ahead of it in queue order."""
+    time: Time | None = None
+    """When the quota was reserved."""
 
 
 class LastCheckpoint(ApiModel):
@@ -277,9 +282,23 @@ class CheckpointableJobStatus(ApiModel):
     run_time_seconds: Annotated[float, Field(ge=0)] = 0.0
     """Run time accumulated over all runs (work not lost to failures)."""
     queue_position: Annotated[int | None, Field(ge=0)] = None
-    """Position in its ClusterQueue while pending (0 = head)."""
+    """Position in its ClusterQueue while pending (1 = head)."""
+    pending_reason: Annotated[str | None, Field(max_length=64)] = None
+    """Why it is not running, e.g. `InsufficientQuota`, `WaitingForPreemption`, `ReservedStart`."""
     message: Annotated[str | None, Field(max_length=32768)] = None
     """Human-readable state, e.g. why it is pending."""
+    attempt: Annotated[int, Field(ge=0)] = 0
+    """Admissions so far; the pods of each run carry it in their names, so runs never collide."""
+    run_start_time: Time | None = None
+    """When the current run's pods were all running (unset while not running)."""
+    queued_time: Time | None = None
+    """When the job last entered the queue (creation, preemption, failure); time to admission counts from it."""
+    completion_time: Time | None = None
+    """When the job finished."""
+    lost_run_time_seconds: Annotated[float, Field(ge=0)] = 0.0
+    """Run time thrown away by kills and failures (progress after the newest checkpoint)."""
+    checkpoint_failures: Annotated[int, Field(ge=0)] = 0
+    """Checkpoints that failed or timed out."""
 
 
 class CheckpointableJob(KubeObject):

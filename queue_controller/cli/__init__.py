@@ -23,13 +23,14 @@ def version() -> None:
 
 def _register() -> None:
     # Imported here so `ckq version` stays fast and one broken group cannot hide the others' help.
-    from queue_controller.cli import criu, crds, demo, dev, simulate
+    from queue_controller.cli import controller, criu, crds, demo, dev, simulate
 
     app.add_typer(dev.app, name="dev")
     app.add_typer(criu.app, name="criu")
     app.command(name="crds")(crds.crds)
     app.command(name="demo")(demo.demo)
     app.command(name="simulate")(simulate.simulate)
+    app.command(name="controller")(controller.controller)
 
 
 _register()

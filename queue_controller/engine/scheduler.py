@@ -105,6 +105,7 @@ class _Cycle:
         self._by_group: dict[str, list[_Running]] = {}
         self._vacating: list[_Running] = []
         self._borrowing: dict[str, bool] = {}
+        self.preempting = policy.preemption.mode is not PreemptionMode.NEVER
         self._shapes: dict[str, tuple[object, ...]] = {}
 
         for job in sorted(snapshot.jobs, key=order_key):
@@ -528,7 +529,9 @@ class _Cycle:
                            "fits now, but would delay a reserved job")
                 continue
             reason = fit
-            if reason in (PendingReason.QUOTA, PendingReason.CAPACITY) and self._try_preempt(job, cq):
+            if (reason in (PendingReason.QUOTA, PendingReason.CAPACITY) and self.preempting
+                    and state.preemption_attempts < self.policy.preemption_attempts_per_queue
+                    and self._try_preempt(job, cq)):
                 self._wait(job, positions, PendingReason.WAITING_FOR_PREEMPTION,
                            "room is being made by preemption")
                 continue

@@ -1,0 +1,73 @@
+"""The Simulated backend, for kwok nodes that run no processes.
+
+It models a checkpoint's size from the pods' requested memory and its duration from a write
+bandwidth, and records one artifact per container with a deterministic digest. Being a pure function of
+the Checkpoint's start time, it continues correctly across controller restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from queue_controller.checkpoint.base import (
+    ArtifactInfo,
+    CheckpointRequest,
+    CheckpointResult,
+    PodRef,
+    RestoreInfo,
+)
+
+RESTORE_ANNOTATION = "ckq.io/restore-from"
+
+
+class SimulatedBackend:
+    name = "Simulated"
+
+    def __init__(self, bandwidth_bytes_per_s: float = 2 * 2**30, fixed_overhead_s: float = 1.0,
+                 fail_jobs: frozenset[str] = frozenset()) -> None:
+        self.bandwidth = bandwidth_bytes_per_s
+        self.overhead = fixed_overhead_s
+        # Jobs ("namespace/name") whose checkpoints fail: lets tests and demos exercise failure paths.
+        self.fail_jobs = fail_jobs
+
+    def _duration(self, pods: Sequence[PodRef]) -> float:
+        # Pods dump in parallel, each to its own node's storage: the largest one sets the pace.
+        largest = max((p.memory_bytes for p in pods), default=0)
+        return self.overhead + largest / self.bandwidth
+
+    def estimate(self, pods: Sequence[PodRef]) -> tuple[float, float]:
+        d = self._duration(pods)
+        return d, d
+
+    async def begin(self, request: CheckpointRequest) -> None:
+        return None  # nothing to start: progress() is a function of the start time
+
+    async def progress(self, request: CheckpointRequest, now: float) -> CheckpointResult | None:
+        duration = self._duration(request.pods)
+        if f"{request.namespace}/{request.job}" in self.fail_jobs:
+            if now - request.started_at >= min(duration, request.timeout_s):
+                return CheckpointResult(False, now - request.started_at, message="simulated dump failure")
+            return None
+        if duration > request.timeout_s and now - request.started_at >= request.timeout_s:
+            return CheckpointResult(False, request.timeout_s,
+                                    message=f"timed out after {request.timeout_s:.0f}s (needs {duration:.0f}s)")
+        if now - request.started_at < duration:
+            return None
+        artifacts = []
+        for pod in request.pods:
+            share = pod.memory_bytes // max(len(pod.containers), 1)
+            for container in pod.containers:
+                uri = f"sim://{request.namespace}/{request.checkpoint}/{pod.pod_set}-{pod.index}/{container}"
+                digest = hashlib.sha256(uri.encode()).hexdigest()
+                artifacts.append(ArtifactInfo(pod.pod_set, pod.index, container, pod.node, uri, digest, share))
+        size = sum(a.size_bytes for a in artifacts)
+        return CheckpointResult(True, duration, size, tuple(artifacts))
+
+    async def cancel(self, request: CheckpointRequest) -> None:
+        return None
+
+    def restore_info(self, namespace: str, job: str, checkpoint: str, pod_set: str, index: int) -> RestoreInfo:
+        return RestoreInfo({RESTORE_ANNOTATION: checkpoint},
+                           {"CKQ_RESTORE_ID": checkpoint, "CKQ_RESTORE_URI": f"sim://{namespace}/{checkpoint}/"
+                            f"{pod_set}-{index}"})

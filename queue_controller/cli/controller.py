@@ -1,0 +1,40 @@
+"""`ckq controller`: run the queue controller against the current kubeconfig."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from queue_controller.policies import PolicyError, load_policy
+
+
+def controller(
+    policy: str = typer.Option("iass", help="Policy profile: fifo, kueue, easy, iass, or a path to a YAML file."),
+    kubeconfig: str | None = typer.Option(None, envvar="KUBECONFIG", help="Kubeconfig file (default: in-cluster "
+                                          "service account, then ~/.kube/config)."),
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Only these namespaces (repeatable); "
+                                        "default: cluster-wide."),
+    metrics_port: int = typer.Option(9090, min=0, max=65535, help="Prometheus metrics port (0: off)."),
+    liveness_port: int = typer.Option(8080, min=0, max=65535, help="Liveness endpoint /healthz port (0: off)."),
+    peering: str | None = typer.Option(None, help="kopf peering name: only one replica of a peering is active. "
+                                       "Default: standalone."),
+    checkpoint_bandwidth_mib: float = typer.Option(2048.0, min=1.0, help="Simulated backend: write bandwidth "
+                                                   "per pod (MiB/s) that models checkpoint duration."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run the controller: queue, admit, preempt by checkpoint, backfill, checkpoint periodically, resume."""
+    try:
+        pol = load_policy(policy)
+    except PolicyError as e:
+        raise typer.BadParameter(str(e), param_hint="--policy") from None
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from queue_controller.operator.main import run
+
+    try:
+        run(pol, kubeconfig=kubeconfig, namespaces=list(namespace) or None, metrics_port=metrics_port or None,
+            liveness_port=liveness_port or None, peering=peering,
+            checkpoint_bandwidth=checkpoint_bandwidth_mib * 2**20)
+    except FileNotFoundError as e:
+        raise typer.BadParameter(f"kubeconfig not found: {e.filename}", param_hint="--kubeconfig") from None

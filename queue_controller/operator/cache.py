@@ -1,0 +1,368 @@
+"""The controller's in-memory picture of the cluster, fed by watch events and by the controller's own
+writes. It keeps slim records (never whole bodies with managedFields) and builds engine snapshots."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from queue_controller.api.job import CheckpointableJobSpec
+from queue_controller.api.quantity import QuantityError, resources_to_milli
+from queue_controller.api.queues import ClusterQueueSpec
+
+log = logging.getLogger(__name__)
+
+# Labels on the pods the controller creates.
+JOB_LABEL = "ckq.io/job-name"
+POD_SET_LABEL = "ckq.io/pod-set"
+POD_INDEX_LABEL = "ckq.io/pod-index"
+ATTEMPT_LABEL = "ckq.io/attempt"
+MANAGED_LABEL = "ckq.io/managed"
+# On a CheckpointableJob: the run time it needs, for kwok nodes that run nothing.
+SIMULATED_RUNTIME_ANNOTATION = "ckq.io/simulated-runtime-seconds"
+# On a Checkpoint: the job's accumulated run time at the moment it was taken.
+CHECKPOINT_RUNTIME_ANNOTATION = "ckq.io/run-time-seconds"
+
+ACTIVE_PHASES = ("Admitted", "Running", "Checkpointing", "Restoring")
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+def parse_time(value: Any) -> float | None:
+    if not value:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def format_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class JobRecord:
+    namespace: str
+    name: str
+    uid: str
+    created: float
+    spec: CheckpointableJobSpec | None  # None: the spec does not parse (reported in status)
+    spec_error: str
+    status: dict[str, Any]
+    annotations: dict[str, str]
+    generation: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase") or "Pending")
+
+
+@dataclass(slots=True)
+class PodRecord:
+    namespace: str
+    name: str
+    uid: str
+    node: str | None
+    phase: str
+    requests: dict[str, int]
+    job: str | None  # "namespace/name" of the owning CheckpointableJob, for managed pods
+    pod_set: str = ""
+    index: int = 0
+    attempt: int = 0
+    terminating: bool = False
+    containers: tuple[str, ...] = ()
+    start_time: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    name: str
+    allocatable: dict[str, int]
+    labels: dict[str, str]
+    taints: list[dict[str, Any]]
+    ready: bool
+    unschedulable: bool
+
+
+@dataclass(slots=True)
+class CheckpointRecord:
+    namespace: str
+    name: str
+    uid: str
+    job: str  # job name in the same namespace
+    reason: str
+    leave_running: bool
+    created: float
+    status: dict[str, Any]
+    annotations: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def job_key(self) -> str:
+        return f"{self.namespace}/{self.job}"
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase") or "Pending")
+
+
+@dataclass(slots=True)
+class QueueRecord:
+    name: str
+    spec: ClusterQueueSpec | None
+    spec_error: str
+    fields_set: frozenset[str] = frozenset()
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class LocalQueueRecord:
+    namespace: str
+    name: str
+    cluster_queue: str
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(slots=True)
+class FlavorRecord:
+    name: str
+    node_labels: dict[str, str]
+    node_taints: list[dict[str, Any]]
+    tolerations: list[dict[str, Any]]
+
+
+def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    return body.get("metadata") or {}
+
+
+def _rv(body: Mapping[str, Any]) -> int:
+    try:
+        return int(_meta(body).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def _requests(spec: Mapping[str, Any]) -> dict[str, int]:
+    from queue_controller.api.podtemplate import PodTemplateSpec
+
+    return PodTemplateSpec.model_validate({"spec": spec}).pod_requests_milli()
+
+
+class Cache:
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobRecord] = {}
+        self.pods: dict[str, PodRecord] = {}
+        self.pods_by_job: dict[str, set[str]] = {}
+        self.nodes: dict[str, NodeRecord] = {}
+        self.checkpoints: dict[str, CheckpointRecord] = {}
+        self.cluster_queues: dict[str, QueueRecord] = {}
+        self.local_queues: dict[str, LocalQueueRecord] = {}
+        self.flavors: dict[str, FlavorRecord] = {}
+        self.priority_classes: dict[str, int] = {}
+        self.generation = 0  # bumped on every change: the loop skips work when nothing moved
+        # Newest resourceVersion seen per object. The controller feeds its own write responses in as
+        # they return, so a late watch event carrying an older state must not roll the cache back
+        # (that is how a controller admits a job twice).
+        self._versions: dict[tuple[str, str], int] = {}
+
+    def fresh(self, kind: str, body: Mapping[str, Any]) -> bool:
+        """Record the body's resourceVersion; False when an equal or newer one was already seen."""
+        meta = _meta(body)
+        key = (kind, f"{meta.get('namespace', '')}/{meta.get('name', '')}")
+        rv = _rv(body)
+        if rv and self._versions.get(key, 0) >= rv:
+            return False
+        if rv:
+            self._versions[key] = rv
+        return True
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        self._versions.pop((kind, f"{namespace}/{name}"), None)
+
+    def _changed(self) -> None:
+        self.generation += 1
+
+    # ---- jobs -------------------------------------------------------------------------------------
+
+    def upsert_job(self, body: Mapping[str, Any]) -> JobRecord:
+        meta = _meta(body)
+        spec: CheckpointableJobSpec | None = None
+        error = ""
+        try:
+            spec = CheckpointableJobSpec.model_validate(body.get("spec") or {})
+        except (ValidationError, QuantityError) as e:
+            error = str(e).splitlines()[0] if str(e) else "invalid spec"
+        rec = JobRecord(
+            namespace=meta.get("namespace", ""), name=meta["name"], uid=meta.get("uid", ""),
+            created=parse_time(meta.get("creationTimestamp")) or 0.0, spec=spec, spec_error=error,
+            status=dict(body.get("status") or {}), annotations=dict(meta.get("annotations") or {}),
+            generation=int(meta.get("generation") or 0),
+        )
+        self.jobs[rec.key] = rec
+        self._changed()
+        return rec
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        if self.jobs.pop(f"{namespace}/{name}", None) is not None:
+            self._changed()
+
+    def set_job_status(self, key: str, status: Mapping[str, Any]) -> None:
+        rec = self.jobs.get(key)
+        if rec is not None:
+            rec.status = dict(status)
+            self._changed()
+
+    # ---- pods -------------------------------------------------------------------------------------
+
+    def upsert_pod(self, body: Mapping[str, Any]) -> None:
+        meta = _meta(body)
+        labels = meta.get("labels") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        ns = meta.get("namespace", "")
+        job = labels.get(JOB_LABEL)
+        try:
+            requests = _requests(spec)
+        except (ValidationError, QuantityError):
+            requests = {}
+        rec = PodRecord(
+            namespace=ns, name=meta["name"], uid=meta.get("uid", ""), node=spec.get("nodeName"),
+            phase=status.get("phase") or "Pending", requests=requests,
+            job=f"{ns}/{job}" if job and labels.get(MANAGED_LABEL) == "true" else None,
+            pod_set=labels.get(POD_SET_LABEL, ""), index=int(labels.get(POD_INDEX_LABEL, "0") or 0),
+            attempt=int(labels.get(ATTEMPT_LABEL, "0") or 0),
+            terminating=bool(meta.get("deletionTimestamp")),
+            containers=tuple(c.get("name", "") for c in spec.get("containers") or ()),
+            start_time=parse_time(status.get("startTime")),
+        )
+        old = self.pods.get(rec.key)
+        if old is not None and old.job and old.job != rec.job:
+            self.pods_by_job.get(old.job, set()).discard(rec.key)
+        self.pods[rec.key] = rec
+        if rec.job:
+            self.pods_by_job.setdefault(rec.job, set()).add(rec.key)
+        self._changed()
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        rec = self.pods.pop(f"{namespace}/{name}", None)
+        if rec is not None:
+            if rec.job:
+                self.pods_by_job.get(rec.job, set()).discard(rec.key)
+            self._changed()
+
+    def job_pods(self, key: str) -> list[PodRecord]:
+        return sorted((self.pods[k] for k in self.pods_by_job.get(key, ()) if k in self.pods),
+                      key=lambda p: (p.attempt, p.pod_set, p.index))
+
+    # ---- nodes ------------------------------------------------------------------------------------
+
+    def upsert_node(self, body: Mapping[str, Any]) -> None:
+        meta = _meta(body)
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+        try:
+            alloc = resources_to_milli(status.get("allocatable") or {})
+        except QuantityError:
+            alloc = {}
+        self.nodes[meta["name"]] = NodeRecord(meta["name"], alloc, dict(meta.get("labels") or {}),
+                                              list(spec.get("taints") or ()), ready,
+                                              bool(spec.get("unschedulable")))
+        self._changed()
+
+    def delete_node(self, name: str) -> None:
+        if self.nodes.pop(name, None) is not None:
+            self._changed()
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def upsert_checkpoint(self, body: Mapping[str, Any]) -> CheckpointRecord:
+        meta = _meta(body)
+        spec = body.get("spec") or {}
+        rec = CheckpointRecord(
+            namespace=meta.get("namespace", ""), name=meta["name"], uid=meta.get("uid", ""),
+            job=spec.get("jobName", ""), reason=spec.get("reason", "User"),
+            leave_running=bool(spec.get("leaveRunning")),
+            created=parse_time(meta.get("creationTimestamp")) or 0.0, status=dict(body.get("status") or {}),
+            annotations=dict(meta.get("annotations") or {}),
+        )
+        self.checkpoints[rec.key] = rec
+        self._changed()
+        return rec
+
+    def delete_checkpoint(self, namespace: str, name: str) -> None:
+        if self.checkpoints.pop(f"{namespace}/{name}", None) is not None:
+            self._changed()
+
+    def job_checkpoints(self, job_key: str) -> list[CheckpointRecord]:
+        return sorted((c for c in self.checkpoints.values() if c.job_key == job_key),
+                      key=lambda c: (c.created, c.name))
+
+    # ---- queues, flavors, priority classes --------------------------------------------------------
+
+    def upsert_cluster_queue(self, body: Mapping[str, Any]) -> None:
+        meta = _meta(body)
+        raw = body.get("spec") or {}
+        try:
+            spec = ClusterQueueSpec.model_validate(raw)
+            rec = QueueRecord(meta["name"], spec, "", frozenset(raw), dict(body.get("status") or {}))
+        except (ValidationError, QuantityError) as e:
+            rec = QueueRecord(meta["name"], None, str(e).splitlines()[0], frozenset(raw),
+                              dict(body.get("status") or {}))
+        self.cluster_queues[rec.name] = rec
+        self._changed()
+
+    def delete_cluster_queue(self, name: str) -> None:
+        if self.cluster_queues.pop(name, None) is not None:
+            self._changed()
+
+    def upsert_local_queue(self, body: Mapping[str, Any]) -> None:
+        meta = _meta(body)
+        spec = body.get("spec") or {}
+        rec = LocalQueueRecord(meta.get("namespace", ""), meta["name"], spec.get("clusterQueue", ""),
+                               dict(body.get("status") or {}))
+        self.local_queues[rec.key] = rec
+        self._changed()
+
+    def delete_local_queue(self, namespace: str, name: str) -> None:
+        if self.local_queues.pop(f"{namespace}/{name}", None) is not None:
+            self._changed()
+
+    def upsert_flavor(self, body: Mapping[str, Any]) -> None:
+        meta = _meta(body)
+        spec = body.get("spec") or {}
+        self.flavors[meta["name"]] = FlavorRecord(meta["name"], dict(spec.get("nodeLabels") or {}),
+                                                  list(spec.get("nodeTaints") or ()),
+                                                  list(spec.get("tolerations") or ()))
+        self._changed()
+
+    def delete_flavor(self, name: str) -> None:
+        if self.flavors.pop(name, None) is not None:
+            self._changed()
+
+    def upsert_priority_class(self, body: Mapping[str, Any]) -> None:
+        self.priority_classes[_meta(body)["name"]] = int(body.get("value") or 0)
+        self._changed()
+
+    def delete_priority_class(self, name: str) -> None:
+        if self.priority_classes.pop(name, None) is not None:
+            self._changed()

@@ -1,0 +1,646 @@
+"""The scheduling loop and its actuators.
+
+One loop: reconcile what is in flight (checkpoints, pods), take a snapshot of the cache, call
+`engine.decide()`, and carry out the decisions. Handlers never decide; they only feed the cache and
+kick the loop. Every step is idempotent and every durable fact lives in Kubernetes objects (job and
+checkpoint status, annotations, deterministic pod and checkpoint names), so a restarted controller
+rebuilds its cache and carries on without creating anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from queue_controller.api.common import API_VERSION
+from queue_controller.checkpoint.base import CheckpointBackend, CheckpointRequest, CheckpointResult, PodRef
+from queue_controller.engine import (
+    Admit,
+    Checkpoint,
+    Decisions,
+    JobState,
+    Policy,
+    Preempt,
+    PreemptMode,
+    Resume,
+    Snapshot,
+    decide,
+)
+from queue_controller.engine.policy import OnCheckpointFailure
+from queue_controller.operator import metrics
+from queue_controller.operator.cache import (
+    ACTIVE_PHASES,
+    CHECKPOINT_RUNTIME_ANNOTATION,
+    SIMULATED_RUNTIME_ANNOTATION,
+    Cache,
+    CheckpointRecord,
+    JobRecord,
+    format_time,
+    parse_time,
+)
+from queue_controller.operator.kube import ApiError, Kube
+from queue_controller.operator.pods import build_pod
+from queue_controller.operator.snapshot import Unqueued, build, latest_completed_checkpoint
+
+log = logging.getLogger("ckq.controller")
+
+JOBS = "checkpointablejobs"
+CHECKPOINTS = "checkpoints"
+# Node labels a restored process depends on: the same GPU product and CPU architecture.
+RESTORE_LABELS = ("nvidia.com/gpu.product", "kubernetes.io/arch", "nvidia.com/cuda.driver.major")
+POSITION_REFRESH_S = 10.0  # queue positions are rewritten at most this often per job
+
+
+@dataclass(slots=True)
+class _Published:
+    reason: str
+    message: str
+    position: int | None
+    at: float
+
+
+class Controller:
+    def __init__(self, cache: Cache, kube: Kube, policy: Policy, backends: Mapping[str, CheckpointBackend],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cache = cache
+        self.kube = kube
+        self.policy = policy
+        self.backends = dict(backends)
+        self.clock = clock
+        self.kicked = asyncio.Event()
+        self.next_wakeup: float | None = None
+        self._published: dict[str, _Published] = {}
+        self._queue_status: dict[str, Any] = {}
+        # Called after every cycle; set by main to plan the APScheduler wake-up at `next_wakeup`. Without
+        # it (tests driving cycles by hand) the loop falls back to a timeout of its own.
+        self.on_cycle: Callable[[], None] | None = None
+        self.cycles = 0
+        self.last_cycle_at = 0.0
+        self.admissions = 0
+
+    # ---- plumbing ---------------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        self.kicked.set()
+
+    def backend_for(self, job: JobRecord) -> CheckpointBackend:
+        mode = job.spec.checkpoint.mode if job.spec is not None else "Simulated"
+        return self.backends.get(mode) or self.backends["Simulated"]
+
+    def _pod_refs(self, job: JobRecord) -> list[PodRef]:
+        assert job.spec is not None
+        sets = {ps.name: ps for ps in job.spec.pod_sets}
+        refs = []
+        assignments = (job.status.get("admission") or {}).get("podSetAssignments") or []
+        for a in assignments:
+            ps = sets.get(a["name"])
+            if ps is None:
+                continue
+            req = ps.template.pod_requests_milli()
+            containers = tuple(c.name for c in ps.template.spec.containers)
+            for i, node in enumerate(a.get("nodes") or ()):
+                refs.append(PodRef(f"{job.name}-{i}", ps.name, i, node, containers,
+                                   req.get("memory", 0) // 1000, req.get("nvidia.com/gpu", 0) // 1000))
+        return refs
+
+    def estimate(self, job: JobRecord) -> tuple[float, float]:
+        if job.spec is None:
+            return 0.0, 0.0
+        refs = self._pod_refs(job)
+        if not refs:
+            refs = [PodRef("", ps.name, 0, "", (), ps.template.pod_requests_milli().get("memory", 0) // 1000)
+                    for ps in job.spec.pod_sets]
+        return self.backend_for(job).estimate(refs)
+
+    async def run(self, debounce_s: float = 0.05) -> None:
+        """Run cycles whenever something changed, or when a due date comes. Never returns."""
+        while True:
+            timeout = None
+            if self.next_wakeup is not None and self.on_cycle is None:
+                timeout = max(self.next_wakeup - self.clock(), 0.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.kicked.wait(), timeout)
+            await asyncio.sleep(debounce_s)  # let a burst of events land in the cache first
+            self.kicked.clear()
+            try:
+                await self.cycle()
+            except Exception:  # one bad cycle must not stop the loop; the next one retries
+                log.exception("scheduling cycle failed; retrying")
+                await asyncio.sleep(1.0)
+                self.kick()
+
+    async def event(self, job: JobRecord, reason: str, message: str, warning: bool = False) -> None:
+        now = format_time(self.clock())
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{job.name}.", "namespace": job.namespace},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": "CheckpointableJob", "name": job.name,
+                               "namespace": job.namespace, "uid": job.uid},
+            "reason": reason, "message": message[:1000], "type": "Warning" if warning else "Normal",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "source": {"component": "ckq-controller"}, "reportingComponent": "ckq-controller",
+        }
+        try:
+            await self.kube.create(f"/api/v1/namespaces/{job.namespace}/events", body)
+        except ApiError as e:  # events are best effort
+            log.debug("event not recorded: %s", e)
+
+    async def patch_job(self, job: JobRecord, status: Mapping[str, Any],
+                        conditions: Mapping[str, tuple[str, str, str]] | None = None) -> JobRecord | None:
+        """Merge `status` into the job's status (None deletes a field) and set conditions
+        {type: (status, reason, message)}; feed the result back into the cache."""
+        patch = dict(status)
+        if conditions:
+            patch["conditions"] = self._conditions(job.status.get("conditions") or [], conditions)
+        try:
+            body = await self.kube.patch_status(JOBS, job.namespace, job.name, patch)
+        except ApiError as e:
+            if e.status == 404:
+                self.cache.delete_job(job.namespace, job.name)
+                return None
+            raise
+        if self.cache.fresh("job", body):
+            return self.cache.upsert_job(body)
+        return self.cache.jobs.get(job.key)
+
+    def _conditions(self, current: list[dict[str, Any]], changes: Mapping[str, tuple[str, str, str]]
+                    ) -> list[dict[str, Any]]:
+        now = format_time(self.clock())
+        out = [dict(c) for c in current]
+        for type_, (status, reason, message) in changes.items():
+            existing = next((c for c in out if c.get("type") == type_), None)
+            if existing is None:
+                out.append({"type": type_, "status": status, "reason": reason, "message": message[:1000],
+                            "lastTransitionTime": now})
+            else:
+                if existing.get("status") != status:
+                    existing["lastTransitionTime"] = now
+                existing.update(status=status, reason=reason, message=message[:1000])
+        return out
+
+    # ---- the cycle --------------------------------------------------------------------------------
+
+    async def cycle(self) -> Decisions:
+        started = time.perf_counter()
+        now = self.clock()
+        await self._reconcile_checkpoints(now)
+        await self._reconcile_jobs(now)
+        snap, unqueued = build(self.cache, self.estimate)
+        decisions = decide(snap, now, self.policy)
+        for action in decisions.actions:
+            job = self.cache.jobs.get(action.job if not isinstance(action, Preempt) else action.victim)
+            if job is None:
+                continue
+            if isinstance(action, Admit | Resume):
+                await self._admit(job, action, now)
+            elif isinstance(action, Preempt):
+                await self._preempt(job, action, now)
+            elif isinstance(action, Checkpoint):
+                await self._checkpoint(job, "Periodic", True, now)
+        await self._publish_waiting(decisions, unqueued, now)
+        await self._publish_queues(snap, now)
+        self._plan_wakeup(decisions, now)
+        self.cycles += 1
+        self.last_cycle_at = now
+        if self.on_cycle is not None:
+            self.on_cycle()
+        metrics.CYCLE_SECONDS.observe(time.perf_counter() - started)
+        return decisions
+
+    def _plan_wakeup(self, decisions: Decisions, now: float) -> None:
+        wake = decisions.next_wakeup
+        inflight = [c for c in self.cache.checkpoints.values() if c.phase in ("Pending", "Running")]
+        if inflight:
+            # Backends are polled: soon, but not in a busy loop.
+            wake = min(wake or now + 1.0, now + 1.0)
+        self.next_wakeup = wake
+
+    # ---- admission --------------------------------------------------------------------------------
+
+    async def _admit(self, job: JobRecord, action: Admit | Resume, now: float) -> None:
+        attempt = int(job.status.get("attempt") or 0) + 1
+        resume = isinstance(action, Resume)
+        admission = {
+            "clusterQueue": action.cluster_queue,
+            "podSetAssignments": [{"name": p.name, "flavor": p.flavor, "nodes": list(p.nodes), "count": len(p.nodes)}
+                                  for p in action.placement],
+            "backfill": action.backfill,
+            "time": format_time(now),
+        }
+        verb = "Resumed" if resume else "Admitted"
+        msg = f"{verb} to ClusterQueue {action.cluster_queue}" + (f" from checkpoint {action.checkpoint}"
+                                                                  if resume else "")
+        if action.backfill:
+            msg += " (backfill: vacated by checkpoint when a reservation comes due)"
+        queued_since = parse_time(job.status.get("queuedTime")) or job.created
+        updated = await self.patch_job(job, {
+            "phase": "Restoring" if resume else "Admitted", "admission": admission, "attempt": attempt,
+            "runStartTime": None, "queuePosition": None, "pendingReason": None, "message": msg,
+        }, {"QuotaReserved": ("True", "QuotaReserved", msg), "Admitted": ("True", verb, msg),
+            "Preempted": ("False", verb, ""), "Suspended": ("False", verb, "")})
+        if updated is None:
+            return
+        self.admissions += 1
+        metrics.TIME_TO_ADMISSION.labels(action.cluster_queue).observe(max(now - queued_since, 0.0))
+        self._published.pop(job.key, None)
+        await self._create_pods(updated, action.checkpoint if resume else None)
+        await self.event(updated, verb, msg)
+
+    def _remaining(self, job: JobRecord) -> float | None:
+        needed = job.annotations.get(SIMULATED_RUNTIME_ANNOTATION)
+        if needed is None:
+            return None
+        try:
+            total = float(needed)
+        except ValueError:
+            return None
+        return max(total - float(job.status.get("runTimeSeconds") or 0.0), 1.0)
+
+    async def _create_pods(self, job: JobRecord, checkpoint: str | None) -> None:
+        attempt = int(job.status.get("attempt") or 0)
+        existing = {p.name for p in self.cache.job_pods(job.key)}
+        backend = self.backend_for(job)
+        remaining = self._remaining(job)
+        adm = job.status.get("admission") or {}
+        tasks = []
+        for a in adm.get("podSetAssignments") or ():
+            flavor = self.cache.flavors.get(a.get("flavor") or "")
+            for i, node in enumerate(a.get("nodes") or ()):
+                restore = None
+                if checkpoint:
+                    restore = backend.restore_info(job.namespace, job.name, checkpoint, a["name"], i)
+                pod = build_pod(job, a["name"], i, attempt, node, flavor, restore, remaining)
+                if pod["metadata"]["name"] not in existing:
+                    tasks.append(self.kube.create(f"/api/v1/namespaces/{job.namespace}/pods", pod))
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, ApiError):
+                await self.event(job, "PodCreationFailed", result.message, warning=True)
+            elif isinstance(result, BaseException):
+                raise result
+            elif result is not None and self.cache.fresh("pod", result):
+                self.cache.upsert_pod(result)
+
+    async def _delete_pods(self, job: JobRecord, grace: int | None = 0) -> None:
+        paths = [f"/api/v1/namespaces/{p.namespace}/pods/{p.name}" for p in self.cache.job_pods(job.key)
+                 if not p.terminating]
+        await asyncio.gather(*(self.kube.delete(path, grace) for path in paths))
+
+    # ---- preemption and checkpoints ---------------------------------------------------------------
+
+    async def _preempt(self, job: JobRecord, action: Preempt, now: float) -> None:
+        metrics.PREEMPTIONS.labels(str(action.mode), str(action.reason)).inc()
+        preemptions = int(job.status.get("preemptions") or 0) + 1
+        msg = f"preempted for {action.beneficiary} ({action.reason})"
+        if action.mode is PreemptMode.CHECKPOINT:
+            ckpt = await self._checkpoint(job, "Preemption", False, now)
+            if ckpt is None:
+                return
+            await self.patch_job(job, {"phase": "Checkpointing", "preemptions": preemptions,
+                                       "message": f"{msg}: checkpointing to {ckpt}"},
+                                 {"Preempted": ("True", str(action.reason), msg),
+                                  "Checkpointing": ("True", "Preemption", f"checkpoint {ckpt}")})
+            await self.event(job, "Preempted", f"{msg}; checkpointing to {ckpt}")
+            return
+        await self._requeue(job, now, f"{msg}: killed", cause="preemption", counters={"preemptions": preemptions},
+                            conditions={"Preempted": ("True", str(action.reason), msg)})
+        await self.event(job, "Preempted", f"{msg}; killed and requeued", warning=True)
+
+    def _run_time_now(self, job: JobRecord, now: float) -> float:
+        start = parse_time(job.status.get("runStartTime"))
+        ran = max(now - start, 0.0) if start is not None and job.phase in ("Running", "Checkpointing") else 0.0
+        return float(job.status.get("runTimeSeconds") or 0.0) + ran
+
+    async def _requeue(self, job: JobRecord, now: float, message: str, cause: str,
+                       counters: Mapping[str, int] | None = None,
+                       conditions: Mapping[str, tuple[str, str, str]] | None = None, phase: str = "Pending") -> None:
+        """Stop the job's pods and put it back in the queue at its place, keeping only the progress its
+        newest checkpoint saved."""
+        latest = latest_completed_checkpoint(self.cache, job.key)
+        kept = latest[2] if latest else 0.0
+        progressed = self._run_time_now(job, now)
+        lost = max(progressed - kept, 0.0)
+        if lost:
+            metrics.LOST_RUNTIME.labels(cause).inc(lost)
+        await self._delete_pods(job)
+        status: dict[str, Any] = {
+            "phase": phase, "admission": None, "runStartTime": None, "runTimeSeconds": kept,
+            "lostRunTimeSeconds": float(job.status.get("lostRunTimeSeconds") or 0.0) + lost,
+            "queuedTime": format_time(now), "message": message + (f"; lost {lost:.0f}s of progress" if lost else ""),
+        }
+        status.update(counters or {})
+        conds = {"QuotaReserved": ("False", "Requeued", message), "Admitted": ("False", "Requeued", message),
+                 "Running": ("False", "Requeued", message), "Checkpointing": ("False", "Requeued", "")}
+        conds.update(conditions or {})
+        await self.patch_job(job, status, conds)
+
+    async def _checkpoint(self, job: JobRecord, reason: str, leave_running: bool, now: float) -> str | None:
+        """Create a Checkpoint object for the job (deterministic name: creating it twice is harmless)."""
+        n = len(self.cache.job_checkpoints(job.key)) + int(job.status.get("checkpointFailures") or 0) + 1
+        attempt = int(job.status.get("attempt") or 0)
+        name = f"{job.name}-{attempt}-{reason.lower()}-{n}"
+        body = {
+            "apiVersion": API_VERSION, "kind": "Checkpoint",
+            "metadata": {
+                "name": name, "namespace": job.namespace,
+                "labels": {"ckq.io/job-name": job.name},
+                "annotations": {CHECKPOINT_RUNTIME_ANNOTATION: f"{self._run_time_now(job, now):.3f}"},
+                "ownerReferences": [{"apiVersion": API_VERSION, "kind": "CheckpointableJob", "name": job.name,
+                                     "uid": job.uid, "controller": True, "blockOwnerDeletion": True}],
+            },
+            "spec": {"jobName": job.name, "reason": reason, "leaveRunning": leave_running},
+        }
+        try:
+            created = await self.kube.create(self.kube.custom_path(CHECKPOINTS, job.namespace), body)
+        except ApiError as e:
+            await self.event(job, "CheckpointRefused", e.message, warning=True)
+            return None
+        if created is not None and self.cache.fresh("checkpoint", created):
+            rec = self.cache.upsert_checkpoint(created)
+            await self._begin(rec, job, now)
+        return name
+
+    def _request(self, ckpt: CheckpointRecord, job: JobRecord) -> CheckpointRequest:
+        assert job.spec is not None
+        start = parse_time(ckpt.status.get("startTime")) or self.clock()
+        return CheckpointRequest(job.namespace, job.name, ckpt.name, ckpt.reason, ckpt.leave_running,
+                                 tuple(self._pod_refs(job)), start, float(job.spec.checkpoint.timeout_seconds))
+
+    async def _patch_checkpoint(self, ckpt: CheckpointRecord, status: Mapping[str, Any]) -> CheckpointRecord:
+        body = await self.kube.patch_status(CHECKPOINTS, ckpt.namespace, ckpt.name, status)
+        if self.cache.fresh("checkpoint", body):
+            return self.cache.upsert_checkpoint(body)
+        return self.cache.checkpoints.get(ckpt.key, ckpt)
+
+    async def _begin(self, ckpt: CheckpointRecord, job: JobRecord, now: float) -> None:
+        ckpt = await self._patch_checkpoint(ckpt, {"phase": "Running", "startTime": format_time(now)})
+        await self.backend_for(job).begin(self._request(ckpt, job))
+
+    async def _reconcile_checkpoints(self, now: float) -> None:
+        for ckpt in list(self.cache.checkpoints.values()):
+            if ckpt.phase not in ("Pending", "Running"):
+                continue
+            job = self.cache.jobs.get(ckpt.job_key)
+            if job is None or job.spec is None:
+                continue
+            if job.phase not in ACTIVE_PHASES or not job.status.get("admission"):
+                await self._patch_checkpoint(ckpt, {"phase": "Failed", "completionTime": format_time(now),
+                                                    "message": f"job is {job.phase}: nothing to checkpoint"})
+                continue
+            if not ckpt.status.get("startTime"):
+                await self._begin(ckpt, job, now)
+                continue
+            request = self._request(ckpt, job)
+            result = await self.backend_for(job).progress(request, now)
+            if result is None:
+                continue
+            if result.ok:
+                await self._checkpoint_done(ckpt, job, result, now)
+            else:
+                await self._checkpoint_failed(ckpt, job, result, now)
+
+    def _restore_constraints(self, job: JobRecord) -> dict[str, str]:
+        labels: dict[str, str] = {}
+        for a in (job.status.get("admission") or {}).get("podSetAssignments") or ():
+            for node in a.get("nodes") or ():
+                rec = self.cache.nodes.get(node)
+                if rec is None:
+                    continue
+                for k in RESTORE_LABELS:
+                    if k in rec.labels:
+                        labels[k] = rec.labels[k]
+        return labels
+
+    async def _checkpoint_done(self, ckpt: CheckpointRecord, job: JobRecord, result: CheckpointResult,
+                               now: float) -> None:
+        await self._patch_checkpoint(ckpt, {
+            "phase": "Completed", "completionTime": format_time(now), "durationSeconds": round(result.duration_s, 3),
+            "sizeBytes": result.size_bytes,
+            "artifacts": [{"podSet": a.pod_set, "index": a.index, "container": a.container, "node": a.node,
+                           "uri": a.uri, "sha256": a.sha256, "sizeBytes": a.size_bytes} for a in result.artifacts],
+            "restoreConstraints": {"nodeLabels": self._restore_constraints(job)},
+            "message": result.message or "completed",
+        })
+        metrics.CHECKPOINT_DURATION.labels(ckpt.reason).observe(result.duration_s)
+        metrics.CHECKPOINT_SIZE.labels(ckpt.reason).observe(result.size_bytes)
+        last = {"name": ckpt.name, "time": format_time(now), "sizeBytes": result.size_bytes}
+        count = int(job.status.get("checkpoints") or 0) + 1
+        if ckpt.leave_running:
+            await self.patch_job(job, {"lastCheckpoint": last, "checkpoints": count},
+                                 {"Checkpointing": ("False", "Completed", f"checkpoint {ckpt.name} completed")})
+            await self.event(job, "Checkpointed", f"{ckpt.reason} checkpoint {ckpt.name} completed "
+                             f"({result.size_bytes} bytes in {result.duration_s:.1f}s)")
+        else:
+            kept = float(ckpt.annotations.get(CHECKPOINT_RUNTIME_ANNOTATION, "0") or 0)
+            await self._delete_pods(job)
+            reason = "SuspendedByUser" if ckpt.reason == "User" else "Preempted"
+            msg = f"checkpointed to {ckpt.name} and suspended; resumes from it"
+            await self.patch_job(job, {
+                "phase": "Suspended", "admission": None, "runStartTime": None, "runTimeSeconds": kept,
+                "lastCheckpoint": last, "checkpoints": count, "queuedTime": format_time(now), "message": msg,
+            }, {"Suspended": ("True", reason, msg), "Checkpointing": ("False", "Completed", msg),
+                "QuotaReserved": ("False", reason, msg), "Admitted": ("False", reason, msg),
+                "Running": ("False", reason, msg)})
+            await self.event(job, "Suspended", f"{msg} ({result.duration_s:.1f}s, {result.size_bytes} bytes)")
+        await self._prune(job)
+
+    async def _prune(self, job: JobRecord) -> None:
+        assert job.spec is not None
+        retain = job.spec.checkpoint.retain
+        done = [c for c in self.cache.job_checkpoints(job.key) if c.phase == "Completed"]
+        done.sort(key=lambda c: (parse_time(c.status.get("completionTime")) or c.created, c.name))
+        for old in done[:-retain] if len(done) > retain else []:
+            await self.kube.delete(self.kube.custom_path(CHECKPOINTS, old.namespace, old.name))
+            self.cache.delete_checkpoint(old.namespace, old.name)
+        failed = [c for c in self.cache.job_checkpoints(job.key) if c.phase == "Failed"]
+        for old in failed[:-retain] if len(failed) > retain else []:
+            await self.kube.delete(self.kube.custom_path(CHECKPOINTS, old.namespace, old.name))
+            self.cache.delete_checkpoint(old.namespace, old.name)
+
+    async def _checkpoint_failed(self, ckpt: CheckpointRecord, job: JobRecord, result: CheckpointResult,
+                                 now: float) -> None:
+        await self._patch_checkpoint(ckpt, {"phase": "Failed", "completionTime": format_time(now),
+                                            "durationSeconds": round(result.duration_s, 3),
+                                            "message": result.message or "failed"})
+        metrics.CHECKPOINT_FAILURES.labels(ckpt.reason).inc()
+        failures = int(job.status.get("checkpointFailures") or 0) + 1
+        msg = f"checkpoint {ckpt.name} failed: {result.message}"
+        await self.event(job, "CheckpointFailed", msg, warning=True)
+        if ckpt.leave_running:
+            await self.patch_job(job, {"checkpointFailures": failures},
+                                 {"Checkpointing": ("False", "Failed", msg)})
+            return
+        if self.policy.preemption.on_checkpoint_failure is OnCheckpointFailure.KEEP_RUNNING and ckpt.reason != "User":
+            await self.patch_job(job, {"phase": "Running", "checkpointFailures": failures, "message": msg},
+                                 {"Checkpointing": ("False", "Failed", msg), "Preempted": ("False", "Failed", msg)})
+            return
+        phase = "Suspended" if ckpt.reason == "User" else "Pending"
+        await self._requeue(job, now, msg + "; killed instead", cause="checkpoint-failure", phase=phase,
+                            counters={"checkpointFailures": failures})
+
+    # ---- jobs: pods, failures, completion, user suspend -------------------------------------------
+
+    async def _reconcile_jobs(self, now: float) -> None:
+        for job in list(self.cache.jobs.values()):
+            if job.spec is None:
+                continue
+            phase = job.phase
+            if phase in ("Succeeded", "Failed"):
+                continue
+            if phase not in ACTIVE_PHASES:
+                if job.spec.suspend and phase != "Suspended":
+                    await self.patch_job(job, {"phase": "Suspended", "message": "suspended by its user",
+                                               "queuePosition": None, "pendingReason": None},
+                                         {"Suspended": ("True", "SuspendedByUser", "spec.suspend is true")})
+                    self._published.pop(job.key, None)
+                continue
+            if not job.status.get("admission"):
+                continue
+            await self._reconcile_active(job, now)
+
+    async def _reconcile_active(self, job: JobRecord, now: float) -> None:
+        assert job.spec is not None
+        attempt = int(job.status.get("attempt") or 0)
+        adm = job.status["admission"]
+        expected = {(a["name"], i): node for a in adm.get("podSetAssignments") or ()
+                    for i, node in enumerate(a.get("nodes") or ())}
+        pods = {(p.pod_set, p.index): p for p in self.cache.job_pods(job.key) if p.attempt == attempt}
+        phase = job.phase
+        # Node failure: a node the job runs on is gone or NotReady.
+        lost_nodes = sorted({n for n in expected.values()
+                             if n not in self.cache.nodes or not self.cache.nodes[n].ready})
+        failed = [p for p in pods.values() if p.phase == "Failed"]
+        if phase != "Checkpointing" and (lost_nodes or failed):
+            why = (f"node {', '.join(lost_nodes)} is NotReady or gone" if lost_nodes
+                   else f"pod {failed[0].name} failed")
+            await self._fail_run(job, now, why)
+            return
+        if phase == "Checkpointing":
+            return
+        if job.spec.suspend:
+            if job.spec.checkpoint.mode != "None":
+                name = await self._checkpoint(job, "User", False, now)
+                if name is not None:
+                    await self.patch_job(job, {"phase": "Checkpointing", "message": f"suspending: checkpoint {name}"},
+                                         {"Checkpointing": ("True", "User", f"checkpoint {name}")})
+            else:
+                await self._requeue(job, now, "suspended by its user (not checkpointable: stopped)", cause="suspend",
+                                    phase="Suspended",
+                                    conditions={"Suspended": ("True", "SuspendedByUser", "spec.suspend is true")})
+            return
+        missing = [k for k in expected if k not in pods]
+        if missing and phase in ("Admitted", "Restoring"):
+            # Pods not created yet (or a restart between the status write and the pods): create them.
+            ckpt = (job.status.get("lastCheckpoint") or {}).get("name") if phase == "Restoring" else None
+            await self._create_pods(job, ckpt)
+            return
+        if pods and len(pods) == len(expected):
+            if all(p.phase == "Succeeded" for p in pods.values()):
+                start = parse_time(job.status.get("runStartTime")) or now
+                total = float(job.status.get("runTimeSeconds") or 0.0) + max(now - start, 0.0)
+                msg = "all pods succeeded"
+                await self.patch_job(job, {"phase": "Succeeded", "runTimeSeconds": round(total, 3),
+                                           "runStartTime": None, "message": msg, "completionTime": format_time(now)},
+                                     {"Finished": ("True", "Succeeded", msg), "Running": ("False", "Succeeded", msg),
+                                      "QuotaReserved": ("False", "Finished", msg)})
+                await self.event(job, "Succeeded", f"{msg} after {total:.0f}s of run time")
+                return
+            if phase in ("Admitted", "Restoring") and all(p.phase in ("Running", "Succeeded") for p in pods.values()):
+                starts = [p.start_time for p in pods.values() if p.start_time is not None]
+                start = max(starts) if starts else now
+                msg = "restored from checkpoint and running" if phase == "Restoring" else "all pods running"
+                await self.patch_job(job, {"phase": "Running", "runStartTime": format_time(start), "message": msg},
+                                     {"Running": ("True", "PodsRunning", msg)})
+
+    async def _fail_run(self, job: JobRecord, now: float, why: str) -> None:
+        assert job.spec is not None
+        restarts = int(job.status.get("restarts") or 0) + 1
+        if restarts > job.spec.max_restarts:
+            await self._delete_pods(job)
+            msg = f"{why}; restarts exhausted ({job.spec.max_restarts})"
+            await self.patch_job(job, {"phase": "Failed", "restarts": restarts, "admission": None,
+                                       "runStartTime": None, "message": msg},
+                                 {"Finished": ("True", "Failed", msg), "Running": ("False", "Failed", msg),
+                                  "QuotaReserved": ("False", "Failed", msg)})
+            await self.event(job, "Failed", msg, warning=True)
+            return
+        latest = latest_completed_checkpoint(self.cache, job.key)
+        where = f"restarts from checkpoint {latest[0]}" if latest else "restarts from the beginning"
+        await self._requeue(job, now, f"{why}; {where}", cause="failure", counters={"restarts": restarts})
+        await self.event(job, "Restarting", f"{why}; {where}", warning=True)
+
+    # ---- status of waiting jobs and queues --------------------------------------------------------
+
+    async def _publish_waiting(self, d: Decisions, unqueued: Unqueued, now: float) -> None:
+        items: list[tuple[str, str, str, int | None]] = [
+            (w.job, str(w.reason), w.message, w.position) for w in d.waiting.values()
+        ] + [(key, reason, message, None) for key, (reason, message) in unqueued.reasons.items()]
+        writes = []
+        for key, reason, message, position in items:
+            job = self.cache.jobs.get(key)
+            if job is None:
+                continue
+            last = self._published.get(key)
+            same = job.status.get("pendingReason") == reason and job.status.get("queuePosition") == position
+            if last is None and same:
+                self._published[key] = _Published(reason, message, position, now)
+                continue
+            if last is not None and last.reason == reason and last.message == message and (
+                    last.position == position or now - last.at < POSITION_REFRESH_S):
+                continue
+            self._published[key] = _Published(reason, message, position, now)
+            status: dict[str, Any] = {"pendingReason": reason, "queuePosition": position, "message": message}
+            if job.phase not in ("Suspended", "Pending"):
+                status["phase"] = "Pending"
+            if "queuedTime" not in job.status:
+                status["queuedTime"] = format_time(job.created)
+            writes.append(self.patch_job(job, status, {"QuotaReserved": ("False", reason, message)}))
+        if writes:
+            for result in await asyncio.gather(*writes, return_exceptions=True):
+                if isinstance(result, BaseException) and not isinstance(result, ApiError):
+                    raise result
+
+    async def _publish_queues(self, snap: Snapshot, now: float) -> None:
+        counts: dict[str, dict[str, int]] = {}
+        usage: dict[str, dict[tuple[str, str], int]] = {}
+        for j in snap.jobs:
+            c = counts.setdefault(j.cluster_queue, {"pending": 0, "admitted": 0, "suspended": 0})
+            if j.state is JobState.ADMITTED:
+                c["admitted"] += 1
+                u = usage.setdefault(j.cluster_queue, {})
+                reqs = {ps.name: ps.requests for ps in j.pod_sets}
+                for pl in j.placement:
+                    for r, q in reqs.get(pl.name, {}).items():
+                        u[(pl.flavor, r)] = u.get((pl.flavor, r), 0) + q * len(pl.nodes)
+            elif j.checkpoint:
+                c["suspended"] += 1
+            else:
+                c["pending"] += 1
+        for name in self.cache.cluster_queues:
+            c = counts.get(name, {"pending": 0, "admitted": 0, "suspended": 0})
+            for state, n in c.items():
+                metrics.JOBS.labels(name, state).set(n)
+            flavors: dict[str, list[dict[str, Any]]] = {}
+            for (flavor, res), q in sorted(usage.get(name, {}).items()):
+                metrics.QUOTA_USAGE.labels(name, flavor, res).set(q / 1000)
+                flavors.setdefault(flavor, []).append({"name": res, "total": _fmt(res, q)})
+            status = {"pendingWorkloads": c["pending"], "admittedWorkloads": c["admitted"],
+                      "suspendedWorkloads": c["suspended"],
+                      "flavorsUsage": [{"name": f, "resources": rs} for f, rs in flavors.items()]}
+            if self._queue_status.get(name) == status:
+                continue
+            try:
+                await self.kube.patch_status("clusterqueues", None, name, status)
+                self._queue_status[name] = status
+            except ApiError as e:
+                log.warning("ClusterQueue %s status not written: %s", name, e)
+
+
+def _fmt(resource: str, milli: int) -> str:
+    from queue_controller.api.quantity import format_milli
+
+    return format_milli(milli, "BinarySI" if resource == "memory" else "DecimalSI")

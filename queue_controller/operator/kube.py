@@ -1,0 +1,137 @@
+"""The controller's writer: raw JSON over one aiohttp session, configured from the kubeconfig (or the
+in-cluster service account) by the official `kubernetes` library.
+
+Why not the generated clients: the scheduling loop only sends small JSON documents (pods, merge patches
+of status) and reads none of the responses' models; skipping model (de)serialisation keeps a write cheap
+and the controller's memory small (see docs/controller.md).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from queue_controller.api.common import GROUP, VERSION
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, body: Mapping[str, Any] | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.body = dict(body or {})
+        message = self.body.get("message") or reason
+        super().__init__(f"{status} {message}")
+
+    @property
+    def message(self) -> str:
+        return str(self.body.get("message") or self.reason)
+
+
+def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> k8s_client.Configuration:
+    cfg = k8s_client.Configuration()
+    try:
+        k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    except (k8s_config.ConfigException, FileNotFoundError, TypeError):
+        if kubeconfig:
+            raise
+        k8s_config.load_incluster_config(client_configuration=cfg)
+    return cfg
+
+
+class Kube:
+    """Thin async REST client. Counts requests so benchmarks can report API calls per admission."""
+
+    def __init__(self, cfg: k8s_client.Configuration) -> None:
+        self.host = cfg.host.rstrip("/")
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+        if cfg.cert_file and cfg.key_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        if not cfg.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        self._ssl = ctx
+        self._headers = {"Accept": "application/json"}
+        token = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
+        if token:
+            prefix = cfg.api_key_prefix.get("authorization", "")
+            self._headers["Authorization"] = f"{prefix} {token}".strip()
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0
+
+    async def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
+                timeout=aiohttp.ClientTimeout(total=60),
+                headers=self._headers,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                      params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        sess = await self._sess()
+        self.requests += 1
+        data = None if body is None else json.dumps(body)
+        headers = {"Content-Type": content_type} if data is not None else {}
+        async with sess.request(method, self.host + path, data=data, headers=headers, params=params) as resp:
+            text = await resp.text()
+            payload: dict[str, Any] = {}
+            if text:
+                try:
+                    payload = json.loads(text)
+                except ValueError:
+                    payload = {"message": text[:500]}
+            if resp.status >= 400:
+                raise ApiError(resp.status, resp.reason or "", payload)
+            return payload
+
+    # ---- paths ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def custom_path(plural: str, namespace: str | None = None, name: str | None = None,
+                    subresource: str | None = None) -> str:
+        path = f"/apis/{GROUP}/{VERSION}"
+        if namespace:
+            path += f"/namespaces/{namespace}"
+        path += f"/{plural}"
+        if name:
+            path += f"/{name}"
+        if subresource:
+            path += f"/{subresource}"
+        return path
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("PATCH", path, patch, "application/merge-patch+json")
+
+    async def patch_status(self, plural: str, namespace: str | None, name: str,
+                           status: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.merge_patch(self.custom_path(plural, namespace, name, "status"), {"status": status})
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """POST; an object that already exists is not an error (idempotent actuators) and gives None."""
+        try:
+            return await self.request("POST", path, body)
+        except ApiError as e:
+            if e.status == 409:
+                return None
+            raise
+
+    async def delete(self, path: str, grace_seconds: int | None = None) -> None:
+        """DELETE; an object already gone is not an error."""
+        body = None if grace_seconds is None else {"gracePeriodSeconds": grace_seconds,
+                                                    "propagationPolicy": "Background"}
+        try:
+            await self.request("DELETE", path, body)
+        except ApiError as e:
+            if e.status != 404:
+                raise

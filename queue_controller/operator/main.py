@@ -1,0 +1,115 @@
+"""Start the controller: prime the cache, start the scheduling loop, metrics and wake-ups, run kopf."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import start_http_server
+
+from queue_controller.checkpoint.simulated import SimulatedBackend
+from queue_controller.engine import Policy
+from queue_controller.operator import handlers
+from queue_controller.operator.cache import Cache
+from queue_controller.operator.controller import Controller
+from queue_controller.operator.kube import Kube, load_configuration
+from queue_controller.operator.metrics import REGISTRY
+
+log = logging.getLogger("ckq.controller")
+
+# kind name for Cache.fresh, list path, upsert method name
+_PRIME = (
+    ("flavor", "/apis/ckq.io/v1alpha1/resourceflavors", "upsert_flavor"),
+    ("clusterqueue", "/apis/ckq.io/v1alpha1/clusterqueues", "upsert_cluster_queue"),
+    ("localqueue", "/apis/ckq.io/v1alpha1/localqueues", "upsert_local_queue"),
+    ("priorityclass", "/apis/scheduling.k8s.io/v1/priorityclasses", "upsert_priority_class"),
+    ("node", "/api/v1/nodes", "upsert_node"),
+    ("pod", "/api/v1/pods", "upsert_pod"),
+    ("checkpoint", "/apis/ckq.io/v1alpha1/checkpoints", "upsert_checkpoint"),
+    ("job", "/apis/ckq.io/v1alpha1/checkpointablejobs", "upsert_job"),
+)
+
+
+async def prime(cache: Cache, kube: Kube) -> None:
+    """LIST everything once before the first cycle, so the loop never decides on a half-filled cache
+    (kopf's watches start concurrently and keep it fresh afterwards)."""
+    for kind, path, method in _PRIME:
+        listing = await kube.request("GET", path)
+        api_version, list_kind = listing.get("apiVersion"), listing.get("kind", "List").removesuffix("List")
+        for item in listing.get("items") or ():
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", list_kind)
+            if cache.fresh(kind, item):
+                getattr(cache, method)(item)
+
+
+class Wakeups:
+    """The engine's due dates (periodic checkpoints, reservations, checkpoints in flight) as one
+    APScheduler date job that kicks the loop."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self._at: float | None = None
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def plan(self) -> None:
+        at = self.controller.next_wakeup
+        if at is None or at == self._at:
+            return
+        self._at = at
+        self.scheduler.add_job(self._fire, "date", run_date=datetime.fromtimestamp(at, UTC), id="wakeup",
+                               replace_existing=True, misfire_grace_time=None)
+
+    def _fire(self) -> None:
+        self._at = None
+        self.controller.kick()
+
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+
+def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] | None = None,
+        metrics_port: int | None = 9090, liveness_port: int | None = 8080, peering: str | None = None,
+        checkpoint_bandwidth: float = 2 * 2**30) -> None:
+    cfg = load_configuration(kubeconfig)
+    kube = Kube(cfg)
+    cache = handlers.RUNTIME.cache
+    controller = Controller(cache, kube, policy, {"Simulated": SimulatedBackend(checkpoint_bandwidth)})
+    wakeups = Wakeups(controller)
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def startup() -> None:
+        await prime(cache, kube)
+        wakeups.start()
+        controller.on_cycle = wakeups.plan
+        tasks.append(asyncio.create_task(controller.run(), name="ckq-scheduling-loop"))
+        controller.kick()
+        log.info("ckq controller started: policy %s, %d jobs, %d nodes", policy.name, len(cache.jobs),
+                 len(cache.nodes))
+
+    async def cleanup() -> None:
+        wakeups.stop()
+        for t in tasks:
+            t.cancel()
+        await kube.close()
+
+    handlers.RUNTIME.kick = controller.kick
+    handlers.RUNTIME.startup.append(startup)
+    handlers.RUNTIME.cleanup.append(cleanup)
+    handlers.register()
+    if metrics_port:
+        start_http_server(metrics_port, registry=REGISTRY)
+    kopf.configure(verbose=False)
+    kopf.run(
+        clusterwide=not namespaces, namespaces=namespaces or (),
+        standalone=peering is None, peering_name=peering,
+        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
+    )

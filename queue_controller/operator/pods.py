@@ -1,0 +1,82 @@
+"""Pod manifests for an admitted job: the template, pinned to the engine's node, with the flavor's
+labels and tolerations, ownership, our labels, and restore information when resuming."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from queue_controller.api.common import API_VERSION
+from queue_controller.checkpoint.base import RestoreInfo
+from queue_controller.operator.cache import (
+    ATTEMPT_LABEL,
+    JOB_LABEL,
+    MANAGED_LABEL,
+    POD_INDEX_LABEL,
+    POD_SET_LABEL,
+    FlavorRecord,
+    JobRecord,
+)
+
+# kwok's pod stage finishes a pod this many seconds after it started (queue_controller.devcluster).
+RUN_SECONDS_ANNOTATION = "kwok.ckq.io/run-seconds"
+
+
+def pod_name(job: str, attempt: int, pod_set: str, index: int) -> str:
+    return f"{job}-{attempt}-{pod_set}-{index}"
+
+
+def _pin(affinity: Mapping[str, Any] | None, node: str) -> dict[str, Any]:
+    """Require `node` through matchFields on metadata.name, ANDed into every existing required term, so
+    the real kube-scheduler still binds the pod (and checks what it checks)."""
+    aff = copy.deepcopy(dict(affinity or {}))
+    na = aff.setdefault("nodeAffinity", {})
+    req = na.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = req.get("nodeSelectorTerms") or [{}]
+    pin = {"key": "metadata.name", "operator": "In", "values": [node]}
+    for term in terms:
+        term["matchFields"] = [*(term.get("matchFields") or []), pin]
+    req["nodeSelectorTerms"] = terms
+    return aff
+
+
+def build_pod(job: JobRecord, pod_set: str, index: int, attempt: int, node: str, flavor: FlavorRecord | None,
+              restore: RestoreInfo | None, remaining_s: float | None) -> dict[str, Any]:
+    assert job.spec is not None
+    ps = next(p for p in job.spec.pod_sets if p.name == pod_set)
+    template = ps.template.to_wire() if hasattr(ps.template, "to_wire") else ps.template.model_dump(by_alias=True)
+    meta = dict(template.get("metadata") or {})
+    spec = copy.deepcopy(dict(template.get("spec") or {}))
+    labels = {**(meta.get("labels") or {}), JOB_LABEL: job.name, POD_SET_LABEL: pod_set,
+              POD_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt), MANAGED_LABEL: "true"}
+    annotations = dict(meta.get("annotations") or {})
+    if restore is not None:
+        annotations.update(restore.annotations)
+    if remaining_s is not None:
+        annotations[RUN_SECONDS_ANNOTATION] = str(max(round(remaining_s), 1))
+    spec["affinity"] = _pin(spec.get("affinity"), node)
+    if flavor is not None:
+        spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **flavor.node_labels}
+        if flavor.tolerations:
+            spec["tolerations"] = [*(spec.get("tolerations") or []), *flavor.tolerations]
+    spec.setdefault("restartPolicy", "Never")
+    if restore is not None and restore.env:
+        for c in spec.get("containers") or []:
+            env = [e for e in c.get("env") or [] if e.get("name") not in restore.env]
+            c["env"] = [*env, *({"name": k, "value": v} for k, v in restore.env.items())]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(job.name, attempt, pod_set, index),
+            "namespace": job.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": "CheckpointableJob", "name": job.name, "uid": job.uid,
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": spec,
+    }

@@ -1,0 +1,207 @@
+"""Turn the cache into the engine's snapshot: Kubernetes objects in, plain integer-milli records out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from queue_controller.api.quantity import to_milli
+from queue_controller.engine import (
+    ClusterQueue,
+    Flavor,
+    FlavorQuotas,
+    Job,
+    JobState,
+    Node,
+    PodSet,
+    PodSetPlacement,
+    Quota,
+    ReclaimWithinCohort,
+    ResourceGroup,
+    Snapshot,
+    Taint,
+    Toleration,
+    WithinClusterQueue,
+)
+from queue_controller.engine.snapshot import QueueingStrategy
+from queue_controller.operator.cache import (
+    ACTIVE_PHASES,
+    CHECKPOINT_RUNTIME_ANNOTATION,
+    TERMINAL_PHASES,
+    Cache,
+    JobRecord,
+    parse_time,
+)
+
+# (checkpoint seconds, restore seconds) a backend expects for a job, before any is measured.
+Estimator = Callable[[JobRecord], tuple[float, float]]
+
+
+@dataclass(slots=True)
+class Unqueued:
+    """Jobs the engine never sees, and why (reported in their status)."""
+
+    reasons: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (reason, message)
+
+
+def _taints(raw: list[dict[str, object]]) -> tuple[Taint, ...]:
+    return tuple(Taint(str(t.get("key", "")), str(t.get("value", "") or ""), str(t.get("effect", "NoSchedule")))
+                 for t in raw)
+
+
+def _tolerations(raw: list[dict[str, object]]) -> tuple[Toleration, ...]:
+    return tuple(Toleration(str(t.get("key", "") or ""), str(t.get("operator", "Equal") or "Equal"),
+                            str(t.get("value", "") or ""), str(t.get("effect", "") or "")) for t in raw)
+
+
+def cluster_queue(cache: Cache, name: str) -> ClusterQueue | None:
+    rec = cache.cluster_queues.get(name)
+    if rec is None or rec.spec is None:
+        return None
+    spec = rec.spec
+    groups = []
+    for g in spec.resource_groups:
+        fqs = []
+        for fq in g.flavors:
+            res = {}
+            for r in fq.resources:
+                res[r.name] = Quota(
+                    to_milli(r.nominal_quota),
+                    None if r.borrowing_limit is None else to_milli(r.borrowing_limit),
+                    None if r.lending_limit is None else to_milli(r.lending_limit),
+                )
+            fqs.append(FlavorQuotas(fq.name, res))
+        groups.append(ResourceGroup(tuple(g.covered_resources), tuple(fqs)))
+    # A queue's own preemption/backfill fields refine the policy only where the admin wrote them.
+    within = reclaim = None
+    if "preemption" in rec.fields_set:
+        within = WithinClusterQueue(spec.preemption.within_cluster_queue)
+        reclaim = ReclaimWithinCohort(spec.preemption.reclaim_within_cohort)
+    backfill = depth = None
+    if "backfill" in rec.fields_set:
+        backfill = spec.backfill.enabled
+        depth = max(spec.backfill.reservation_depth, 1)
+    weight = 1.0
+    if spec.fair_sharing is not None:
+        weight = to_milli(spec.fair_sharing.weight) / 1000.0
+    return ClusterQueue(name, tuple(groups), cohort=spec.cohort,
+                        queueing_strategy=QueueingStrategy(spec.queueing_strategy),
+                        within_cluster_queue=within, reclaim_within_cohort=reclaim,
+                        backfill_enabled=backfill, reservation_depth=depth, fair_weight=weight)
+
+
+def latest_completed_checkpoint(cache: Cache, job_key: str) -> tuple[str, float, float, dict[str, str]] | None:
+    """(name, completion time, run time kept, restore node labels) of the job's newest Completed one."""
+    done = [c for c in cache.job_checkpoints(job_key) if c.phase == "Completed"]
+    if not done:
+        return None
+    c = max(done, key=lambda c: (parse_time(c.status.get("completionTime")) or c.created, c.name))
+    constraints = (c.status.get("restoreConstraints") or {}).get("nodeLabels") or {}
+    kept = float(c.annotations.get(CHECKPOINT_RUNTIME_ANNOTATION, "0") or 0)
+    return c.name, parse_time(c.status.get("completionTime")) or c.created, kept, dict(constraints)
+
+
+def engine_job(cache: Cache, rec: JobRecord, cq_name: str, priority: int, estimator: Estimator) -> Job:
+    spec = rec.spec
+    assert spec is not None
+    status = rec.status
+    pod_sets = []
+    for ps in spec.pod_sets:
+        tmpl = ps.template.spec
+        pod_sets.append(PodSet(ps.name, ps.count, ps.template.pod_requests_milli(), dict(tmpl.node_selector),
+                               _tolerations([t.to_wire() for t in tmpl.tolerations])))
+    phase = rec.phase
+    active = phase in ACTIVE_PHASES and bool(status.get("admission"))
+    placement: tuple[PodSetPlacement, ...] = ()
+    if active:
+        adm = status["admission"]
+        placement = tuple(PodSetPlacement(a["name"], a.get("flavor") or "", tuple(a.get("nodes") or ()))
+                          for a in adm.get("podSetAssignments") or ())
+    ckpt_cost, restore_cost = estimator(rec)
+    measured = [float(c.status["durationSeconds"]) for c in cache.job_checkpoints(rec.key)
+                if c.phase == "Completed" and c.status.get("durationSeconds") is not None]
+    if measured:
+        ckpt_cost = restore_cost = measured[-1]
+    interval = spec.checkpoint.interval_seconds()
+    latest = latest_completed_checkpoint(cache, rec.key)
+    inflight = [c for c in cache.job_checkpoints(rec.key) if c.phase in ("Pending", "Running")]
+    vacating = active and (phase == "Checkpointing" or any(not c.leave_running for c in inflight))
+    return Job(
+        key=rec.key, cluster_queue=cq_name, priority=priority, queue_order=rec.created,
+        pod_sets=tuple(pod_sets), state=JobState.ADMITTED if active else JobState.PENDING,
+        checkpointable=spec.checkpoint.mode != "None", checkpoint_cost_s=ckpt_cost, restore_cost_s=restore_cost,
+        runtime_estimate_s=None if spec.runtime_estimate_seconds is None else float(spec.runtime_estimate_seconds),
+        run_time_s=float(status.get("runTimeSeconds") or 0.0),
+        started_at=parse_time(status.get("runStartTime")) if active else None,
+        last_checkpoint_at=latest[1] if latest else None,
+        checkpoint_interval_s=interval if isinstance(interval, float) else None,
+        checkpoint_interval_auto=interval == "auto",
+        checkpoint=latest[0] if latest and not active else None,
+        restore_node_labels=latest[3] if latest and not active else {},
+        placement=placement,
+        backfilled=bool((status.get("admission") or {}).get("backfill")) if active else False,
+        vacating=vacating,
+        checkpointing=bool(inflight) and not vacating,
+        admitted_at=parse_time((status.get("admission") or {}).get("time")) if active else None,
+    )
+
+
+def build(cache: Cache, estimator: Estimator) -> tuple[Snapshot, Unqueued]:
+    unq = Unqueued()
+    jobs: list[Job] = []
+    for rec in cache.jobs.values():
+        phase = rec.phase
+        if phase in TERMINAL_PHASES:
+            continue
+        if rec.spec is None:
+            unq.reasons[rec.key] = ("InvalidSpec", rec.spec_error)
+            continue
+        active = phase in ACTIVE_PHASES
+        if rec.spec.suspend and not active:
+            continue  # suspended by its user: not queued until resumed
+        lq = cache.local_queues.get(f"{rec.namespace}/{rec.spec.queue_name}")
+        if lq is None and not active:
+            unq.reasons[rec.key] = ("LocalQueueNotFound",
+                                    f"LocalQueue {rec.spec.queue_name!r} does not exist in namespace {rec.namespace!r}")
+            continue
+        if rec.spec.priority is not None:
+            priority = rec.spec.priority
+        elif rec.spec.priority_class_name:
+            value = cache.priority_classes.get(rec.spec.priority_class_name)
+            if value is None and not active:
+                unq.reasons[rec.key] = ("PriorityClassNotFound",
+                                        f"PriorityClass {rec.spec.priority_class_name!r} does not exist")
+                continue
+            priority = value or 0
+        else:
+            priority = 0
+        cq_name = lq.cluster_queue if lq is not None else str((rec.status.get("admission") or {}).get("clusterQueue"))
+        jobs.append(engine_job(cache, rec, cq_name, priority, estimator))
+
+    accounted: set[str] = set()
+    for j in jobs:
+        if j.state is JobState.ADMITTED:
+            attempt = int(cache.jobs[j.key].status.get("attempt") or 0)
+            accounted.update(p.key for p in cache.job_pods(j.key) if p.attempt == attempt)
+    other: dict[str, dict[str, int]] = {}
+    for pod in cache.pods.values():
+        if pod.node is None or pod.phase in ("Succeeded", "Failed") or pod.key in accounted:
+            continue
+        use = other.setdefault(pod.node, {})
+        for r, q in pod.requests.items():
+            use[r] = use.get(r, 0) + q
+    nodes = tuple(
+        Node(n.name, n.allocatable, n.labels, _taints(n.taints), n.ready, n.unschedulable, other.get(n.name, {}))
+        for n in sorted(cache.nodes.values(), key=lambda n: n.name)
+    )
+    flavors = tuple(Flavor(f.name, f.node_labels, _taints(f.node_taints), _tolerations(f.tolerations))
+                    for f in sorted(cache.flavors.values(), key=lambda f: f.name))
+    queues = tuple(q for q in (cluster_queue(cache, name) for name in sorted(cache.cluster_queues)) if q is not None)
+    return Snapshot(nodes, flavors, queues, tuple(jobs)), unq
+
+
+def checkpoint_runtime(cache: Cache, name_key: str) -> float:
+    rec = cache.checkpoints.get(name_key)
+    if rec is None:
+        return 0.0
+    return float(rec.annotations.get(CHECKPOINT_RUNTIME_ANNOTATION, "0") or 0)

@@ -1,0 +1,50 @@
+"""The Simulated checkpoint backend: duration from memory and bandwidth, artifacts, failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from queue_controller.checkpoint.base import CheckpointRequest, PodRef
+from queue_controller.checkpoint.simulated import SimulatedBackend
+
+pytestmark = pytest.mark.unit
+
+GIB = 2**30
+
+
+def request(job: str = "j", memory: int = 4 * GIB, timeout: float = 600.0) -> CheckpointRequest:
+    pods = (PodRef("j-0", "w", 0, "n0", ("a", "b"), memory), PodRef("j-1", "w", 1, "n1", ("a", "b"), memory // 2))
+    return CheckpointRequest("ns", job, "j-1-preemption-1", "Preemption", False, pods, 1000.0, timeout)
+
+
+def test_duration_follows_the_largest_pod_and_the_bandwidth() -> None:
+    backend = SimulatedBackend(bandwidth_bytes_per_s=GIB, fixed_overhead_s=1.0)
+    assert backend.estimate(request().pods) == (5.0, 5.0)
+    assert asyncio.run(backend.progress(request(), 1004.9)) is None
+    done = asyncio.run(backend.progress(request(), 1005.0))
+    assert done is not None and done.ok and done.duration_s == 5.0
+    assert len(done.artifacts) == 4  # one per container of every pod
+    assert done.size_bytes == 4 * GIB + 2 * GIB
+    assert {a.node for a in done.artifacts} == {"n0", "n1"}
+    # Deterministic: the same checkpoint always gives the same digests (restart-safe).
+    again = asyncio.run(backend.progress(request(), 2000.0))
+    assert again is not None and [a.sha256 for a in again.artifacts] == [a.sha256 for a in done.artifacts]
+
+
+def test_timeout_and_injected_failure() -> None:
+    backend = SimulatedBackend(bandwidth_bytes_per_s=GIB)
+    slow = request(memory=100 * GIB, timeout=30.0)
+    assert asyncio.run(backend.progress(slow, 1029.0)) is None
+    failed = asyncio.run(backend.progress(slow, 1030.0))
+    assert failed is not None and not failed.ok and "timed out" in failed.message
+    broken = SimulatedBackend(bandwidth_bytes_per_s=GIB, fail_jobs=frozenset({"ns/j"}))
+    result = asyncio.run(broken.progress(request(), 1010.0))
+    assert result is not None and not result.ok
+
+
+def test_restore_info_names_the_checkpoint() -> None:
+    info = SimulatedBackend().restore_info("ns", "j", "j-ckpt", "w", 0)
+    assert info.annotations["ckq.io/restore-from"] == "j-ckpt"
+    assert info.env["CKQ_RESTORE_ID"] == "j-ckpt"

@@ -1,0 +1,143 @@
+"""The operator's cache and its conversion into engine snapshots, fed with Kubernetes-shaped bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from queue_controller.engine import GPU, JobState, ReclaimWithinCohort
+from queue_controller.operator.cache import Cache
+from queue_controller.operator.pods import build_pod
+from queue_controller.operator.snapshot import build
+
+pytestmark = pytest.mark.unit
+
+
+def meta(name: str, ns: str | None = None, rv: int = 1, **extra: Any) -> dict[str, Any]:
+    m = {"name": name, "uid": f"uid-{name}", "resourceVersion": str(rv),
+         "creationTimestamp": "2026-11-23T10:00:00Z", **extra}
+    if ns:
+        m["namespace"] = ns
+    return m
+
+
+def node(name: str, ready: bool = True) -> dict[str, Any]:
+    return {"metadata": meta(name, labels={"ckq.io/flavor": "h100"}),
+            "status": {"allocatable": {"cpu": "64", "memory": "512Gi", GPU: "8", "pods": "110"},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def job(name: str, **spec: Any) -> dict[str, Any]:
+    status = spec.pop("status", {})
+    return {"metadata": meta(name, "team", annotations={"ckq.io/simulated-runtime-seconds": "100"}),
+            "spec": {"queueName": "lq", "podSets": [{"name": "w", "count": 2, "template": {"spec": {
+                "containers": [{"name": "c", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                                           "limits": {GPU: "4"}}}]}}}], **spec},
+            "status": status}
+
+
+@pytest.fixture
+def cache() -> Cache:
+    c = Cache()
+    c.upsert_node(node("n0"))
+    c.upsert_node(node("n1", ready=False))
+    c.upsert_flavor({"metadata": meta("h100"), "spec": {"nodeLabels": {"ckq.io/flavor": "h100"},
+                                                        "tolerations": [{"key": "gpu", "operator": "Exists"}]}})
+    c.upsert_cluster_queue({"metadata": meta("cq"), "spec": {
+        "cohort": "ml", "preemption": {"reclaimWithinCohort": "Any"},
+        "resourceGroups": [{"coveredResources": ["cpu", "memory", GPU], "flavors": [{"name": "h100", "resources": [
+            {"name": "cpu", "nominalQuota": "16"}, {"name": "memory", "nominalQuota": "64Gi"},
+            {"name": GPU, "nominalQuota": "8", "lendingLimit": "4"}]}]}]}})
+    c.upsert_local_queue({"metadata": meta("lq", "team"), "spec": {"clusterQueue": "cq"}})
+    return c
+
+
+def estimate(_: Any) -> tuple[float, float]:
+    return 5.0, 5.0
+
+
+def test_jobs_queues_and_nodes_become_an_engine_snapshot(cache: Cache) -> None:
+    cache.upsert_priority_class({"metadata": meta("urgent"), "value": 1000})
+    cache.upsert_job(job("a", priorityClassName="urgent"))
+    snap, unq = build(cache, estimate)
+    (j,) = snap.jobs
+    assert j.key == "team/a" and j.cluster_queue == "cq" and j.priority == 1000
+    assert j.pod_sets[0].requests == {"cpu": 500, "memory": 2**30 * 1000, GPU: 4000}  # limit stands in
+    assert j.state is JobState.PENDING and j.checkpointable
+    (q,) = snap.cluster_queues
+    assert q.cohort == "ml"
+    assert q.resource_groups[0].flavors[0].resources[GPU].lending_limit == 4000
+    # Only the fields the admin wrote refine the policy: reclaim yes, backfill not written.
+    assert q.reclaim_within_cohort is ReclaimWithinCohort.ANY and q.backfill_enabled is None
+    assert [n.ready for n in snap.nodes] == [True, False]
+    assert unq.reasons == {}
+
+
+def test_missing_local_queue_or_priority_class_is_reported_not_scheduled(cache: Cache) -> None:
+    cache.upsert_job(job("b", queueName="nope"))
+    cache.upsert_job(job("c", priorityClassName="ghost"))
+    snap, unq = build(cache, estimate)
+    assert snap.jobs == ()
+    assert unq.reasons["team/b"][0] == "LocalQueueNotFound"
+    assert unq.reasons["team/c"][0] == "PriorityClassNotFound"
+
+
+def test_pods_of_others_count_as_node_usage_ours_through_the_admission(cache: Cache) -> None:
+    admitted = job("d", status={"phase": "Running", "attempt": 1, "runStartTime": "2026-11-23T10:05:00Z",
+                                "admission": {"clusterQueue": "cq", "podSetAssignments": [
+                                    {"name": "w", "flavor": "h100", "nodes": ["n0", "n0"], "count": 2}]}})
+    cache.upsert_job(admitted)
+    ours = {"metadata": meta("d-1-w-0", "team", labels={"ckq.io/job-name": "d", "ckq.io/managed": "true",
+                                                        "ckq.io/attempt": "1", "ckq.io/pod-set": "w"}),
+            "spec": {"nodeName": "n0", "containers": [{"name": "c", "resources": {"requests": {GPU: "4"}}}]},
+            "status": {"phase": "Running"}}
+    theirs = {"metadata": meta("other", "kube-system"),
+              "spec": {"nodeName": "n0", "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]},
+              "status": {"phase": "Running"}}
+    cache.upsert_pod(ours)
+    cache.upsert_pod(theirs)
+    snap, _ = build(cache, estimate)
+    (j,) = snap.jobs
+    assert j.state is JobState.ADMITTED and j.placement[0].nodes == ("n0", "n0")
+    assert j.started_at is not None
+    n0 = next(n for n in snap.nodes if n.name == "n0")
+    assert n0.other_usage == {"cpu": 2000}
+
+
+def test_stale_watch_events_do_not_roll_the_cache_back(cache: Cache) -> None:
+    newer = job("e", status={"phase": "Admitted"})
+    newer["metadata"]["resourceVersion"] = "20"
+    older = job("e", status={})
+    older["metadata"]["resourceVersion"] = "10"
+    assert cache.fresh("job", newer)
+    cache.upsert_job(newer)
+    assert not cache.fresh("job", older)
+    assert cache.jobs["team/e"].phase == "Admitted"
+
+
+def test_invalid_job_spec_is_reported(cache: Cache) -> None:
+    bad = job("f")
+    bad["spec"]["podSets"][0]["count"] = 0
+    cache.upsert_job(bad)
+    _, unq = build(cache, estimate)
+    assert unq.reasons["team/f"][0] == "InvalidSpec"
+
+
+def test_pods_are_pinned_to_the_engines_node_and_carry_flavor_and_restore_info(cache: Cache) -> None:
+    from queue_controller.checkpoint.simulated import SimulatedBackend
+
+    rec = cache.upsert_job(job("g"))
+    info = SimulatedBackend().restore_info("team", "g", "g-ckpt", "w", 1)
+    pod = build_pod(rec, "w", 1, 3, "n0", cache.flavors["h100"], info, 42.4)
+    assert pod["metadata"]["name"] == "g-3-w-1"
+    assert pod["metadata"]["labels"]["ckq.io/attempt"] == "3"
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-g"
+    assert pod["metadata"]["annotations"]["ckq.io/restore-from"] == "g-ckpt"
+    assert pod["metadata"]["annotations"]["kwok.ckq.io/run-seconds"] == "42"
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["n0"]
+    assert pod["spec"]["nodeSelector"] == {"ckq.io/flavor": "h100"}
+    assert {"key": "gpu", "operator": "Exists"} in pod["spec"]["tolerations"]
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["CKQ_RESTORE_ID"] == "g-ckpt"
