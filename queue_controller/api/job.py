@@ -119,7 +119,8 @@ class CheckpointPolicy(ApiModel):
         ),
     ] = None
     """Periodic checkpoint interval: a duration ("30m", "1h30m") or "auto" (the controller picks
-    one from checkpoint cost and failure rate). Unset: the policy profile decides (`iass`: "auto"; the others take none)."""
+    one from checkpoint cost and failure rate). Unset: the policy profile decides (`iass`: "auto";
+    the others take none)."""
     retain: Annotated[int, Field(ge=1, le=100)] = 3
     """How many completed checkpoints to keep; older ones are pruned."""
     timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 600

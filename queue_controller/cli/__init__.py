@@ -23,7 +23,7 @@ def version() -> None:
 
 def _register() -> None:
     # Imported here so `ckq version` stays fast and one broken group cannot hide the others' help.
-    from queue_controller.cli import controller, criu, crds, demo, dev, simulate
+    from queue_controller.cli import controller, crds, criu, demo, dev, simulate
 
     app.add_typer(dev.app, name="dev")
     app.add_typer(criu.app, name="criu")

@@ -28,8 +28,11 @@ def controller(
         pol = load_policy(policy)
     except PolicyError as e:
         raise typer.BadParameter(str(e), param_hint="--policy") from None
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import kopf
+
+    # kopf owns the log setup; it logs every handled event at INFO, so it runs quiet unless -v.
+    kopf.configure(debug=verbose, quiet=not verbose)
+    logging.getLogger("ckq").setLevel(logging.DEBUG if verbose else logging.INFO)
     from queue_controller.operator.main import run
 
     try:

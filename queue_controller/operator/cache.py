@@ -55,6 +55,9 @@ class JobRecord:
     status: dict[str, Any]
     annotations: dict[str, str]
     generation: int = 0
+    # Pod templates exactly as the user wrote them (by pod set name): pods are built from these, never
+    # from a re-serialised model that would add empty defaults the API server rejects.
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -216,6 +219,8 @@ class Cache:
             created=parse_time(meta.get("creationTimestamp")) or 0.0, spec=spec, spec_error=error,
             status=dict(body.get("status") or {}), annotations=dict(meta.get("annotations") or {}),
             generation=int(meta.get("generation") or 0),
+            templates={ps.get("name", ""): ps.get("template") or {}
+                       for ps in (body.get("spec") or {}).get("podSets") or () if isinstance(ps, dict)},
         )
         self.jobs[rec.key] = rec
         self._changed()

@@ -76,6 +76,7 @@ class Controller:
         self.next_wakeup: float | None = None
         self._published: dict[str, _Published] = {}
         self._queue_status: dict[str, Any] = {}
+        self._priority: dict[str, int] = {}
         # Called after every cycle; set by main to plan the APScheduler wake-up at `next_wakeup`. Without
         # it (tests driving cycles by hand) the loop falls back to a timeout of its own.
         self.on_cycle: Callable[[], None] | None = None
@@ -191,6 +192,7 @@ class Controller:
         await self._reconcile_checkpoints(now)
         await self._reconcile_jobs(now)
         snap, unqueued = build(self.cache, self.estimate)
+        self._priority = {j.key: j.priority for j in snap.jobs}
         decisions = decide(snap, now, self.policy)
         for action in decisions.actions:
             job = self.cache.jobs.get(action.job if not isinstance(action, Preempt) else action.victim)
@@ -241,6 +243,7 @@ class Controller:
         updated = await self.patch_job(job, {
             "phase": "Restoring" if resume else "Admitted", "admission": admission, "attempt": attempt,
             "runStartTime": None, "queuePosition": None, "pendingReason": None, "message": msg,
+            "priority": self._priority.get(job.key),
         }, {"QuotaReserved": ("True", "QuotaReserved", msg), "Admitted": ("True", verb, msg),
             "Preempted": ("False", verb, ""), "Suspended": ("False", verb, "")})
         if updated is None:
@@ -277,13 +280,24 @@ class Controller:
                 pod = build_pod(job, a["name"], i, attempt, node, flavor, restore, remaining)
                 if pod["metadata"]["name"] not in existing:
                     tasks.append(self.kube.create(f"/api/v1/namespaces/{job.namespace}/pods", pod))
+        invalid = None
         for result in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(result, ApiError):
                 await self.event(job, "PodCreationFailed", result.message, warning=True)
+                if result.status in (400, 422):
+                    invalid = result.message
             elif isinstance(result, BaseException):
                 raise result
             elif result is not None and self.cache.fresh("pod", result):
                 self.cache.upsert_pod(result)
+        if invalid is not None:
+            # The template itself is rejected: retrying cannot help, and holding quota would block others.
+            await self._delete_pods(job)
+            msg = f"the API server rejects this job's pods: {invalid}"
+            await self.patch_job(job, {"phase": "Failed", "admission": None, "message": msg},
+                                 {"Finished": ("True", "PodTemplateRejected", msg),
+                                  "QuotaReserved": ("False", "Failed", msg)})
+            await self.event(job, "Failed", msg, warning=True)
 
     async def _delete_pods(self, job: JobRecord, grace: int | None = 0) -> None:
         paths = [f"/api/v1/namespaces/{p.namespace}/pods/{p.name}" for p in self.cache.job_pods(job.key)
@@ -594,6 +608,8 @@ class Controller:
                 continue
             self._published[key] = _Published(reason, message, position, now)
             status: dict[str, Any] = {"pendingReason": reason, "queuePosition": position, "message": message}
+            if key in self._priority:
+                status["priority"] = self._priority[key]
             if job.phase not in ("Suspended", "Pending"):
                 status["phase"] = "Pending"
             if "queuedTime" not in job.status:

@@ -8,6 +8,7 @@ and the controller's memory small (see docs/controller.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import Mapping
@@ -19,12 +20,15 @@ from kubernetes import config as k8s_config
 
 from queue_controller.api.common import GROUP, VERSION
 
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
+
 
 class ApiError(Exception):
     def __init__(self, status: int, reason: str, body: Mapping[str, Any] | None = None) -> None:
         self.status = status
         self.reason = reason
         self.body = dict(body or {})
+        self.retry_after: float | None = None
         message = self.body.get("message") or reason
         super().__init__(f"{status} {message}")
 
@@ -79,6 +83,25 @@ class Kube:
 
     async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                       params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """One API call, retried with backoff on throttling (429), server errors and dropped connections,
+        as client-go does; any other error is raised as ApiError."""
+        delays = RETRY_DELAYS
+        for attempt in range(len(delays) + 1):
+            try:
+                return await self._request_once(method, path, body, content_type, params)
+            except ApiError as e:
+                if e.status not in (429, 500, 502, 503, 504) or attempt == len(delays):
+                    raise
+                retry_after = e.retry_after
+            except (aiohttp.ClientConnectionError, TimeoutError):
+                if attempt == len(delays):
+                    raise
+                retry_after = None
+            await asyncio.sleep(retry_after if retry_after is not None else delays[attempt])
+        raise AssertionError("unreachable")
+
+    async def _request_once(self, method: str, path: str, body: Any, content_type: str,
+                            params: Mapping[str, str] | None) -> dict[str, Any]:
         sess = await self._sess()
         self.requests += 1
         data = None if body is None else json.dumps(body)
@@ -92,7 +115,10 @@ class Kube:
                 except ValueError:
                     payload = {"message": text[:500]}
             if resp.status >= 400:
-                raise ApiError(resp.status, resp.reason or "", payload)
+                err = ApiError(resp.status, resp.reason or "", payload)
+                ra = resp.headers.get("Retry-After")
+                err.retry_after = min(float(ra), 10.0) if ra and ra.isdigit() else None
+                raise err
             return payload
 
     # ---- paths ------------------------------------------------------------------------------------

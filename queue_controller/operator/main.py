@@ -107,7 +107,6 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
     handlers.register()
     if metrics_port:
         start_http_server(metrics_port, registry=REGISTRY)
-    kopf.configure(verbose=False)
     kopf.run(
         clusterwide=not namespaces, namespaces=namespaces or (),
         standalone=peering is None, peering_name=peering,

@@ -41,11 +41,23 @@ def _pin(affinity: Mapping[str, Any] | None, node: str) -> dict[str, Any]:
     return aff
 
 
+def _limit_extended_resources(container: dict[str, Any]) -> None:
+    """Extended resources (nvidia.com/gpu, ...) cannot be overcommitted: Kubernetes requires a limit
+    equal to the request. Users often write only the request; supply the limit rather than have the
+    API server reject the pod after the job was admitted."""
+    res = container.get("resources") or {}
+    requests = res.get("requests") or {}
+    limits = dict(res.get("limits") or {})
+    for name, q in requests.items():
+        if "/" in name and not name.startswith("kubernetes.io/") and name not in limits:
+            limits[name] = q
+    if limits:
+        container["resources"] = {**res, "limits": limits}
+
+
 def build_pod(job: JobRecord, pod_set: str, index: int, attempt: int, node: str, flavor: FlavorRecord | None,
               restore: RestoreInfo | None, remaining_s: float | None) -> dict[str, Any]:
-    assert job.spec is not None
-    ps = next(p for p in job.spec.pod_sets if p.name == pod_set)
-    template = ps.template.to_wire() if hasattr(ps.template, "to_wire") else ps.template.model_dump(by_alias=True)
+    template = job.templates.get(pod_set) or {}
     meta = dict(template.get("metadata") or {})
     spec = copy.deepcopy(dict(template.get("spec") or {}))
     labels = {**(meta.get("labels") or {}), JOB_LABEL: job.name, POD_SET_LABEL: pod_set,
@@ -61,6 +73,8 @@ def build_pod(job: JobRecord, pod_set: str, index: int, attempt: int, node: str,
         if flavor.tolerations:
             spec["tolerations"] = [*(spec.get("tolerations") or []), *flavor.tolerations]
     spec.setdefault("restartPolicy", "Never")
+    for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
+        _limit_extended_resources(c)
     if restore is not None and restore.env:
         for c in spec.get("containers") or []:
             env = [e for e in c.get("env") or [] if e.get("name") not in restore.env]
