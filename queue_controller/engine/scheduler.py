@@ -10,7 +10,7 @@ admitted by a later cycle, so one cycle never over-commits a node or a quota.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from queue_controller.engine.backfill import INF, Profile
 from queue_controller.engine.decisions import (
@@ -61,6 +61,7 @@ class _Fit:
 @dataclass(slots=True)
 class _QueueState:
     hard_blocked: bool = False  # StrictFIFO head blocked without a reservation
+    deferred: bool = False  # StrictFIFO head set aside for the borrowing pass: the rest follow it
     reservations: int = 0
     preemption_attempts: int = 0
 
@@ -503,54 +504,72 @@ class _Cycle:
     # ---- the cycle --------------------------------------------------------------------------------
 
     def run(self) -> Decisions:
+        # Like Kueue, jobs that fit within their queue's nominal quota go before jobs that would have to
+        # borrow: the first pass defers borrowers, the second takes them in order. Otherwise a borrower
+        # that was just reclaimed would be re-admitted ahead of the job that reclaimed it.
+        deferred: list[Job] = []
+        for job in self.pending:
+            self._consider(job, deferred)
+        for job in deferred:
+            self._consider(job, None)
         positions: dict[str, int] = {}
         for job in self.pending:
-            cq = self.queues.get(job.cluster_queue)
-            if cq is None:
-                self._wait(job, positions, PendingReason.UNKNOWN_QUEUE,
-                           f"ClusterQueue {job.cluster_queue!r} does not exist")
-                continue
-            if cq.stopped:
-                self._wait(job, positions, PendingReason.QUEUE_STOPPED, f"ClusterQueue {cq.name!r} is stopped")
-                continue
-            state = self.qstate[cq.name]
-            if state.hard_blocked:
-                self._wait(job, positions, PendingReason.STRICT_FIFO,
-                           f"an earlier job blocks StrictFIFO ClusterQueue {cq.name!r}")
-                continue
-            fit = self._fit(job, cq, commit=True)
-            if isinstance(fit, _Fit):
-                ok, opportunistic = self._backfill_check(job, fit)
-                if ok:
-                    self._admit(job, cq, fit, opportunistic)
-                    continue
-                self._release(job, fit)
-                self._wait(job, positions, PendingReason.BACKFILL_BLOCKED,
-                           "fits now, but would delay a reserved job")
-                continue
-            reason = fit
-            if (reason in (PendingReason.QUOTA, PendingReason.CAPACITY) and self.preempting
-                    and state.preemption_attempts < self.policy.preemption_attempts_per_queue
-                    and self._try_preempt(job, cq)):
-                self._wait(job, positions, PendingReason.WAITING_FOR_PREEMPTION,
-                           "room is being made by preemption")
-                continue
-            start = None
-            if (reason is PendingReason.CAPACITY and self._backfill(cq)
-                    and state.reservations < self._depth(cq)):
-                start = self._reserve(job, cq)
-            if start is not None:
-                state.reservations += 1
-                self._wait(job, positions, PendingReason.RESERVATION,
-                           f"reserved start at t={start:.0f}", reserved_start=start)
-                if self._strict(cq) and not self._backfill(cq):
-                    state.hard_blocked = True
-                continue
-            self._wait(job, positions, reason, _MESSAGES[reason])
-            if self._strict(cq):
-                state.hard_blocked = True
+            w = self.out.waiting.get(job.key)
+            if w is not None:
+                positions[job.cluster_queue] = pos = positions.get(job.cluster_queue, 0) + 1
+                self.out.waiting[job.key] = replace(w, position=pos)
         self._periodic_checkpoints()
         return self.out
+
+    def _consider(self, job: Job, deferred: list[Job] | None) -> None:
+        """Admit, preempt for, reserve for, or explain one pending job. With `deferred` (first pass), a job
+        that could only start by borrowing is set aside instead."""
+        cq = self.queues.get(job.cluster_queue)
+        if cq is None:
+            self._wait(job, PendingReason.UNKNOWN_QUEUE, f"ClusterQueue {job.cluster_queue!r} does not exist")
+            return
+        if cq.stopped:
+            self._wait(job, PendingReason.QUEUE_STOPPED, f"ClusterQueue {cq.name!r} is stopped")
+            return
+        state = self.qstate[cq.name]
+        if state.hard_blocked:
+            self._wait(job, PendingReason.STRICT_FIFO, f"an earlier job blocks StrictFIFO ClusterQueue {cq.name!r}")
+            return
+        if deferred is not None and state.deferred:
+            deferred.append(job)  # keeps StrictFIFO order behind a deferred head
+            return
+        fit = self._fit(job, cq, commit=True)
+        if isinstance(fit, _Fit):
+            if deferred is not None and cq.cohort is not None and self.ledger.borrowing(cq.name, fit.delta):
+                self._release(job, fit)
+                deferred.append(job)
+                state.deferred = self._strict(cq)
+                return
+            ok, opportunistic = self._backfill_check(job, fit)
+            if ok:
+                self._admit(job, cq, fit, opportunistic)
+                return
+            self._release(job, fit)
+            self._wait(job, PendingReason.BACKFILL_BLOCKED, "fits now, but would delay a reserved job")
+            return
+        reason = fit
+        if (reason in (PendingReason.QUOTA, PendingReason.CAPACITY) and self.preempting
+                and state.preemption_attempts < self.policy.preemption_attempts_per_queue
+                and self._try_preempt(job, cq)):
+            self._wait(job, PendingReason.WAITING_FOR_PREEMPTION, "room is being made by preemption")
+            return
+        start = None
+        if reason is PendingReason.CAPACITY and self._backfill(cq) and state.reservations < self._depth(cq):
+            start = self._reserve(job, cq)
+        if start is not None:
+            state.reservations += 1
+            self._wait(job, PendingReason.RESERVATION, f"reserved start at t={start:.0f}", reserved_start=start)
+            if self._strict(cq) and not self._backfill(cq):
+                state.hard_blocked = True
+            return
+        self._wait(job, reason, _MESSAGES[reason])
+        if self._strict(cq):
+            state.hard_blocked = True
 
     def _admit(self, job: Job, cq: ClusterQueue, fit: _Fit, opportunistic: bool) -> None:
         if job.checkpoint:
@@ -562,11 +581,9 @@ class _Cycle:
         end = INF if rem is None else self.now + rem
         self.admitted_now.append(_Running(job, fit.delta, [], end, fit.by_flavor))
 
-    def _wait(self, job: Job, positions: dict[str, int], reason: PendingReason, message: str,
-              reserved_start: float | None = None) -> None:
-        pos = positions.get(job.cluster_queue, 0) + 1
-        positions[job.cluster_queue] = pos
-        self.out.waiting[job.key] = Waiting(job.key, pos, reason, message, reserved_start)
+    def _wait(self, job: Job, reason: PendingReason, message: str, reserved_start: float | None = None) -> None:
+        # Positions are filled in at the end of the cycle, in queue order.
+        self.out.waiting[job.key] = Waiting(job.key, 0, reason, message, reserved_start)
         if reserved_start is not None and reserved_start > self.now:
             self._wake(reserved_start)
 

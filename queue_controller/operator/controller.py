@@ -354,7 +354,9 @@ class Controller:
 
     async def _checkpoint(self, job: JobRecord, reason: str, leave_running: bool, now: float) -> str | None:
         """Create a Checkpoint object for the job (deterministic name: creating it twice is harmless)."""
-        n = len(self.cache.job_checkpoints(job.key)) + int(job.status.get("checkpointFailures") or 0) + 1
+        # Counters from status, not the number of objects (pruning deletes some): a restarted controller
+        # computes the same name, so creating it again is a harmless 409.
+        n = int(job.status.get("checkpoints") or 0) + int(job.status.get("checkpointFailures") or 0) + 1
         attempt = int(job.status.get("attempt") or 0)
         name = f"{job.name}-{attempt}-{reason.lower()}-{n}"
         body = {
@@ -599,7 +601,8 @@ class Controller:
             if job is None:
                 continue
             last = self._published.get(key)
-            same = job.status.get("pendingReason") == reason and job.status.get("queuePosition") == position
+            same = (job.status.get("pendingReason") == reason and job.status.get("queuePosition") == position
+                    and job.status.get("phase") in ("Suspended", "Pending"))
             if last is None and same:
                 self._published[key] = _Published(reason, message, position, now)
                 continue
@@ -610,7 +613,7 @@ class Controller:
             status: dict[str, Any] = {"pendingReason": reason, "queuePosition": position, "message": message}
             if key in self._priority:
                 status["priority"] = self._priority[key]
-            if job.phase not in ("Suspended", "Pending"):
+            if job.status.get("phase") not in ("Suspended", "Pending"):
                 status["phase"] = "Pending"
             if "queuedTime" not in job.status:
                 status["queuedTime"] = format_time(job.created)

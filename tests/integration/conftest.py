@@ -261,7 +261,7 @@ def local_queue(name: str, namespace: str, cq: str) -> dict[str, Any]:
 
 
 def cjob(name: str, queue: str, gpus: int = 8, pods: int = 1, priority: int = 0, runtime_s: int = 30,
-         mode: str = "Simulated", **spec: Any) -> dict[str, Any]:
+         mode: str = "Simulated", memory: str = "16Gi", **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "CheckpointableJob",
         "metadata": {"name": name, "annotations": {"ckq.io/simulated-runtime-seconds": str(runtime_s)}},
@@ -270,7 +270,7 @@ def cjob(name: str, queue: str, gpus: int = 8, pods: int = 1, priority: int = 0,
             "checkpoint": {"mode": mode, **spec.pop("checkpoint", {})},
             "podSets": [{"name": "worker", "count": pods, "template": {"spec": {"containers": [{
                 "name": "train", "image": "registry.example/train:1",
-                "resources": {"requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": str(gpus)},
+                "resources": {"requests": {"cpu": "4", "memory": memory, "nvidia.com/gpu": str(gpus)},
                               "limits": {"nvidia.com/gpu": str(gpus)}},
             }]}}}],
             **spec,

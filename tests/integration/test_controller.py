@@ -159,12 +159,16 @@ def test_backfill_fills_idle_gpus_and_is_vacated_when_the_reservation_is_due(
 def test_periodic_checkpoints_cadence_and_retention(kube: Kube, namespace: str, queues: Any,
                                                     run_controller: Any) -> None:
     q = queues(gpus=8)
-    kube.create("checkpointablejobs", cjob("periodic", q, gpus=8, runtime_s=600,
+    # 1 GiB at 1 GiB/s: each checkpoint takes about 2 s, every 4 s.
+    kube.create("checkpointablejobs", cjob("periodic", q, gpus=8, runtime_s=600, memory="1Gi",
                                            checkpoint={"interval": "4s", "retain": 2}), namespace)
     run_controller("iass")
     kube.wait_phase(namespace, "periodic", "Running")
+    started = time.time()
     kube.wait("four periodic checkpoints", lambda: (status(kube, namespace, "periodic").get("checkpoints") or 0) >= 4,
               timeout=60)
+    # Cadence: never more often than the interval (4 checkpoints need at least 3 intervals after the first).
+    assert time.time() - started >= 3 * 4
     ckpts = [c for c in kube.list("checkpoints", namespace) if c["spec"]["jobName"] == "periodic"]
     completed = [c for c in ckpts if (c.get("status") or {}).get("phase") == "Completed"]
     assert len(completed) <= 2  # retain: older ones pruned

@@ -211,6 +211,18 @@ def test_reclaim_lower_priority_spares_higher_priority_borrowers() -> None:
     assert decide(snap, 100, policy).of_type(Preempt) == []
 
 
+def test_jobs_within_nominal_quota_go_before_borrowers() -> None:
+    # The borrower was reclaimed and is pending again, ahead in queue order; the reclaiming job must
+    # still go first, or the two would preempt each other forever.
+    qs = [queue("a", gpus=8, cohort="c"), queue("b", gpus=8, cohort="c")]
+    borrower = job("borrower", cq="a", gpus=8, pods=2, t=0, checkpoint="borrower-1")
+    owner = job("owner", cq="b", gpus=8, t=5)
+    d = decide(snapshot([node("n0"), node("n1")], qs, [borrower, owner]), 100, IASS)
+    assert admitted(d) == ["ns/owner"]
+    assert d.waiting["ns/borrower"].reason is PendingReason.QUOTA
+    assert d.of_type(Preempt) == []
+
+
 # ---- preemption -----------------------------------------------------------------------------------
 
 def test_never_preempts_equal_priority_under_lower_priority() -> None:
