@@ -1,6 +1,7 @@
-"""`ckq demo --engine`: a built-in scenario played through the engine, step by step, as rich tables.
+"""`ckq demo`: the product working on a local real control plane (default), or, with `--engine-only`, a
+built-in scenario played through the engine alone, step by step, as rich tables.
 
-It shows the decisions the controller acts on: admission by priority within quota, a high-priority
+The engine-only mode shows the decisions the controller acts on: admission by priority within quota, a high-priority
 arrival preempting a training job by checkpoint, backfill of idle GPUs, and the resume from the
 checkpoint, with no progress lost.
 """
@@ -24,6 +25,7 @@ from queue_controller.engine import (
     JobState,
     Node,
     PodSet,
+    Policy,
     Preempt,
     PreemptMode,
     Quota,
@@ -69,14 +71,33 @@ def _scenario() -> tuple[Snapshot, dict[float, list[Job]], dict[str, float]]:
 
 def demo(
     policy: str = typer.Option("iass", help="Policy profile: fifo, kueue, easy, iass, or a YAML file."),
-    steps: int = typer.Option(30, min=1, max=200, help="Scheduling cycles to show."),
+    engine_only: bool = typer.Option(False, "--engine-only", help="No cluster: play the scenario through the "
+                                     "engine alone and show every decision."),
+    steps: int = typer.Option(30, min=1, max=200, help="--engine-only: scheduling cycles to show."),
+    keep: bool = typer.Option(False, "--keep", help="Leave the demo cluster running afterwards."),
+    timeout: float = typer.Option(300.0, min=30, help="Stop the live demo after this many seconds."),
 ) -> None:
-    """Play a small scenario through the scheduling engine and show every decision."""
-    console = Console()
+    """Show the product working: a local cluster, the controller, jobs queued, preempted by checkpoint and
+    resumed (live table). `--engine-only` needs no cluster."""
     try:
         pol = load_policy(policy)
     except PolicyError as e:
         raise typer.BadParameter(str(e), param_hint="--policy") from None
+    if not engine_only:
+        from queue_controller.cli.demo_cluster import run_cluster_demo
+        from queue_controller.devcluster import DevClusterError
+
+        try:
+            run_cluster_demo(policy, keep, timeout)
+        except DevClusterError as e:
+            Console(stderr=True).print(f"[red]error:[/] {e}")
+            raise typer.Exit(1) from None
+        return
+    _engine_demo(pol, steps)
+
+
+def _engine_demo(pol: Policy, steps: int) -> None:
+    console = Console()
     base, arrivals, work = _scenario()
     jobs: dict[str, Job] = {}
     done_at: dict[str, float] = {}

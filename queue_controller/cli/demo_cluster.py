@@ -1,0 +1,166 @@
+"""The live demo: a real local control plane with kwok GPU nodes, the controller, and a mix of jobs that
+are queued, preempted by checkpoint and resumed, shown as a live table until the scenario is over."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from queue_controller import devcluster as dc
+
+CLUSTER = "ckq-demo"
+ROOT = Path(__file__).resolve().parents[2]
+GROUP_VERSION = "ckq.io/v1alpha1"
+
+
+def _queue(name: str, gpus: int) -> dict[str, Any]:
+    return {"apiVersion": GROUP_VERSION, "kind": "ClusterQueue", "metadata": {"name": name}, "spec": {
+        "cohort": "ml", "namespaceSelector": {},
+        "preemption": {"withinClusterQueue": "LowerPriority", "reclaimWithinCohort": "Any"},
+        "resourceGroups": [{"coveredResources": ["cpu", "memory", "nvidia.com/gpu"], "flavors": [{
+            "name": "h100", "resources": [{"name": "cpu", "nominalQuota": "128"},
+                                          {"name": "memory", "nominalQuota": "1Ti"},
+                                          {"name": "nvidia.com/gpu", "nominalQuota": str(gpus)}]}]}]}}
+
+
+def _job(name: str, queue: str, pods: int, gpus: int, seconds: int, priority: int, mode: str = "Simulated",
+         interval: str | None = None, estimate: int | None = None) -> dict[str, Any]:
+    ckpt: dict[str, Any] = {"mode": mode}
+    if interval:
+        ckpt["interval"] = interval
+    spec: dict[str, Any] = {
+        "queueName": queue, "priority": priority, "checkpoint": ckpt,
+        "podSets": [{"name": "worker", "count": pods, "template": {"spec": {"containers": [{
+            "name": "main", "image": "registry.example/ml/train:latest",
+            "resources": {"requests": {"cpu": "8", "memory": "8Gi", "nvidia.com/gpu": str(gpus)}}}]}}}],
+    }
+    if estimate:
+        spec["runtimeEstimateSeconds"] = estimate
+    return {"apiVersion": GROUP_VERSION, "kind": "CheckpointableJob",
+            "metadata": {"name": name, "namespace": "ml-team",
+                         "annotations": {"ckq.io/simulated-runtime-seconds": str(seconds)}},
+            "spec": spec}
+
+
+# (seconds after start, job): a long training run borrows the idle half of the cohort; an urgent
+# fine-tune reclaims it, so the training run is checkpointed and later resumed where it stopped.
+SCENARIO: list[tuple[float, dict[str, Any]]] = [
+    (0, _job("llm-pretrain", "research", 3, 8, 60, 0, interval="20s", estimate=60)),
+    (0, _job("eval-sweep", "research", 1, 2, 25, 10, mode="None", estimate=25)),
+    (15, _job("urgent-finetune", "production", 2, 8, 20, 100, estimate=20)),
+    (18, _job("notebook", "production", 1, 1, 15, 50, estimate=15)),
+]
+
+
+def _rows(kubectl: Any) -> list[dict[str, Any]]:
+    data = kubectl("get", "cjob", "-n", "ml-team", "-o", "json")
+    return sorted(data.get("items", []), key=lambda j: j["metadata"]["creationTimestamp"] + j["metadata"]["name"])
+
+
+def _table(jobs: list[dict[str, Any]], elapsed: float) -> Table:
+    t = Table(title=f"ckq demo — t = {elapsed:5.0f} s", title_justify="left")
+    for col in ("job", "queue", "prio", "phase", "progress", "ckpts", "preempted", "lost", "message"):
+        t.add_column(col, no_wrap=col != "message")
+    colours = {"Running": "green", "Checkpointing": "yellow", "Suspended": "yellow", "Restoring": "cyan",
+               "Succeeded": "bold green", "Failed": "red", "Pending": "dim", "Admitted": "cyan"}
+    for j in jobs:
+        st = j.get("status") or {}
+        phase = st.get("phase") or "Pending"
+        run = float(st.get("runTimeSeconds") or 0)
+        if phase == "Running" and st.get("runStartTime"):
+            from queue_controller.operator.cache import parse_time
+
+            run += max(time.time() - (parse_time(st["runStartTime"]) or time.time()), 0)
+        need = j["metadata"]["annotations"].get("ckq.io/simulated-runtime-seconds", "?")
+        t.add_row(j["metadata"]["name"], j["spec"]["queueName"], str(j["spec"].get("priority", "")),
+                  f"[{colours.get(phase, 'white')}]{phase}[/]", f"{run:.0f}/{need}s",
+                  str(st.get("checkpoints", 0)), str(st.get("preemptions", 0)),
+                  f"{float(st.get('lostRunTimeSeconds') or 0):.0f}s", (st.get("message") or "")[:70])
+    return t
+
+
+def run_cluster_demo(policy: str, keep: bool, timeout_s: float) -> None:
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    bin_dir = dc.cached_bin_dir()
+    if bin_dir is None:
+        console.print("Building Kubernetes binaries from Go modules (once; cached in ~/.cache/ckq)...")
+        bin_dir = dc.ensure_binaries()
+    groups = [dc.NodeGroup(name="h100", count=4, gpus=8, product="NVIDIA-H100-80GB-HBM3", cpu="64", memory="512Gi")]
+    console.print(f"Starting a local control plane [bold]{CLUSTER}[/] with 4 kwok nodes x 8 H100 ...")
+    state, _ = dc.up(CLUSTER, groups, say=lambda line: console.print(f"  {line}"))
+    env = {**os.environ, "KUBECONFIG": state.kubeconfig}
+    kubectl_bin = str(Path(state.bin_dir) / "kubectl")
+
+    def kubectl(*args: str, stdin: str | None = None) -> Any:
+        import json
+
+        out = subprocess.run([kubectl_bin, *args], input=stdin, capture_output=True, text=True, env=env, check=True)
+        return json.loads(out.stdout) if "-o" in args and "json" in args else out.stdout
+
+    controller = None
+    log = Path(tempfile.gettempdir()) / "ckq-demo-controller.log"
+    try:
+        import yaml
+
+        kubectl("apply", "-f", str(ROOT / "crds"))
+        kubectl("wait", "--for", "condition=established", "crd", "--all", "--timeout=60s")
+        objs = [{"apiVersion": GROUP_VERSION, "kind": "ResourceFlavor", "metadata": {"name": "h100"},
+                 "spec": {"nodeLabels": {"ckq.io/flavor": "h100"}}},
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml-team"}},
+                _queue("research", 16), _queue("production", 16)]
+        objs += [{"apiVersion": GROUP_VERSION, "kind": "LocalQueue", "metadata": {"name": q, "namespace": "ml-team"},
+                  "spec": {"clusterQueue": q}} for q in ("research", "production")]
+        kubectl("delete", "cjob", "--all", "-n", "ml-team", "--ignore-not-found", "--wait=true")
+        kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(objs))
+        console.print(f"Starting the controller (policy [cyan]{policy}[/]); log: {log}")
+        controller = subprocess.Popen(
+            [sys.executable, "-m", "queue_controller.cli", "controller", "--policy", policy, "--metrics-port", "0",
+             "--liveness-port", "0", "--checkpoint-bandwidth-mib", "2048"],
+            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+        start = time.time()
+        pending = list(SCENARIO)
+        with Live(console=console, refresh_per_second=2) as live:
+            while True:
+                elapsed = time.time() - start
+                while pending and pending[0][0] <= elapsed:
+                    kubectl("apply", "-f", "-", stdin=yaml.safe_dump(pending.pop(0)[1]))
+                if controller.poll() is not None:
+                    raise RuntimeError(f"the controller exited; see {log}")
+                jobs = _rows(kubectl)
+                live.update(Group(_table(jobs, elapsed)))
+                done = all((j.get("status") or {}).get("phase") in ("Succeeded", "Failed") for j in jobs)
+                if (not pending and jobs and done) or elapsed > timeout_s:
+                    break
+                time.sleep(1)
+        jobs = _rows(kubectl)
+        console.print()
+        lost = sum(float((j.get("status") or {}).get("lostRunTimeSeconds") or 0) for j in jobs)
+        for j in jobs:
+            st = j.get("status") or {}
+            need = j["metadata"]["annotations"]["ckq.io/simulated-runtime-seconds"]
+            console.print(f"  {j['metadata']['name']:16} {st.get('phase', '?'):10} needed {need:>3}s, ran "
+                          f"{float(st.get('runTimeSeconds') or 0):5.1f}s, preempted {st.get('preemptions', 0)}x, "
+                          f"lost {float(st.get('lostRunTimeSeconds') or 0):.0f}s")
+        console.print(f"Run time lost to preemption: [bold]{lost:.0f}s[/]. " + (
+            "Preempted jobs were checkpointed and resumed where they stopped; compare with "
+            "[bold]hack/demo.sh --policy kueue[/], where preemption kills." if lost == 0 else
+            "Preempted jobs were killed and started over; compare with [bold]hack/demo.sh --policy iass[/]."))
+    finally:
+        if controller is not None and controller.poll() is None:
+            controller.terminate()
+            controller.wait(timeout=30)
+        if keep:
+            console.print(f"Cluster kept: export KUBECONFIG={state.kubeconfig}; stop it with "
+                          f"`ckq dev down --name {CLUSTER}`")
+        else:
+            dc.down(CLUSTER)
+            console.print("Cluster stopped.")
