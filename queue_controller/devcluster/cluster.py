@@ -1,0 +1,268 @@
+"""`up`, `down` and `status` of one named local control plane."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from queue_controller.devcluster import processes
+from queue_controller.devcluster.binaries import cached_bin_dir, ensure_binaries
+from queue_controller.devcluster.components import (
+    ADVERTISE_IP,
+    PORT_NAMES,
+    SERVICE_IP,
+    Component,
+    apiserver_ready,
+    components,
+)
+from queue_controller.devcluster.errors import DevClusterError
+from queue_controller.devcluster.kube import api_client
+from queue_controller.devcluster.kubeconfig import write_kubeconfig
+from queue_controller.devcluster.nodes import NodeGroup, check_unique, create_nodes, node_is_ready
+from queue_controller.devcluster.pki import CLIENTS, write_pki
+from queue_controller.devcluster.ports import free_ports, require_free
+from queue_controller.devcluster.processes import ProcessRecord
+from queue_controller.devcluster.stages import stages_yaml
+from queue_controller.devcluster.state import ClusterPaths, ClusterState, locked, paths_for
+
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    pid: int
+    alive: bool
+    log: str
+
+    def log_tail(self, lines: int = 15) -> str:
+        return processes.tail(self.log, lines)
+
+
+class ComponentDied(DevClusterError):
+    """A component exited; the message carries the tail of its log."""
+
+
+def _died_message(rec: ProcessRecord) -> str:
+    code = processes.exit_code(rec)
+    how = f"exited with status {code}" if code is not None else "is not running"
+    return f"{rec.name} (pid {rec.pid}) {how}. Last lines of {rec.log}:\n" + "\n".join(
+        "    " + line for line in processes.tail(rec.log).splitlines()
+    )
+
+
+def _check_alive(state: ClusterState) -> None:
+    for rec in state.processes:
+        if not processes.is_alive(rec):
+            raise ComponentDied(_died_message(rec))
+
+
+def _stop_all(state: ClusterState) -> None:
+    for rec in reversed(state.processes):  # kwok first, etcd last: dependants before dependencies
+        processes.stop(rec)
+
+
+def _write_configs(paths: ClusterPaths, name: str, server: str) -> None:
+    paths.configs.mkdir(parents=True, exist_ok=True)
+    write_pki(paths.pki, service_ip=SERVICE_IP, advertise_ip=ADVERTISE_IP)
+    ca = paths.pki / "ca.crt"
+    for c in CLIENTS:
+        target = paths.kubeconfig if c.file_stem == "admin" else paths.component_kubeconfig(c.file_stem)
+        write_kubeconfig(
+            target,
+            cluster=name,
+            server=server,
+            ca=ca,
+            cert=paths.pki / f"{c.file_stem}.crt",
+            key=paths.pki / f"{c.file_stem}.key",
+            user=c.user,
+        )
+    (paths.configs / "kwok-stages.yaml").write_text(stages_yaml())
+
+
+def _start(comp: Component, state: ClusterState, timeout: float, die_with_parent: bool, say: Say) -> None:
+    t0 = time.monotonic()
+    rec = processes.start(comp.name, comp.argv, state.paths.logs / f"{comp.name}.log", die_with_parent=die_with_parent)
+    state.processes.append(rec)
+    state.save()  # recorded before waiting, so a later `down` finds it even if we crash now
+    try:
+        processes.wait_for(
+            comp.healthy,
+            timeout=timeout,
+            what=f"{comp.name} to become healthy",
+            alive=lambda: _check_alive(state),
+        )
+    except TimeoutError as exc:
+        raise DevClusterError(f"{exc}. Last lines of {rec.log}:\n{processes.tail(rec.log)}") from None
+    say(f"  {comp.name:<24} pid {rec.pid:<7} healthy in {time.monotonic() - t0:4.1f}s")
+
+
+def _wait_cluster_ready(state: ClusterState, node_names: list[str], timeout: float) -> None:
+    with api_client(state.kubeconfig) as api:
+        core = client.CoreV1Api(api)
+        create_nodes(core, state.node_groups)
+
+        def nodes_ready() -> bool:
+            ready = {n.metadata.name for n in core.list_node().items if n.metadata and node_is_ready(n)}
+            return set(node_names) <= ready
+
+        def default_sa() -> bool:
+            try:
+                core.read_namespaced_service_account("default", "default")
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+            return True
+
+        alive = lambda: _check_alive(state)  # noqa: E731
+        processes.wait_for(nodes_ready, timeout=timeout, what=f"{len(node_names)} nodes to be Ready", alive=alive)
+        processes.wait_for(default_sa, timeout=timeout, what="the default ServiceAccount", alive=alive)
+
+
+def up(
+    name: str,
+    node_groups: list[NodeGroup],
+    *,
+    root: Path | None = None,
+    api_port: int | None = None,
+    timeout: float = 90.0,
+    die_with_parent: bool = False,
+    build: bool = True,
+    say: Say = _quiet,
+) -> tuple[ClusterState, bool]:
+    """Start cluster `name`, or find it already running. Returns (state, started_now).
+
+    On any failure everything started here is stopped and its state removed before raising.
+    """
+    if not node_groups:
+        raise DevClusterError("at least one node group is needed")
+    try:
+        check_unique(node_groups)
+    except ValueError as exc:
+        raise DevClusterError(str(exc)) from None
+    paths = paths_for(name, root)
+    with locked(paths):
+        existing = ClusterState.load(paths)
+        if existing is not None:
+            if _healthy(existing):
+                return existing, False
+            _clear_stale(existing, paths, say)
+        if paths.root.exists():
+            shutil.rmtree(paths.root)
+        if api_port is not None:
+            require_free(api_port, "API server")
+        bin_dir = _binaries(build, say)
+        return _fresh_up(name, node_groups, paths, bin_dir, api_port, timeout, die_with_parent, say), True
+
+
+def _binaries(build: bool, say: Say) -> Path:
+    bin_dir = cached_bin_dir()
+    if bin_dir is not None:
+        return bin_dir
+    if not build:
+        raise DevClusterError("the control plane binaries are not built yet: run `ckq dev build`")
+    say("building the control plane binaries from Go modules first (once; tens of minutes cold)")
+    return ensure_binaries()
+
+
+def _fresh_up(
+    name: str,
+    node_groups: list[NodeGroup],
+    paths: ClusterPaths,
+    bin_dir: Path,
+    api_port: int | None,
+    timeout: float,
+    die_with_parent: bool,
+    say: Say,
+) -> ClusterState:
+    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+    if api_port is not None:
+        ports["apiserver"] = api_port
+    server = f"https://127.0.0.1:{ports['apiserver']}"
+    paths.root.mkdir(parents=True)
+    state = ClusterState(
+        name=name,
+        root=str(paths.root),
+        bin_dir=str(bin_dir),
+        server=server,
+        ports=ports,
+        node_groups=list(node_groups),
+    )
+    t0 = time.monotonic()
+    try:
+        _write_configs(paths, name, server)
+        state.save()
+        for comp in components(bin_dir, paths, ports, name):
+            _start(comp, state, timeout, die_with_parent, say)
+        node_names = [n for g in node_groups for n in g.node_names()]
+        _wait_cluster_ready(state, node_names, timeout)
+        say(f"  {len(node_names)} node(s) Ready, default ServiceAccount present ({time.monotonic() - t0:.1f}s in all)")
+        state.ready = True
+        state.save()
+        return state
+    except BaseException as exc:  # also Ctrl-C: never leave a half-started cluster behind
+        _stop_all(state)
+        shutil.rmtree(paths.root, ignore_errors=True)
+        if isinstance(exc, DevClusterError) or not isinstance(exc, Exception):
+            raise  # ours already reads well; Ctrl-C and exits pass through
+        raise DevClusterError(f"cluster '{name}' did not come up: {type(exc).__name__}: {exc}") from None
+
+
+def _healthy(state: ClusterState) -> bool:
+    if not state.ready or not all(processes.is_alive(p) for p in state.processes):
+        return False
+    try:
+        return apiserver_ready(state.paths, state.ports["apiserver"])
+    except OSError:
+        return False
+
+
+def _clear_stale(state: ClusterState, paths: ClusterPaths, say: Say) -> None:
+    alive = [p for p in state.processes if processes.is_alive(p)]
+    if state.ready and alive:
+        dead = [p for p in state.processes if not processes.is_alive(p)]
+        detail = "\n".join(_died_message(p) for p in dead) or "the API server is not ready"
+        raise DevClusterError(
+            f"cluster '{state.name}' is running but unhealthy:\n{detail}\n"
+            f"Run `ckq dev down --name {state.name}` and `up` again."
+        )
+    # Left over from a crash, a kill or a reboot: stop whatever of it still runs and start afresh.
+    say(f"removing stale state of cluster '{state.name}' ({len(alive)} leftover process(es))")
+    _stop_all(state)
+
+
+def down(name: str, *, root: Path | None = None) -> ClusterState | None:
+    """Stop exactly the processes `up` recorded and remove the state. None if there was no cluster."""
+    paths = paths_for(name, root)
+    with locked(paths):
+        state = ClusterState.load(paths)
+        if state is not None:
+            _stop_all(state)
+        if paths.root.exists():
+            shutil.rmtree(paths.root)
+        return state
+
+
+def status(name: str, *, root: Path | None = None) -> tuple[ClusterState | None, list[ComponentStatus]]:
+    state = ClusterState.load(paths_for(name, root))
+    if state is None:
+        return None, []
+    return state, [ComponentStatus(p.name, p.pid, processes.is_alive(p), p.log) for p in state.processes]
+
+
+def load(name: str, *, root: Path | None = None) -> ClusterState:
+    state = ClusterState.load(paths_for(name, root))
+    if state is None:
+        raise DevClusterError(f"no cluster named '{name}' (start one with `ckq dev up --name {name}`)")
+    return state

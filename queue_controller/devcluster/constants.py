@@ -1,0 +1,23 @@
+"""Names shared by the dev cluster, its kwok stages and the code that drives them (one place)."""
+
+from __future__ import annotations
+
+# Label on every fake node naming its node group; ResourceFlavors select nodes by it.
+FLAVOR_LABEL = "ckq.io/flavor"
+# GPU product label, the same key NVIDIA's GPU feature discovery sets on real nodes.
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# On a POD: seconds after the pod started running at which kwok marks it finished.
+RUN_SECONDS_ANNOTATION = "kwok.ckq.io/run-seconds"
+# On a POD, with RUN_SECONDS_ANNOTATION: exit code it finishes with ("0" = Succeeded, else Failed).
+EXIT_CODE_ANNOTATION = "kwok.ckq.io/exit-code"
+# On a NODE: "false" makes kwok report it NotReady until the annotation is removed.
+NODE_READY_ANNOTATION = "kwok.ckq.io/ready"
+
+# kwok manages exactly the nodes carrying this annotation (its documented convention).
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_NODE_ANNOTATION_VALUE = "fake"
+
+DEFAULT_CLUSTER_NAME = "ckq-dev"
