@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 import typer
 
@@ -35,6 +37,16 @@ def controller(
     logging.getLogger("ckq").setLevel(logging.DEBUG if verbose else logging.INFO)
     from queue_controller.operator.main import run
 
+    profile = os.environ.get("CKQ_PROFILE")  # a path: write a cProfile of the whole run there at exit
+    if profile:
+        import atexit
+        import cProfile
+        import signal
+
+        prof = cProfile.Profile()
+        prof.enable()
+        atexit.register(lambda: (prof.disable(), prof.dump_stats(profile)))
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         run(pol, kubeconfig=kubeconfig, namespaces=list(namespace) or None, metrics_port=metrics_port or None,
             liveness_port=liveness_port or None, peering=peering,

@@ -58,6 +58,8 @@ class JobRecord:
     # Pod templates exactly as the user wrote them (by pod set name): pods are built from these, never
     # from a re-serialised model that would add empty defaults the API server rejects.
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per-pod requests of each pod set (milli-units), computed once per spec change, not per cycle.
+    requests: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -177,6 +179,7 @@ class Cache:
         self.pods_by_job: dict[str, set[str]] = {}
         self.nodes: dict[str, NodeRecord] = {}
         self.checkpoints: dict[str, CheckpointRecord] = {}
+        self.checkpoints_by_job: dict[str, set[str]] = {}
         self.cluster_queues: dict[str, QueueRecord] = {}
         self.local_queues: dict[str, LocalQueueRecord] = {}
         self.flavors: dict[str, FlavorRecord] = {}
@@ -210,10 +213,23 @@ class Cache:
         meta = _meta(body)
         spec: CheckpointableJobSpec | None = None
         error = ""
-        try:
-            spec = CheckpointableJobSpec.model_validate(body.get("spec") or {})
-        except (ValidationError, QuantityError) as e:
-            error = str(e).splitlines()[0] if str(e) else "invalid spec"
+        old = self.jobs.get(f"{meta.get('namespace', '')}/{meta['name']}")
+        generation = int(meta.get("generation") or 0)
+        if old is not None and old.uid == meta.get("uid") and generation and old.generation == generation:
+            # Only status or metadata changed (the API server bumps generation on spec changes): the
+            # parsed spec still holds, and parsing it is the costliest part of an event.
+            spec, error = old.spec, old.spec_error
+        else:
+            try:
+                spec = CheckpointableJobSpec.model_validate(body.get("spec") or {})
+            except (ValidationError, QuantityError) as e:
+                error = str(e).splitlines()[0] if str(e) else "invalid spec"
+        requests: dict[str, dict[str, int]] = {}
+        if spec is not None:
+            if old is not None and old.spec == spec:
+                requests = old.requests
+            else:
+                requests = {ps.name: ps.template.pod_requests_milli() for ps in spec.pod_sets}
         rec = JobRecord(
             namespace=meta.get("namespace", ""), name=meta["name"], uid=meta.get("uid", ""),
             created=parse_time(meta.get("creationTimestamp")) or 0.0, spec=spec, spec_error=error,
@@ -221,6 +237,7 @@ class Cache:
             generation=int(meta.get("generation") or 0),
             templates={ps.get("name", ""): ps.get("template") or {}
                        for ps in (body.get("spec") or {}).get("podSets") or () if isinstance(ps, dict)},
+            requests=requests,
         )
         self.jobs[rec.key] = rec
         self._changed()
@@ -245,10 +262,14 @@ class Cache:
         status = body.get("status") or {}
         ns = meta.get("namespace", "")
         job = labels.get(JOB_LABEL)
-        try:
-            requests = _requests(spec)
-        except (ValidationError, QuantityError):
-            requests = {}
+        known = self.pods.get(f"{ns}/{meta['name']}")
+        if known is not None and known.uid == meta.get("uid", ""):
+            requests = known.requests  # a pod's requests do not change (no in-place resize here)
+        else:
+            try:
+                requests = _requests(spec)
+            except (ValidationError, QuantityError):
+                requests = {}
         rec = PodRecord(
             namespace=ns, name=meta["name"], uid=meta.get("uid", ""), node=spec.get("nodeName"),
             phase=status.get("phase") or "Pending", requests=requests,
@@ -311,15 +332,21 @@ class Cache:
             annotations=dict(meta.get("annotations") or {}),
         )
         self.checkpoints[rec.key] = rec
+        self.checkpoints_by_job.setdefault(rec.job_key, set()).add(rec.key)
         self._changed()
         return rec
 
     def delete_checkpoint(self, namespace: str, name: str) -> None:
-        if self.checkpoints.pop(f"{namespace}/{name}", None) is not None:
+        rec = self.checkpoints.pop(f"{namespace}/{name}", None)
+        if rec is not None:
+            self.checkpoints_by_job.get(rec.job_key, set()).discard(rec.key)
             self._changed()
 
     def job_checkpoints(self, job_key: str) -> list[CheckpointRecord]:
-        return sorted((c for c in self.checkpoints.values() if c.job_key == job_key),
+        keys = self.checkpoints_by_job.get(job_key)
+        if not keys:
+            return []
+        return sorted((self.checkpoints[k] for k in keys if k in self.checkpoints),
                       key=lambda c: (c.created, c.name))
 
     # ---- queues, flavors, priority classes --------------------------------------------------------

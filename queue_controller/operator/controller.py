@@ -77,6 +77,8 @@ class Controller:
         self._published: dict[str, _Published] = {}
         self._queue_status: dict[str, Any] = {}
         self._priority: dict[str, int] = {}
+        self.concurrency = 64
+        self._background: set[asyncio.Task[None]] = set()
         # Called after every cycle; set by main to plan the APScheduler wake-up at `next_wakeup`. Without
         # it (tests driving cycles by hand) the loop falls back to a timeout of its own.
         self.on_cycle: Callable[[], None] | None = None
@@ -102,7 +104,7 @@ class Controller:
             ps = sets.get(a["name"])
             if ps is None:
                 continue
-            req = ps.template.pod_requests_milli()
+            req = job.requests.get(ps.name) or {}
             containers = tuple(c.name for c in ps.template.spec.containers)
             for i, node in enumerate(a.get("nodes") or ()):
                 refs.append(PodRef(f"{job.name}-{i}", ps.name, i, node, containers,
@@ -114,7 +116,7 @@ class Controller:
             return 0.0, 0.0
         refs = self._pod_refs(job)
         if not refs:
-            refs = [PodRef("", ps.name, 0, "", (), ps.template.pod_requests_milli().get("memory", 0) // 1000)
+            refs = [PodRef("", ps.name, 0, "", (), (job.requests.get(ps.name) or {}).get("memory", 0) // 1000)
                     for ps in job.spec.pod_sets]
         return self.backend_for(job).estimate(refs)
 
@@ -136,6 +138,12 @@ class Controller:
                 self.kick()
 
     async def event(self, job: JobRecord, reason: str, message: str, warning: bool = False) -> None:
+        """Record a Kubernetes Event in the background: it never delays a transition."""
+        task = asyncio.create_task(self._post_event(job, reason, message, warning))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _post_event(self, job: JobRecord, reason: str, message: str, warning: bool) -> None:
         now = format_time(self.clock())
         body = {
             "apiVersion": "v1", "kind": "Event",
@@ -194,16 +202,8 @@ class Controller:
         snap, unqueued = build(self.cache, self.estimate)
         self._priority = {j.key: j.priority for j in snap.jobs}
         decisions = decide(snap, now, self.policy)
-        for action in decisions.actions:
-            job = self.cache.jobs.get(action.job if not isinstance(action, Preempt) else action.victim)
-            if job is None:
-                continue
-            if isinstance(action, Admit | Resume):
-                await self._admit(job, action, now)
-            elif isinstance(action, Preempt):
-                await self._preempt(job, action, now)
-            elif isinstance(action, Checkpoint):
-                await self._checkpoint(job, "Periodic", True, now)
+        # Each decision concerns a different job, so they are carried out concurrently (bounded).
+        await self._bounded([self._act(action, now) for action in decisions.actions])
         await self._publish_waiting(decisions, unqueued, now)
         await self._publish_queues(snap, now)
         self._plan_wakeup(decisions, now)
@@ -213,6 +213,35 @@ class Controller:
             self.on_cycle()
         metrics.CYCLE_SECONDS.observe(time.perf_counter() - started)
         return decisions
+
+    async def _act(self, action: Admit | Resume | Preempt | Checkpoint, now: float) -> None:
+        job = self.cache.jobs.get(action.victim if isinstance(action, Preempt) else action.job)
+        if job is None:
+            return
+        if isinstance(action, Admit | Resume):
+            await self._admit(job, action, now)
+        elif isinstance(action, Preempt):
+            await self._preempt(job, action, now)
+        else:
+            await self._checkpoint(job, "Periodic", True, now)
+
+    async def _bounded(self, coros: list[Any]) -> None:
+        """Run API work concurrently, at most `concurrency` at a time; the first unexpected error is raised
+        after all finished (an API error concerns one job and is already reported on it)."""
+        if not coros:
+            return
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(c: Any) -> None:
+            async with sem:
+                await c
+
+        errors = [r for r in await asyncio.gather(*(one(c) for c in coros), return_exceptions=True)
+                  if isinstance(r, BaseException)]
+        for e in errors:
+            if not isinstance(e, ApiError):
+                raise e
+            log.warning("API request failed: %s", e)
 
     def _plan_wakeup(self, decisions: Decisions, now: float) -> None:
         wake = decisions.next_wakeup
@@ -249,6 +278,7 @@ class Controller:
         if updated is None:
             return
         self.admissions += 1
+        metrics.ADMISSIONS.labels(action.cluster_queue).inc()
         metrics.TIME_TO_ADMISSION.labels(action.cluster_queue).observe(max(now - queued_since, 0.0))
         self._published.pop(job.key, None)
         await self._create_pods(updated, action.checkpoint if resume else None)
@@ -618,10 +648,7 @@ class Controller:
             if "queuedTime" not in job.status:
                 status["queuedTime"] = format_time(job.created)
             writes.append(self.patch_job(job, status, {"QuotaReserved": ("False", reason, message)}))
-        if writes:
-            for result in await asyncio.gather(*writes, return_exceptions=True):
-                if isinstance(result, BaseException) and not isinstance(result, ApiError):
-                    raise result
+        await self._bounded(writes)
 
     async def _publish_queues(self, snap: Snapshot, now: float) -> None:
         counts: dict[str, dict[str, int]] = {}

@@ -33,6 +33,21 @@ class Runtime:
 RUNTIME = Runtime()
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf computes and stores a deep-copied "essence" of every object on every event, for
+    create/update handlers. This operator has none (only on.event), so that work is pure cost: about
+    three quarters of kopf's per-event CPU."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: Any) -> Any:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 def _on(kind: str, upsert: Callable[[Mapping[str, Any]], Any], delete: Callable[[Mapping[str, Any]], Any],
         ) -> Callable[..., Any]:
     async def handler(event: Mapping[str, Any], **_: Any) -> None:
@@ -82,7 +97,7 @@ def register() -> None:
         settings.watching.server_timeout = 600
         settings.watching.client_timeout = 660
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ckq.io")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="ckq.io")
+        settings.persistence.diffbase_storage = NoDiffBase()
         for fn in RUNTIME.startup:
             result = fn()
             if asyncio.iscoroutine(result):

@@ -19,6 +19,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from queue_controller.api.common import GROUP, VERSION
+from queue_controller.operator.metrics import API_REQUESTS
 
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -104,6 +105,7 @@ class Kube:
                             params: Mapping[str, str] | None) -> dict[str, Any]:
         sess = await self._sess()
         self.requests += 1
+        API_REQUESTS.labels(method).inc()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
         async with sess.request(method, self.host + path, data=data, headers=headers, params=params) as resp:

@@ -28,3 +28,6 @@ LOST_RUNTIME = Counter("ckq_lost_run_time_seconds_total",
                        ["cause"], registry=REGISTRY)
 CYCLE_SECONDS = Histogram("ckq_scheduling_cycle_seconds", "Duration of one scheduling cycle.",
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=REGISTRY)
+API_REQUESTS = Counter("ckq_api_requests_total", "Requests the controller's scheduling loop sent to the API server.",
+                       ["verb"], registry=REGISTRY)
+ADMISSIONS = Counter("ckq_admissions_total", "Jobs admitted or resumed.", ["cluster_queue"], registry=REGISTRY)

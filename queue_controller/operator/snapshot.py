@@ -108,8 +108,8 @@ def engine_job(cache: Cache, rec: JobRecord, cq_name: str, priority: int, estima
     pod_sets = []
     for ps in spec.pod_sets:
         tmpl = ps.template.spec
-        pod_sets.append(PodSet(ps.name, ps.count, ps.template.pod_requests_milli(), dict(tmpl.node_selector),
-                               _tolerations([t.to_wire() for t in tmpl.tolerations])))
+        pod_sets.append(PodSet(ps.name, ps.count, rec.requests.get(ps.name) or {}, dict(tmpl.node_selector),
+                               _tolerations([t.to_wire() for t in tmpl.tolerations]) if tmpl.tolerations else ()))
     phase = rec.phase
     active = phase in ACTIVE_PHASES and bool(status.get("admission"))
     placement: tuple[PodSetPlacement, ...] = ()
@@ -117,14 +117,18 @@ def engine_job(cache: Cache, rec: JobRecord, cq_name: str, priority: int, estima
         adm = status["admission"]
         placement = tuple(PodSetPlacement(a["name"], a.get("flavor") or "", tuple(a.get("nodes") or ()))
                           for a in adm.get("podSetAssignments") or ())
-    ckpt_cost, restore_cost = estimator(rec)
-    measured = [float(c.status["durationSeconds"]) for c in cache.job_checkpoints(rec.key)
+    ckpts = cache.job_checkpoints(rec.key)
+    measured = [float(c.status["durationSeconds"]) for c in ckpts
                 if c.phase == "Completed" and c.status.get("durationSeconds") is not None]
     if measured:
         ckpt_cost = restore_cost = measured[-1]
+    elif spec.checkpoint.mode != "None":
+        ckpt_cost, restore_cost = estimator(rec)
+    else:
+        ckpt_cost = restore_cost = 0.0
     interval = spec.checkpoint.interval_seconds()
-    latest = latest_completed_checkpoint(cache, rec.key)
-    inflight = [c for c in cache.job_checkpoints(rec.key) if c.phase in ("Pending", "Running")]
+    latest = latest_completed_checkpoint(cache, rec.key) if ckpts else None
+    inflight = [c for c in ckpts if c.phase in ("Pending", "Running")]
     vacating = active and (phase == "Checkpointing" or any(not c.leave_running for c in inflight))
     return Job(
         key=rec.key, cluster_queue=cq_name, priority=priority, queue_order=rec.created,

@@ -276,3 +276,28 @@ def cjob(name: str, queue: str, gpus: int = 8, pods: int = 1, priority: int = 0,
             **spec,
         },
     }
+
+
+@pytest.fixture
+def queues(kube: Kube, namespace: str) -> Iterator[Callable[..., str]]:
+    """Create ClusterQueues (named uniquely per test) with a LocalQueue each in the test namespace."""
+    made: list[str] = []
+
+    def make(gpus: int, cohort: str | None = None, lq: str = "main", **spec: Any) -> str:
+        name = f"{namespace}-{lq}"
+        kube.create("clusterqueues", cluster_queue(name, gpus, cohort, **spec))
+        made.append(name)
+        kube.create("localqueues", local_queue(lq, namespace, name), namespace)
+        return lq
+
+    yield make
+    for name in made:
+        kube.delete("clusterqueues", name)
+
+
+def job_status(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    return kube.job(ns, name).get("status") or {}
+
+
+def running_pods(kube: Kube, ns: str, job: str) -> list[Any]:
+    return [p for p in kube.pods(ns, job) if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
