@@ -64,6 +64,7 @@ class Capacity:
         # rollback never revives a shape recorded as failed.
         self._failed: set[tuple[object, ...]] = set()
         self.speculative = 0  # >0 while a what-if (preemption search) has capacity added back
+        self._candidates: dict[tuple[object, ...], list[str]] = {}
 
     def consume(self, node: str, requests: Resources, sign: int = 1) -> None:
         free = self.free[node]
@@ -75,6 +76,17 @@ class Capacity:
 
     def candidates(self, pool: Pool, pod_set: PodSet, extra_tolerations: tuple[Toleration, ...],
                    restore_labels: Mapping[str, str]) -> list[str]:
+        """The pool's nodes this pod set may use (selector, restore labels, taints). Cached: most jobs
+        share the same few combinations."""
+        key = (pool.flavor.name, tuple(pod_set.node_selector.items()), pod_set.tolerations, extra_tolerations,
+               tuple(restore_labels.items()))
+        hit = self._candidates.get(key)
+        if hit is None:
+            hit = self._candidates[key] = self._filter(pool, pod_set, extra_tolerations, restore_labels)
+        return hit
+
+    def _filter(self, pool: Pool, pod_set: PodSet, extra_tolerations: tuple[Toleration, ...],
+                restore_labels: Mapping[str, str]) -> list[str]:
         tolerations = pod_set.tolerations + extra_tolerations
         out = []
         for name in pool.nodes:

@@ -10,7 +10,7 @@ admitted by a later cycle, so one cycle never over-commits a node or a quota.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from queue_controller.engine.backfill import INF, Profile
 from queue_controller.engine.decisions import (
@@ -108,6 +108,7 @@ class _Cycle:
         self._borrowing: dict[str, bool] = {}
         self.preempting = policy.preemption.mode is not PreemptionMode.NEVER
         self._shapes: dict[str, tuple[object, ...]] = {}
+        self._why: dict[str, tuple[PendingReason, str, float | None]] = {}
 
         for job in sorted(snapshot.jobs, key=order_key):
             if job.state is JobState.ADMITTED:
@@ -117,15 +118,14 @@ class _Cycle:
                 self._vacating.append(run)
             else:
                 self._by_group.setdefault(self._share_group(run.job.cluster_queue), []).append(run)
-        self.pending = sorted((j for j in snapshot.jobs if j.state is JobState.PENDING), key=self._sort_key)
+        pending = [j for j in snapshot.jobs if j.state is JobState.PENDING]
+        self.pending = sorted(pending, key=self._sort_key if policy.fair_sharing else order_key)
 
     # ---- setup ------------------------------------------------------------------------------------
 
     def _sort_key(self, job: Job) -> tuple[float, int, float, str]:
-        if self.policy.fair_sharing and job.cluster_queue in self.queues:
-            share = dominant_share(self.ledger, job.cluster_queue)
-            return (share, -job.priority, job.queue_order, job.key)
-        return (0.0, -job.priority, job.queue_order, job.key)
+        share = dominant_share(self.ledger, job.cluster_queue) if job.cluster_queue in self.queues else 0.0
+        return (share, -job.priority, job.queue_order, job.key)
 
     def _remaining(self, job: Job) -> float | None:
         est = job.runtime_estimate_s
@@ -186,6 +186,11 @@ class _Cycle:
     @staticmethod
     def _compute_shape(job: Job) -> tuple[object, ...]:
         # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
+        sets = job.pod_sets
+        if len(sets) == 1 and not job.restore_node_labels:
+            ps = sets[0]
+            if not ps.node_selector and not ps.tolerations:
+                return (ps.count, *ps.requests.items())  # the common case, cheaply
         return (
             tuple((ps.count, tuple(ps.requests.items()),
                    tuple(ps.node_selector.items()) if ps.node_selector else (), ps.tolerations)
@@ -513,11 +518,12 @@ class _Cycle:
         for job in deferred:
             self._consider(job, None)
         positions: dict[str, int] = {}
+        waiting = self.out.waiting
         for job in self.pending:
-            w = self.out.waiting.get(job.key)
-            if w is not None:
+            why = self._why.get(job.key)
+            if why is not None:
                 positions[job.cluster_queue] = pos = positions.get(job.cluster_queue, 0) + 1
-                self.out.waiting[job.key] = replace(w, position=pos)
+                waiting[job.key] = Waiting(job.key, pos, *why)
         self._periodic_checkpoints()
         return self.out
 
@@ -582,8 +588,8 @@ class _Cycle:
         self.admitted_now.append(_Running(job, fit.delta, [], end, fit.by_flavor))
 
     def _wait(self, job: Job, reason: PendingReason, message: str, reserved_start: float | None = None) -> None:
-        # Positions are filled in at the end of the cycle, in queue order.
-        self.out.waiting[job.key] = Waiting(job.key, 0, reason, message, reserved_start)
+        # Waiting records are made at the end of the cycle, with positions in queue order.
+        self._why[job.key] = (reason, message, reserved_start)
         if reserved_start is not None and reserved_start > self.now:
             self._wake(reserved_start)
 

@@ -677,13 +677,47 @@ class Controller:
             status = {"pendingWorkloads": c["pending"], "admittedWorkloads": c["admitted"],
                       "suspendedWorkloads": c["suspended"],
                       "flavorsUsage": [{"name": f, "resources": rs} for f, rs in flavors.items()]}
-            if self._queue_status.get(name) == status:
+            await self._write_queue_status("clusterqueues", None, name, status)
+        # LocalQueues: the same figures for the jobs submitted through each of them.
+        lq_counts: dict[str, dict[str, int]] = {}
+        lq_usage: dict[str, dict[tuple[str, str], int]] = {}
+        for j in snap.jobs:
+            rec = self.cache.jobs.get(j.key)
+            if rec is None or rec.spec is None:
                 continue
-            try:
-                await self.kube.patch_status("clusterqueues", None, name, status)
-                self._queue_status[name] = status
-            except ApiError as e:
-                log.warning("ClusterQueue %s status not written: %s", name, e)
+            lq = f"{rec.namespace}/{rec.spec.queue_name}"
+            c = lq_counts.setdefault(lq, {"pending": 0, "admitted": 0, "suspended": 0})
+            if j.state is JobState.ADMITTED:
+                c["admitted"] += 1
+                u = lq_usage.setdefault(lq, {})
+                reqs = {ps.name: ps.requests for ps in j.pod_sets}
+                for pl in j.placement:
+                    for r, q in reqs.get(pl.name, {}).items():
+                        u[(pl.flavor, r)] = u.get((pl.flavor, r), 0) + q * len(pl.nodes)
+            elif j.checkpoint:
+                c["suspended"] += 1
+            else:
+                c["pending"] += 1
+        for key, lq_rec in self.cache.local_queues.items():
+            c = lq_counts.get(key, {"pending": 0, "admitted": 0, "suspended": 0})
+            flavors = {}
+            for (flavor, res), q in sorted(lq_usage.get(key, {}).items()):
+                flavors.setdefault(flavor, []).append({"name": res, "total": _fmt(res, q)})
+            status = {"pendingWorkloads": c["pending"], "admittedWorkloads": c["admitted"],
+                      "suspendedWorkloads": c["suspended"],
+                      "flavorsUsage": [{"name": f, "resources": rs} for f, rs in flavors.items()]}
+            await self._write_queue_status("localqueues", lq_rec.namespace, lq_rec.name, status)
+
+    async def _write_queue_status(self, plural: str, namespace: str | None, name: str,
+                                  status: dict[str, Any]) -> None:
+        key = f"{plural}/{namespace or ''}/{name}"
+        if self._queue_status.get(key) == status:
+            return
+        try:
+            await self.kube.patch_status(plural, namespace, name, status)
+            self._queue_status[key] = status
+        except ApiError as e:
+            log.warning("%s %s status not written: %s", plural, name, e)
 
 
 def _fmt(resource: str, milli: int) -> str:

@@ -32,9 +32,10 @@ def test_checkpoint_preemption_and_resume_lose_no_progress(kube: Kube, namespace
     assert ckpt["status"]["artifacts"] and ckpt["status"]["sizeBytes"] > 0
     kube.wait_phase(namespace, "urgent", "Succeeded", timeout=60)
     kube.wait_phase(namespace, "train", ("Restoring", "Running"), timeout=60)
-    pods = kube.pods(namespace, "train")
-    restored = [p for p in pods if p.metadata.annotations.get("ckq.io/restore-from") == ckpt["metadata"]["name"]]
-    assert restored, "resumed pods carry the restore reference"
+    restored = kube.wait("resumed pods carrying the restore reference", lambda: [
+        p for p in kube.pods(namespace, "train")
+        if (p.metadata.annotations or {}).get("ckq.io/restore-from") == ckpt["metadata"]["name"]])
+    assert len(restored) == 4 and all(p.metadata.labels["ckq.io/attempt"] == "2" for p in restored)
     done = kube.wait_phase(namespace, "train", "Succeeded", timeout=90)["status"]
     # No progress lost: total run time is what the job needed (within scheduling jitter).
     assert abs(done["runTimeSeconds"] - needed) <= 4, done["runTimeSeconds"]
