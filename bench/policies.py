@@ -1,0 +1,287 @@
+"""Policy evaluation: fifo, kueue, easy and iass on the sample trace at moderate and high load.
+
+Load is set by the cluster size: offered load = GPU-seconds of work / (cluster GPUs x arrival span), and
+the node count is chosen to hit each target. Writes docs/evaluation.md (tables, goal checks and plots
+under docs/evaluation/) and prints a table; the last line is one JSON object with every figure.
+
+    .venv/bin/python bench/policies.py [--trace FILE] [--loads 0.7,1.0] [--out /tmp/ckq-eval] [--no-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from queue_controller.sim import SAMPLE_TRACE
+from queue_controller.sim.cluster import CheckpointModel, ClusterSpec
+from queue_controller.sim.generate import generate
+from queue_controller.sim.runner import run_compare, run_policy
+from queue_controller.sim.simulator import SimConfig
+from queue_controller.sim.trace import TraceJob, load_any
+
+POLICIES = ("fifo", "kueue", "easy", "iass")
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "evaluation.md"
+DOC_PLOTS = ROOT / "docs" / "evaluation"
+HIGH = 1000  # priority of the interactive (urgent) class in the sample trace
+FAST_GIB_S = 10.0  # sensitivity run: iass with checkpoint storage five times faster
+SCALE_JSON = DOC_PLOTS / "sim_scale.json"  # written by bench/sim_scale.py --record
+
+
+def offered_load(trace: list[TraceJob], gpus: int) -> float:
+    span = max(j.submit_s for j in trace) - min(j.submit_s for j in trace)
+    return sum(j.gpus * j.runtime_s for j in trace) / (gpus * max(span, 1.0))
+
+
+def nodes_for(trace: list[TraceJob], target: float, gpus_per_node: int) -> int:
+    span = max(j.submit_s for j in trace) - min(j.submit_s for j in trace)
+    work = sum(j.gpus * j.runtime_s for j in trace)
+    need = max(j.gpus for j in trace) // gpus_per_node + 1  # every gang must fit somewhere
+    return max(need, round(work / (span * gpus_per_node * target)))
+
+
+def _row(m: dict[str, Any]) -> list[str]:
+    p95 = m["p95_wait_s_by_priority"]
+    return [
+        m["policy"], f"{m['gpu_utilization']:.1%}", f"{m['gpu_utilization_steady']:.1%}",
+        f"{m['utilization']:.1%}", f"{m['mean_wait_s']:.0f}", f"{p95.get(str(HIGH), 0.0):.0f}",
+        f"{p95.get('100', 0.0):.0f}", f"{p95.get('0', 0.0):.0f}", f"{m['mean_bounded_slowdown']:.1f}",
+        f"{m['wasted_gpu_hours']:.1f}", f"{m['wasted_fraction']:.2%}", f"{m['checkpoint_overhead_gpu_hours']:.1f}",
+        f"{m['preemptions_checkpoint']}/{m['preemptions_kill']}", str(m["backfilled_runs"]),
+        f"{m['makespan_s'] / 3600:.1f}",
+    ]
+
+
+HEAD = ["policy", "GPU util", "GPU util (arrival window)", "goodput", "mean wait s", f"p95 wait s prio {HIGH}",
+        "p95 wait s prio 100", "p95 wait s prio 0", "mean BSLD", "wasted GPU-h", "wasted %",
+        "ckpt overhead GPU-h", "preempt ckpt/kill", "backfilled runs", "makespan h"]
+
+
+def goals(ms: dict[str, dict[str, Any]], high: bool) -> list[tuple[str, bool, str]]:
+    """The issue's goals for iass. The utilisation goal is about high load only: at moderate load the
+    offered load itself caps utilisation."""
+    i, k, e = ms["iass"], ms["kueue"], ms["easy"]
+    hp = str(HIGH)
+    out = []
+    if high:
+        out.append(("iass GPU utilisation >= 90%", i["gpu_utilization"] >= 0.9,
+                    f"{i['gpu_utilization']:.1%} (arrival window {i['gpu_utilization_steady']:.1%})"))
+    out += [
+        ("iass wasted GPU-hours <= 1%", i["wasted_fraction"] <= 0.01, f"{i['wasted_fraction']:.2%}"),
+        (f"iass p95 wait of priority {HIGH} no worse than kueue's",
+         i["p95_wait_s_by_priority"].get(hp, 0.0) <= k["p95_wait_s_by_priority"].get(hp, 0.0),
+         f"{i['p95_wait_s_by_priority'].get(hp, 0.0):.0f} s vs {k['p95_wait_s_by_priority'].get(hp, 0.0):.0f} s"),
+        ("iass GPU utilisation better than easy and kueue",
+         i["gpu_utilization"] > max(e["gpu_utilization"], k["gpu_utilization"]),
+         f"{i['gpu_utilization']:.1%} vs easy {e['gpu_utilization']:.1%}, kueue {k['gpu_utilization']:.1%}"),
+        ("iass goodput better than easy and kueue",
+         i["utilization"] > max(e["utilization"], k["utilization"]),
+         f"{i['utilization']:.1%} vs easy {e['utilization']:.1%}, kueue {k['utilization']:.1%}"),
+    ]
+    return out
+
+
+def _md_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _rows(block: dict[str, Any]) -> list[list[str]]:
+    rows = [_row(block["metrics"][p]) for p in POLICIES]
+    if "iass-fast" in block:
+        rows.append(_row(block["iass-fast"]))
+        rows[-1][0] = f"iass, {FAST_GIB_S:g} GiB/s ckpt"
+    return rows
+
+
+def write_doc(results: dict[str, dict[str, Any]], cfg: SimConfig, out: Path) -> None:
+    DOC_PLOTS.mkdir(parents=True, exist_ok=True)
+    for old in DOC_PLOTS.glob("*.png"):
+        old.unlink()
+    parts = [DOC_INTRO.format(interval=cfg.sched_interval_s, depth=cfg.queue_depth)]
+    for key, block in results.items():
+        parts.append(f"## {block['title']}\n")
+        parts.append(f"{block['nodes']} nodes x 8 GPUs, offered load {block['offered']:.2f}.\n")
+        parts.append(_md_table(_rows(block)) + "\n")
+        parts.append("Goals for iass:\n")
+        for name, ok, detail in goals(block["metrics"], block["high"]):
+            parts.append(f"- {'met' if ok else '**not met**'}: {name} - {detail}")
+        parts.append("")
+        src = out / key
+        shutil.copy(src / "comparison.png", DOC_PLOTS / f"{key}-comparison.png")
+        parts.append(f"![{block['title']}: utilisation over time and headline metrics]"
+                     f"(evaluation/{key}-comparison.png)\n")
+        for p in ("kueue", "iass"):
+            for plot in ("wait_cdf", "timeline"):
+                shutil.copy(src / p / f"{plot}.png", DOC_PLOTS / f"{key}-{p}-{plot}.png")
+        parts.append(f"Wait-time CDFs: [kueue](evaluation/{key}-kueue-wait_cdf.png), "
+                     f"[iass](evaluation/{key}-iass-wait_cdf.png). Node timelines: "
+                     f"[kueue](evaluation/{key}-kueue-timeline.png), [iass](evaluation/{key}-iass-timeline.png).\n")
+    parts.append(DOC_DISCUSSION)
+    if SCALE_JSON.exists():
+        sc = json.loads(SCALE_JSON.read_text())
+        parts.append(SCALE_SECTION.format(**sc))
+    DOC.write_text("\n".join(parts) + "\n")
+
+
+DOC_INTRO = """# Policy evaluation
+
+Generated by `bench/policies.py` (re-run it to refresh every number and plot here). The simulator
+(`docs/simulator.md`) replays the trace through the real engine (`engine.decide`) under each policy
+profile in `policies/`.
+
+- Traces: the synthetic mix of `queue_controller/sim/generate.py` (70% short batch jobs at priority 0,
+  10% multi-pod training gangs of 16-64 GPUs at priority 100, 20% bursty interactive jobs at priority
+  1000, which are not checkpointable). By GPU-seconds the training gangs are over 90% of the work. Two
+  traces: the shipped sample, sized for a ~16-node cluster, and a larger one sized for ~64 nodes.
+- Cluster: nodes of 8 GPUs, 64 CPUs, 512 GiB; one ClusterQueue whose quota does not bind (capacity does).
+- Load is set by the node count. Offered load = GPU-seconds of work / (cluster GPUs x arrival span);
+  *moderate* is about 0.7, *high* about 1.2 (the backlog does not clear while jobs arrive, so
+  utilisation measures how well a policy packs, not how much work there is).
+- Simulator settings: decision cycle at most every {interval:g} s, queue depth {depth}, kill grace 30 s,
+  checkpoint 5 s + size / (2 GiB/s per pod), restore 10 s + size / (2 GiB/s per pod), no node failures,
+  `hold_preempted_capacity` on (see "Engine findings" below).
+- Metrics (definitions in `docs/simulator.md`): *GPU util* = GPU-seconds allocated / (GPUs x makespan);
+  *arrival window* = the same between first and last arrival (no drain tail); *goodput* = useful
+  GPU-seconds (completed jobs' run time) / (GPUs x makespan); *wasted* = progress lost to kills plus kill
+  grace; *ckpt overhead* = time spent checkpointing and restoring.
+"""
+
+DOC_DISCUSSION = """## Discussion
+
+The goal lines under each table are computed from the numbers and are the authority; this section
+explains the mechanisms behind them (observed with the engine as of this run).
+
+- **Wasted work.** kueue and easy preempt by kill, so each preemption of a running batch or training
+  job throws away its progress since start (a few % of all GPU-hours at high load). iass checkpoints
+  checkpointable victims instead; what it still wastes comes from killing non-checkpointable victims
+  (interactive jobs, when a higher-priority job needs their GPUs). With every job checkpointable,
+  iass wastes nothing (a unit test checks this). Its price is checkpoint overhead: time spent dumping
+  and restoring, shown separately; it is smaller than the work kueue and easy throw away.
+- **Urgent jobs: not met.** Priority-1000 jobs preempt under kueue, easy and iass. Under iass the
+  victim is dumped before its GPUs free up: 50-200 s at 2 GiB/s per pod for the checkpoint sizes of
+  this mix (24 GiB per GPU plus half the host memory), against kueue's 30 s kill grace. That is the
+  whole gap in the p95 wait: with storage five times faster (the "10 GiB/s ckpt" row) iass comes
+  within seconds of kueue. Closing it fully needs the engine to pick, for an urgent beneficiary,
+  victims that free up fastest (small checkpoints, or kill a victim whose progress since its last
+  checkpoint is shorter than its dump + restore), or to keep a little headroom for the urgent class.
+  fifo has no preemption, so urgent jobs wait behind the head of the queue.
+- **Utilisation.** On the larger trace at high load iass reaches the 90% goal, with the lowest waste
+  and the best goodput. Allocated GPU time alone does not rank the policies well: easy's and kueue's
+  include work they later throw away (compare *goodput*), and easy's figure is inflated by kills that
+  buy nothing (engine finding 2 below). On the small sample trace no policy reaches 90%, because of
+  gang fragmentation: training gangs of up to 8 whole nodes are over 90% of the work, and on a
+  13-16-node cluster the engine idles many GPUs while it gathers empty nodes for the next gang. That
+  is a property of a small cluster with large gangs more than of a policy. The drain after the last
+  arrival lowers every makespan-based figure; the arrival-window column leaves it out.
+- **easy vs kueue.** The engine tries preemption before a reservation, so a blocked training job that
+  can preempt batch jobs does that rather than reserve; easy's reservations (and backfill) matter only
+  for jobs with nothing to preempt. The textbook single-priority example in the unit tests shows the
+  policies' difference in isolation.
+
+## Engine findings (reported to the lead)
+
+1. *Preemption loop.* When a job makes room by preemption, the engine lets jobs behind it take the
+   currently free part of its plan in the same cycle; when the victims are gone it still does not fit,
+   preempts again, and the old victims are re-admitted. Unmitigated, a 1,000-job run under kueue made
+   ~25,000 kills and an 800-job run under iass ~17,000 preemptions. The simulator holds such admissions
+   back (`SimConfig.hold_preempted_capacity`, `sim/guard.py`) until the engine keeps a preemptor's
+   capacity itself; every number above is with that guard.
+2. *Preempting for a job that may not start.* A job preempts victims, and when they are gone it is
+   refused with `WouldDelayReservation` because an earlier job holds a reservation; the victims are
+   re-admitted and the cycle repeats. This is most of easy's kills at high load.
+3. *Quota equal to capacity disables reservations.* A job blocked for lack of free GPUs in a
+   ClusterQueue whose quota equals the cluster's capacity is reported `InsufficientQuota`, which gets no
+   reservation. The simulator's default layout makes quota ten times capacity so capacity binds.
+4. *`Snapshot.node_mtbf_s` is not read*: Young's interval always uses the policy's `nodeMtbfSeconds`.
+   The simulator copies `--node-mtbf-hours` into the policy.
+"""
+
+
+SCALE_SECTION = """## Simulator scale
+
+`bench/sim_scale.py` (last recorded run): {jobs} jobs on {nodes} nodes ({gpus} GPUs), policy {policy},
+scheduling interval {sched_interval_s:g} s, queue depth {queue_depth}: **{simulate_s} s** to simulate
+({jobs_per_s} jobs/s; goal <= {goal_s:g} s: {meets_goal}), peak RSS {peak_rss_mib} MiB, {simulated_hours} simulated
+hours. {decide_calls} decision cycles took {decide_s} s ({decide_ms_mean} ms each); the simulator itself
+{simulator_overhead_s} s. The engine's cycle cost is what misses the goal: see "Cycle cost" in
+`docs/simulator.md`.
+"""
+
+
+def traces(large_jobs: int) -> dict[str, tuple[str, list[TraceJob]]]:
+    """The shipped sample (a 16-node-sized workload) and a larger seeded one (a 64-node-sized workload,
+    same mix): gangs of up to 8 nodes fragment a small cluster far more than a large one."""
+    return {
+        "sample": ("sample trace (`queue_controller/sim/data/sample.jsonl`, 800 jobs)", load_any(SAMPLE_TRACE)),
+        "large": (f"larger trace (`generate({large_jobs}, seed=2026, cluster_gpus=512, load=1.0)`)",
+                  generate(large_jobs, seed=2026, cluster_gpus=512, load=1.0)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--loads", default="0.7,1.2", help="moderate,high offered loads")
+    ap.add_argument("--large-jobs", type=int, default=3000, help="jobs in the larger generated trace")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/ckq-eval"))
+    ap.add_argument("--sched-interval", type=float, default=10.0)
+    ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/evaluation.md")
+    args = ap.parse_args(argv)
+    loads = [float(x) for x in args.loads.split(",")]
+    if len(loads) != 2 or min(loads) <= 0:
+        ap.error("--loads takes two positive numbers: moderate,high")
+    cfg = SimConfig(sched_interval_s=args.sched_interval)
+    results: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    for tname, (tdesc, trace) in traces(args.large_jobs).items():
+        for label, target in zip(("moderate", "high"), loads, strict=True):
+            key = f"{tname}-{label}"
+            nodes = nodes_for(trace, target, 8)
+            cluster = ClusterSpec.uniform(nodes)
+            runs = run_compare(trace, POLICIES, cluster, None, cfg, args.out / key)
+            block: dict[str, Any] = {
+                "title": f"{tdesc}, {label} load", "nodes": nodes, "high": label == "high",
+                "offered": offered_load(trace, cluster.total_gpus),
+                "metrics": {r.result.policy: r.metrics for r in runs}}
+            if label == "high":
+                # Sensitivity: how much of iass's cost is checkpoint bandwidth.
+                fast = replace(cfg, checkpoint=CheckpointModel(bandwidth_gib_s=FAST_GIB_S,
+                                                               restore_bandwidth_gib_s=FAST_GIB_S))
+                block["iass-fast"] = run_policy(trace, "iass", cluster, None, fast, None, plots=False).metrics
+            results[key] = block
+            print(f"\n{block['title']}: {nodes} nodes x 8 GPUs, offered load {block['offered']:.2f}")
+            widths = [max(len(h), 9) for h in HEAD]
+            print("  ".join(h[:w].rjust(w) for h, w in zip(HEAD, widths, strict=True)))
+            for row in _rows(block):
+                print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+            for name, ok, detail in goals(block["metrics"], block["high"]):
+                print(f"  [{'met' if ok else 'NOT met'}] {name}: {detail}")
+    if not args.no_docs:
+        write_doc(results, cfg, args.out)
+        print(f"\nwrote {DOC.relative_to(ROOT)} and plots under {DOC_PLOTS.relative_to(ROOT)}/")
+    summary: dict[str, Any] = {"bench": "policies", "seconds": round(time.perf_counter() - t0, 1)}
+    for key, block in results.items():
+        for p, m in block["metrics"].items():
+            summary[f"{key}.{p}"] = {k: m[k] for k in (
+                "gpu_utilization", "gpu_utilization_steady", "utilization", "mean_wait_s", "p95_wait_s_by_priority",
+                "mean_bounded_slowdown", "wasted_gpu_hours", "wasted_fraction", "checkpoint_overhead_gpu_hours",
+                "preemptions_checkpoint", "preemptions_kill", "makespan_s", "jobs_completed")}
+        if "iass-fast" in block:
+            summary[f"{key}.iass-fast"] = {k: block["iass-fast"][k] for k in (
+                "gpu_utilization", "utilization", "p95_wait_s_by_priority", "wasted_fraction",
+                "checkpoint_overhead_gpu_hours")}
+        summary[f"{key}.nodes"] = block["nodes"]
+        summary[f"{key}.goals_met"] = [name for name, ok, _ in goals(block["metrics"], block["high"]) if ok]
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Metrics of a simulation run (definitions as in docs/simulator.md and the JSSPP literature).
+
+- wait = first start - submit; response = completion - submit; bounded slowdown =
+  max(1, response / max(runtime, 10 s)).
+- makespan = last completion - first submit.
+- gpu_utilization = GPU-seconds allocated to jobs (whatever they did with them) / (GPUs x makespan).
+  `gpu_utilization_steady` is the same over the arrival window [first submit, last submit], where work
+  keeps arriving: it leaves out the drain at the end, when no scheduler can keep a cluster busy.
+- utilization = useful GPU-seconds (the completed jobs' run time x GPUs) / (GPUs x makespan): goodput.
+  On a cluster without GPUs, both use CPU cores instead.
+- wasted_gpu_hours: work thrown away - progress lost to kills and node failures, plus kill grace
+  periods. checkpoint_overhead_gpu_hours: time spent dumping (periodic and preemption checkpoints) and
+  restoring. wasted_fraction = wasted / allocated GPU-hours.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from queue_controller.sim.simulator import Phase, SimJob, SimResult
+
+BSLD_TAU_S = 10.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]; 0.0 for no values."""
+    if not values:
+        return 0.0
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _integrate(usage: list[tuple[float, int, int]], start: float, end: float, col: int) -> float:
+    """Integral of a step function (value holds from its time until the next) over [start, end]."""
+    total = 0.0
+    for i, row in enumerate(usage):
+        t0 = max(row[0], start)
+        t1 = min(usage[i + 1][0] if i + 1 < len(usage) else end, end)
+        if t1 > t0:
+            total += row[col] * (t1 - t0)
+    return total
+
+
+def wait_s(sj: SimJob) -> float | None:
+    return None if sj.first_start is None else sj.first_start - sj.trace.submit_s
+
+
+def bounded_slowdown(sj: SimJob) -> float | None:
+    if sj.end is None:
+        return None
+    return max(1.0, (sj.end - sj.trace.submit_s) / max(sj.trace.runtime_s, BSLD_TAU_S))
+
+
+def compute(res: SimResult) -> dict[str, Any]:
+    jobs = res.jobs
+    completed = [j for j in jobs if j.phase is Phase.DONE]
+    span = max(res.makespan_end - res.first_submit, 1e-9)
+    gpus_total = res.cluster.total_gpus
+    use_gpu = gpus_total > 0
+    capacity = gpus_total if use_gpu else res.cluster.total_cpu * 1000
+    col = 1 if use_gpu else 2
+
+    def weight(j: SimJob) -> float:
+        return float(j.gpus) if use_gpu else j.cpu_milli
+
+    allocated = _integrate(res.usage, res.first_submit, res.makespan_end, col)
+    window = res.last_submit - res.first_submit
+    steady = (_integrate(res.usage, res.first_submit, res.last_submit, col) / (capacity * window)
+              if window > 0 else 0.0)
+    useful = sum(j.trace.runtime_s * weight(j) for j in completed)
+    wasted = sum((j.lost_work + j.grace_time) * weight(j) for j in jobs)
+    overhead = sum((j.periodic_time + j.vacate_ckpt_time + j.restore_time) * weight(j) for j in jobs)
+    cpu_alloc = _integrate(res.usage, res.first_submit, res.makespan_end, 2)
+
+    waits = [w for j in jobs if (w := wait_s(j)) is not None]
+    by_prio: dict[int, list[float]] = {}
+    for j in jobs:
+        w = wait_s(j)
+        if w is not None:
+            by_prio.setdefault(j.trace.priority, []).append(w)
+    bslds = [b for j in completed if (b := bounded_slowdown(j)) is not None]
+    unit = 3600.0 if use_gpu else 3600.0 * 1000
+    return {
+        "policy": res.policy,
+        "utilization": round(useful / (capacity * span), 6),
+        "gpu_utilization": round(allocated / (capacity * span), 6) if use_gpu else 0.0,
+        "gpu_utilization_steady": round(steady, 6) if use_gpu else 0.0,
+        "cpu_utilization": round(cpu_alloc / (res.cluster.total_cpu * 1000 * span), 6),
+        "mean_wait_s": round(sum(waits) / len(waits), 3) if waits else 0.0,
+        "p95_wait_s": round(percentile(waits, 95), 3),
+        "mean_wait_s_by_priority": {str(p): round(sum(v) / len(v), 3) for p, v in sorted(by_prio.items())},
+        "p95_wait_s_by_priority": {str(p): round(percentile(v, 95), 3) for p, v in sorted(by_prio.items())},
+        "mean_bounded_slowdown": round(sum(bslds) / len(bslds), 4) if bslds else 0.0,
+        "wasted_gpu_hours": round(wasted / unit, 4),
+        "wasted_fraction": round(wasted / allocated, 6) if allocated > 0 else 0.0,
+        "checkpoints": res.checkpoints,
+        "periodic_checkpoints": sum(j.periodic for j in jobs),
+        "checkpoint_overhead_gpu_hours": round(overhead / unit, 4),
+        "allocated_gpu_hours": round(allocated / unit, 4),
+        "useful_gpu_hours": round(useful / unit, 4),
+        "preemptions": sum(j.preempt_ckpt + j.preempt_kill for j in jobs),
+        "preemptions_checkpoint": sum(j.preempt_ckpt for j in jobs),
+        "preemptions_kill": sum(j.preempt_kill for j in jobs),
+        "node_failures": res.node_failures,
+        "backfilled_runs": sum(j.backfill_runs for j in jobs),
+        "makespan_s": round(span, 3),
+        "jobs_total": len(jobs),
+        "jobs_completed": len(completed),
+        "jobs_never_started": sum(1 for j in jobs if j.first_start is None),
+        "nodes": res.cluster.node_count,
+        "gpus": gpus_total,
+        "sched_interval_s": res.config.sched_interval_s,
+        "queue_depth": res.config.queue_depth,
+        "decide_calls": res.decide_calls,
+        "decide_seconds": round(res.decide_seconds, 3),
+        "wall_seconds": round(res.wall_seconds, 3),
+    }
+
+
+CSV_FIELDS = (
+    "id", "queue", "cluster_queue", "priority", "gpus", "pods", "checkpointable", "submit_s", "runtime_s",
+    "estimate_s", "first_start_s", "end_s", "wait_s", "response_s", "bounded_slowdown", "runs",
+    "backfill_runs", "preemptions_checkpoint", "preemptions_kill", "failures", "periodic_checkpoints",
+    "lost_gpu_s", "overhead_gpu_s", "held_gpu_s", "state",
+)
+
+
+def job_rows(res: SimResult) -> list[dict[str, Any]]:
+    rows = []
+    for j in res.jobs:
+        t = j.trace
+        w = wait_s(j)
+        b = bounded_slowdown(j)
+        state = "completed" if j.phase is Phase.DONE else ("never_started" if j.first_start is None else "unfinished")
+        rows.append({
+            "id": t.id, "queue": t.queue, "cluster_queue": j.cluster_queue, "priority": t.priority,
+            "gpus": t.gpus, "pods": t.pods, "checkpointable": t.checkpointable, "submit_s": t.submit_s,
+            "runtime_s": t.runtime_s, "estimate_s": "" if t.estimate_s is None else t.estimate_s,
+            "first_start_s": "" if j.first_start is None else round(j.first_start, 3),
+            "end_s": "" if j.end is None else round(j.end, 3),
+            "wait_s": "" if w is None else round(w, 3),
+            "response_s": "" if j.end is None else round(j.end - t.submit_s, 3),
+            "bounded_slowdown": "" if b is None else round(b, 4),
+            "runs": j.runs, "backfill_runs": j.backfill_runs, "preemptions_checkpoint": j.preempt_ckpt,
+            "preemptions_kill": j.preempt_kill, "failures": j.failures, "periodic_checkpoints": j.periodic,
+            "lost_gpu_s": round((j.lost_work + j.grace_time) * j.gpus, 3),
+            "overhead_gpu_s": round((j.periodic_time + j.vacate_ckpt_time + j.restore_time) * j.gpus, 3),
+            "held_gpu_s": round(j.held_time * j.gpus, 3), "state": state,
+        })
+    return rows
+
+
+def write_outputs(res: SimResult, metrics: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with (out / "jobs.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(job_rows(res))

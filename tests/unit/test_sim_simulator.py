@@ -1,0 +1,231 @@
+"""The simulator: hand-computable scenarios per policy, conservation, no over-commit, determinism, and
+zero wasted work under iass when every job is checkpointable."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+from queue_controller.engine import (
+    Admit,
+    Decisions,
+    Job,
+    PendingReason,
+    PodSet,
+    PodSetPlacement,
+    Preempt,
+    PreemptMode,
+    PreemptReason,
+    Waiting,
+)
+from queue_controller.policies import load_policy
+from queue_controller.sim.cluster import CheckpointModel, ClusterSpec, QueueLayout, QueueSpec
+from queue_controller.sim.generate import Mix, generate
+from queue_controller.sim.guard import hold_for_preemptors
+from queue_controller.sim.metrics import compute, job_rows, percentile
+from queue_controller.sim.simulator import Phase, SimConfig, SimResult, simulate
+from queue_controller.sim.trace import TraceJob
+
+pytestmark = pytest.mark.unit
+
+POLICIES = ("fifo", "kueue", "easy", "iass")
+EXACT = SimConfig(sched_interval_s=0.0, checkpoint=CheckpointModel(latency_s=5.0, restore_latency_s=10.0))
+
+
+def J(id: str, submit: float, gpus: int, runtime: float, prio: int = 0, ck: bool = True,
+      est: float | None = None) -> TraceJob:
+    return TraceJob(id, submit, runtime, runtime if est is None else est, 1.0, 1.0, gpus, 1, prio, "q", ck, 0.0)
+
+
+def starts_ends(res: SimResult) -> dict[str, tuple[float | None, float | None]]:
+    return {j.trace.id: (j.first_start, j.end) for j in res.jobs}
+
+
+# The textbook EASY example on one 8-GPU node: j1 runs, j2 (whole node) is blocked and gets a reservation
+# at t=100, j3 is short enough to backfill, j4 is not (it would delay j2).
+EASY_TRACE = [J("j1", 0, 6, 100), J("j2", 1, 8, 100), J("j3", 2, 2, 50), J("j4", 3, 2, 200)]
+EASY_EXPECTED = {
+    # FCFS: the blocked head holds everyone back.
+    "fifo": {"j1": (0, 100), "j2": (100, 200), "j3": (200, 250), "j4": (200, 400)},
+    # No reservation: j3 and then j4 fill the gap and the wide job j2 starves until j4 ends.
+    "kueue": {"j1": (0, 100), "j2": (252, 352), "j3": (2, 52), "j4": (52, 252)},
+    # EASY: j3 backfills, j4 would delay j2's reserved start and waits.
+    "easy": {"j1": (0, 100), "j2": (100, 200), "j3": (2, 52), "j4": (200, 400)},
+    # IASS: j4 backfills too (checkpointable); at j2's reserved start it is checkpointed (5 s), j2 runs
+    # 105..205, j4 restores (10 s) and finishes its remaining 152 s: 215 + 152 = 367.
+    "iass": {"j1": (0, 100), "j2": (105, 205), "j3": (2, 52), "j4": (52, 367)},
+}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_textbook_easy_example(policy: str) -> None:
+    res = simulate(EASY_TRACE, load_policy(policy), ClusterSpec.uniform(1), config=EXACT)
+    assert starts_ends(res) == EASY_EXPECTED[policy]
+    m = compute(res)
+    assert m["wasted_gpu_hours"] == 0.0
+    if policy == "iass":
+        j4 = res.jobs[3]
+        assert (j4.preempt_ckpt, j4.backfill_runs, j4.restore_time, j4.vacate_ckpt_time) == (1, 1, 10.0, 5.0)
+        assert m["checkpoint_overhead_gpu_hours"] == pytest.approx(2 * 15 / 3600, abs=1e-4)
+
+
+def test_kill_loses_progress_checkpoint_keeps_it() -> None:
+    """A long low-priority job is preempted at t=100 by an urgent one."""
+    trace = [J("low", 0, 8, 1000), J("high", 100, 8, 50, prio=10)]
+    kueue = simulate(trace, load_policy("kueue"), ClusterSpec.uniform(1), config=EXACT)
+    # Kill: 30 s grace, high runs 130..180, low restarts from zero: 180 + 1000.
+    assert starts_ends(kueue) == {"low": (0, 1180), "high": (130, 180)}
+    low = kueue.jobs[0]
+    assert (low.lost_work, low.grace_time, low.preempt_kill) == (100.0, 30.0, 1)
+    assert compute(kueue)["wasted_gpu_hours"] == pytest.approx(130 * 8 / 3600, abs=1e-4)
+    iass = simulate(trace, load_policy("iass"), ClusterSpec.uniform(1), config=EXACT)
+    # Checkpoint: 5 s dump, high runs 105..155, low restores 10 s and does its remaining 900 s.
+    assert starts_ends(iass) == {"low": (0, 1065), "high": (105, 155)}
+    assert compute(iass)["wasted_gpu_hours"] == 0.0
+    fifo = simulate(trace, load_policy("fifo"), ClusterSpec.uniform(1), config=EXACT)
+    assert starts_ends(fifo) == {"low": (0, 1000), "high": (1000, 1050)}
+
+
+def _workload(n: int = 160, nodes: int = 4, seed: int = 5, all_checkpointable: bool = False
+              ) -> tuple[list[TraceJob], ClusterSpec]:
+    # Training gangs of at most 4 pods, so every job fits the small cluster.
+    mix = Mix(training_pods=((2, 0.6), (4, 0.4)), all_checkpointable=all_checkpointable)
+    return generate(n, seed=seed, cluster_gpus=nodes * 8, load=1.1, mix=mix), ClusterSpec.uniform(nodes)
+
+
+def _check_conservation(res: SimResult) -> None:
+    m = compute(res)
+    held = sum(j.held_time * j.gpus for j in res.jobs)
+    parts = sum((j.working_time + j.restore_time + j.periodic_time + j.vacate_ckpt_time + j.grace_time) * j.gpus
+                for j in res.jobs)
+    assert held == pytest.approx(parts, rel=1e-9)
+    # Time held = useful run time + progress thrown away + checkpoint/restore/grace overheads.
+    for j in res.jobs:
+        assert j.phase is Phase.DONE
+        assert j.working_time == pytest.approx(j.trace.runtime_s + j.lost_work, abs=1e-6)
+    useful = sum(j.trace.runtime_s * j.gpus for j in res.jobs)
+    overhead = sum((j.periodic_time + j.vacate_ckpt_time + j.restore_time) * j.gpus for j in res.jobs)
+    wasted = sum((j.lost_work + j.grace_time) * j.gpus for j in res.jobs)
+    assert held == pytest.approx(useful + overhead + wasted, rel=1e-9)
+    # The usage timeline integrates to the same GPU-seconds.
+    assert m["allocated_gpu_hours"] * 3600 == pytest.approx(held, rel=1e-6, abs=1.0)
+    assert m["jobs_completed"] == len(res.jobs)
+
+
+def _check_no_overcommit(res: SimResult, gpus_per_node: int = 8) -> None:
+    """Independently of the simulator's own check: sweep each node's phase segments."""
+    deltas: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for start, end, _phase, idx, _bf, nodes in res.segments:
+        per_pod = res.jobs[idx].gpus // res.jobs[idx].trace.pods
+        for n in nodes:
+            deltas[n].append((start, per_pod))
+            deltas[n].append((end, -per_pod))
+    for n, ds in deltas.items():
+        level = 0
+        for _t, d in sorted(ds, key=lambda x: (x[0], x[1])):  # releases before admissions at equal times
+            level += d
+            assert level <= gpus_per_node, f"node {n} over-committed"
+    peak = max(u[1] for u in res.usage)
+    assert peak <= res.cluster.total_gpus
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_conservation_and_no_overcommit(policy: str) -> None:
+    trace, cluster = _workload()
+    res = simulate(trace, load_policy(policy), cluster, config=SimConfig(sched_interval_s=5.0))
+    _check_conservation(res)
+    _check_no_overcommit(res)
+
+
+def test_conservation_with_node_failures() -> None:
+    trace, cluster = _workload(120, seed=8)
+    cfg = SimConfig(sched_interval_s=5.0, node_mtbf_s=20 * 3600.0, repair_s=1800.0, seed=3)
+    res = simulate(trace, load_policy("iass"), cluster, config=cfg)
+    assert res.node_failures > 0
+    assert sum(j.failures for j in res.jobs) > 0
+    _check_conservation(res)
+    _check_no_overcommit(res)
+    # Periodic checkpoints bound what a failure loses: never more than one interval plus a checkpoint.
+    assert compute(res)["periodic_checkpoints"] > 0
+
+
+def test_deterministic_per_seed() -> None:
+    trace, cluster = _workload(120, seed=9)
+    cfg = SimConfig(sched_interval_s=5.0, node_mtbf_s=30 * 3600.0, seed=1)
+    a = simulate(trace, load_policy("iass"), cluster, config=cfg)
+    b = simulate(trace, load_policy("iass"), cluster, config=cfg)
+    strip = ("wall_seconds", "decide_seconds")
+    ma = {k: v for k, v in compute(a).items() if k not in strip}
+    mb = {k: v for k, v in compute(b).items() if k not in strip}
+    assert ma == mb
+    assert job_rows(a) == job_rows(b)
+    assert a.segments == b.segments
+    c = simulate(trace, load_policy("iass"), cluster, config=SimConfig(sched_interval_s=5.0,
+                                                                        node_mtbf_s=30 * 3600.0, seed=2))
+    assert job_rows(c) != job_rows(a)
+
+
+def test_iass_wastes_nothing_when_all_checkpointable() -> None:
+    trace, cluster = _workload(200, seed=4, all_checkpointable=True)
+    res = simulate(trace, load_policy("iass"), cluster, config=SimConfig(sched_interval_s=5.0))
+    m = compute(res)
+    assert m["preemptions_checkpoint"] > 0  # the scenario does exercise preemption
+    assert m["preemptions_kill"] == 0
+    assert m["wasted_gpu_hours"] == 0.0 and m["wasted_fraction"] == 0.0
+    assert m["jobs_completed"] == len(trace)
+
+
+def test_unsatisfiable_job_does_not_hang() -> None:
+    trace = [J("ok", 0, 8, 10), J("too-big", 1, 16, 10)]  # one pod of 16 GPUs never fits an 8-GPU node
+    res = simulate(trace, load_policy("easy"), ClusterSpec.uniform(2), config=EXACT)
+    m = compute(res)
+    assert (m["jobs_completed"], m["jobs_never_started"]) == (1, 1)
+
+
+def test_queue_layout_maps_unknown_queues_to_default() -> None:
+    layout = QueueLayout((QueueSpec("urgent", cohort="all", share=0.5), QueueSpec("rest", cohort="all", share=0.5)),
+                         {"q": "urgent"}, "rest")
+    trace = [J("a", 0, 4, 10), TraceJob("b", 0, 10, 10, 1, 1, 4, 1, 0, "elsewhere", True, 0.0)]
+    res = simulate(trace, load_policy("kueue"), ClusterSpec.uniform(1), layout, EXACT)
+    assert {j.trace.id: j.cluster_queue for j in res.jobs} == {"a": "urgent", "b": "rest"}
+    assert all(j.end == 10 for j in res.jobs)
+
+
+def test_guard_drops_admissions_that_overtake_a_preemptor() -> None:
+    ps = (PodSet("m", 1, {"nvidia.com/gpu": 4000}),)
+    gang = (PodSet("m", 2, {"nvidia.com/gpu": 8000}),)
+    jobs = {"high": Job("high", "q", 10, 1.0, ps), "low": Job("low", "q", 0, 2.0, ps),
+            "low2": Job("low2", "q", 0, 2.5, ps), "other": Job("other", "r", 0, 3.0, ps),
+            "gang": Job("gang", "r", 10, 0.5, gang), "other2": Job("other2", "r", 0, 4.0, ps)}
+
+    def admit(key: str, cq: str, node: str) -> Admit:
+        return Admit(key, cq, (PodSetPlacement("m", "f", (node,)),))
+
+    out = Decisions(
+        actions=[Preempt("v", PreemptMode.KILL, "high", PreemptReason.IN_CLUSTER_QUEUE),
+                 admit("low", "q", "n0"), admit("low2", "q", "n1"), admit("other", "r", "n0")],
+        waiting={"high": Waiting("high", 1, PendingReason.WAITING_FOR_PREEMPTION)},
+    )
+    kept = hold_for_preemptors(out, jobs, {"q": "q", "r": "r"}, {"n0"})
+    # A one-pod preemptor holds only the nodes being vacated, in its own queue.
+    assert [getattr(a, "job", getattr(a, "victim", "")) for a in kept] == ["v", "low2", "other"]
+    out = Decisions(actions=[admit("other", "r", "n5"), admit("low", "q", "n5")],
+                    waiting={"gang": Waiting("gang", 1, PendingReason.WAITING_FOR_PREEMPTION)})
+    # A gang preemptor holds back every later admission in its queue, wherever it would go.
+    assert [a.job for a in hold_for_preemptors(out, jobs, {"q": "q", "r": "r"}, set())] == ["low"]
+
+
+def test_percentile_matches_linear_interpolation() -> None:
+    assert percentile([], 95) == 0.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile(list(range(101)), 95) == 95.0
+
+
+def test_modelled_mtbf_reaches_the_policy() -> None:
+    from queue_controller.sim.simulator import Simulator
+
+    sim = Simulator([J("a", 0, 1, 10)], load_policy("iass"), ClusterSpec.uniform(1),
+                    config=SimConfig(node_mtbf_s=3600.0))
+    assert sim.policy.checkpoints.node_mtbf_seconds == 3600.0
+    assert load_policy("iass").checkpoints.node_mtbf_seconds != 3600.0
