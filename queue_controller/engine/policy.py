@@ -102,8 +102,10 @@ class Policy(_Model):
     # the next cycle. Bounds a cycle's cost the way Kueue only considers queue heads.
     preemption_attempts_per_queue: Annotated[int, Field(ge=1, le=1000)] = 4
 
-    def interval_for(self, explicit_s: float | None, auto: bool, checkpoint_cost_s: float) -> float | None:
-        """The periodic checkpoint interval for one job, or None when it takes none."""
+    def interval_for(self, explicit_s: float | None, auto: bool, checkpoint_cost_s: float,
+                     mtbf_s: float | None = None) -> float | None:
+        """The periodic checkpoint interval for one job, or None when it takes none. `mtbf_s` (measured
+        on the cluster) overrides the policy's node MTBF."""
         if not self.checkpoints.periodic:
             return None
         if explicit_s is not None and not auto:
@@ -111,5 +113,5 @@ class Policy(_Model):
         if not auto and self.checkpoints.default_interval != "auto":
             return parse_duration(self.checkpoints.default_interval)
         c = self.checkpoints
-        return min(max(young_interval(checkpoint_cost_s, c.node_mtbf_seconds), c.min_interval_seconds),
-                   c.max_interval_seconds)
+        mtbf = mtbf_s if mtbf_s is not None else c.node_mtbf_seconds
+        return min(max(young_interval(checkpoint_cost_s, mtbf), c.min_interval_seconds), c.max_interval_seconds)

@@ -107,6 +107,7 @@ class _Cycle:
         self._vacating: list[_Running] = []
         self._borrowing: dict[str, bool] = {}
         self.preempting = policy.preemption.mode is not PreemptionMode.NEVER
+        self.node_mtbf_s = snapshot.node_mtbf_s
         self._shapes: dict[str, tuple[object, ...]] = {}
         self._why: dict[str, tuple[PendingReason, str, float | None]] = {}
 
@@ -458,6 +459,7 @@ class _Cycle:
                 if self._fits_after(job, cq, [cands[k][2] for k in chosen]):
                     fits = True
                     break
+            hold: _Fit | PendingReason | None = None
             if fits:
                 # Drop victims that turn out unnecessary, most expensive first (Kueue's reverse walk).
                 for i in sorted(chosen, key=lambda k: cands[k][0], reverse=True):
@@ -467,10 +469,20 @@ class _Cycle:
                         chosen = rest
                     else:
                         self._lift(cands[i][1])
+                hold = self._fit(job, cq, commit=False)
             for i in chosen:
                 self._restore(cands[i][1])
         finally:
             self.cap.speculative -= 1
+        if isinstance(hold, _Fit):
+            # Hold the room being made for the rest of the cycle (on top of the victims, who keep it until
+            # they are gone): a later job taking the part already free would leave the preemptor unable
+            # to start once the victims leave, and it would preempt again and again.
+            reqs = {ps.name: ps.requests for ps in job.pod_sets}
+            for pl in hold.placement:
+                for node in pl.nodes:
+                    self.cap.consume(node, reqs[pl.name])
+            self.ledger.add(cq.name, hold.delta)
         if not fits:
             self._failed_preemption[shape] = max(self._failed_preemption.get(shape, -(2**62)), job.priority)
             return False
@@ -501,6 +513,8 @@ class _Cycle:
         fit = self._fit(job, cq, commit=False)
         if not isinstance(fit, _Fit):
             return False
+        if not self._backfill_check(job, fit)[0]:
+            return False  # it would start ahead of a reservation it may not delay: preempting is pointless
         if PreemptReason.IN_COHORT_RECLAMATION in reasons:
             # Reclaiming is only for taking back one's own nominal quota, never to borrow.
             return self.ledger.within_nominal(cq.name, fit.delta)
@@ -565,7 +579,10 @@ class _Cycle:
             self._wait(job, PendingReason.WAITING_FOR_PREEMPTION, "room is being made by preemption")
             return
         start = None
-        if reason is PendingReason.CAPACITY and self._backfill(cq) and state.reservations < self._depth(cq):
+        # Quota-blocked jobs get reservations too: when quota equals capacity, a full cluster shows as
+        # "quota" first, and the capacity profile still tells when the running jobs free it.
+        if (reason in (PendingReason.CAPACITY, PendingReason.QUOTA) and self._backfill(cq)
+                and state.reservations < self._depth(cq)):
             start = self._reserve(job, cq)
         if start is not None:
             state.reservations += 1
@@ -604,7 +621,7 @@ class _Cycle:
                     or key in self.victims):
                 continue
             interval = self.policy.interval_for(job.checkpoint_interval_s, job.checkpoint_interval_auto,
-                                                job.checkpoint_cost_s)
+                                                job.checkpoint_cost_s, self.node_mtbf_s)
             if interval is None:
                 continue
             base = job.started_at

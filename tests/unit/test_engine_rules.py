@@ -287,6 +287,52 @@ def test_two_victims_when_one_is_not_enough() -> None:
     assert sorted(p.victim for p in decide(snap, 100, KUEUE).of_type(Preempt)) == ["ns/r0", "ns/r1"]
 
 
+def test_room_made_by_preemption_is_held_for_the_preemptor() -> None:
+    # high needs the whole node; low holds half of it. The free half must not go to "filler" while the
+    # victim leaves, or high would never fit and would preempt again and again.
+    snap = snapshot([node("n0")], [queue(gpus=64)],
+                    [running(job("low", gpus=4), ["n0"]), job("high", gpus=8, priority=10, t=1),
+                     job("filler", gpus=4, t=2)])
+    d = decide(snap, 100, KUEUE)
+    assert [p.victim for p in d.of_type(Preempt)] == ["ns/low"]
+    assert admitted(d) == []
+    # The same holds in the next cycles, while the victim is still vacating.
+    vacating = snapshot([node("n0")], [queue(gpus=64)],
+                        [running(job("low", gpus=4), ["n0"], vacating=True), job("high", gpus=8, priority=10, t=1),
+                         job("filler", gpus=4, t=2)])
+    d2 = decide(vacating, 110, KUEUE)
+    assert admitted(d2) == [] and d2.of_type(Preempt) == []
+    assert d2.waiting["ns/high"].reason is PendingReason.WAITING_FOR_PREEMPTION
+
+
+def test_no_preemption_for_a_job_that_would_then_delay_a_reservation() -> None:
+    # "first" (2 nodes) cannot make room (h outranks it), so it reserves both nodes for t=100.
+    # "second" could preempt r and start on n0 now, but would run past t=100: it must not preempt.
+    r = running(job("r", gpus=8, runtime_estimate_s=100, t=0), ["n0"], started_at=0)
+    h = running(job("h", gpus=8, priority=10, runtime_estimate_s=100, t=0), ["n1"], started_at=0)
+    first = job("first", gpus=8, pods=2, priority=5, t=1, runtime_estimate_s=100)
+    second = job("second", gpus=8, priority=3, t=2, runtime_estimate_s=1000, checkpointable=False)
+    d = decide(snapshot([node("n0"), node("n1")], [queue(gpus=64)], [r, h, first, second]), 10, EASY)
+    assert d.waiting["ns/first"].reason is PendingReason.RESERVATION
+    assert d.of_type(Preempt) == []
+    assert d.waiting["ns/second"].reason is not PendingReason.WAITING_FOR_PREEMPTION
+
+
+def test_a_job_blocked_by_its_queues_own_quota_still_gets_a_reservation() -> None:
+    # Quota equal to capacity: the cluster is full and so is the quota; EASY still reserves.
+    r = running(job("r", gpus=8, runtime_estimate_s=100), ["n0"], started_at=0)
+    big = job("big", gpus=8, t=1, runtime_estimate_s=100)
+    d = decide(snapshot([node("n0")], [queue(gpus=8)], [r, big]), 10, EASY)
+    assert d.waiting["ns/big"].reason is PendingReason.RESERVATION
+    assert d.waiting["ns/big"].reserved_start == pytest.approx(100)
+
+
+def test_snapshot_mtbf_overrides_the_policys_for_youngs_interval() -> None:
+    r = running(job("r", checkpoint_interval_auto=True, checkpoint_cost_s=30), ["n0"], started_at=0)
+    snap = replace(snapshot([node("n0")], [queue()], [r]), node_mtbf_s=3600.0)
+    assert decide(snap, 0, IASS).next_wakeup == pytest.approx(max(young_interval(30, 3600.0), 300.0))
+
+
 def test_vacating_jobs_are_not_preempted_twice() -> None:
     vac = running(job("low"), ["n0"], vacating=True)
     snap = snapshot([node("n0")], [queue(gpus=8)], [vac, job("high", priority=10, t=1)])
