@@ -85,6 +85,7 @@ class PodRecord:
     terminating: bool = False
     containers: tuple[str, ...] = ()
     start_time: float | None = None
+    finish_time: float | None = None  # latest container finishedAt, once terminated
 
     @property
     def key(self) -> str:
@@ -170,6 +171,13 @@ def _requests(spec: Mapping[str, Any]) -> dict[str, int]:
     from queue_controller.api.podtemplate import PodTemplateSpec
 
     return PodTemplateSpec.model_validate({"spec": spec}).pod_requests_milli()
+
+
+def _finished(status: Mapping[str, Any]) -> float | None:
+    times = [parse_time(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+             for c in status.get("containerStatuses") or ()]
+    done = [t for t in times if t is not None]
+    return max(done) if done else None
 
 
 class Cache:
@@ -279,6 +287,7 @@ class Cache:
             terminating=bool(meta.get("deletionTimestamp")),
             containers=tuple(c.get("name", "") for c in spec.get("containers") or ()),
             start_time=parse_time(status.get("startTime")),
+            finish_time=_finished(status),
         )
         old = self.pods.get(rec.key)
         if old is not None and old.job and old.job != rec.job:

@@ -587,7 +587,10 @@ class Controller:
         if pods and len(pods) == len(expected):
             if all(p.phase == "Succeeded" for p in pods.values()):
                 start = parse_time(job.status.get("runStartTime")) or now
-                total = float(job.status.get("runTimeSeconds") or 0.0) + max(now - start, 0.0)
+                # The run ended when the last pod finished, not when this cycle noticed it.
+                finished = [p.finish_time for p in pods.values()]
+                end = max(f for f in finished if f is not None) if any(finished) else now
+                total = float(job.status.get("runTimeSeconds") or 0.0) + max(min(end, now) - start, 0.0)
                 msg = "all pods succeeded"
                 await self.patch_job(job, {"phase": "Succeeded", "runTimeSeconds": round(total, 3),
                                            "runStartTime": None, "message": msg, "completionTime": format_time(now)},
