@@ -26,7 +26,7 @@ from queue_controller.engine.decisions import (
     Waiting,
 )
 from queue_controller.engine.ordering import ahead_of, dominant_share, order_key
-from queue_controller.engine.placement import Capacity
+from queue_controller.engine.placement import Capacity, dominant_resource
 from queue_controller.engine.policy import Policy, PreemptionMode
 from queue_controller.engine.quota import FR, QuotaLedger
 from queue_controller.engine.snapshot import (
@@ -449,6 +449,12 @@ class _Cycle:
             return False
         cands.sort(key=lambda c: c[0])
 
+        # A full fit (quota, then every node) per added victim is the costly part. Skip it while the
+        # job's dominant resource cannot be free yet in its flavors' pools even in total.
+        dom = dominant_resource(job.total_requests())
+        need = job.total_requests().get(dom, 0)
+        avail = self._pool_free(job, cq, dom)
+
         self.cap.speculative += 1
         chosen: list[int] = []
         try:
@@ -456,7 +462,13 @@ class _Cycle:
             for i, (_, run, _, _, _) in enumerate(cands):
                 self._lift(run)
                 chosen.append(i)
-                if self._fits_after(job, cq, [cands[k][2] for k in chosen]):
+                avail += sum(req.get(dom, 0) for _, req in run.nodes)
+                if avail < need:
+                    continue
+                verdict = self._fits_after(job, cq, [cands[k][2] for k in chosen])
+                if verdict is None:
+                    break  # it fits, but may not start (reservation, or reclaim would borrow): more won't help
+                if verdict:
                     fits = True
                     break
             hold: _Fit | PendingReason | None = None
@@ -465,7 +477,7 @@ class _Cycle:
                 for i in sorted(chosen, key=lambda k: cands[k][0], reverse=True):
                     self._restore(cands[i][1])
                     rest = [k for k in chosen if k != i]
-                    if self._fits_after(job, cq, [cands[k][2] for k in rest]):
+                    if self._fits_after(job, cq, [cands[k][2] for k in rest]) is True:
                         chosen = rest
                     else:
                         self._lift(cands[i][1])
@@ -509,16 +521,29 @@ class _Cycle:
         if run.job.cluster_queue in self.queues:
             self.ledger.add(run.job.cluster_queue, run.delta)
 
-    def _fits_after(self, job: Job, cq: ClusterQueue, reasons: list[PreemptReason | None]) -> bool:
+    def _fits_after(self, job: Job, cq: ClusterQueue, reasons: list[PreemptReason | None]) -> bool | None:
+        """True: the job fits with the lifted victims gone. False: not yet. None: it fits but may not
+        start this way, and more victims will not change that."""
         fit = self._fit(job, cq, commit=False)
         if not isinstance(fit, _Fit):
             return False
         if not self._backfill_check(job, fit)[0]:
-            return False  # it would start ahead of a reservation it may not delay: preempting is pointless
-        if PreemptReason.IN_COHORT_RECLAMATION in reasons:
-            # Reclaiming is only for taking back one's own nominal quota, never to borrow.
-            return self.ledger.within_nominal(cq.name, fit.delta)
+            return None  # it would start ahead of a reservation it may not delay: preempting is pointless
+        if PreemptReason.IN_COHORT_RECLAMATION in reasons and not self.ledger.within_nominal(cq.name, fit.delta):
+            return None  # reclaiming is only for taking back one's own nominal quota, never to borrow
         return True
+
+    def _pool_free(self, job: Job, cq: ClusterQueue, resource: str) -> int:
+        """Free amount of `resource` over the nodes of every flavor the job's pod sets could use."""
+        names: set[str] = set()
+        for ps in job.pod_sets:
+            group = self._group_for(cq, tuple(sorted(r for r, q in ps.requests.items() if q > 0)))
+            for fq in group.flavors if group is not None else ():
+                pool = self.cap.pools.get(fq.name)
+                if pool is not None:
+                    names.update(pool.nodes)
+        free = self.cap.free
+        return sum(max(free[n].get(resource, 0), 0) for n in names)
 
     # ---- the cycle --------------------------------------------------------------------------------
 
