@@ -192,6 +192,7 @@ class Cache:
         self.local_queues: dict[str, LocalQueueRecord] = {}
         self.flavors: dict[str, FlavorRecord] = {}
         self.priority_classes: dict[str, int] = {}
+        self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels, for namespaceSelector
         self.generation = 0  # bumped on every change: the loop skips work when nothing moved
         # Newest resourceVersion seen per object. The controller feeds its own write responses in as
         # they return, so a late watch event carrying an older state must not roll the cache back
@@ -403,6 +404,15 @@ class Cache:
     def upsert_priority_class(self, body: Mapping[str, Any]) -> None:
         self.priority_classes[_meta(body)["name"]] = int(body.get("value") or 0)
         self._changed()
+
+    def upsert_namespace(self, body: Mapping[str, Any]) -> None:
+        meta = _meta(body)
+        self.namespaces[meta["name"]] = dict(meta.get("labels") or {})
+        self._changed()
+
+    def delete_namespace(self, name: str) -> None:
+        if self.namespaces.pop(name, None) is not None:
+            self._changed()
 
     def delete_priority_class(self, name: str) -> None:
         if self.priority_classes.pop(name, None) is not None:

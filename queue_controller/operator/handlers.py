@@ -87,6 +87,8 @@ def register() -> None:
         _on("flavor", c.upsert_flavor, lambda b: c.delete_flavor(b["metadata"]["name"])))
     kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses")(
         _on("priorityclass", c.upsert_priority_class, lambda b: c.delete_priority_class(b["metadata"]["name"])))
+    kopf.on.event("", "v1", "namespaces")(
+        _on("namespace", c.upsert_namespace, lambda b: c.delete_namespace(b["metadata"]["name"])))
     kopf.on.event("", "v1", "nodes")(_on("node", c.upsert_node, lambda b: c.delete_node(b["metadata"]["name"])))
     # Every pod: the requests of pods this controller does not manage still take node capacity.
     kopf.on.event("", "v1", "pods")(_on("pod", c.upsert_pod, lambda b: c.delete_pod(*_ns_name(b))))

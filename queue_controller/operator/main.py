@@ -27,6 +27,7 @@ _PRIME = (
     ("clusterqueue", "/apis/ckq.io/v1alpha1/clusterqueues", "upsert_cluster_queue"),
     ("localqueue", "/apis/ckq.io/v1alpha1/localqueues", "upsert_local_queue"),
     ("priorityclass", "/apis/scheduling.k8s.io/v1/priorityclasses", "upsert_priority_class"),
+    ("namespace", "/api/v1/namespaces", "upsert_namespace"),
     ("node", "/api/v1/nodes", "upsert_node"),
     ("pod", "/api/v1/pods", "upsert_pod"),
     ("checkpoint", "/apis/ckq.io/v1alpha1/checkpoints", "upsert_checkpoint"),

@@ -168,6 +168,14 @@ def build(cache: Cache, estimator: Estimator) -> tuple[Snapshot, Unqueued]:
             unq.reasons[rec.key] = ("LocalQueueNotFound",
                                     f"LocalQueue {rec.spec.queue_name!r} does not exist in namespace {rec.namespace!r}")
             continue
+        if lq is not None and not active:
+            cq_rec = cache.cluster_queues.get(lq.cluster_queue)
+            ns_labels = cache.namespaces.get(rec.namespace, {"kubernetes.io/metadata.name": rec.namespace})
+            if cq_rec is not None and cq_rec.spec is not None and not cq_rec.spec.admits_namespace(ns_labels):
+                unq.reasons[rec.key] = ("NamespaceNotAllowed",
+                                        f"ClusterQueue {lq.cluster_queue!r} does not admit namespace "
+                                        f"{rec.namespace!r} (spec.namespaceSelector; unset admits none, {{}} all)")
+                continue
         if rec.spec.priority is not None:
             priority = rec.spec.priority
         elif rec.spec.priority_class_name:

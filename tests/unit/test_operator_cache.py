@@ -45,7 +45,7 @@ def cache() -> Cache:
     c.upsert_flavor({"metadata": meta("h100"), "spec": {"nodeLabels": {"ckq.io/flavor": "h100"},
                                                         "tolerations": [{"key": "gpu", "operator": "Exists"}]}})
     c.upsert_cluster_queue({"metadata": meta("cq"), "spec": {
-        "cohort": "ml", "preemption": {"reclaimWithinCohort": "Any"},
+        "cohort": "ml", "preemption": {"reclaimWithinCohort": "Any"}, "namespaceSelector": {},
         "resourceGroups": [{"coveredResources": ["cpu", "memory", GPU], "flavors": [{"name": "h100", "resources": [
             {"name": "cpu", "nominalQuota": "16"}, {"name": "memory", "nominalQuota": "64Gi"},
             {"name": GPU, "nominalQuota": "8", "lendingLimit": "4"}]}]}]}})
@@ -114,6 +114,24 @@ def test_stale_watch_events_do_not_roll_the_cache_back(cache: Cache) -> None:
     cache.upsert_job(newer)
     assert not cache.fresh("job", older)
     assert cache.jobs["team/e"].phase == "Admitted"
+
+
+def test_namespace_selector_decides_which_namespaces_may_use_a_queue(cache: Cache) -> None:
+    cache.upsert_namespace({"metadata": meta("team", labels={"tier": "research"})})
+    cache.upsert_job(job("h"))
+    raw = {"metadata": meta("cq", rv=2), "spec": {
+        "namespaceSelector": {"matchLabels": {"tier": "prod"}},
+        "resourceGroups": [{"coveredResources": ["cpu"], "flavors": [{"name": "h100", "resources": [
+            {"name": "cpu", "nominalQuota": "16"}]}]}]}}
+    cache.upsert_cluster_queue(raw)
+    snap, unq = build(cache, estimate)
+    assert snap.jobs == () and unq.reasons["team/h"][0] == "NamespaceNotAllowed"
+    del raw["spec"]["namespaceSelector"]  # Kueue: no selector admits no namespace
+    cache.upsert_cluster_queue(raw)
+    assert build(cache, estimate)[1].reasons["team/h"][0] == "NamespaceNotAllowed"
+    raw["spec"]["namespaceSelector"] = {"matchLabels": {"tier": "research"}}
+    cache.upsert_cluster_queue(raw)
+    assert [j.key for j in build(cache, estimate)[0].jobs] == ["team/h"]
 
 
 def test_invalid_job_spec_is_reported(cache: Cache) -> None:
