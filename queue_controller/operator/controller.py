@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from queue_controller.api.common import API_VERSION
@@ -23,6 +23,7 @@ from queue_controller.engine import (
     Admit,
     Checkpoint,
     Decisions,
+    Job,
     JobState,
     Policy,
     Preempt,
@@ -654,62 +655,23 @@ class Controller:
         await self._bounded(writes)
 
     async def _publish_queues(self, snap: Snapshot, now: float) -> None:
-        counts: dict[str, dict[str, int]] = {}
-        usage: dict[str, dict[tuple[str, str], int]] = {}
-        for j in snap.jobs:
-            c = counts.setdefault(j.cluster_queue, {"pending": 0, "admitted": 0, "suspended": 0})
-            if j.state is JobState.ADMITTED:
-                c["admitted"] += 1
-                u = usage.setdefault(j.cluster_queue, {})
-                reqs = {ps.name: ps.requests for ps in j.pod_sets}
-                for pl in j.placement:
-                    for r, q in reqs.get(pl.name, {}).items():
-                        u[(pl.flavor, r)] = u.get((pl.flavor, r), 0) + q * len(pl.nodes)
-            elif j.checkpoint:
-                c["suspended"] += 1
-            else:
-                c["pending"] += 1
-        for name in self.cache.cluster_queues:
-            c = counts.get(name, {"pending": 0, "admitted": 0, "suspended": 0})
-            for state, n in c.items():
-                metrics.JOBS.labels(name, state).set(n)
-            flavors: dict[str, list[dict[str, Any]]] = {}
-            for (flavor, res), q in sorted(usage.get(name, {}).items()):
-                metrics.QUOTA_USAGE.labels(name, flavor, res).set(q / 1000)
-                flavors.setdefault(flavor, []).append({"name": res, "total": _fmt(res, q)})
-            status = {"pendingWorkloads": c["pending"], "admittedWorkloads": c["admitted"],
-                      "suspendedWorkloads": c["suspended"],
-                      "flavorsUsage": [{"name": f, "resources": rs} for f, rs in flavors.items()]}
-            await self._write_queue_status("clusterqueues", None, name, status)
-        # LocalQueues: the same figures for the jobs submitted through each of them.
-        lq_counts: dict[str, dict[str, int]] = {}
-        lq_usage: dict[str, dict[tuple[str, str], int]] = {}
-        for j in snap.jobs:
+        """Counts and usage on every ClusterQueue and LocalQueue (written only when they change)."""
+        by_cq = _tally(snap.jobs, lambda j: j.cluster_queue)
+
+        def local_queue(j: Job) -> str | None:
             rec = self.cache.jobs.get(j.key)
-            if rec is None or rec.spec is None:
-                continue
-            lq = f"{rec.namespace}/{rec.spec.queue_name}"
-            c = lq_counts.setdefault(lq, {"pending": 0, "admitted": 0, "suspended": 0})
-            if j.state is JobState.ADMITTED:
-                c["admitted"] += 1
-                u = lq_usage.setdefault(lq, {})
-                reqs = {ps.name: ps.requests for ps in j.pod_sets}
-                for pl in j.placement:
-                    for r, q in reqs.get(pl.name, {}).items():
-                        u[(pl.flavor, r)] = u.get((pl.flavor, r), 0) + q * len(pl.nodes)
-            elif j.checkpoint:
-                c["suspended"] += 1
-            else:
-                c["pending"] += 1
-        for key, lq_rec in self.cache.local_queues.items():
-            c = lq_counts.get(key, {"pending": 0, "admitted": 0, "suspended": 0})
-            flavors = {}
-            for (flavor, res), q in sorted(lq_usage.get(key, {}).items()):
-                flavors.setdefault(flavor, []).append({"name": res, "total": _fmt(res, q)})
-            status = {"pendingWorkloads": c["pending"], "admittedWorkloads": c["admitted"],
-                      "suspendedWorkloads": c["suspended"],
-                      "flavorsUsage": [{"name": f, "resources": rs} for f, rs in flavors.items()]}
-            await self._write_queue_status("localqueues", lq_rec.namespace, lq_rec.name, status)
+            return f"{rec.namespace}/{rec.spec.queue_name}" if rec is not None and rec.spec is not None else None
+
+        by_lq = _tally(snap.jobs, local_queue)
+        for name in self.cache.cluster_queues:
+            tally = by_cq.get(name, _Tally())
+            for state, n in tally.counts.items():
+                metrics.JOBS.labels(name, state).set(n)
+            for (flavor, res), q in tally.usage.items():
+                metrics.QUOTA_USAGE.labels(name, flavor, res).set(q / 1000)
+            await self._write_queue_status("clusterqueues", None, name, tally.status())
+        for key, lq in self.cache.local_queues.items():
+            await self._write_queue_status("localqueues", lq.namespace, lq.name, by_lq.get(key, _Tally()).status())
 
     async def _write_queue_status(self, plural: str, namespace: str | None, name: str,
                                   status: dict[str, Any]) -> None:
@@ -721,6 +683,41 @@ class Controller:
             self._queue_status[key] = status
         except ApiError as e:
             log.warning("%s %s status not written: %s", plural, name, e)
+
+
+@dataclass(slots=True)
+class _Tally:
+    counts: dict[str, int] = field(default_factory=lambda: {"pending": 0, "admitted": 0, "suspended": 0})
+    usage: dict[tuple[str, str], int] = field(default_factory=dict)  # (flavor, resource) -> milli
+
+    def status(self) -> dict[str, Any]:
+        flavors: dict[str, list[dict[str, Any]]] = {}
+        for (flavor, res), q in sorted(self.usage.items()):
+            flavors.setdefault(flavor, []).append({"name": res, "total": _fmt(res, q)})
+        return {"pendingWorkloads": self.counts["pending"], "admittedWorkloads": self.counts["admitted"],
+                "suspendedWorkloads": self.counts["suspended"],
+                "flavorsUsage": [{"name": f, "resources": rs} for f, rs in flavors.items()]}
+
+
+def _tally(jobs: Iterable[Job], key: Callable[[Job], str | None]) -> dict[str, _Tally]:
+    """Jobs per state and quota in use, grouped by `key` (a queue name)."""
+    out: dict[str, _Tally] = {}
+    for j in jobs:
+        k = key(j)
+        if k is None:
+            continue
+        t = out.setdefault(k, _Tally())
+        if j.state is JobState.ADMITTED:
+            t.counts["admitted"] += 1
+            reqs = {ps.name: ps.requests for ps in j.pod_sets}
+            for pl in j.placement:
+                for r, q in reqs.get(pl.name, {}).items():
+                    t.usage[(pl.flavor, r)] = t.usage.get((pl.flavor, r), 0) + q * len(pl.nodes)
+        elif j.checkpoint:
+            t.counts["suspended"] += 1
+        else:
+            t.counts["pending"] += 1
+    return out
 
 
 def _fmt(resource: str, milli: int) -> str:

@@ -30,6 +30,15 @@ def test_priority_order_within_quota(kube: Kube, namespace: str, queues: Any, ru
     assert len(pods) == 1 and pods[0].spec.node_name  # bound by the real kube-scheduler
     assignment = job_status(kube, namespace, "high")["admission"]["podSetAssignments"][0]
     assert pods[0].spec.node_name == assignment["nodes"][0]
+    # Queue status: counts and usage on the ClusterQueue and the LocalQueue.
+    cq = kube.wait("ClusterQueue status", lambda: (kube.get("clusterqueues", f"{namespace}-main").get("status") or {})
+                   if (kube.get("clusterqueues", f"{namespace}-main").get("status") or {}).get("admittedWorkloads")
+                   else None)
+    assert cq["pendingWorkloads"] == 1 and cq["admittedWorkloads"] == 1
+    gpu = {r["name"]: r["total"] for r in cq["flavorsUsage"][0]["resources"]}["nvidia.com/gpu"]
+    assert gpu == "8"
+    lq = kube.get("localqueues", "main", namespace).get("status") or {}
+    assert lq.get("admittedWorkloads") == 1 and lq.get("pendingWorkloads") == 1
 
 
 def test_gang_all_or_nothing(kube: Kube, namespace: str, queues: Any, run_controller: Any) -> None:
