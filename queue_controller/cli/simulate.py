@@ -48,10 +48,6 @@ def simulate(
         "--node-mtbf-hours", min=0.001, help="Mean time between failures of one node; default: none.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for node failures.")] = 0,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
-    hold_preempted: Annotated[bool, typer.Option(
-        "--hold-preempted-capacity/--no-hold-preempted-capacity",
-        help="Work-around for an engine gap: no admission overtakes a job waiting for preemption "
-        "(docs/simulator.md).")] = True,
 ) -> None:
     """Replay a workload trace through the engine and write metrics and plots."""
     from rich.console import Console
@@ -77,8 +73,7 @@ def simulate(
             raise typer.BadParameter(str(e), param_hint="--queues") from None
     cluster = ClusterSpec.uniform(nodes, gpus_per_node, cpu_per_node, memory_gib_per_node)
     config = SimConfig(sched_interval_s=sched_interval, queue_depth=queue_depth,
-                       node_mtbf_s=None if node_mtbf_hours is None else node_mtbf_hours * 3600.0, seed=seed,
-                       hold_preempted_capacity=hold_preempted)
+                       node_mtbf_s=None if node_mtbf_hours is None else node_mtbf_hours * 3600.0, seed=seed)
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # piped or captured: do not squash the table to 80 columns

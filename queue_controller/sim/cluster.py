@@ -92,7 +92,8 @@ class ClusterSpec:
 class QueueSpec:
     name: str
     cohort: str | None = None
-    # Nominal quota as a fraction of each flavor's capacity; None: unbounded (only capacity binds).
+    # Nominal quota as a fraction of each flavor's capacity; None: the whole capacity (what an admin sets
+    # for a queue that may use the whole cluster).
     share: float | None = None
     borrowing_limit_share: float | None = None
 
@@ -117,10 +118,7 @@ class QueueLayout:
                 cap = cluster.capacity(fl)
                 quotas = {}
                 for r in RESOURCES:
-                    # Unbounded means ten times capacity: quota never binds, capacity does. (Quota equal
-                    # to capacity would make a full cluster read as "InsufficientQuota", which gets no
-                    # backfill reservation in the engine; see docs/simulator.md.)
-                    nominal = 10 * cap[r] + 1000 if q.share is None else math.floor(cap[r] * q.share)
+                    nominal = cap[r] if q.share is None else math.floor(cap[r] * q.share)
                     borrow = None if q.borrowing_limit_share is None else math.floor(cap[r] * q.borrowing_limit_share)
                     quotas[r] = Quota(nominal, borrow)
                 fqs.append(FlavorQuotas(fl, quotas))

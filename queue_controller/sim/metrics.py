@@ -11,6 +11,11 @@
 - wasted_gpu_hours: work thrown away - progress lost to kills and node failures, plus kill grace
   periods. checkpoint_overhead_gpu_hours: time spent dumping (periodic and preemption checkpoints) and
   restoring. wasted_fraction = wasted / allocated GPU-hours.
+- preemption_rounds: decision cycles in which victims were preempted for a job (summed over jobs);
+  repeated_preemption_rounds: those that came while the job was still pending from an earlier round,
+  i.e. the engine planning room for the same start twice (a preemption loop shows up here);
+  preemptions_undone: preemptions whose victim ran again on a node it was preempted from before its
+  beneficiary had started (room made for nothing: the beneficiary was overtaken, or could not start).
 """
 
 from __future__ import annotations
@@ -109,6 +114,10 @@ def compute(res: SimResult) -> dict[str, Any]:
         "preemptions": sum(j.preempt_ckpt + j.preempt_kill for j in jobs),
         "preemptions_checkpoint": sum(j.preempt_ckpt for j in jobs),
         "preemptions_kill": sum(j.preempt_kill for j in jobs),
+        "max_preemptions_of_one_job": max((j.preempt_ckpt + j.preempt_kill for j in jobs), default=0),
+        "preemption_rounds": sum(j.preempt_rounds for j in jobs),
+        "repeated_preemption_rounds": sum(j.repeat_preempt_rounds for j in jobs),
+        "preemptions_undone": sum(j.undone for j in jobs),
         "node_failures": res.node_failures,
         "backfilled_runs": sum(j.backfill_runs for j in jobs),
         "makespan_s": round(span, 3),
@@ -128,7 +137,8 @@ def compute(res: SimResult) -> dict[str, Any]:
 CSV_FIELDS = (
     "id", "queue", "cluster_queue", "priority", "gpus", "pods", "checkpointable", "submit_s", "runtime_s",
     "estimate_s", "first_start_s", "end_s", "wait_s", "response_s", "bounded_slowdown", "runs",
-    "backfill_runs", "preemptions_checkpoint", "preemptions_kill", "failures", "periodic_checkpoints",
+    "backfill_runs", "preemptions_checkpoint", "preemptions_kill", "preemption_rounds", "failures",
+    "periodic_checkpoints",
     "lost_gpu_s", "overhead_gpu_s", "held_gpu_s", "state",
 )
 
@@ -150,7 +160,8 @@ def job_rows(res: SimResult) -> list[dict[str, Any]]:
             "response_s": "" if j.end is None else round(j.end - t.submit_s, 3),
             "bounded_slowdown": "" if b is None else round(b, 4),
             "runs": j.runs, "backfill_runs": j.backfill_runs, "preemptions_checkpoint": j.preempt_ckpt,
-            "preemptions_kill": j.preempt_kill, "failures": j.failures, "periodic_checkpoints": j.periodic,
+            "preemptions_kill": j.preempt_kill, "preemption_rounds": j.preempt_rounds, "failures": j.failures,
+            "periodic_checkpoints": j.periodic,
             "lost_gpu_s": round((j.lost_work + j.grace_time) * j.gpus, 3),
             "overhead_gpu_s": round((j.periodic_time + j.vacate_ckpt_time + j.restore_time) * j.gpus, 3),
             "held_gpu_s": round(j.held_time * j.gpus, 3), "state": state,

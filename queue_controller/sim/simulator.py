@@ -30,7 +30,7 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
@@ -51,7 +51,6 @@ from queue_controller.engine import (
     decide,
 )
 from queue_controller.sim.cluster import GIB_MILLI, CheckpointModel, ClusterSpec, QueueLayout
-from queue_controller.sim.guard import hold_for_preemptors
 from queue_controller.sim.trace import TraceJob
 
 
@@ -93,9 +92,6 @@ class SimConfig:
     record_segments: bool = True  # per-phase segments, for the node timeline plot
     # Check every node's free capacity after each admission (cheap; raises SimulationError).
     check_overcommit: bool = True
-    # Work-around for an engine gap (see sim/guard.py): no admission overtakes a job waiting for
-    # preemption in its ClusterQueue or cohort.
-    hold_preempted_capacity: bool = True
 
     def __post_init__(self) -> None:
         if self.sched_interval_s < 0 or self.queue_depth < 1 or self.kill_grace_s < 0 or self.repair_s <= 0:
@@ -136,6 +132,16 @@ class SimJob:
     periodic: int = 0
     failures: int = 0
     runs: int = 0
+    # Cycles in which the engine preempted victims for this job, and how many of those came after an
+    # earlier one while it was still pending (the engine re-planning for the same start: a thrash sign).
+    preempt_rounds: int = 0
+    repeat_preempt_rounds: int = 0
+    rounds_pending: int = 0  # preemption rounds since this job last started
+    # As a victim: (beneficiary idx, the beneficiary's runs then, the nodes it was preempted from) of the
+    # newest preemption, until this job runs again; `undone` counts preemptions after which it ran again on
+    # one of those nodes before its beneficiary had started (room made for nothing).
+    preempted_for: tuple[int, int, frozenset[str]] | None = None
+    undone: int = 0
     backfill_runs: int = 0
     # Buckets (seconds while holding resources).
     restore_time: float = 0.0
@@ -169,22 +175,6 @@ class SimResult:
     node_failures: int
 
 
-class _EngineJobs(Mapping[str, Job]):
-    """Read-only key -> current engine view, without copying the job table each cycle."""
-
-    def __init__(self, by_key: dict[str, SimJob]) -> None:
-        self._by_key = by_key
-
-    def __getitem__(self, key: str) -> Job:
-        return self._by_key[key].engine
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._by_key)
-
-    def __len__(self) -> int:
-        return len(self._by_key)
-
-
 def _engine_job(tj: TraceJob, cq: str, ckpt_s: float, restore_s: float) -> Job:
     pods = tj.pods
     req = {
@@ -208,11 +198,6 @@ def _engine_job(tj: TraceJob, cq: str, ckpt_s: float, restore_s: float) -> Job:
 class Simulator:
     def __init__(self, trace: list[TraceJob], policy: Policy, cluster: ClusterSpec,
                  layout: QueueLayout | None = None, config: SimConfig | None = None) -> None:
-        if config is not None and config.node_mtbf_s is not None:
-            # The engine takes the MTBF for Young's interval from the policy (Snapshot.node_mtbf_s is not
-            # read), so a modelled failure rate is handed to it there.
-            settings = policy.checkpoints.model_copy(update={"node_mtbf_seconds": config.node_mtbf_s})
-            policy = policy.model_copy(update={"checkpoints": settings})
         self.policy = policy
         self.cluster = cluster
         # The engine entry point; replaceable so a benchmark can time or profile each cycle.
@@ -222,7 +207,6 @@ class Simulator:
         self.rng = random.Random(self.cfg.seed)
         self.flavors = cluster.flavors()
         self.cluster_queues = self.layout.build(cluster)
-        self.group_of = {q.name: f"cohort:{q.cohort}" if q.cohort else q.name for q in self.cluster_queues}
         self.node_list: list[Node] = list(cluster.nodes())
         self.node_index = {n.name: i for i, n in enumerate(self.node_list)}
         self.nodes_tuple = tuple(self.node_list)
@@ -375,6 +359,7 @@ class Simulator:
         sj.nodes = nodes
         sj.runs += 1
         sj.backfill_runs += int(a.backfill)
+        sj.rounds_pending = 0
         sj.run_start = t
         if sj.first_start is None:
             sj.first_start = t
@@ -393,6 +378,8 @@ class Simulator:
             raise SimulationError(f"t={t:.1f}: engine preempted {p.victim!r}, which is not running")
         self._close_phase(sj, t)
         sj.epoch += 1
+        ben = self.by_key.get(p.beneficiary)
+        sj.preempted_for = None if ben is None else (ben.idx, ben.runs, frozenset(sj.nodes))
         if p.mode is PreemptMode.CHECKPOINT and sj.trace.checkpointable:
             sj.vacate_keep = sj.progress
             sj.preempt_ckpt += 1
@@ -424,23 +411,36 @@ class Simulator:
     def _decide(self, t: float) -> int:
         depth = self.cfg.queue_depth
         jobs = [*self.admitted.values(), *(self.jobs[e[3]].engine for e in self.pending[:depth])]
+        # The modelled MTBF goes in the snapshot, as the controller's measured one does: the engine uses it
+        # for Young's checkpoint interval instead of the policy's nodeMtbfSeconds.
         snap = Snapshot(self.nodes_tuple, self.flavors, self.cluster_queues, tuple(jobs), self.cfg.node_mtbf_s)
         t0 = time.perf_counter()
         out = self.decide_fn(snap, t, self.policy)
         self.decide_seconds += time.perf_counter() - t0
         self.decide_calls += 1
         self.last_decide = t
-        actions = out.actions
-        if self.cfg.hold_preempted_capacity:
-            vacating = {n for i, j in self.admitted.items() if j.vacating for n in self.jobs[i].nodes}
-            actions = hold_for_preemptors(out, _EngineJobs(self.by_key), self.group_of, vacating)
-        for a in actions:
+        beneficiaries: set[str] = set()
+        started: list[SimJob] = []
+        for a in out.actions:
             if isinstance(a, Preempt):
+                beneficiaries.add(a.beneficiary)
                 self._preempt(a, t)
             elif isinstance(a, Admit | Resume):
                 self._admit(a, t)
+                started.append(self.by_key[a.job])
             elif isinstance(a, Checkpoint):
                 self._checkpoint(a, t)
+        for sj in started:  # after the whole cycle: a beneficiary starting in the same cycle counts as first
+            if sj.preempted_for is not None:
+                ben, runs, old = sj.preempted_for
+                sj.undone += int(self.jobs[ben].runs == runs and not old.isdisjoint(sj.nodes))
+                sj.preempted_for = None
+        for key in beneficiaries:
+            sj = self.by_key[key]
+            sj.preempt_rounds += 1
+            if sj.phase is Phase.QUEUED:  # still pending (not admitted in this very cycle)
+                sj.repeat_preempt_rounds += int(sj.rounds_pending > 0)
+                sj.rounds_pending += 1
         if out.next_wakeup is not None and out.next_wakeup > t:
             self._request_decide(out.next_wakeup)
         return len(out.actions)

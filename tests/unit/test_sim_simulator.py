@@ -4,25 +4,14 @@ zero wasted work under iass when every job is checkpointable."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 import pytest
 
-from queue_controller.engine import (
-    Admit,
-    Decisions,
-    Job,
-    PendingReason,
-    PodSet,
-    PodSetPlacement,
-    Preempt,
-    PreemptMode,
-    PreemptReason,
-    Waiting,
-)
+from queue_controller.engine import Decisions, Policy
 from queue_controller.policies import load_policy
 from queue_controller.sim.cluster import CheckpointModel, ClusterSpec, QueueLayout, QueueSpec
 from queue_controller.sim.generate import Mix, generate
-from queue_controller.sim.guard import hold_for_preemptors
 from queue_controller.sim.metrics import compute, job_rows, percentile
 from queue_controller.sim.simulator import Phase, SimConfig, SimResult, simulate
 from queue_controller.sim.trace import TraceJob
@@ -76,8 +65,9 @@ def test_kill_loses_progress_checkpoint_keeps_it() -> None:
     kueue = simulate(trace, load_policy("kueue"), ClusterSpec.uniform(1), config=EXACT)
     # Kill: 30 s grace, high runs 130..180, low restarts from zero: 180 + 1000.
     assert starts_ends(kueue) == {"low": (0, 1180), "high": (130, 180)}
-    low = kueue.jobs[0]
+    low, high = kueue.jobs
     assert (low.lost_work, low.grace_time, low.preempt_kill) == (100.0, 30.0, 1)
+    assert (high.preempt_rounds, high.repeat_preempt_rounds, low.undone) == (1, 0, 0)
     assert compute(kueue)["wasted_gpu_hours"] == pytest.approx(130 * 8 / 3600, abs=1e-4)
     iass = simulate(trace, load_policy("iass"), ClusterSpec.uniform(1), config=EXACT)
     # Checkpoint: 5 s dump, high runs 105..155, low restores 10 s and does its remaining 900 s.
@@ -166,6 +156,22 @@ def test_deterministic_per_seed() -> None:
     assert job_rows(c) != job_rows(a)
 
 
+@pytest.mark.parametrize("policy", ("kueue", "easy", "iass"))
+def test_no_preemption_loop_on_the_sample_trace(policy: str) -> None:
+    """Every job that preempts starts once its victims are gone: it never plans room twice for one start,
+    and no victim runs again on its old node before its beneficiary starts. (Before the engine held the
+    room a preemption makes, this trace gave hundreds of repeated rounds and thousands of undone
+    preemptions under every policy.)"""
+    from queue_controller.sim import SAMPLE_TRACE
+    from queue_controller.sim.trace import load_any
+
+    m = compute(simulate(load_any(SAMPLE_TRACE), load_policy(policy), ClusterSpec.uniform(16),
+                         config=SimConfig(record_segments=False)))
+    assert m["preemptions"] > 50
+    assert (m["repeated_preemption_rounds"], m["preemptions_undone"]) == (0, 0)
+    assert m["max_preemptions_of_one_job"] <= 16
+
+
 def test_iass_wastes_nothing_when_all_checkpointable() -> None:
     trace, cluster = _workload(200, seed=4, all_checkpointable=True)
     res = simulate(trace, load_policy("iass"), cluster, config=SimConfig(sched_interval_s=5.0))
@@ -192,40 +198,35 @@ def test_queue_layout_maps_unknown_queues_to_default() -> None:
     assert all(j.end == 10 for j in res.jobs)
 
 
-def test_guard_drops_admissions_that_overtake_a_preemptor() -> None:
-    ps = (PodSet("m", 1, {"nvidia.com/gpu": 4000}),)
-    gang = (PodSet("m", 2, {"nvidia.com/gpu": 8000}),)
-    jobs = {"high": Job("high", "q", 10, 1.0, ps), "low": Job("low", "q", 0, 2.0, ps),
-            "low2": Job("low2", "q", 0, 2.5, ps), "other": Job("other", "r", 0, 3.0, ps),
-            "gang": Job("gang", "r", 10, 0.5, gang), "other2": Job("other2", "r", 0, 4.0, ps)}
-
-    def admit(key: str, cq: str, node: str) -> Admit:
-        return Admit(key, cq, (PodSetPlacement("m", "f", (node,)),))
-
-    out = Decisions(
-        actions=[Preempt("v", PreemptMode.KILL, "high", PreemptReason.IN_CLUSTER_QUEUE),
-                 admit("low", "q", "n0"), admit("low2", "q", "n1"), admit("other", "r", "n0")],
-        waiting={"high": Waiting("high", 1, PendingReason.WAITING_FOR_PREEMPTION)},
-    )
-    kept = hold_for_preemptors(out, jobs, {"q": "q", "r": "r"}, {"n0"})
-    # A one-pod preemptor holds only the nodes being vacated, in its own queue.
-    assert [getattr(a, "job", getattr(a, "victim", "")) for a in kept] == ["v", "low2", "other"]
-    out = Decisions(actions=[admit("other", "r", "n5"), admit("low", "q", "n5")],
-                    waiting={"gang": Waiting("gang", 1, PendingReason.WAITING_FOR_PREEMPTION)})
-    # A gang preemptor holds back every later admission in its queue, wherever it would go.
-    assert [a.job for a in hold_for_preemptors(out, jobs, {"q": "q", "r": "r"}, set())] == ["low"]
-
-
 def test_percentile_matches_linear_interpolation() -> None:
     assert percentile([], 95) == 0.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile(list(range(101)), 95) == 95.0
 
 
-def test_modelled_mtbf_reaches_the_policy() -> None:
+def test_modelled_mtbf_reaches_the_engine_through_the_snapshot() -> None:
+    """Young's interval follows the simulated failure rate: sqrt(2 x 5 s x 2 h) = 268 s, raised to iass's
+    300 s minimum, so a 1000 s job checkpoints three times; with the policy's one-week MTBF (2459 s) never.
+    (The second job's arrival makes a cycle in which `a` is running: the engine sets no wake-up for the
+    periodic checkpoints of a job in the cycle that admits it.)"""
+    from queue_controller.engine import Snapshot
     from queue_controller.sim.simulator import Simulator
 
-    sim = Simulator([J("a", 0, 1, 10)], load_policy("iass"), ClusterSpec.uniform(1),
-                    config=SimConfig(node_mtbf_s=3600.0))
-    assert sim.policy.checkpoints.node_mtbf_seconds == 3600.0
-    assert load_policy("iass").checkpoints.node_mtbf_seconds != 3600.0
+    policy = load_policy("iass")
+    trace = [J("a", 0, 1, 1000), J("b", 1, 1, 10)]
+    sim = Simulator(trace, policy, ClusterSpec.uniform(1),
+                    config=replace(EXACT, node_mtbf_s=7200.0, repair_s=60.0, seed=0))
+    seen: set[float | None] = set()
+    real = sim.decide_fn
+
+    def spy(snap: Snapshot, now: float, pol: Policy) -> Decisions:
+        seen.add(snap.node_mtbf_s)
+        return real(snap, now, pol)
+
+    sim.decide_fn = spy
+    res = sim.run()
+    assert seen == {7200.0}
+    assert sim.policy is policy and policy.checkpoints.node_mtbf_seconds == 604800
+    assert res.node_failures == 0  # this seed: no failure during the job
+    assert res.jobs[0].periodic == 3
+    assert simulate(trace, policy, ClusterSpec.uniform(1), config=EXACT).jobs[0].periodic == 0
