@@ -300,6 +300,8 @@ class CheckpointableJobStatus(ApiModel):
     """Run time thrown away by kills and failures (progress after the newest checkpoint)."""
     checkpoint_failures: Annotated[int, Field(ge=0)] = 0
     """Checkpoints that failed or timed out."""
+    preempted_for: Annotated[str | None, Field(max_length=317)] = None
+    """While being vacated by a preemption: the job (`namespace/name`) its room is reserved for."""
 
 
 class CheckpointableJob(KubeObject):

@@ -61,7 +61,7 @@ class _Fit:
 @dataclass(slots=True)
 class _QueueState:
     hard_blocked: bool = False  # StrictFIFO head blocked without a reservation
-    deferred: bool = False  # StrictFIFO head set aside for the borrowing pass: the rest follow it
+    deferred: bool = False  # a job was set aside for the borrowing pass: the rest of the queue follows it
     reservations: int = 0
     preemption_attempts: int = 0
 
@@ -106,6 +106,8 @@ class _Cycle:
         self._by_group: dict[str, list[_Running]] = {}
         self._vacating: list[_Running] = []
         self._borrowing: dict[str, bool] = {}
+        self._waiting: set[str] = set()
+        self._owners: set[str] = set()  # jobs that victims being vacated were preempted for
         self.preempting = policy.preemption.mode is not PreemptionMode.NEVER
         self.node_mtbf_s = snapshot.node_mtbf_s
         self._shapes: dict[str, tuple[object, ...]] = {}
@@ -117,9 +119,12 @@ class _Cycle:
         for run in self.running.values():
             if run.job.vacating:
                 self._vacating.append(run)
+                if run.job.preempted_for is not None:
+                    self._owners.add(run.job.preempted_for)
             else:
                 self._by_group.setdefault(self._share_group(run.job.cluster_queue), []).append(run)
         pending = [j for j in snapshot.jobs if j.state is JobState.PENDING]
+        self._waiting = {j.key for j in pending}
         self.pending = sorted(pending, key=self._sort_key if policy.fair_sharing else order_key)
 
     # ---- setup ------------------------------------------------------------------------------------
@@ -420,19 +425,25 @@ class _Cycle:
         if self.policy.preemption.mode is PreemptionMode.NEVER:
             return False
         state = self.qstate[cq.name]
-        if state.preemption_attempts >= self.policy.preemption_attempts_per_queue:
+        own = job.key in self._owners  # waiting for its own victims: always looked at, outside the budget
+        if state.preemption_attempts >= self.policy.preemption_attempts_per_queue and not own:
             return False
         shape = (cq.name, self._shape(job))
-        if self._failed_preemption.get(shape, -(2**62)) >= job.priority:
+        if self._failed_preemption.get(shape, -(2**62)) >= job.priority and not own:
             return False
-        state.preemption_attempts += 1
+        if not own:
+            state.preemption_attempts += 1
         self._borrowing = {name: self.ledger.borrowing(name) for name in self.queues}
 
         cands: list[tuple[tuple[object, ...], _Running, PreemptReason | None, PreemptMode, float]] = []
         for run in self._vacating:
-            # Already leaving: free room for whoever claims it first, at no extra cost.
-            if run.job.key not in self.claimed:
-                cands.append(((0, 0.0, 0, 0.0, run.job.key), run, None, PreemptMode.KILL, 0.0))
+            # Already leaving: free room at no extra cost, for the job it was preempted for while that job
+            # still waits (or for anyone once it no longer does), and ahead of all other candidates.
+            owner = run.job.preempted_for
+            if run.job.key in self.claimed or (owner is not None and owner != job.key and owner in self._waiting):
+                continue
+            mine = 0 if owner == job.key else 1
+            cands.append(((0, float(mine), 0, 0.0, run.job.key), run, None, PreemptMode.KILL, 0.0))
         for run in self._by_group.get(self._share_group(cq.name), ()):
             v = run.job
             key = v.key
@@ -494,7 +505,22 @@ class _Cycle:
             for pl in hold.placement:
                 for node in pl.nodes:
                     self.cap.consume(node, reqs[pl.name])
-            self.ledger.add(cq.name, hold.delta)
+            # Quota: only what the victims' own usage (still counted until they are gone) does not cover.
+            excess = dict(hold.delta)
+            for i in chosen:
+                for k, q in cands[i][1].delta.items():
+                    if k in excess:
+                        excess[k] -= q
+            self.ledger.add(cq.name, {k: q for k, q in excess.items() if q > 0})
+            # For backfill, the preemptor is as good as admitted: it starts when its victims are gone and
+            # runs for its estimate, so reservations see that room come back.
+            starts = self.now + max((cands[i][1].job.checkpoint_cost_s for i in chosen), default=0.0)
+            rem = self._remaining(job)
+            end = INF if rem is None else starts + max(rem, 1.0)
+            self.admitted_now.append(_Running(job, hold.delta, [], end, hold.by_flavor))
+            for f, amount in hold.by_flavor.items():
+                if f in self.profiles:
+                    self.profiles[f].hold(self.now, end - self.now, amount)
         if not fits:
             self._failed_preemption[shape] = max(self._failed_preemption.get(shape, -(2**62)), job.priority)
             return False
@@ -581,14 +607,16 @@ class _Cycle:
             self._wait(job, PendingReason.STRICT_FIFO, f"an earlier job blocks StrictFIFO ClusterQueue {cq.name!r}")
             return
         if deferred is not None and state.deferred:
-            deferred.append(job)  # keeps StrictFIFO order behind a deferred head
+            deferred.append(job)  # keeps queue order behind a deferred head
             return
         fit = self._fit(job, cq, commit=True)
         if isinstance(fit, _Fit):
             if deferred is not None and cq.cohort is not None and self.ledger.borrowing(cq.name, fit.delta):
                 self._release(job, fit)
                 deferred.append(job)
-                state.deferred = self._strict(cq)
+                # The rest of this queue follows it, so borrowing never lets a lower-priority job of the same
+                # queue overtake (it would take the room the borrower may just have preempted for).
+                state.deferred = True
                 return
             ok, opportunistic = self._backfill_check(job, fit)
             if ok:
@@ -599,7 +627,7 @@ class _Cycle:
             return
         reason = fit
         if (reason in (PendingReason.QUOTA, PendingReason.CAPACITY) and self.preempting
-                and state.preemption_attempts < self.policy.preemption_attempts_per_queue
+                and (state.preemption_attempts < self.policy.preemption_attempts_per_queue or job.key in self._owners)
                 and self._try_preempt(job, cq)):
             self._wait(job, PendingReason.WAITING_FOR_PREEMPTION, "room is being made by preemption")
             return

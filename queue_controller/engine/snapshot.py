@@ -163,6 +163,7 @@ class Job:
     placement: tuple[PodSetPlacement, ...] = ()
     backfilled: bool = False  # admitted ahead of a reservation: vacated when the reservation comes due
     vacating: bool = False  # being preempted/suspended: resources will be freed soon
+    preempted_for: str | None = None  # the job it is vacated for: its room stays reserved for that job
     checkpointing: bool = False  # a checkpoint is in flight
     admitted_at: float | None = None
 

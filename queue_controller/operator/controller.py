@@ -346,6 +346,7 @@ class Controller:
             if ckpt is None:
                 return
             await self.patch_job(job, {"phase": "Checkpointing", "preemptions": preemptions,
+                                       "preemptedFor": action.beneficiary,
                                        "message": f"{msg}: checkpointing to {ckpt}"},
                                  {"Preempted": ("True", str(action.reason), msg),
                                   "Checkpointing": ("True", "Preemption", f"checkpoint {ckpt}")})
@@ -373,7 +374,7 @@ class Controller:
             metrics.LOST_RUNTIME.labels(cause).inc(lost)
         await self._delete_pods(job)
         status: dict[str, Any] = {
-            "phase": phase, "admission": None, "runStartTime": None, "runTimeSeconds": kept,
+            "phase": phase, "admission": None, "runStartTime": None, "runTimeSeconds": kept, "preemptedFor": None,
             "lostRunTimeSeconds": float(job.status.get("lostRunTimeSeconds") or 0.0) + lost,
             "queuedTime": format_time(now), "message": message + (f"; lost {lost:.0f}s of progress" if lost else ""),
         }
@@ -488,6 +489,7 @@ class Controller:
             msg = f"checkpointed to {ckpt.name} and suspended; resumes from it"
             await self.patch_job(job, {
                 "phase": "Suspended", "admission": None, "runStartTime": None, "runTimeSeconds": kept,
+                "preemptedFor": None,
                 "lastCheckpoint": last, "checkpoints": count, "queuedTime": format_time(now), "message": msg,
             }, {"Suspended": ("True", reason, msg), "Checkpointing": ("False", "Completed", msg),
                 "QuotaReserved": ("False", reason, msg), "Admitted": ("False", reason, msg),

@@ -145,6 +145,7 @@ def engine_job(cache: Cache, rec: JobRecord, cq_name: str, priority: int, estima
         placement=placement,
         backfilled=bool((status.get("admission") or {}).get("backfill")) if active else False,
         vacating=vacating,
+        preempted_for=status.get("preemptedFor") if vacating else None,
         checkpointing=bool(inflight) and not vacating,
         admitted_at=parse_time((status.get("admission") or {}).get("time")) if active else None,
     )

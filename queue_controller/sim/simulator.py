@@ -384,7 +384,7 @@ class Simulator:
             sj.vacate_keep = sj.progress
             sj.preempt_ckpt += 1
             self._enter(sj, Phase.VACATE_CKPT, t)
-            self._set_engine(sj, replace(sj.engine, vacating=True, checkpointing=True))
+            self._set_engine(sj, replace(sj.engine, vacating=True, checkpointing=True, preempted_for=p.beneficiary))
             self._push(t + sj.checkpoint_s, _Ev.VACATE_DONE, sj.idx, sj.epoch)
             self.events.append((t, "preempt-checkpoint", sj.idx, sj.nodes))
         else:
@@ -392,7 +392,7 @@ class Simulator:
             sj.lost_work += sj.progress - sj.vacate_keep
             sj.preempt_kill += 1
             self._enter(sj, Phase.VACATE_KILL, t)
-            self._set_engine(sj, replace(sj.engine, vacating=True))
+            self._set_engine(sj, replace(sj.engine, vacating=True, preempted_for=p.beneficiary))
             self._push(t + self.cfg.kill_grace_s, _Ev.VACATE_DONE, sj.idx, sj.epoch)
             self.events.append((t, "preempt-kill", sj.idx, sj.nodes))
 

@@ -333,6 +333,32 @@ def test_snapshot_mtbf_overrides_the_policys_for_youngs_interval() -> None:
     assert decide(snap, 0, IASS).next_wakeup == pytest.approx(max(young_interval(30, 3600.0), 300.0))
 
 
+def test_victims_being_vacated_stay_with_the_job_they_were_preempted_for() -> None:
+    # Last cycle P1 preempted b (1 GPU on n0) and P2 preempted a (2 GPUs on n1); both still leave.
+    b = running(job("b", 1), ["n0"], vacating=True, preempted_for="ns/P1")
+    a = running(job("a", 2), ["n1"], vacating=True, preempted_for="ns/P2")
+    f0 = running(job("f0", 7, priority=2000), ["n0"])
+    f1 = running(job("f1", 6, priority=2000), ["n1"])
+    c = running(job("c", 8), ["n2"])
+    p1, p2 = job("P1", 1, priority=1000, t=10), job("P2", 2, priority=1000, t=20)
+    d = decide(snapshot([node("n0"), node("n1"), node("n2")], [queue(gpus=24)], [b, a, f0, f1, c, p1, p2]),
+               100, KUEUE)
+    assert d.of_type(Preempt) == []  # nobody swaps victims and kills c for nothing
+    assert d.waiting["ns/P1"].reason is d.waiting["ns/P2"].reason is PendingReason.WAITING_FOR_PREEMPTION
+
+
+def test_a_preemption_elsewhere_does_not_cost_a_large_job_its_reservation() -> None:
+    a = running(job("A", 8, priority=500, t=0, runtime_estimate_s=1000.0), ["n0"], started_at=0.0)
+    b = running(job("B", 8, priority=500, t=1, runtime_estimate_s=2000.0), ["n1"], started_at=0.0)
+    w = job("W", 8, pods=2, priority=100, t=5, runtime_estimate_s=3600.0)
+    x = job("X", 8, priority=100, t=10, runtime_estimate_s=600.0)
+    u = job("U", 1, priority=1000, t=50, runtime_estimate_s=100.0)
+    d = decide(snapshot([node("n0"), node("n1")], [queue(gpus=16)], [a, b, w, x, u]), 100, EASY)
+    assert [p.victim for p in d.of_type(Preempt)] == ["ns/A"]
+    assert d.waiting["ns/W"].reason is PendingReason.RESERVATION  # still W's, not passed on to X
+    assert d.waiting["ns/X"].reason is not PendingReason.RESERVATION
+
+
 def test_vacating_jobs_are_not_preempted_twice() -> None:
     vac = running(job("low"), ["n0"], vacating=True)
     snap = snapshot([node("n0")], [queue(gpus=8)], [vac, job("high", priority=10, t=1)])
