@@ -108,6 +108,7 @@ class _Cycle:
         self._borrowing: dict[str, bool] = {}
         self._waiting: set[str] = set()
         self._owners: set[str] = set()  # jobs that victims being vacated were preempted for
+        self._pool_nodes: dict[tuple[str, ...], list[str]] = {}
         self.preempting = policy.preemption.mode is not PreemptionMode.NEVER
         self.node_mtbf_s = snapshot.node_mtbf_s
         self._shapes: dict[str, tuple[object, ...]] = {}
@@ -561,15 +562,26 @@ class _Cycle:
 
     def _pool_free(self, job: Job, cq: ClusterQueue, resource: str) -> int:
         """Free amount of `resource` over the nodes of every flavor the job's pod sets could use."""
-        names: set[str] = set()
+        flavors: set[str] = set()
         for ps in job.pod_sets:
             group = self._group_for(cq, tuple(sorted(r for r, q in ps.requests.items() if q > 0)))
-            for fq in group.flavors if group is not None else ():
-                pool = self.cap.pools.get(fq.name)
+            flavors.update(fq.name for fq in (group.flavors if group is not None else ()))
+        key = tuple(sorted(flavors))
+        names = self._pool_nodes.get(key)
+        if names is None:
+            found: set[str] = set()
+            for f in key:
+                pool = self.cap.pools.get(f)
                 if pool is not None:
-                    names.update(pool.nodes)
+                    found.update(pool.nodes)
+            names = self._pool_nodes[key] = sorted(found)
         free = self.cap.free
-        return sum(max(free[n].get(resource, 0), 0) for n in names)
+        total = 0
+        for n in names:
+            q = free[n].get(resource, 0)
+            if q > 0:
+                total += q
+        return total
 
     # ---- the cycle --------------------------------------------------------------------------------
 
