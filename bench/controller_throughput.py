@@ -58,6 +58,30 @@ def metric(text: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cluster_pids(name: str) -> dict[str, int]:
+    """The bench cluster's component processes, found by their command lines (they name its state dir)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"/{name}/" not in cmd:
+            continue
+        for comp in ("kube-apiserver", "etcd", "kube-scheduler", "kube-controller-manager", "kwok"):
+            if cmd.split(" ", 1)[0].endswith("/" + comp):
+                out[comp] = int(entry)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=2000)
@@ -103,23 +127,30 @@ def main() -> None:
             return r.read().decode()
 
     req0 = metric(scrape(), "ckq_api_requests_total")
+    pids = {"controller": ctl.pid, **cluster_pids(CLUSTER)}
+    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
     created: dict[str, float] = {}
     admitted: dict[str, float] = {}
     done = threading.Event()
 
     def watcher() -> None:
         api = client.CustomObjectsApi(config.new_client_from_config(config_file=state.kubeconfig))
-        w = watch.Watch()
         while not done.is_set():
-            for ev in w.stream(api.list_namespaced_custom_object, G, V, ns, "checkpointablejobs", timeout_seconds=5):
-                obj = ev["object"]
-                name = obj["metadata"]["name"]
-                if name not in admitted and (obj.get("status") or {}).get("admission"):
-                    admitted[name] = time.time()
-                    if len(admitted) >= args.jobs:
-                        done.set()
-                        w.stop()
-                        return
+            w = watch.Watch()
+            try:
+                for ev in w.stream(api.list_namespaced_custom_object, G, V, ns, "checkpointablejobs",
+                                   timeout_seconds=5):
+                    obj = ev["object"]
+                    name = obj["metadata"]["name"]
+                    if name not in admitted and (obj.get("status") or {}).get("admission"):
+                        admitted[name] = time.time()
+                        if len(admitted) >= args.jobs:
+                            done.set()
+                            w.stop()
+                            return
+            except client.ApiException:
+                # e.g. 504 "Too large resource version" while the watch cache catches up: list again.
+                time.sleep(0.2)
 
     th = threading.Thread(target=watcher, daemon=True)
     th.start()
@@ -140,6 +171,7 @@ def main() -> None:
     with open(f"/proc/{ctl.pid}/status") as f:
         rss = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
     lat = sorted(admitted[k] - created[k] for k in admitted if k in created)
+    cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
     ctl.terminate()
     ctl.wait(timeout=30)
     if not args.keep:
@@ -154,9 +186,13 @@ def main() -> None:
           f"created in {create_s:.1f}s by 16 client threads; policy {args.policy}")
     print(f"{'admitted':>10} {'adm/s':>8} {'p50 s':>8} {'p99 s':>8} {'req/adm':>8} {'RSS MiB':>8}")
     print(f"{n:>10} {rate:8.1f} {p50:8.2f} {p99:8.2f} {per:8.2f} {rss:8.0f}")
+    wall = time.time() - start
+    print(f"CPU seconds used over the {wall:.0f}s run (2 cores = {2 * wall:.0f} available): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])))
     print(json.dumps({"jobs": args.jobs, "admitted": n, "admissions_per_s": round(rate, 1),
                       "p50_s": round(p50, 3), "p99_s": round(p99, 3), "api_requests_per_admission": round(per, 2),
-                      "controller_peak_rss_mib": round(rss, 1)}))
+                      "controller_peak_rss_mib": round(rss, 1),
+                      "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()}}))
 
 
 if __name__ == "__main__":
