@@ -35,7 +35,7 @@ def controller(
     # kopf owns the log setup; it logs every handled event at INFO, so it runs quiet unless -v.
     kopf.configure(debug=verbose, quiet=not verbose)
     logging.getLogger("ckq").setLevel(logging.DEBUG if verbose else logging.INFO)
-    from queue_controller.operator.main import run
+    from queue_controller.operator.main import StartupError, run
 
     profile = os.environ.get("CKQ_PROFILE")  # a path: write a cProfile of the whole run there at exit
     if profile:
@@ -53,3 +53,6 @@ def controller(
             checkpoint_bandwidth=checkpoint_bandwidth_mib * 2**20)
     except FileNotFoundError as e:
         raise typer.BadParameter(f"kubeconfig not found: {e.filename}", param_hint="--kubeconfig") from None
+    except StartupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None

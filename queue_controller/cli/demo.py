@@ -89,7 +89,7 @@ def demo(
 
         try:
             run_cluster_demo(policy, keep, timeout)
-        except DevClusterError as e:
+        except (DevClusterError, RuntimeError) as e:
             Console(stderr=True).print(f"[red]error:[/] {e}")
             raise typer.Exit(1) from None
         return

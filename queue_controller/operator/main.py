@@ -77,10 +77,44 @@ class Wakeups:
             self.scheduler.shutdown(wait=False)
 
 
+class StartupError(RuntimeError):
+    """The controller cannot start: no usable kubeconfig, an unreachable API server, or no CRDs."""
+
+
+def preflight(kubeconfig: str | None) -> Any:
+    """Load the configuration and check the API server and the ckq.io CRDs before kopf starts, so a
+    user meets one clear sentence instead of a retry loop of tracebacks."""
+    from kubernetes import client as k8s_client
+    from kubernetes.config import ConfigException
+
+    try:
+        cfg = load_configuration(kubeconfig)
+    except (ConfigException, FileNotFoundError) as e:
+        raise StartupError(f"no usable Kubernetes configuration ({e}): pass --kubeconfig, set KUBECONFIG, "
+                           "or run in a pod with a service account") from None
+    api = k8s_client.ApiClient(cfg)
+    try:
+        k8s_client.VersionApi(api).get_code(_request_timeout=10)
+    except Exception as e:  # any transport or HTTP failure means the same thing to the user
+        raise StartupError(f"cannot reach the API server at {cfg.host}: {e}") from None
+    try:
+        k8s_client.ApisApi(api).get_api_versions(_request_timeout=10)
+        k8s_client.CustomObjectsApi(api).list_cluster_custom_object("ckq.io", "v1alpha1", "clusterqueues",
+                                                                   limit=1, _request_timeout=10)
+    except k8s_client.ApiException as e:
+        if e.status == 404:
+            raise StartupError("the ckq.io CRDs are not installed in this cluster: kubectl apply -f crds/") from None
+        raise StartupError(f"the API server refused a read of ClusterQueues ({e.status} {e.reason}): "
+                           "check the controller's RBAC (helm/ckq/templates/rbac.yaml)") from None
+    finally:
+        api.close()
+    return cfg
+
+
 def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] | None = None,
         metrics_port: int | None = 9090, liveness_port: int | None = 8080, peering: str | None = None,
         checkpoint_bandwidth: float = 2 * 2**30) -> None:
-    cfg = load_configuration(kubeconfig)
+    cfg = preflight(kubeconfig)
     kube = Kube(cfg)
     cache = handlers.RUNTIME.cache
     controller = Controller(cache, kube, policy, {"Simulated": SimulatedBackend(checkpoint_bandwidth)})

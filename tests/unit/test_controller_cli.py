@@ -1,0 +1,35 @@
+"""`ckq controller` refuses to start with one clear sentence, not a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from queue_controller.cli import app
+
+pytestmark = pytest.mark.unit
+
+
+def test_unreachable_api_server_is_a_clear_error(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+""")
+    result = CliRunner().invoke(app, ["controller", "--kubeconfig", str(kubeconfig), "--metrics-port", "0",
+                                      "--liveness-port", "0"])
+    assert result.exit_code == 2
+    assert "cannot reach the API server at https://127.0.0.1:1" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_kubeconfig_and_unknown_policy_are_clear_errors(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["controller", "--kubeconfig", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    bad = CliRunner().invoke(app, ["controller", "--policy", "nonsense"])
+    assert bad.exit_code == 2 and "unknown policy 'nonsense'" in bad.output
