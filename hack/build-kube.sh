@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the local control plane's binaries from Go modules (no Docker, no release downloads):
-#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kwok
 # into a cache directory outside the repo, and reuse them when present.
 #
 # Usage: hack/build-kube.sh [--force] [--quiet] [--check] [--print-versions]
@@ -20,8 +20,8 @@ ETCD_VERSION="v3.6.16"   # 3.6 matches the etcd client that k8s 1.35 ships (v3.6
 KWOK_VERSION="v0.8.0"    # needs Go >= 1.26; ships no default stages (ckq passes its own)
 GO_MIN_MINOR=26          # highest `go` line among the three modules is 1.26.0
 
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
-STAMP="kube=${KUBE_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION}"
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kwok)
+STAMP="kube=${KUBE_VERSION} etcd=${ETCD_VERSION} kwok=${KWOK_VERSION} +kubelet"
 
 FORCE=0
 QUIET=0
@@ -117,7 +117,7 @@ $(echo "$err" | sed -n 's/^[[:space:]]*"Error": "\(.*\)",*$/\1/p' | tail -3 | se
   fi
 }
 
-# ---- kube-apiserver, kube-controller-manager, kube-scheduler, kubectl --------------------------
+# ---- kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet (static: CGO_ENABLED=0, as upstream 1.36 does) --------------------------
 # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with ./staging paths,
 # which consumers ignore; a wrapper module replaces each with the published v0.<minor>.<patch>.
 build_kube() {
@@ -136,7 +136,7 @@ build_kube() {
     for m in $staging; do echo "replace k8s.io/$m => k8s.io/$m $v0"; done
   } > "$kw/go.mod"
   log "k8s $KUBE_VERSION: resolving modules ($(echo "$staging" | wc -w) staging replaces)"
-  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl) pkgs=() c
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet) pkgs=() c
   for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
   (cd "$kw" && run_go go get "${pkgs[@]/%/@$KUBE_VERSION}") || die "go get of k8s.io/kubernetes $KUBE_VERSION failed (see above)"
   local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"

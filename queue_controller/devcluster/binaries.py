@@ -10,7 +10,7 @@ from pathlib import Path
 
 from queue_controller.devcluster.errors import DevClusterError
 
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kwok")
 BIN_DIR_ENV = "CKQ_KUBE_BIN_DIR"
 # Exit status of `build-kube.sh --check` when nothing is built yet.
 _NOT_BUILT = 3
