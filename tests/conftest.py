@@ -1,3 +1,3 @@
 """Shared pytest setup. Tier fixtures live in tests/plugins/ so each tier owns its own file."""
 
-pytest_plugins = ["tests.plugins.cluster", "tests.plugins.criu", "tests.plugins.controller"]
+pytest_plugins = ["tests.plugins.cluster", "tests.plugins.criu", "tests.plugins.controller", "tests.plugins.realnodes"]

@@ -52,10 +52,28 @@ def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
 
 @app.command()
 @_friendly
-def build(force: Annotated[bool, typer.Option(help="Rebuild even when cached.")] = False) -> None:
-    """Build (or reuse) etcd, kube-*, kubectl and kwok from Go modules; print their directory."""
+def build(
+    force: Annotated[bool, typer.Option(help="Rebuild even when cached.")] = False,
+    real_nodes: Annotated[
+        bool, typer.Option(help="Also provision what real nodes need: containerd, runc, CNI, local images.")
+    ] = True,
+) -> None:
+    """Build (or reuse) etcd, kube-*, kubelet, kubectl and kwok from Go modules; print their directory.
+
+    With --real-nodes (the default) it also unpacks Debian's containerd, runc and CNI plugins into the
+    cache and builds the local images (ckq.local/pause, ckq.local/python:3): all that `ckq dev up
+    --real-nodes N` needs, so that `up` itself downloads nothing.
+    """
     cached = None if force else dc.cached_bin_dir()
-    typer.echo(str(cached or dc.ensure_binaries(force=force)))
+    bin_dir = cached or dc.ensure_binaries(force=force)
+    if real_nodes:
+        say = lambda line: err.print(line)  # noqa: E731  # stdout carries only the directory
+        rt = dc.ensure_runtime(log=say)
+        images = dc.local_images(log=say)
+        for image in images:
+            err.print(f"image {image.ref}: {image.archive}")
+        err.print(f"real-node containerd seed (images preloaded): {dc.seed_root(rt, images)}")
+    typer.echo(str(bin_dir))
 
 
 def _simple_group(
@@ -90,6 +108,8 @@ _SIMPLE_FLAGS = {
 
 
 def _node_groups(node_group: list[str] | None, simple: dict[str, object]) -> list[NodeGroup]:
+    if simple.get("nodes") == 0 and not node_group:
+        return []  # real nodes only
     given = [_SIMPLE_FLAGS[k] for k, v in simple.items() if v is not None]
     if node_group:
         if given:
@@ -113,7 +133,15 @@ def _node_groups(node_group: list[str] | None, simple: dict[str, object]) -> lis
 @_friendly
 def up(
     name: NameOpt = dc.DEFAULT_CLUSTER_NAME,
-    nodes: Annotated[int | None, typer.Option(help="Number of fake nodes (default: 4).")] = None,
+    nodes: Annotated[int | None, typer.Option(help="Number of fake (kwok) nodes (default: 4; 0 for none).")] = None,
+    real_nodes: Annotated[
+        int,
+        typer.Option(
+            help="Real worker nodes real-0, real-1, ... (kubelet + containerd + runc) that run real containers, "
+            "beside the kwok nodes. Needs root.",
+            min=0,
+        ),
+    ] = 0,
     gpus_per_node: Annotated[int | None, typer.Option(help="nvidia.com/gpu per node (default: 8).")] = None,
     gpu_product: Annotated[
         str | None, typer.Option(help="nvidia.com/gpu.product label (default: NVIDIA-H100-80GB-HBM3).")
@@ -148,7 +176,15 @@ def up(
             "flavor": flavor,
         },
     )
-    state, started = dc.up(name, groups, api_port=port, timeout=timeout, build=build, say=lambda line: out.print(line))
+    state, started = dc.up(
+        name,
+        groups,
+        api_port=port,
+        timeout=timeout,
+        build=build,
+        say=lambda line: out.print(line),
+        real_nodes=real_nodes,
+    )
     if not started:
         out.print(f"Cluster '{name}' is already up.")
         if [g.to_dict() for g in groups] != [g.to_dict() for g in state.node_groups]:
@@ -162,6 +198,8 @@ def _print_usage(state: dc.ClusterState) -> None:
     out.print(f"  API server: {state.server}")
     for g in state.node_groups:
         out.print(f"  nodes: {g.describe()}")
+    for n in state.real_nodes:
+        out.print(f"  real node: {n.name} at {n.ip} (pods {n.subnet}; images {', '.join(dc.PRELOADED_IMAGES)})")
     out.print("Use it:")
     out.print(f"  export KUBECONFIG={state.kubeconfig}")
     out.print(f"  export PATH={state.bin_dir}:$PATH   # kubectl")
@@ -260,3 +298,21 @@ def node(
     else:
         dc.set_node_ready(kubeconfig_path, node_name, bool(ready))
         out.print(f"node {node_name} is {'Ready' if ready else 'NotReady'}")
+
+
+image_app = typer.Typer(help="Images on the real nodes (no registry: images are imported).", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("import")
+@_friendly
+def image_import(
+    archive: Annotated[
+        Path, typer.Argument(help="An OCI or docker image archive (.tar).", exists=True, dir_okay=False)
+    ],
+    name: NameOpt = dc.DEFAULT_CLUSTER_NAME,
+) -> None:
+    """Load an image archive into every real node of the cluster (use it with imagePullPolicy: IfNotPresent)."""
+    state = dc.load(name)
+    refs = dc.import_image(state, archive)
+    out.print(f"imported {', '.join(refs) or archive.name} into {len(state.real_nodes)} real node(s)")

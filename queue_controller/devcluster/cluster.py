@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -11,7 +13,8 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from queue_controller.devcluster import processes
+from queue_controller.devcluster import images as local_images
+from queue_controller.devcluster import processes, realnode
 from queue_controller.devcluster.binaries import cached_bin_dir, ensure_binaries
 from queue_controller.devcluster.components import (
     ADVERTISE_IP,
@@ -68,8 +71,15 @@ def _check_alive(state: ClusterState) -> None:
 
 
 def _stop_all(state: ClusterState) -> None:
-    for rec in reversed(state.processes):  # kwok first, etcd last: dependants before dependencies
+    for rec in reversed(state.processes):  # kubelets first, etcd last: dependants before dependencies
         processes.stop(rec)
+    problems = []
+    for node in state.real_nodes:  # containers, shims, mounts, cgroups, bridges
+        problems += realnode.teardown(node)
+    if state.real_nodes:
+        realnode.restore_forwarding(state.ip_forward_before)
+    if problems:
+        raise DevClusterError("stopped, but some of the real nodes' state is left:\n  " + "\n  ".join(problems))
 
 
 def _write_configs(paths: ClusterPaths, name: str, server: str) -> None:
@@ -90,9 +100,25 @@ def _write_configs(paths: ClusterPaths, name: str, server: str) -> None:
     (paths.configs / "kwok-stages.yaml").write_text(stages_yaml())
 
 
-def _start(comp: Component, state: ClusterState, timeout: float, die_with_parent: bool, say: Say) -> None:
+def _start(
+    comp: Component,
+    state: ClusterState,
+    timeout: float,
+    die_with_parent: bool,
+    say: Say,
+    *,
+    cgroup: str = "",
+    env: dict[str, str] | None = None,
+) -> None:
     t0 = time.monotonic()
-    rec = processes.start(comp.name, comp.argv, state.paths.logs / f"{comp.name}.log", die_with_parent=die_with_parent)
+    rec = processes.start(
+        comp.name,
+        comp.argv,
+        state.paths.logs / f"{comp.name}.log",
+        die_with_parent=die_with_parent,
+        cgroup_procs=realnode.cgroup_procs_files(cgroup) if cgroup else (),
+        env=env,
+    )
     state.processes.append(rec)
     state.save()  # recorded before waiting, so a later `down` finds it even if we crash now
     try:
@@ -140,13 +166,22 @@ def up(
     die_with_parent: bool = False,
     build: bool = True,
     say: Say = _quiet,
+    real_nodes: int = 0,
+    real_node_labels: dict[str, str] | None = None,
 ) -> tuple[ClusterState, bool]:
     """Start cluster `name`, or find it already running. Returns (state, started_now).
 
+    `real_nodes` real worker nodes (kubelet + containerd) run beside the kwok node groups.
     On any failure everything started here is stopped and its state removed before raising.
     """
-    if not node_groups:
-        raise DevClusterError("at least one node group is needed")
+    if not node_groups and not real_nodes:
+        raise DevClusterError("at least one node is needed (a kwok node group or --real-nodes N)")
+    if not 0 <= real_nodes <= realnode.MAX_REAL_NODES:
+        raise DevClusterError(f"--real-nodes {real_nodes} must be 0..{realnode.MAX_REAL_NODES}")
+    if real_nodes:
+        problems = realnode.preflight()
+        if problems:
+            raise DevClusterError("this machine cannot host real nodes:\n  " + "\n  ".join(problems))
     try:
         check_unique(node_groups)
     except ValueError as exc:
@@ -156,6 +191,11 @@ def up(
         existing = ClusterState.load(paths)
         if existing is not None:
             if _healthy(existing):
+                if len(existing.real_nodes) != real_nodes:
+                    raise DevClusterError(
+                        f"cluster '{name}' is running with {len(existing.real_nodes)} real node(s), not {real_nodes}; "
+                        f"run `ckq dev down --name {name}` first"
+                    )
                 return existing, False
             _clear_stale(existing, paths, say)
         if paths.root.exists():
@@ -163,7 +203,9 @@ def up(
         if api_port is not None:
             require_free(api_port, "API server")
         bin_dir = _binaries(build, say)
-        return _fresh_up(name, node_groups, paths, bin_dir, api_port, timeout, die_with_parent, say), True
+        real = _RealSetup.provision(real_nodes, real_node_labels or {}, build, say) if real_nodes else None
+        state = _fresh_up(name, node_groups, paths, bin_dir, api_port, timeout, die_with_parent, say, real)
+        return state, True
 
 
 def _binaries(build: bool, say: Say) -> Path:
@@ -185,6 +227,7 @@ def _fresh_up(
     timeout: float,
     die_with_parent: bool,
     say: Say,
+    real: _RealSetup | None,
 ) -> ClusterState:
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     if api_port is not None:
@@ -205,7 +248,9 @@ def _fresh_up(
         state.save()
         for comp in components(bin_dir, paths, ports, name):
             _start(comp, state, timeout, die_with_parent, say)
-        node_names = [n for g in node_groups for n in g.node_names()]
+        if real is not None:
+            real.start(state, timeout, die_with_parent, say)
+        node_names = [n for g in node_groups for n in g.node_names()] + [n.name for n in state.real_nodes]
         _wait_cluster_ready(state, node_names, timeout)
         say(f"  {len(node_names)} node(s) Ready, default ServiceAccount present ({time.monotonic() - t0:.1f}s in all)")
         state.ready = True
@@ -217,6 +262,62 @@ def _fresh_up(
         if isinstance(exc, DevClusterError) or not isinstance(exc, Exception):
             raise  # ours already reads well; Ctrl-C and exits pass through
         raise DevClusterError(f"cluster '{name}' did not come up: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class _RealSetup:
+    """What real nodes need before the control plane starts: the runtime packages and the images."""
+
+    count: int
+    labels: dict[str, str]
+    runtime: realnode.NodeRuntime
+    images: list[local_images.LocalImage]
+    seed: Path
+
+    @classmethod
+    def provision(cls, count: int, labels: dict[str, str], build: bool, say: Say) -> _RealSetup:
+        rt = realnode.cached_runtime()
+        if rt is None:
+            if not build:
+                raise DevClusterError("the real-node runtime is not provisioned yet: run `ckq dev build`")
+            rt = realnode.ensure_runtime(log=say)
+        images = local_images.local_images(log=say)
+        return cls(count, labels, rt, images, realnode.seed_root(rt, images))
+
+    def start(self, state: ClusterState, timeout: float, die_with_parent: bool, say: Say) -> None:
+        net = realnode.pick_net(state.name)
+        state.ip_forward_before = realnode.enable_forwarding()
+        ports = free_ports(2 * self.count)
+        for i, node_name in enumerate(realnode.node_names(self.count)):
+            node = realnode.RealNode(
+                cluster=state.name,
+                name=node_name,
+                index=i,
+                net=net,
+                dir=str(state.paths.nodes / node_name),
+                kubelet_port=10250,  # each node listens on its own address
+                healthz_port=ports[2 * i],
+            )
+            state.real_nodes.append(node)
+            state.save()  # recorded before anything is made, so `down` removes it whatever happens
+            realnode.prepare(node, state.paths.pki, state.server)
+            realnode.plant_seed(node, self.seed)  # images preloaded: nothing is ever pulled
+            env = {**os.environ, "PATH": self.runtime.path_env}
+            containerd = Component(
+                f"containerd-{node_name}",
+                realnode.containerd_argv(node, self.runtime),
+                functools.partial(realnode.containerd_ready, node, self.runtime),
+            )
+            _start(containerd, state, timeout, die_with_parent, say, cgroup=f"{node.cgroup}/runtime", env=env)
+        bin_dir = Path(state.bin_dir)
+        for node in state.real_nodes:
+            kubelet = Component(
+                f"kubelet-{node.name}",
+                [str(bin_dir / "kubelet"), *realnode.kubelet_args(node, self.labels)],
+                functools.partial(realnode.kubelet_healthy, node),
+            )
+            _start(kubelet, state, timeout, die_with_parent, say, cgroup=f"{node.cgroup}/kubelet",
+                   env={**os.environ, "PATH": self.runtime.path_env})
 
 
 def _healthy(state: ClusterState) -> bool:
@@ -266,3 +367,19 @@ def load(name: str, *, root: Path | None = None) -> ClusterState:
     if state is None:
         raise DevClusterError(f"no cluster named '{name}' (start one with `ckq dev up --name {name}`)")
     return state
+
+
+def import_image(state: ClusterState, archive: Path) -> list[str]:
+    """Load an image archive into every real node of a running cluster; the names it carries."""
+    if not state.real_nodes:
+        raise DevClusterError(
+            f"cluster '{state.name}' has no real nodes (kwok nodes run no containers); "
+            f"start one with `ckq dev up --name {state.name} --real-nodes 1`"
+        )
+    rt = realnode.cached_runtime()
+    if rt is None:
+        raise DevClusterError("the real-node runtime is not provisioned: run `ckq dev build`")
+    refs = local_images.archive_refs(archive)
+    for node in state.real_nodes:
+        realnode.import_image(node, rt, archive)
+    return refs

@@ -122,6 +122,11 @@ def components(bin_dir: Path, paths: ClusterPaths, ports: dict[str, int], cluste
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
                 f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+                # Real nodes' kubelets (logs, exec, port-forward): reach them by InternalIP (their
+                # Hostname does not resolve) and authenticate with a client cert.
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
             ],
             lambda: apiserver_ready(paths, api),
         ),

@@ -21,3 +21,6 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_ANNOTATION_VALUE = "fake"
 
 DEFAULT_CLUSTER_NAME = "ckq-dev"
+
+# On every NODE of a dev cluster: "real" (kubelet + containerd, runs real containers) or "kwok" (fake).
+NODE_KIND_LABEL = "ckq.io/node-kind"

@@ -17,6 +17,7 @@ from queue_controller.devcluster.constants import (
     GPU_RESOURCE,
     KWOK_NODE_ANNOTATION,
     KWOK_NODE_ANNOTATION_VALUE,
+    NODE_KIND_LABEL,
     NODE_READY_ANNOTATION,
 )
 from queue_controller.devcluster.errors import DevClusterError
@@ -181,6 +182,7 @@ def node_manifest(group: NodeGroup, index: int, group_index: int) -> dict[str, A
         "kubernetes.io/hostname": name,
         "node.kubernetes.io/instance-type": group.name,
         FLAVOR_LABEL: group.name,
+        NODE_KIND_LABEL: "kwok",
         **group.labels,
     }
     if group.gpus:

@@ -46,6 +46,14 @@ CLIENTS = (
 
 
 FRONT_PROXY_CLIENT = "front-proxy-client"
+# The API server's identity towards kubelets (logs, exec, port-forward, checkpoint). In
+# system:masters so the kubelets' webhook authorization (a SubjectAccessReview) always allows it.
+KUBELET_CLIENT = Client("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
+
+
+def node_client(node: str) -> Client:
+    """A kubelet's identity: the Node authorizer and NodeRestriction match it to its Node object."""
+    return Client(f"kubelet-{node}", f"system:node:{node}", ("system:nodes",))
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -135,6 +143,23 @@ def _write_ca(pki_dir: Path, stem: str, common_name: str) -> tuple[ec.EllipticCu
     return ca_key, ca_name
 
 
+def _write_client(pki_dir: Path, ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Name, client: Client) -> None:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in client.groups]
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, client.user))
+    key, cert = _leaf(ca_key, ca_name, x509.Name(attrs), ExtendedKeyUsageOID.CLIENT_AUTH)
+    _write_key(pki_dir / f"{client.file_stem}.key", key)
+    _write_cert(pki_dir / f"{client.file_stem}.crt", cert)
+
+
+def issue_client(pki_dir: Path, client: Client) -> tuple[Path, Path]:
+    """Sign a client certificate for `client` with the cluster's CA (after write_pki); (crt, key)."""
+    ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_name = x509.load_pem_x509_certificate((pki_dir / "ca.crt").read_bytes()).subject
+    _write_client(pki_dir, ca_key, ca_name, client)
+    return pki_dir / f"{client.file_stem}.crt", pki_dir / f"{client.file_stem}.key"
+
+
 def write_pki(pki_dir: Path, *, service_ip: str, advertise_ip: str) -> None:
     """Create ca, apiserver, <client>, front-proxy-ca, front-proxy-client (.crt/.key) and sa.{key,pub}."""
     pki_dir.mkdir(parents=True, exist_ok=True)
@@ -149,12 +174,8 @@ def write_pki(pki_dir: Path, *, service_ip: str, advertise_ip: str) -> None:
     _write_key(pki_dir / "apiserver.key", key)
     _write_cert(pki_dir / "apiserver.crt", cert)
 
-    for client in CLIENTS:
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in client.groups]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, client.user))
-        key, cert = _leaf(ca_key, ca_name, x509.Name(attrs), ExtendedKeyUsageOID.CLIENT_AUTH)
-        _write_key(pki_dir / f"{client.file_stem}.key", key)
-        _write_cert(pki_dir / f"{client.file_stem}.crt", cert)
+    for client in (*CLIENTS, KUBELET_CLIENT):
+        _write_client(pki_dir, ca_key, ca_name, client)
 
     # Request-header (front proxy) CA: lets KCM/scheduler delegate authentication without errors and
     # lets aggregated API servers (metrics-server, ...) be installed.

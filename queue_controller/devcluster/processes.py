@@ -58,7 +58,31 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def start(name: str, argv: list[str], log_path: Path, *, die_with_parent: bool = False) -> ProcessRecord:
+def _preexec(die_with_parent: bool, cgroup_procs: tuple[str, ...]) -> Callable[[], None] | None:
+    if not die_with_parent and not cgroup_procs:
+        return None
+
+    def run() -> None:
+        if die_with_parent:
+            _die_with_parent()
+        # Join the given cgroups before exec, so the process and all it spawns (containerd's shims)
+        # live in them from the first instruction: `down` can then find and kill every one of them.
+        for procs in cgroup_procs:
+            with open(procs, "w") as fh:
+                fh.write("0")
+
+    return run
+
+
+def start(
+    name: str,
+    argv: list[str],
+    log_path: Path,
+    *,
+    die_with_parent: bool = False,
+    cgroup_procs: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> ProcessRecord:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
@@ -70,7 +94,8 @@ def start(name: str, argv: list[str], log_path: Path, *, die_with_parent: bool =
             # and `down` can signal the whole process group.
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=_preexec(die_with_parent, cgroup_procs),
+            env=env,
         )
     stat = _stat(proc.pid)
     ticks = stat[1] if stat else 0

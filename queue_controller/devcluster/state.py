@@ -15,6 +15,7 @@ from typing import Any
 from queue_controller.devcluster.errors import DevClusterError
 from queue_controller.devcluster.nodes import NodeGroup
 from queue_controller.devcluster.processes import ProcessRecord
+from queue_controller.devcluster.realnode import RealNode
 
 STATE_DIR_ENV = "CKQ_STATE_DIR"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
@@ -64,6 +65,10 @@ class ClusterPaths:
     def configs(self) -> Path:
         return self.root / "config"
 
+    @property
+    def nodes(self) -> Path:
+        return self.root / "nodes"
+
     def component_kubeconfig(self, component: str) -> Path:
         return self.configs / f"{component}.kubeconfig"
 
@@ -84,6 +89,8 @@ class ClusterState:
     node_groups: list[NodeGroup]
     processes: list[ProcessRecord] = field(default_factory=list)
     ready: bool = False  # True once `up` finished; a crash mid-`up` leaves False
+    real_nodes: list[RealNode] = field(default_factory=list)
+    ip_forward_before: str = ""  # what net.ipv4.ip_forward was before real nodes turned it on
 
     @property
     def paths(self) -> ClusterPaths:
@@ -103,6 +110,8 @@ class ClusterState:
             "node_groups": [g.to_dict() for g in self.node_groups],
             "processes": [p.to_dict() for p in self.processes],
             "ready": self.ready,
+            "real_nodes": [n.to_dict() for n in self.real_nodes],
+            "ip_forward_before": self.ip_forward_before,
         }
         tmp = self.paths.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -127,6 +136,8 @@ class ClusterState:
             node_groups=[NodeGroup.from_dict(g) for g in data["node_groups"]],
             processes=[ProcessRecord.from_dict(p) for p in data["processes"]],
             ready=bool(data.get("ready")),
+            real_nodes=[RealNode.from_dict(n) for n in data.get("real_nodes", [])],
+            ip_forward_before=str(data.get("ip_forward_before", "")),
         )
 
 

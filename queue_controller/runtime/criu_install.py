@@ -19,11 +19,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from queue_controller.debian import Apt, DebianError
 from queue_controller.runtime.errors import RuntimeFailure
 
 SUITE = "trixie"
 MIN_VERSION = (4, 0)
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 # Debian multiarch triplet and dynamic loader per machine architecture.
 _ARCH = {
@@ -92,51 +92,7 @@ def find_criu() -> CriuInfo | None:
     return None
 
 
-def _mirror() -> str:
-    """The Debian archive URI this machine's apt already uses (so proxies/mirrors keep working)."""
-    sources = Path("/etc/apt/sources.list.d/debian.sources")
-    if sources.is_file():
-        for line in sources.read_text().splitlines():
-            if line.startswith("URIs:") and "security" not in line:
-                return line.split(":", 1)[1].split()[0]
-    legacy = Path("/etc/apt/sources.list")
-    if legacy.is_file():
-        for line in legacy.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == "deb" and "security" not in parts[1]:
-                uri = next(p for p in parts[1:] if not p.startswith("["))
-                return uri
-    return DEFAULT_MIRROR
-
-
-class _Apt:
-    """apt-get/apt-cache confined to a private state directory."""
-
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        for sub in ("lists/partial", "cache/archives/partial", "debs"):
-            (state / sub).mkdir(parents=True, exist_ok=True)
-        self.sources = state / "sources.list"
-        self.sources.write_text(f"deb {_mirror()} {SUITE} main\n")
-        self.opts = [
-            f"-oDir::Etc::SourceList={self.sources}",
-            "-oDir::Etc::SourceParts=/dev/null",
-            f"-oDir::State::Lists={state / 'lists'}",
-            f"-oDir::Cache={state / 'cache'}",
-            "-oAPT::Get::List-Cleanup=0",
-            "-oDebug::NoLocking=1",
-        ]
-
-    def run(self, tool: str, *args: str, cwd: Path | None = None) -> str:
-        cmd = [tool, *self.opts, *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            raise RuntimeFailure(f"`{tool} {' '.join(args)}` failed: " + " | ".join(tail))
-        return proc.stdout
-
-
-def package_closure(apt: _Apt) -> list[str]:
+def package_closure(apt: Apt) -> list[str]:
     """criu plus every library package it needs, from `apt-cache depends --recurse`.
 
     Only real packages named lib*/zlib* (plus criu) are kept: the recursion also reaches things like
@@ -186,6 +142,13 @@ def _write_wrapper(prefix: Path, root: Path, triplet: str, loader: str) -> Path:
 
 def install(force: bool = False, log: bool = True) -> CriuInfo:
     """Provision CRIU into the cache (idempotent) and return the wrapper's info."""
+    try:
+        return _install(force, log)
+    except DebianError as exc:
+        raise RuntimeFailure(str(exc)) from None
+
+
+def _install(force: bool, log: bool) -> CriuInfo:
     existing = cached_criu()
     if existing and not force:
         info = probe_version(str(existing))
@@ -198,7 +161,7 @@ def install(force: bool = False, log: bool = True) -> CriuInfo:
         raise RuntimeFailure("`ckq criu install` needs apt-get and dpkg (a Debian-based system)")
     triplet, loader = _ARCH[machine]
     base = criu_cache_dir()
-    apt = _Apt(base / "apt")
+    apt = Apt(base / "apt", SUITE)
     if log:
         print(f"ckq: fetching the {SUITE} package index into {apt.state}", flush=True)
     apt.run("apt-get", "update")

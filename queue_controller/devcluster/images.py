@@ -1,0 +1,343 @@
+"""Local OCI images, built without Docker or a registry, and imported into real nodes.
+
+A real node never pulls: every image a pod names must already be in its containerd. ckq builds the
+images it needs itself and writes each as an OCI image layout packed in a tar (an "OCI archive",
+what `ctr images import` and `skopeo` read):
+
+- `ckq.local/pause:3.10` — the pod sandbox image: a static Go program that sleeps and reaps
+  children (what `k8s.io/kubernetes/build/pause` does in C), built with the local Go toolchain.
+- `ckq.local/python:3` — Debian's python3 with coreutils, procps, bash, grep and sed. The rootfs is
+  the unpacked .debs of that package set and what it needs (`queue_controller.debian`), streamed
+  straight into one layer: paths are merged-/usr like a Debian 12 install, owners are kept, and every
+  mtime is zero, so the same packages always give the same digest. No maintainer script runs; the few
+  files those would write (/etc/passwd, /etc/group) are written here.
+
+Each archive is cached under `<cache>/images/` by a key of its inputs (package versions, builder
+version) and rebuilt only when that key changes. `ckq dev image import FILE` loads any OCI or docker
+archive a user built elsewhere into every real node of a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from queue_controller.debian import Apt, DebianError, host_suite
+from queue_controller.devcluster.errors import DevClusterError
+from queue_controller.runtime.criu_install import cache_root
+
+PAUSE_IMAGE = "ckq.local/pause:3.10"
+PYTHON_IMAGE = "ckq.local/python:3"
+# Bumped when the way an image is assembled changes, so cached archives are rebuilt.
+_BUILDER_VERSION = "1"
+_PYTHON_PACKAGES = ["python3", "coreutils", "procps", "bash", "dash", "grep", "sed", "findutils", "base-files"]
+# Needed only by maintainer scripts or init systems, never by a process in a container.
+_PYTHON_SKIP = frozenset({"init-system-helpers", "usrmerge", "usr-is-merged", "debconf", "dpkg", "install-info",
+                          "perl-base", "libpam-runtime", "lsb-base", "sysvinit-utils"})
+_MERGED = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64", "lib32": "usr/lib32"}
+_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_PAUSE_GO = """\
+// pause: the pod sandbox's process. It holds the pod's namespaces, reaps orphans, exits on TERM/INT.
+package main
+
+import (
+\t"os"
+\t"os/signal"
+\t"syscall"
+)
+
+func main() {
+\tsigs := make(chan os.Signal, 8)
+\tsignal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+\tfor s := range sigs {
+\t\tif s != syscall.SIGCHLD {
+\t\t\tos.Exit(0)
+\t\t}
+\t\tfor {
+\t\t\tvar ws syscall.WaitStatus
+\t\t\tif pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil); pid <= 0 || err != nil {
+\t\t\t\tbreak
+\t\t\t}
+\t\t}
+\t}
+}
+"""
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """A locally built image: its reference and where its OCI archive is cached."""
+
+    ref: str
+    archive: Path
+
+
+def images_dir() -> Path:
+    return cache_root() / "images"
+
+
+def _goarch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+# ---- OCI layout ---------------------------------------------------------------------------------
+
+
+def _blob(data: bytes) -> tuple[str, int]:
+    return "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
+
+
+def write_oci_archive(target: Path, ref: str, layer: Path, config: dict[str, object]) -> None:
+    """Write an OCI image layout as a tar: one uncompressed layer, its config, manifest and index."""
+    layer_digest = "sha256:" + _sha256_file(layer)
+    layer_size = layer.stat().st_size
+    config = {**config, "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}
+    config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    config_digest, config_size = _blob(config_bytes)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
+                   "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
+                    "size": layer_size}],
+    }
+    manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    manifest_digest, manifest_size = _blob(manifest_bytes)
+    tag = ref.rsplit(":", 1)[1]
+    index = {
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_size,
+            # containerd takes io.containerd.image.name verbatim as the image's name on import.
+            "annotations": {"io.containerd.image.name": ref, "org.opencontainers.image.ref.name": tag},
+        }],
+    }
+    tmp = target.with_suffix(".partial")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        _add_bytes(tar, "index.json", json.dumps(index, sort_keys=True).encode())
+        _add_bytes(tar, f"blobs/sha256/{config_digest[7:]}", config_bytes)
+        _add_bytes(tar, f"blobs/sha256/{manifest_digest[7:]}", manifest_bytes)
+        info = tarfile.TarInfo(f"blobs/sha256/{layer_digest[7:]}")
+        info.size = layer_size
+        info.mode = 0o644
+        with layer.open("rb") as fh:
+            tar.addfile(info, fh)
+    tmp.replace(target)
+
+
+def _image_config(entrypoint: list[str] | None, cmd: list[str] | None) -> dict[str, object]:
+    cfg: dict[str, object] = {"Env": [_PATH, "LANG=C.UTF-8"]}
+    if entrypoint:
+        cfg["Entrypoint"] = entrypoint
+    if cmd:
+        cfg["Cmd"] = cmd
+    return {"architecture": _goarch(), "os": "linux", "config": cfg}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str, mode: int = 0o755) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = mode
+    tar.addfile(info)
+
+
+def _add_symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    info.mode = 0o777
+    tar.addfile(info)
+
+
+# ---- builders -----------------------------------------------------------------------------------
+
+
+def _cached(ref: str, key: str, build: Callable[[Path], None]) -> LocalImage:
+    stem = ref.replace("/", "_").replace(":", "_")
+    target = images_dir() / f"{stem}-{key[:16]}.tar"
+    if not target.is_file():
+        images_dir().mkdir(parents=True, exist_ok=True)
+        for old in images_dir().glob(f"{stem}-*.tar"):
+            old.unlink()
+        build(target)
+    return LocalImage(ref, target)
+
+
+def pause_image() -> LocalImage:
+    """The sandbox image: a static Go `pause`, built with the local toolchain (cached)."""
+    if shutil.which("go") is None:
+        raise DevClusterError("building the pause image needs Go on PATH (the same Go `ckq dev build` uses)")
+    key = hashlib.sha256(f"{_BUILDER_VERSION}\n{_goarch()}\n{_PAUSE_GO}".encode()).hexdigest()
+
+    def build(target: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="ckq-pause-") as tmp:
+            work = Path(tmp)
+            (work / "go.mod").write_text("module ckq.local/pause\n\ngo 1.21\n")
+            (work / "main.go").write_text(_PAUSE_GO)
+            env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-trimpath"}
+            proc = subprocess.run(["go", "build", "-ldflags=-s -w -buildid=", "-o", "pause", "."], cwd=work,
+                                  env=env, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise DevClusterError(f"building the pause image failed: {proc.stderr.strip()[-800:]}")
+            layer = work / "layer.tar"
+            with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as tar:
+                info = tarfile.TarInfo("pause")
+                data = (work / "pause").read_bytes()
+                info.size = len(data)
+                info.mode = 0o755
+                tar.addfile(info, io.BytesIO(data))
+            write_oci_archive(target, PAUSE_IMAGE, layer, _image_config(["/pause"], None))
+
+    return _cached(PAUSE_IMAGE, key, build)
+
+
+def python_image(*, log: Callable[[str], None] = lambda _: None) -> LocalImage:
+    """`ckq.local/python:3` from Debian's packages of this machine's release (cached by versions)."""
+    apt = Apt(images_dir() / "apt", host_suite())
+    try:
+        lists = list((apt.state / "lists").glob("*Packages*"))
+        if not lists:
+            log(f"fetching the {apt.suite} package index into {apt.state}")
+            apt.update()
+        packages = apt.closure(_PYTHON_PACKAGES, skip=_PYTHON_SKIP)
+        versions = apt.versions(packages)
+    except DebianError as exc:
+        raise DevClusterError(f"cannot resolve the packages of {PYTHON_IMAGE}: {exc}") from None
+    key = hashlib.sha256(
+        (_BUILDER_VERSION + json.dumps(sorted(versions.items())) + _goarch()).encode()
+    ).hexdigest()
+
+    def build(target: Path) -> None:
+        log(f"building {PYTHON_IMAGE} from {len(packages)} Debian packages")
+        debs_dir = images_dir() / "debs-python"
+        try:
+            debs = apt.download(packages, debs_dir)
+        except DebianError as exc:
+            raise DevClusterError(f"downloading the packages of {PYTHON_IMAGE} failed: {exc}") from None
+        with tempfile.TemporaryDirectory(prefix="ckq-image-", dir=images_dir()) as tmp:
+            layer = Path(tmp) / "layer.tar"
+            _rootfs_layer(debs, layer)
+            write_oci_archive(target, PYTHON_IMAGE, layer, _image_config(None, ["python3"]))
+        shutil.rmtree(debs_dir, ignore_errors=True)
+
+    return _cached(PYTHON_IMAGE, key, build)
+
+
+def _deb_members(deb: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+    """The entries of a .deb's data archive, read as a stream (`dpkg-deb --fsys-tarfile`)."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        for member in tar:
+            yield member, tar
+    if proc.wait() != 0:
+        raise DevClusterError(f"dpkg-deb could not read {deb.name}")
+
+
+def _merged(name: str) -> str:
+    if name.startswith("./"):
+        name = name[2:]
+    name = name.lstrip("/")
+    head, _, rest = name.partition("/")
+    if head in _MERGED:
+        return f"{_MERGED[head]}/{rest}".rstrip("/") if rest else _MERGED[head]
+    return name.rstrip("/")
+
+
+def _rootfs_layer(debs: list[Path], layer: Path) -> None:
+    """One layer holding every package's files, merged-/usr, deterministic (mtime 0, sorted input)."""
+    seen: set[str] = set()
+    with tarfile.open(layer, "w", format=tarfile.PAX_FORMAT) as out:
+        for link, target in sorted(_MERGED.items()):
+            _add_symlink(out, link, target)
+            seen.add(link)
+        for d in ("usr", "usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "etc", "var", "var/tmp", "root", "proc",
+                  "sys", "dev", "run", "home", "usr/local/bin"):
+            _add_dir(out, d, 0o700 if d == "root" else 0o755)
+            seen.add(d)
+        _add_dir(out, "tmp", 0o1777)
+        seen.add("tmp")
+        for deb in debs:
+            for member, tar in _deb_members(deb):
+                name = _merged(member.name)
+                if not name or name in seen:
+                    continue
+                seen.add(name)
+                member.name = name
+                member.mtime = 0
+                member.uname = member.gname = ""
+                member.pax_headers = {}  # the packer's atime/ctime would make the digest vary
+                if member.islnk():
+                    member.linkname = _merged(member.linkname)
+                fh = tar.extractfile(member) if member.isfile() else None
+                out.addfile(member, fh)
+        extra = {
+            "etc/passwd": b"root:x:0:0:root:/root:/bin/bash\n"
+            b"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            "etc/group": b"root:x:0:\nnogroup:x:65534:\n",
+            "etc/hostname": b"ckq\n",
+        }
+        for path, data in extra.items():
+            if path not in seen:
+                _add_bytes(out, path, data)
+
+
+def local_images(*, log: Callable[[str], None] = lambda _: None) -> list[LocalImage]:
+    """Every image a real node is preloaded with (built or reused from the cache)."""
+    return [pause_image(), python_image(log=log)]
+
+
+def archive_refs(archive: Path) -> list[str]:
+    """The image names an OCI or docker archive carries (what `ctr images import` will call them)."""
+    try:
+        with tarfile.open(archive) as tar:
+            names = set(tar.getnames())
+            if "index.json" in names:
+                member = tar.extractfile("index.json")
+                index = json.load(member) if member else {}
+                manifests = index.get("manifests", [])
+                refs = [m.get("annotations", {}).get("io.containerd.image.name", "") for m in manifests]
+                if not all(refs):
+                    raise DevClusterError(
+                        f"{archive}: an OCI archive whose index names no image (annotation "
+                        "io.containerd.image.name); write it with a full name, e.g. `skopeo copy ... "
+                        "oci-archive:FILE:registry.example/app:1.0`"
+                    )
+                return refs
+            if "manifest.json" in names:
+                member = tar.extractfile("manifest.json")
+                manifest = json.load(member) if member else []
+                return [t for entry in manifest for t in entry.get("RepoTags") or []]
+    except (tarfile.TarError, OSError, ValueError) as exc:
+        raise DevClusterError(f"{archive} is not a readable image archive: {exc}") from None
+    raise DevClusterError(f"{archive} is neither an OCI archive (index.json) nor a docker archive (manifest.json)")

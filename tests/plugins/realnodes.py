@@ -1,0 +1,66 @@
+"""Real-node fixture (issue 9): one cluster per test session with real worker nodes beside kwok ones.
+
+`real_cluster` starts a control plane with REAL_NODES real nodes (kubelet + containerd + runc, pod
+network, local images) and one small kwok group, so tests can run real processes and mix both kinds.
+It never skips silently: a machine that cannot host real nodes fails the tier, naming what is
+missing (`ckq dev up --real-nodes` runs the same preflight).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from queue_controller import devcluster as dc
+from queue_controller.devcluster.nodes import NodeGroup
+from queue_controller.devcluster.state import ClusterState
+from tests.plugins.cluster import _binaries, _say
+
+REAL_CLUSTER_NAME = "pytest-real"
+REAL_NODES = 2
+REAL_KWOK_GROUPS = (NodeGroup(name="h100", count=2, gpus=8, cpu="64", memory="512Gi"),)
+
+
+@dataclass(frozen=True)
+class RealCluster:
+    """The running cluster: its recorded state (real nodes, paths) and a kubectl/API handle."""
+
+    state: ClusterState
+    handle: dc.ClusterHandle
+
+
+@pytest.fixture(scope="session")
+def real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+    config = request.config
+    _binaries(config)
+    root = Path(tempfile.mkdtemp(prefix="ckq-real-"))
+    t0 = time.monotonic()
+    try:
+        state, _ = dc.up(
+            REAL_CLUSTER_NAME,
+            list(REAL_KWOK_GROUPS),
+            root=root,
+            die_with_parent=True,
+            build=True,  # provisions containerd/runc/CNI and the local images when missing
+            real_nodes=REAL_NODES,
+            timeout=180,
+            say=lambda line: _say(config, line),
+        )
+    except dc.DevClusterError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"the real-node test cluster did not come up: {exc}", pytrace=False)
+    _say(config, f"real-node cluster up in {time.monotonic() - t0:.1f}s: KUBECONFIG={state.kubeconfig}")
+    try:
+        yield RealCluster(state, dc.ClusterHandle(state.name, state.kubeconfig, Path(state.bin_dir), managed=True))
+    finally:
+        logs = tmp_path_factory.getbasetemp() / "real-cluster-logs"
+        shutil.copytree(state.paths.logs, logs, dirs_exist_ok=True)
+        dc.down(REAL_CLUSTER_NAME, root=root)
+        shutil.rmtree(root, ignore_errors=True)
+        _say(config, f"real-node cluster stopped; component logs kept in {logs}")
