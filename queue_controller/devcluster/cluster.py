@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import time
@@ -285,16 +286,18 @@ class _RealSetup:
         return cls(count, labels, rt, images, realnode.seed_root(rt, images))
 
     def start(self, state: ClusterState, timeout: float, die_with_parent: bool, say: Say) -> None:
-        net = realnode.pick_net(state.name)
+        # Two clusters may share a name under different state roots (tests do): the key tells them apart.
+        key = f"{state.name}-{hashlib.sha256(state.root.encode()).hexdigest()[:6]}"
+        net = realnode.pick_net(key)
         state.ip_forward_before = realnode.enable_forwarding()
         ports = free_ports(2 * self.count)
         for i, node_name in enumerate(realnode.node_names(self.count)):
             node = realnode.RealNode(
-                cluster=state.name,
+                cluster=key,
                 name=node_name,
                 index=i,
                 net=net,
-                dir=str(state.paths.nodes / node_name),
+                dir=str(realnode.NODES_ROOT / key / node_name),
                 kubelet_port=10250,  # each node listens on its own address
                 healthz_port=ports[2 * i],
             )

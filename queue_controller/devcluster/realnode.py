@@ -5,8 +5,9 @@ machine in a cluster is: a kubelet (built from Go modules with the other Kuberne
 containerd 1.6 with runc and the CNI plugins (Debian's packages, unpacked into a cache, never
 installed), and a pod network. Several real nodes share this one machine, so each gets its own:
 
-- **state**: containerd root/state/socket, kubelet root-dir, pod-log dir and CNI config, all under
-  the cluster's state directory (`nodes/<name>/`) and `/run/ckq/<cluster>/<name>/`;
+- **state**: containerd root/state/socket, kubelet root-dir, pod-log dir and CNI config, under
+  `/var/lib/ckq/<cluster>-<key>/<name>/` (short: the kubelet binds unix sockets below its root-dir)
+  and `/run/ckq/<cluster>-<key>/<name>/`;
 - **cgroup subtree** `/ckq/<cluster>/<name>` in every hierarchy: containerd and its shims run in
   `…/runtime`, the kubelet in `…/kubelet`, pods under `…/kubepods` (the kubelet's `cgroupRoot`). Two
   kubelets sharing one `/kubepods` would each delete the other's pod cgroups; separate roots keep
@@ -53,6 +54,9 @@ CGROUP_TOP = "ckq"
 _CGROUP_V1_NEEDED = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "devices")
 _SYS_CGROUP = Path("/sys/fs/cgroup")
 _RUN_ROOT = Path("/run/ckq")
+# Node data (containerd root, kubelet root-dir) lives on the root disk at a short path: the kubelet
+# binds unix sockets below its root-dir (108 bytes at most), and cAdvisor needs a block device there.
+NODES_ROOT = Path("/var/lib/ckq")
 _CNI_CACHE = Path("/var/lib/cni")
 _NETNS_DIR = Path("/run/netns")
 _FIRST_NET = 150
@@ -655,8 +659,9 @@ def teardown(node: RealNode) -> list[str]:
         shutil.rmtree(d, ignore_errors=True)
         if d.exists():
             problems.append(f"{d} could not be removed")
-    with contextlib.suppress(OSError):
-        node.run_dir.parent.rmdir()
+    for parent in (node.run_dir.parent, node.path.parent):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
     return problems
 
 

@@ -65,10 +65,6 @@ class ClusterPaths:
     def configs(self) -> Path:
         return self.root / "config"
 
-    @property
-    def nodes(self) -> Path:
-        return self.root / "nodes"
-
     def component_kubeconfig(self, component: str) -> Path:
         return self.configs / f"{component}.kubeconfig"
 

@@ -97,6 +97,15 @@ def _pod(name: str, node: str, script: str, *, memory: str | None = None, port: 
     }
 
 
+def _alive(pid: int) -> bool:
+    """Running or sleeping; a zombie waiting for PID 1 to reap it has released everything."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
 def _phase(core: client.CoreV1Api, ns: str, name: str) -> str:
     return str(core.read_namespaced_pod(name, ns).status.phase)
 
@@ -241,7 +250,7 @@ def test_cli_up_real_node_then_down_leaves_nothing(tmp_path: Path) -> None:
                           timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     assert realnode.leftovers(node) == []
-    alive = [p for p in pids if Path(f"/proc/{p}").exists()]
+    alive = [p for p in pids if _alive(p)]
     assert alive == [], f"processes of the node still alive: {alive}"
     assert not any(node.bridge in line for line in subprocess.run(
         ["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout.splitlines())
@@ -255,3 +264,61 @@ def test_image_import_cli_refuses_a_non_image(tmp_path: Path, real_cluster: Real
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 1
     assert "not a readable image archive" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_controller_places_jobs_on_real_and_kwok_nodes_by_flavor(
+    real_cluster: RealCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mixed cluster: the same ClusterQueue offers the `real` flavor (real nodes) and `h100` (kwok
+    GPU nodes); a CPU job runs for real on a real node and a GPU job on a kwok node, both placed by
+    the controller's engine. The real job's log holds a digest only a real python3 run produces."""
+    from tests.plugins.controller import ControllerProcess, Kube, cjob, cluster_queue, local_queue
+
+    kube = Kube(real_cluster.state.kubeconfig)
+    kube.apply_crds()
+    for flavor, labels in (("real", {NODE_KIND_LABEL: "real"}), ("h100", {dc.FLAVOR_LABEL: "h100"})):
+        body = {"apiVersion": "ckq.io/v1alpha1", "kind": "ResourceFlavor", "metadata": {"name": flavor},
+                "spec": {"nodeLabels": labels}}
+        try:
+            kube.create("resourceflavors", body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    ns = f"mixed-{uuid.uuid4().hex[:6]}"
+    kube.core.create_namespace({"metadata": {"name": ns}})
+    kube.wait("default ServiceAccount", lambda: _has_default_sa(kube.core, ns), timeout=60)
+    cq = cluster_queue(f"{ns}-cq", gpus=16, flavors=("real", "h100"))
+    cq["spec"]["resourceGroups"][0]["flavors"][0]["resources"][2]["nominalQuota"] = "0"  # no GPUs on real nodes
+    kube.create("clusterqueues", cq)
+    kube.create("localqueues", local_queue("main", ns, cq["metadata"]["name"]), ns)
+    # The session's kwok cluster may own $KUBECONFIG; the controller must talk to this cluster only.
+    monkeypatch.setenv("KUBECONFIG", kube.kubeconfig)
+    controller = ControllerProcess(kube.kubeconfig, "iass", tmp_path / "controller.log")
+    controller.start()
+    try:
+        nonce = secrets.token_hex(8)
+        cpu_job = cjob("cpu-job", "main", gpus=0, mode="None", memory="64Mi")
+        container = cpu_job["spec"]["podSets"][0]["template"]["spec"]["containers"][0]
+        container.update({
+            "image": dc.PYTHON_IMAGE, "imagePullPolicy": "IfNotPresent",
+            "command": ["python3", "-c", f"import hashlib; print(hashlib.sha256(b'{nonce}').hexdigest())"],
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+        })
+        kube.create("checkpointablejobs", cpu_job, ns)
+        kube.create("checkpointablejobs", cjob("gpu-job", "main", gpus=8, mode="None", runtime_s=2), ns)
+        done = kube.wait_phase(ns, "cpu-job", "Succeeded", timeout=120)
+        assert done["status"]["admission"]["podSetAssignments"][0]["flavor"] == "real"
+        kube.wait_phase(ns, "gpu-job", "Succeeded", timeout=120)
+        pods = {p.metadata.labels["ckq.io/job-name"]: p for p in kube.pods(ns)}
+        assert pods["cpu-job"].spec.node_name.startswith("real-")
+        assert pods["gpu-job"].spec.node_name.startswith("h100-")
+        import hashlib
+
+        log = kube.core.read_namespaced_pod_log(pods["cpu-job"].metadata.name, ns)
+        assert log.strip() == hashlib.sha256(nonce.encode()).hexdigest()
+    finally:
+        controller.stop()
+        for job in kube.list("checkpointablejobs", ns):
+            kube.delete("checkpointablejobs", job["metadata"]["name"], ns)
+        kube.delete("clusterqueues", cq["metadata"]["name"])
+        kube.core.delete_namespace(ns)
