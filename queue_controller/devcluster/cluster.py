@@ -72,8 +72,10 @@ def _check_alive(state: ClusterState) -> None:
 
 
 def _stop_all(state: ClusterState) -> None:
+    real = {f"{kind}-{n.name}" for n in state.real_nodes for kind in ("kubelet", "containerd")}
     for rec in reversed(state.processes):  # kubelets first, etcd last: dependants before dependencies
-        processes.stop(rec)
+        # A real node's daemons get little grace: teardown SIGKILLs whatever is left in their cgroups.
+        processes.stop(rec, timeout=2.0 if rec.name in real else 15.0)
     problems = []
     for node in state.real_nodes:  # containers, shims, mounts, cgroups, bridges
         problems += realnode.teardown(node)

@@ -225,14 +225,10 @@ def python_image(*, log: Callable[[str], None] = lambda _: None) -> LocalImage:
     """`ckq.local/python:3` from Debian's packages of this machine's release (cached by versions)."""
     apt = Apt(images_dir() / "apt", host_suite())
     try:
-        lists = list((apt.state / "lists").glob("*Packages*"))
-        if not lists:
-            log(f"fetching the {apt.suite} package index into {apt.state}")
-            apt.update()
-        packages = apt.closure(_PYTHON_PACKAGES, skip=_PYTHON_SKIP)
-        versions = apt.versions(packages)
+        versions = _resolved_versions(apt, log)
     except DebianError as exc:
         raise DevClusterError(f"cannot resolve the packages of {PYTHON_IMAGE}: {exc}") from None
+    packages = sorted(versions)
     key = hashlib.sha256(
         (_BUILDER_VERSION + json.dumps(sorted(versions.items())) + _goarch()).encode()
     ).hexdigest()
@@ -251,6 +247,27 @@ def python_image(*, log: Callable[[str], None] = lambda _: None) -> LocalImage:
         shutil.rmtree(debs_dir, ignore_errors=True)
 
     return _cached(PYTHON_IMAGE, key, build)
+
+
+def _resolved_versions(apt: Apt, log: Callable[[str], None]) -> dict[str, str]:
+    """The image's package set and versions, resolved once per package index (apt-cache is slow:
+    ~20 s for the closure here), and again only when the index changes."""
+    lists = sorted((apt.state / "lists").glob("*Packages*"))
+    if not lists:
+        log(f"fetching the {apt.suite} package index into {apt.state}")
+        apt.update()
+        lists = sorted((apt.state / "lists").glob("*Packages*"))
+    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in lists]
+    cache = apt.state / "python-image-packages.json"
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("stamp") == stamp and saved.get("roots") == _PYTHON_PACKAGES:
+            return dict(saved["versions"])
+    except (OSError, ValueError, KeyError):
+        pass
+    versions = apt.versions(apt.closure(_PYTHON_PACKAGES, skip=_PYTHON_SKIP))
+    cache.write_text(json.dumps({"stamp": stamp, "roots": _PYTHON_PACKAGES, "versions": versions}))
+    return versions
 
 
 def _deb_members(deb: Path) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
