@@ -18,7 +18,12 @@ from queue_controller.checkpoint.base import (
     RestoreInfo,
 )
 
+# On a restored pod: the Checkpoint it restores from.
 RESTORE_ANNOTATION = "ckq.io/restore-from"
+# On a CheckpointableJob: the run time it needs, for kwok nodes that run nothing.
+SIMULATED_RUNTIME_ANNOTATION = "ckq.io/simulated-runtime-seconds"
+# On a pod: kwok's pod stage finishes it this many seconds after it started (queue_controller.devcluster).
+RUN_SECONDS_ANNOTATION = "kwok.ckq.io/run-seconds"
 
 
 class SimulatedBackend:

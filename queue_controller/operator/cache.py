@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,34 +13,9 @@ from pydantic import ValidationError
 from queue_controller.api.job import CheckpointableJobSpec
 from queue_controller.api.quantity import QuantityError, resources_to_milli
 from queue_controller.api.queues import ClusterQueueSpec
+from queue_controller.wire import ATTEMPT_LABEL, JOB_LABEL, MANAGED_LABEL, POD_INDEX_LABEL, POD_SET_LABEL, parse_time
 
 log = logging.getLogger(__name__)
-
-# Labels on the pods the controller creates.
-JOB_LABEL = "ckq.io/job-name"
-POD_SET_LABEL = "ckq.io/pod-set"
-POD_INDEX_LABEL = "ckq.io/pod-index"
-ATTEMPT_LABEL = "ckq.io/attempt"
-MANAGED_LABEL = "ckq.io/managed"
-# On a CheckpointableJob: the run time it needs, for kwok nodes that run nothing.
-SIMULATED_RUNTIME_ANNOTATION = "ckq.io/simulated-runtime-seconds"
-# On a Checkpoint: the job's accumulated run time at the moment it was taken.
-CHECKPOINT_RUNTIME_ANNOTATION = "ckq.io/run-time-seconds"
-
-ACTIVE_PHASES = ("Admitted", "Running", "Checkpointing", "Restoring")
-TERMINAL_PHASES = ("Succeeded", "Failed")
-
-
-def parse_time(value: Any) -> float | None:
-    if not value:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
-def format_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(slots=True)

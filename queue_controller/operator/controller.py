@@ -19,6 +19,7 @@ from typing import Any
 
 from queue_controller.api.common import API_VERSION
 from queue_controller.checkpoint.base import CheckpointBackend, CheckpointRequest, CheckpointResult, PodRef
+from queue_controller.checkpoint.simulated import SIMULATED_RUNTIME_ANNOTATION
 from queue_controller.engine import (
     Admit,
     Checkpoint,
@@ -34,19 +35,18 @@ from queue_controller.engine import (
 )
 from queue_controller.engine.policy import OnCheckpointFailure
 from queue_controller.operator import metrics
-from queue_controller.operator.cache import (
-    ACTIVE_PHASES,
-    CHECKPOINT_RUNTIME_ANNOTATION,
-    SIMULATED_RUNTIME_ANNOTATION,
-    Cache,
-    CheckpointRecord,
-    JobRecord,
-    format_time,
-    parse_time,
-)
+from queue_controller.operator.cache import Cache, CheckpointRecord, JobRecord
 from queue_controller.operator.kube import ApiError, Kube
 from queue_controller.operator.pods import build_pod
 from queue_controller.operator.snapshot import Unqueued, build, latest_completed_checkpoint
+from queue_controller.wire import (
+    ACTIVE_PHASES,
+    CHECKPOINT_RUNTIME_ANNOTATION,
+    JOB_LABEL,
+    checkpoint_name,
+    format_time,
+    parse_time,
+)
 
 log = logging.getLogger("ckq.controller")
 
@@ -390,12 +390,12 @@ class Controller:
         # computes the same name, so creating it again is a harmless 409.
         n = int(job.status.get("checkpoints") or 0) + int(job.status.get("checkpointFailures") or 0) + 1
         attempt = int(job.status.get("attempt") or 0)
-        name = f"{job.name}-{attempt}-{reason.lower()}-{n}"
+        name = checkpoint_name(job.name, attempt, reason, n)
         body = {
             "apiVersion": API_VERSION, "kind": "Checkpoint",
             "metadata": {
                 "name": name, "namespace": job.namespace,
-                "labels": {"ckq.io/job-name": job.name},
+                "labels": {JOB_LABEL: job.name},
                 "annotations": {CHECKPOINT_RUNTIME_ANNOTATION: f"{self._run_time_now(job, now):.3f}"},
                 "ownerReferences": [{"apiVersion": API_VERSION, "kind": "CheckpointableJob", "name": job.name,
                                      "uid": job.uid, "controller": True, "blockOwnerDeletion": True}],

@@ -9,22 +9,9 @@ from typing import Any
 
 from queue_controller.api.common import API_VERSION
 from queue_controller.checkpoint.base import RestoreInfo
-from queue_controller.operator.cache import (
-    ATTEMPT_LABEL,
-    JOB_LABEL,
-    MANAGED_LABEL,
-    POD_INDEX_LABEL,
-    POD_SET_LABEL,
-    FlavorRecord,
-    JobRecord,
-)
-
-# kwok's pod stage finishes a pod this many seconds after it started (queue_controller.devcluster).
-RUN_SECONDS_ANNOTATION = "kwok.ckq.io/run-seconds"
-
-
-def pod_name(job: str, attempt: int, pod_set: str, index: int) -> str:
-    return f"{job}-{attempt}-{pod_set}-{index}"
+from queue_controller.checkpoint.simulated import RUN_SECONDS_ANNOTATION
+from queue_controller.operator.cache import FlavorRecord, JobRecord
+from queue_controller.wire import ATTEMPT_LABEL, JOB_LABEL, MANAGED_LABEL, POD_INDEX_LABEL, POD_SET_LABEL, pod_name
 
 
 def _pin(affinity: Mapping[str, Any] | None, node: str) -> dict[str, Any]:
