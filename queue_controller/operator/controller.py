@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from queue_controller.api.common import API_VERSION
+from queue_controller.api import Checkpoint as CheckpointObject
+from queue_controller.api import CheckpointableJob, ClusterQueue, LocalQueue
+from queue_controller.api.common import API_VERSION, KubeObject
 from queue_controller.checkpoint.base import CheckpointBackend, CheckpointRequest, CheckpointResult, PodRef
 from queue_controller.checkpoint.simulated import SIMULATED_RUNTIME_ANNOTATION
 from queue_controller.engine import (
@@ -50,8 +52,6 @@ from queue_controller.wire import (
 
 log = logging.getLogger("ckq.controller")
 
-JOBS = "checkpointablejobs"
-CHECKPOINTS = "checkpoints"
 # Node labels a restored process depends on: the same GPU product and CPU architecture.
 RESTORE_LABELS = ("nvidia.com/gpu.product", "kubernetes.io/arch", "nvidia.com/cuda.driver.major")
 POSITION_REFRESH_S = 10.0  # queue positions are rewritten at most this often per job
@@ -156,7 +156,7 @@ class Controller:
             "source": {"component": "ckq-controller"}, "reportingComponent": "ckq-controller",
         }
         try:
-            await self.kube.create(f"/api/v1/namespaces/{job.namespace}/events", body)
+            await self.kube.create(self.kube.core_path("events", job.namespace), body)
         except ApiError as e:  # events are best effort
             log.debug("event not recorded: %s", e)
 
@@ -168,7 +168,7 @@ class Controller:
         if conditions:
             patch["conditions"] = self._conditions(job.status.get("conditions") or [], conditions)
         try:
-            body = await self.kube.patch_status(JOBS, job.namespace, job.name, patch)
+            body = await self.kube.patch_status(CheckpointableJob, job.namespace, job.name, patch)
         except ApiError as e:
             if e.status == 404:
                 self.cache.delete_job(job.namespace, job.name)
@@ -310,7 +310,7 @@ class Controller:
                     restore = backend.restore_info(job.namespace, job.name, checkpoint, a["name"], i)
                 pod = build_pod(job, a["name"], i, attempt, node, flavor, restore, remaining)
                 if pod["metadata"]["name"] not in existing:
-                    tasks.append(self.kube.create(f"/api/v1/namespaces/{job.namespace}/pods", pod))
+                    tasks.append(self.kube.create(self.kube.core_path("pods", job.namespace), pod))
         invalid = None
         for result in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(result, ApiError):
@@ -331,7 +331,7 @@ class Controller:
             await self.event(job, "Failed", msg, warning=True)
 
     async def _delete_pods(self, job: JobRecord, grace: int | None = 0) -> None:
-        paths = [f"/api/v1/namespaces/{p.namespace}/pods/{p.name}" for p in self.cache.job_pods(job.key)
+        paths = [self.kube.core_path("pods", p.namespace, p.name) for p in self.cache.job_pods(job.key)
                  if not p.terminating]
         await asyncio.gather(*(self.kube.delete(path, grace) for path in paths))
 
@@ -403,7 +403,7 @@ class Controller:
             "spec": {"jobName": job.name, "reason": reason, "leaveRunning": leave_running},
         }
         try:
-            created = await self.kube.create(self.kube.custom_path(CHECKPOINTS, job.namespace), body)
+            created = await self.kube.create(self.kube.path(CheckpointObject, job.namespace), body)
         except ApiError as e:
             await self.event(job, "CheckpointRefused", e.message, warning=True)
             return None
@@ -419,7 +419,7 @@ class Controller:
                                  tuple(self._pod_refs(job)), start, float(job.spec.checkpoint.timeout_seconds))
 
     async def _patch_checkpoint(self, ckpt: CheckpointRecord, status: Mapping[str, Any]) -> CheckpointRecord:
-        body = await self.kube.patch_status(CHECKPOINTS, ckpt.namespace, ckpt.name, status)
+        body = await self.kube.patch_status(CheckpointObject, ckpt.namespace, ckpt.name, status)
         if self.cache.fresh("checkpoint", body):
             return self.cache.upsert_checkpoint(body)
         return self.cache.checkpoints.get(ckpt.key, ckpt)
@@ -503,11 +503,11 @@ class Controller:
         done = [c for c in self.cache.job_checkpoints(job.key) if c.phase == "Completed"]
         done.sort(key=lambda c: (parse_time(c.status.get("completionTime")) or c.created, c.name))
         for old in done[:-retain] if len(done) > retain else []:
-            await self.kube.delete(self.kube.custom_path(CHECKPOINTS, old.namespace, old.name))
+            await self.kube.delete(self.kube.path(CheckpointObject, old.namespace, old.name))
             self.cache.delete_checkpoint(old.namespace, old.name)
         failed = [c for c in self.cache.job_checkpoints(job.key) if c.phase == "Failed"]
         for old in failed[:-retain] if len(failed) > retain else []:
-            await self.kube.delete(self.kube.custom_path(CHECKPOINTS, old.namespace, old.name))
+            await self.kube.delete(self.kube.path(CheckpointObject, old.namespace, old.name))
             self.cache.delete_checkpoint(old.namespace, old.name)
 
     async def _checkpoint_failed(self, ckpt: CheckpointRecord, job: JobRecord, result: CheckpointResult,
@@ -671,20 +671,21 @@ class Controller:
                 metrics.JOBS.labels(name, state).set(n)
             for (flavor, res), q in tally.usage.items():
                 metrics.QUOTA_USAGE.labels(name, flavor, res).set(q / 1000)
-            await self._write_queue_status("clusterqueues", None, name, tally.status())
+            await self._write_queue_status(ClusterQueue, None, name, tally.status())
         for key, lq in self.cache.local_queues.items():
-            await self._write_queue_status("localqueues", lq.namespace, lq.name, by_lq.get(key, _Tally()).status())
+            await self._write_queue_status(LocalQueue, lq.namespace, lq.name,
+                                          by_lq.get(key, _Tally()).status())
 
-    async def _write_queue_status(self, plural: str, namespace: str | None, name: str,
+    async def _write_queue_status(self, kind: type[KubeObject], namespace: str | None, name: str,
                                   status: dict[str, Any]) -> None:
-        key = f"{plural}/{namespace or ''}/{name}"
+        key = f"{kind.PLURAL}/{namespace or ''}/{name}"
         if self._queue_status.get(key) == status:
             return
         try:
-            await self.kube.patch_status(plural, namespace, name, status)
+            await self.kube.patch_status(kind, namespace, name, status)
             self._queue_status[key] = status
         except ApiError as e:
-            log.warning("%s %s status not written: %s", plural, name, e)
+            log.warning("%s %s status not written: %s", kind.KIND, name, e)
 
 
 @dataclass(slots=True)

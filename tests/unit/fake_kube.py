@@ -4,8 +4,8 @@ Only the API boundary is replaced (`Kube._request_once`, the one place that woul
 kopf's own handling tests mock the API and nothing inside: the controller's cache, status writer,
 actuators and backends run as in production. The fake keeps objects in memory, stamps metadata
 (uid, resourceVersion, creationTimestamp from the fake clock), answers 404/409 like the API server, and
-queues a watch event for every change; `deliver` feeds those events into the cache as the kopf handlers
-do. A test plays kubelet and kube-scheduler itself (`run_pods`, `finish_pods`, `fail_pod`).
+queues a watch event for every change; `deliver` feeds those events into the cache through the kopf
+handlers' own `feed`. A test plays kubelet and kube-scheduler itself (`run_pods`, `finish_pods`, `fail_pod`).
 
 Status written to a ckq.io object is checked against the API models strictly: a field the model does
 not know fails the test (a real API server would prune it silently, which is how such bugs hide).
@@ -27,6 +27,7 @@ from queue_controller.api.checkpoint import CheckpointStatus
 from queue_controller.api.job import CheckpointableJobStatus
 from queue_controller.api.queues import ClusterQueueStatus, LocalQueueStatus
 from queue_controller.operator.cache import Cache
+from queue_controller.operator.handlers import WATCHED, feed
 from queue_controller.operator.kube import ApiError, Kube
 
 GROUP_PREFIX = "/apis/ckq.io/v1alpha1"
@@ -36,19 +37,8 @@ STATUS_MODELS: dict[str, type[BaseModel]] = {
     "clusterqueues": ClusterQueueStatus,
     "localqueues": LocalQueueStatus,
 }
-# plural -> (the cache's kind for resourceVersions, upsert, delete(namespace, name)), as the kopf handlers.
-WATCH: dict[str, tuple[str, str, str]] = {
-    "checkpointablejobs": ("job", "upsert_job", "delete_job"),
-    "checkpoints": ("checkpoint", "upsert_checkpoint", "delete_checkpoint"),
-    "clusterqueues": ("clusterqueue", "upsert_cluster_queue", "delete_cluster_queue"),
-    "localqueues": ("localqueue", "upsert_local_queue", "delete_local_queue"),
-    "resourceflavors": ("flavor", "upsert_flavor", "delete_flavor"),
-    "priorityclasses": ("priorityclass", "upsert_priority_class", "delete_priority_class"),
-    "namespaces": ("namespace", "upsert_namespace", "delete_namespace"),
-    "nodes": ("node", "upsert_node", "delete_node"),
-    "pods": ("pod", "upsert_pod", "delete_pod"),
-}
-NAMESPACED = {"checkpointablejobs", "checkpoints", "localqueues", "pods", "events"}
+WATCH = {w.plural: w for w in WATCHED}
+NAMESPACED = {w.plural for w in WATCHED if w.namespaced} | {"events"}
 T0 = 1_790_000_000.0  # 2026-09-21, a whole second
 
 
@@ -226,16 +216,8 @@ class FakeApiServer:
         """The watch events since the last call, through the cache the way the kopf handlers feed it."""
         events, self.pending = self.pending, []
         for type_, plural, body in events:
-            if plural not in WATCH:
-                continue
-            kind, upsert, delete = WATCH[plural]
-            meta = body["metadata"]
-            if type_ == "DELETED":
-                cache.forget(kind, meta.get("namespace", ""), meta["name"])
-                args = (meta["namespace"], meta["name"]) if "namespace" in meta else (meta["name"],)
-                getattr(cache, delete)(*args)
-            elif cache.fresh(kind, body):
-                getattr(cache, upsert)(body)
+            if plural in WATCH:
+                feed(cache, WATCH[plural], {"type": type_, "object": body})
 
     # ---- a test's view -----------------------------------------------------------------------------
 
