@@ -1,8 +1,9 @@
 """The Simulated backend, for kwok nodes that run no processes.
 
-It models a checkpoint's size from the pods' requested memory and its duration from a write
-bandwidth, and records one artifact per container with a deterministic digest. Being a pure function of
-the Checkpoint's start time, it continues correctly across controller restarts.
+It models a checkpoint's size from the pods' requested memory and its duration with the shared cost
+model (`checkpoint.cost`: a fixed overhead plus the largest pod's memory over a write bandwidth), and
+records one artifact per container with a deterministic digest. Being a pure function of the
+Checkpoint's start time, it continues correctly across controller restarts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from queue_controller.checkpoint.base import (
     PodRef,
     RestoreInfo,
 )
+from queue_controller.checkpoint.cost import GIB, CheckpointCostModel
 
 # On a restored pod: the Checkpoint it restores from.
 RESTORE_ANNOTATION = "ckq.io/restore-from"
@@ -29,21 +31,21 @@ RUN_SECONDS_ANNOTATION = "kwok.ckq.io/run-seconds"
 class SimulatedBackend:
     name = "Simulated"
 
-    def __init__(self, bandwidth_bytes_per_s: float = 2 * 2**30, fixed_overhead_s: float = 1.0,
+    def __init__(self, bandwidth_bytes_per_s: float = 2 * GIB, fixed_overhead_s: float = 1.0,
                  fail_jobs: frozenset[str] = frozenset()) -> None:
-        self.bandwidth = bandwidth_bytes_per_s
-        self.overhead = fixed_overhead_s
+        # A restore reads what the checkpoint wrote, at the same speed.
+        self.cost = CheckpointCostModel(fixed_overhead_s, bandwidth_bytes_per_s, fixed_overhead_s,
+                                        bandwidth_bytes_per_s)
         # Jobs ("namespace/name") whose checkpoints fail: lets tests and demos exercise failure paths.
         self.fail_jobs = fail_jobs
 
     def _duration(self, pods: Sequence[PodRef]) -> float:
         # Pods dump in parallel, each to its own node's storage: the largest one sets the pace.
-        largest = max((p.memory_bytes for p in pods), default=0)
-        return self.overhead + largest / self.bandwidth
+        return self.cost.checkpoint_largest_s(p.memory_bytes for p in pods)
 
     def estimate(self, pods: Sequence[PodRef]) -> tuple[float, float]:
-        d = self._duration(pods)
-        return d, d
+        images = [p.memory_bytes for p in pods]
+        return self.cost.checkpoint_largest_s(images), self.cost.restore_largest_s(images)
 
     async def begin(self, request: CheckpointRequest) -> None:
         return None  # nothing to start: progress() is a function of the start time
