@@ -41,11 +41,12 @@ class ApiError(Exception):
 def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> k8s_client.Configuration:
     cfg = k8s_client.Configuration()
     try:
-        k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]  # the kubernetes package is untyped
+            config_file=kubeconfig, context=context, client_configuration=cfg)
     except (k8s_config.ConfigException, FileNotFoundError, TypeError):
         if kubeconfig:
             raise
-        k8s_config.load_incluster_config(client_configuration=cfg)
+        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     return cfg
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from prometheus_client import start_http_server
 
 from queue_controller.api import ClusterQueue
@@ -95,7 +95,7 @@ def preflight(kubeconfig: str | None) -> Any:
         raise StartupError(f"the API server refused a read of ClusterQueues ({e.status} {e.reason}): "
                            "check the controller's RBAC (helm/ckq/templates/rbac.yaml)") from None
     finally:
-        api.close()
+        api.close()  # type: ignore[no-untyped-call]
     return cfg
 
 

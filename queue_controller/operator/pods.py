@@ -10,7 +10,7 @@ from typing import Any
 from queue_controller.api.common import API_VERSION
 from queue_controller.checkpoint.base import RestoreInfo
 from queue_controller.checkpoint.simulated import RUN_SECONDS_ANNOTATION
-from queue_controller.operator.cache import FlavorRecord, JobRecord
+from queue_controller.operator.records import FlavorRecord, JobRecord
 from queue_controller.wire import ATTEMPT_LABEL, JOB_LABEL, MANAGED_LABEL, POD_INDEX_LABEL, POD_SET_LABEL, pod_name
 
 

@@ -24,7 +24,8 @@ from queue_controller.engine import (
     WithinClusterQueue,
 )
 from queue_controller.engine.snapshot import QueueingStrategy
-from queue_controller.operator.cache import Cache, JobRecord
+from queue_controller.operator.cache import Cache
+from queue_controller.operator.records import JobRecord
 from queue_controller.wire import (
     ACTIVE_PHASES,
     CHECKPOINT_RUNTIME_ANNOTATION,

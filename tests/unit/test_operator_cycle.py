@@ -114,6 +114,8 @@ def test_admit_checkpoint_suspend_resume_finish() -> None:
         assert st.get("lostRunTimeSeconds", 0) == 0
         assert w.server.conditions("train")["Finished"]["status"] == "True"
         assert w.server.event_reasons("train") == ["Admitted", "Preempted", "Suspended", "Resumed", "Succeeded"]
+        # One reading of the clock per cycle: every write and Event of a cycle carries the same instant.
+        assert w.clock.reads == w.controller.cycles == 10
 
     run(scenario)
 
