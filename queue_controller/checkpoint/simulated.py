@@ -4,19 +4,27 @@ It models a checkpoint's size from the pods' requested memory and its duration w
 model (`checkpoint.cost`: a fixed overhead plus the largest pod's memory over a write bandwidth), and
 records one artifact per container with a deterministic digest. Being a pure function of the
 Checkpoint's start time, it continues correctly across controller restarts.
+
+It also owns the simulated world's annotations. A job declares the run time it needs
+(`ckq.io/simulated-runtime-seconds`); each pod of a run is told how much of it is left
+(`kwok.ckq.io/run-seconds`, which kwok's pod stage turns into the pod finishing), so a restored job
+finishes sooner than a restarted one. Restored pods name their checkpoint (`ckq.io/restore-from`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from queue_controller.api.job import CheckpointPolicy
 from queue_controller.checkpoint.base import (
+    ApiClient,
     ArtifactInfo,
     CheckpointRequest,
     CheckpointResult,
+    LaunchRequest,
+    PodInfo,
     PodRef,
-    RestoreInfo,
 )
 from queue_controller.checkpoint.cost import GIB, CheckpointCostModel
 
@@ -26,6 +34,18 @@ RESTORE_ANNOTATION = "ckq.io/restore-from"
 SIMULATED_RUNTIME_ANNOTATION = "ckq.io/simulated-runtime-seconds"
 # On a pod: kwok's pod stage finishes it this many seconds after it started (queue_controller.devcluster).
 RUN_SECONDS_ANNOTATION = "kwok.ckq.io/run-seconds"
+
+
+def remaining_run_time(job_annotations: Mapping[str, str], run_time_s: float) -> float | None:
+    """Seconds of simulated work a job has left (at least 1), or None when it declares none."""
+    needed = job_annotations.get(SIMULATED_RUNTIME_ANNOTATION)
+    if needed is None:
+        return None
+    try:
+        total = float(needed)
+    except ValueError:
+        return None
+    return max(total - run_time_s, 1.0)
 
 
 class SimulatedBackend:
@@ -43,14 +63,15 @@ class SimulatedBackend:
         # Pods dump in parallel, each to its own node's storage: the largest one sets the pace.
         return self.cost.checkpoint_largest_s(p.memory_bytes for p in pods)
 
-    def estimate(self, pods: Sequence[PodRef]) -> tuple[float, float]:
+    def estimate(self, pods: Sequence[PodRef], *, policy: CheckpointPolicy | None = None) -> tuple[float, float]:
         images = [p.memory_bytes for p in pods]
         return self.cost.checkpoint_largest_s(images), self.cost.restore_largest_s(images)
 
-    async def begin(self, request: CheckpointRequest) -> None:
+    async def begin(self, request: CheckpointRequest, *, api: ApiClient | None = None) -> None:
         return None  # nothing to start: progress() is a function of the start time
 
-    async def progress(self, request: CheckpointRequest, now: float) -> CheckpointResult | None:
+    async def progress(self, request: CheckpointRequest, now: float, *,
+                       api: ApiClient | None = None) -> CheckpointResult | None:
         duration = self._duration(request.pods)
         if f"{request.namespace}/{request.job}" in self.fail_jobs:
             if now - request.started_at >= min(duration, request.timeout_s):
@@ -71,10 +92,24 @@ class SimulatedBackend:
         size = sum(a.size_bytes for a in artifacts)
         return CheckpointResult(True, duration, size, tuple(artifacts))
 
-    async def cancel(self, request: CheckpointRequest) -> None:
-        return None
+    async def cancel(self, request: CheckpointRequest, *, api: ApiClient | None = None) -> None:
+        return None  # nothing runs: progress() stops being asked
 
-    def restore_info(self, namespace: str, job: str, checkpoint: str, pod_set: str, index: int) -> RestoreInfo:
-        return RestoreInfo({RESTORE_ANNOTATION: checkpoint},
-                           {"CKQ_RESTORE_ID": checkpoint, "CKQ_RESTORE_URI": f"sim://{namespace}/{checkpoint}/"
-                            f"{pod_set}-{index}"})
+    def restore_info(self, namespace: str, job: str, checkpoint: str, pod_set: str, index: int) -> PodInfo:
+        """What a pod restored from `checkpoint` gets: the checkpoint's name and where its image is."""
+        return PodInfo({RESTORE_ANNOTATION: checkpoint},
+                       {"CKQ_RESTORE_ID": checkpoint, "CKQ_RESTORE_URI": f"sim://{namespace}/{checkpoint}/"
+                        f"{pod_set}-{index}"})
+
+    def pod_info(self, request: LaunchRequest) -> PodInfo:
+        annotations: dict[str, str] = {}
+        env: dict[str, str] = {}
+        if request.restore is not None:
+            info = self.restore_info(request.namespace, request.job, request.restore.checkpoint,
+                                     request.pod.pod_set, request.pod.index)
+            annotations.update(info.annotations)
+            env.update(info.env)
+        remaining = remaining_run_time(request.job_annotations, request.run_time_s)
+        if remaining is not None:
+            annotations[RUN_SECONDS_ANNOTATION] = str(max(round(remaining), 1))
+        return PodInfo(annotations, env)

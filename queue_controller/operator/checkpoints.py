@@ -4,7 +4,9 @@ polled through the job's backend until it completes or fails, then applied to th
 A completed checkpoint that was to vacate the job (`leaveRunning: false`) stops its pods and suspends
 it with the progress it saved; a periodic one (`leaveRunning: true`) only moves `lastCheckpoint`. A
 failed one leaves a periodic checkpoint's job running, and otherwise follows the policy's
-`onCheckpointFailure`: requeue the job from its previous checkpoint, or leave it running.
+`onCheckpointFailure`: requeue the job from its previous checkpoint, or leave it running. A checkpoint
+the controller gives up on — its job stopped running, or its backend has no result once the policy's
+`timeoutSeconds` have passed — is failed and cancelled through its backend.
 
 The name of a Checkpoint is deterministic (`wire.checkpoint_name`, from the job's counters) and
 everything a backend needs to go on is in the object (its spec and `status.startTime`), so a
@@ -13,6 +15,7 @@ controller restarted mid-checkpoint creates nothing twice and carries on.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from queue_controller.api import Checkpoint
@@ -38,6 +41,8 @@ from queue_controller.wire import (
     parse_time,
     to_datetime,
 )
+
+log = logging.getLogger("ckq.controller")
 
 # Node labels a restored process depends on: the same GPU product and CPU architecture.
 RESTORE_LABELS = ("nvidia.com/gpu.product", "kubernetes.io/arch", "nvidia.com/cuda.driver.major")
@@ -134,31 +139,49 @@ class Checkpoints:
 
     async def _begin(self, ckpt: CheckpointRecord, job: JobRecord, now: float) -> None:
         ckpt = await self.writer.checkpoint(ckpt, CheckpointStatusPatch(phase="Running", start_time=to_datetime(now)))
-        await self.backends.for_job(job).begin(self.backends.request(ckpt, job, now))
+        await self.backends.for_job(job).begin(self.backends.request(ckpt, job, now), api=self.backends.api)
 
     async def reconcile(self, now: float) -> None:
-        """Move every checkpoint in flight on: begin it, poll its backend, apply its result."""
+        """Move every checkpoint in flight on: begin it, poll its backend, apply its result; give up on
+        one whose job stopped running or that outlived its timeout."""
         for ckpt in list(self.cache.checkpoints.values()):
             if ckpt.phase not in IN_FLIGHT_CHECKPOINT_PHASES:
                 continue
             job = self.cache.jobs.get(ckpt.job_key)
             if job is None or job.spec is None:
-                continue
+                continue  # garbage-collected with its job
             if job.phase not in ACTIVE_PHASES or not job.status.get("admission"):
+                # Its job was requeued or failed meanwhile: there is nothing left to checkpoint.
                 await self.writer.checkpoint(ckpt, CheckpointStatusPatch(
                     phase="Failed", completion_time=to_datetime(now),
                     message=f"job is {job.phase}: nothing to checkpoint"))
+                await self._cancel(ckpt, job, now)
                 continue
             if not ckpt.status.get("startTime"):
                 await self._begin(ckpt, job, now)
                 continue
-            result = await self.backends.for_job(job).progress(self.backends.request(ckpt, job, now), now)
+            request = self.backends.request(ckpt, job, now)
+            result = await self.backends.for_job(job).progress(request, now, api=self.backends.api)
+            if result is None and now - request.started_at >= request.timeout_s:
+                # A backend that enforces the timeout itself has reported it by now; this one has not.
+                await self._cancel(ckpt, job, now)
+                result = CheckpointResult(False, now - request.started_at,
+                                          message=f"timed out after {request.timeout_s:.0f}s")
             if result is None:
                 continue
             if result.ok:
                 await self._completed(ckpt, job, result, now)
             else:
                 await self._failed(ckpt, job, result, now)
+
+    async def _cancel(self, ckpt: CheckpointRecord, job: JobRecord, now: float) -> None:
+        """Tell the backend to give up on `ckpt` (best effort: the Checkpoint is failed either way)."""
+        if not ckpt.status.get("startTime"):
+            return  # never begun
+        try:
+            await self.backends.for_job(job).cancel(self.backends.request(ckpt, job, now), api=self.backends.api)
+        except Exception as e:  # a backend that cannot clean up must not stop the loop
+            log.warning("checkpoint %s: cancel failed: %s", ckpt.key, e)
 
     async def _completed(self, ckpt: CheckpointRecord, job: JobRecord, result: CheckpointResult, now: float) -> None:
         await self.writer.checkpoint(ckpt, completed(result, now, restore_constraints(job, self.cache.nodes)))

@@ -60,7 +60,7 @@ class Controller:
         self.on_cycle: Callable[[], None] | None = None
         self.cycles = 0
         self.last_cycle_at = 0.0
-        self.job_backends = JobBackends(self.backends)
+        self.job_backends = JobBackends(self.backends, kube)
         self.writer = StatusWriter(cache, kube)
         self.waiting = Waiting(cache, self.writer)
         self.runs = Runs(cache, kube, self.writer, self.job_backends)

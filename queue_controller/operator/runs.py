@@ -14,9 +14,9 @@ import asyncio
 
 from queue_controller.api.common import ConditionStatus
 from queue_controller.api.job import JobPhase
-from queue_controller.checkpoint.simulated import SIMULATED_RUNTIME_ANNOTATION
+from queue_controller.checkpoint.base import RestoreSource
 from queue_controller.operator import metrics
-from queue_controller.operator.backends import JobBackends
+from queue_controller.operator.backends import JobBackends, artifacts
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.kube import ApiError, Kube
 from queue_controller.operator.pods import build_pod
@@ -59,17 +59,6 @@ def template_rejected(job: JobRecord, message: str, now: float) -> JobStatusPatc
                      "QuotaReserved": ("False", "Failed", message)}, now))
 
 
-def _remaining(job: JobRecord) -> float | None:
-    needed = job.annotations.get(SIMULATED_RUNTIME_ANNOTATION)
-    if needed is None:
-        return None
-    try:
-        total = float(needed)
-    except ValueError:
-        return None
-    return max(total - float(job.status.get("runTimeSeconds") or 0.0), 1.0)
-
-
 class Runs:
     def __init__(self, cache: Cache, kube: Kube, writer: StatusWriter, backends: JobBackends) -> None:
         self.cache = cache
@@ -82,16 +71,16 @@ class Runs:
         `checkpoint` when one is given."""
         attempt = int(job.status.get("attempt") or 0)
         existing = {p.name for p in self.cache.job_pods(job.key)}
-        backend = self.backends.for_job(job)
-        remaining = _remaining(job)
+        restore = None
+        if checkpoint:
+            rec = self.cache.checkpoints.get(f"{job.namespace}/{checkpoint}")
+            restore = RestoreSource(checkpoint, artifacts(rec) if rec is not None else ())
         tasks = []
         for a in (job.status.get("admission") or {}).get("podSetAssignments") or ():
             flavor = self.cache.flavors.get(a.get("flavor") or "")
             for i, node in enumerate(a.get("nodes") or ()):
-                restore = None
-                if checkpoint:
-                    restore = backend.restore_info(job.namespace, job.name, checkpoint, a["name"], i)
-                pod = build_pod(job, a["name"], i, attempt, node, flavor, restore, remaining)
+                info = self.backends.pod_info(job, a["name"], i, node, restore)
+                pod = build_pod(job, a["name"], i, attempt, node, flavor, info)
                 if pod["metadata"]["name"] not in existing:
                     tasks.append(self.kube.create(self.kube.core_path("pods", job.namespace), pod))
         invalid = None
