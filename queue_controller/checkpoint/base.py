@@ -1,17 +1,45 @@
-"""The checkpoint backend interface: checkpoint a job's pods into artifacts, and tell new pods how to
-restore from them. Backends are stateless between calls: everything they need to continue after a
-controller restart is in the Checkpoint object (its spec, status.startTime and artifacts)."""
+"""The checkpoint backend interface: checkpoint a job's pods into artifacts, and tell the pods of a new
+run how to start — restoring from those artifacts when the run resumes a checkpoint.
+
+Backends are stateless between calls: everything they need to continue after a controller restart is
+in the Checkpoint object (its spec, `status.startTime`) and in the job (its checkpoint policy), and the
+controller hands it to them on every call, with an API client to act with (annotate or exec into a
+pod, create a helper object). A checkpoint the controller gives up on — its job stopped running, or it
+outlived the policy's `timeoutSeconds` — is cancelled through the backend, so it can stop a dump and
+drop partial artifacts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from queue_controller.api.job import CheckpointPolicy
+
+
+class ApiClient(Protocol):
+    """The Kubernetes API as the controller's client (`operator.kube.Kube`) offers it to backends."""
+
+    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                      params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """One call; errors are raised (`operator.kube.ApiError`), throttling and outages retried."""
+        ...
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """POST; None when the object already exists."""
+        ...
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    async def delete(self, path: str, grace_seconds: int | None = None) -> None:
+        """DELETE; an object already gone is not an error."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
 class PodRef:
-    """One pod of the job being checkpointed."""
+    """One pod of the job."""
 
     name: str
     pod_set: str
@@ -32,6 +60,7 @@ class CheckpointRequest:
     pods: tuple[PodRef, ...]
     started_at: float  # when the backend began (status.startTime), epoch seconds
     timeout_s: float
+    policy: CheckpointPolicy = field(default_factory=CheckpointPolicy)  # the job's spec.checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +84,29 @@ class CheckpointResult:
 
 
 @dataclass(frozen=True, slots=True)
-class RestoreInfo:
-    """What a restored pod gets: annotations and environment for its containers."""
+class RestoreSource:
+    """The checkpoint a new pod restores from, with that pod's artifacts (one per container)."""
+
+    checkpoint: str
+    artifacts: tuple[ArtifactInfo, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchRequest:
+    """One pod about to be created for a run of the job."""
+
+    namespace: str
+    job: str
+    pod: PodRef
+    policy: CheckpointPolicy  # the job's spec.checkpoint
+    run_time_s: float  # the job's progress so far: what a restored pod resumes at
+    job_annotations: Mapping[str, str] = field(default_factory=dict)
+    restore: RestoreSource | None = None  # None: the pod starts fresh
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    """What a new pod gets from its backend: annotations, and environment for its containers."""
 
     annotations: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
@@ -65,17 +115,23 @@ class RestoreInfo:
 class CheckpointBackend(Protocol):
     name: str
 
-    def estimate(self, pods: Sequence[PodRef]) -> tuple[float, float]:
+    def estimate(self, pods: Sequence[PodRef], *, policy: CheckpointPolicy) -> tuple[float, float]:
         """Expected (checkpoint, restore) seconds, used by the engine until a real one is measured."""
+        ...
 
-    async def begin(self, request: CheckpointRequest) -> None:
+    async def begin(self, request: CheckpointRequest, *, api: ApiClient) -> None:
         """Start checkpointing. Idempotent: may be called again for the same request after a restart."""
+        ...
 
-    async def progress(self, request: CheckpointRequest, now: float) -> CheckpointResult | None:
+    async def progress(self, request: CheckpointRequest, now: float, *, api: ApiClient) -> CheckpointResult | None:
         """The result once finished (ok or not), None while still running."""
+        ...
 
-    async def cancel(self, request: CheckpointRequest) -> None:
-        """Give up on a checkpoint in flight (the workload keeps running)."""
+    async def cancel(self, request: CheckpointRequest, *, api: ApiClient) -> None:
+        """Give up on a checkpoint in flight: its job stopped, or it ran past the policy's timeout.
+        Best effort and idempotent; it may come after a restart for a checkpoint never begun."""
+        ...
 
-    def restore_info(self, namespace: str, job: str, checkpoint: str, pod_set: str, index: int) -> RestoreInfo:
-        """How a new pod restores from `checkpoint` instead of starting fresh."""
+    def pod_info(self, request: LaunchRequest) -> PodInfo:
+        """How a new pod of the job starts: from `request.restore` when it resumes a checkpoint."""
+        ...

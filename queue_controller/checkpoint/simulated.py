@@ -1,49 +1,77 @@
 """The Simulated backend, for kwok nodes that run no processes.
 
-It models a checkpoint's size from the pods' requested memory and its duration from a write
-bandwidth, and records one artifact per container with a deterministic digest. Being a pure function of
-the Checkpoint's start time, it continues correctly across controller restarts.
+It models a checkpoint's size from the pods' requested memory and its duration with the shared cost
+model (`checkpoint.cost`: a fixed overhead plus the largest pod's memory over a write bandwidth), and
+records one artifact per container with a deterministic digest. Being a pure function of the
+Checkpoint's start time, it continues correctly across controller restarts.
+
+It also owns the simulated world's annotations. A job declares the run time it needs
+(`ckq.io/simulated-runtime-seconds`); each pod of a run is told how much of it is left
+(`kwok.ckq.io/run-seconds`, which kwok's pod stage turns into the pod finishing), so a restored job
+finishes sooner than a restarted one. Restored pods name their checkpoint (`ckq.io/restore-from`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from queue_controller.api.job import CheckpointPolicy
 from queue_controller.checkpoint.base import (
+    ApiClient,
     ArtifactInfo,
     CheckpointRequest,
     CheckpointResult,
+    LaunchRequest,
+    PodInfo,
     PodRef,
-    RestoreInfo,
 )
+from queue_controller.checkpoint.cost import GIB, CheckpointCostModel
 
+# On a restored pod: the Checkpoint it restores from.
 RESTORE_ANNOTATION = "ckq.io/restore-from"
+# On a CheckpointableJob: the run time it needs, for kwok nodes that run nothing.
+SIMULATED_RUNTIME_ANNOTATION = "ckq.io/simulated-runtime-seconds"
+# On a pod: kwok's pod stage finishes it this many seconds after it started (queue_controller.devcluster).
+RUN_SECONDS_ANNOTATION = "kwok.ckq.io/run-seconds"
+
+
+def remaining_run_time(job_annotations: Mapping[str, str], run_time_s: float) -> float | None:
+    """Seconds of simulated work a job has left (at least 1), or None when it declares none."""
+    needed = job_annotations.get(SIMULATED_RUNTIME_ANNOTATION)
+    if needed is None:
+        return None
+    try:
+        total = float(needed)
+    except ValueError:
+        return None
+    return max(total - run_time_s, 1.0)
 
 
 class SimulatedBackend:
     name = "Simulated"
 
-    def __init__(self, bandwidth_bytes_per_s: float = 2 * 2**30, fixed_overhead_s: float = 1.0,
+    def __init__(self, bandwidth_bytes_per_s: float = 2 * GIB, fixed_overhead_s: float = 1.0,
                  fail_jobs: frozenset[str] = frozenset()) -> None:
-        self.bandwidth = bandwidth_bytes_per_s
-        self.overhead = fixed_overhead_s
+        # A restore reads what the checkpoint wrote, at the same speed.
+        self.cost = CheckpointCostModel(fixed_overhead_s, bandwidth_bytes_per_s, fixed_overhead_s,
+                                        bandwidth_bytes_per_s)
         # Jobs ("namespace/name") whose checkpoints fail: lets tests and demos exercise failure paths.
         self.fail_jobs = fail_jobs
 
     def _duration(self, pods: Sequence[PodRef]) -> float:
         # Pods dump in parallel, each to its own node's storage: the largest one sets the pace.
-        largest = max((p.memory_bytes for p in pods), default=0)
-        return self.overhead + largest / self.bandwidth
+        return self.cost.checkpoint_largest_s(p.memory_bytes for p in pods)
 
-    def estimate(self, pods: Sequence[PodRef]) -> tuple[float, float]:
-        d = self._duration(pods)
-        return d, d
+    def estimate(self, pods: Sequence[PodRef], *, policy: CheckpointPolicy | None = None) -> tuple[float, float]:
+        images = [p.memory_bytes for p in pods]
+        return self.cost.checkpoint_largest_s(images), self.cost.restore_largest_s(images)
 
-    async def begin(self, request: CheckpointRequest) -> None:
+    async def begin(self, request: CheckpointRequest, *, api: ApiClient | None = None) -> None:
         return None  # nothing to start: progress() is a function of the start time
 
-    async def progress(self, request: CheckpointRequest, now: float) -> CheckpointResult | None:
+    async def progress(self, request: CheckpointRequest, now: float, *,
+                       api: ApiClient | None = None) -> CheckpointResult | None:
         duration = self._duration(request.pods)
         if f"{request.namespace}/{request.job}" in self.fail_jobs:
             if now - request.started_at >= min(duration, request.timeout_s):
@@ -64,10 +92,24 @@ class SimulatedBackend:
         size = sum(a.size_bytes for a in artifacts)
         return CheckpointResult(True, duration, size, tuple(artifacts))
 
-    async def cancel(self, request: CheckpointRequest) -> None:
-        return None
+    async def cancel(self, request: CheckpointRequest, *, api: ApiClient | None = None) -> None:
+        return None  # nothing runs: progress() stops being asked
 
-    def restore_info(self, namespace: str, job: str, checkpoint: str, pod_set: str, index: int) -> RestoreInfo:
-        return RestoreInfo({RESTORE_ANNOTATION: checkpoint},
-                           {"CKQ_RESTORE_ID": checkpoint, "CKQ_RESTORE_URI": f"sim://{namespace}/{checkpoint}/"
-                            f"{pod_set}-{index}"})
+    def restore_info(self, namespace: str, job: str, checkpoint: str, pod_set: str, index: int) -> PodInfo:
+        """What a pod restored from `checkpoint` gets: the checkpoint's name and where its image is."""
+        return PodInfo({RESTORE_ANNOTATION: checkpoint},
+                       {"CKQ_RESTORE_ID": checkpoint, "CKQ_RESTORE_URI": f"sim://{namespace}/{checkpoint}/"
+                        f"{pod_set}-{index}"})
+
+    def pod_info(self, request: LaunchRequest) -> PodInfo:
+        annotations: dict[str, str] = {}
+        env: dict[str, str] = {}
+        if request.restore is not None:
+            info = self.restore_info(request.namespace, request.job, request.restore.checkpoint,
+                                     request.pod.pod_set, request.pod.index)
+            annotations.update(info.annotations)
+            env.update(info.env)
+        remaining = remaining_run_time(request.job_annotations, request.run_time_s)
+        if remaining is not None:
+            annotations[RUN_SECONDS_ANNOTATION] = str(max(round(remaining), 1))
+        return PodInfo(annotations, env)

@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 
 from queue_controller import devcluster as dc
+from queue_controller.checkpoint.simulated import SIMULATED_RUNTIME_ANNOTATION
 
 CLUSTER = "ckq-demo"
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def _job(name: str, queue: str, pods: int, gpus: int, seconds: int, priority: in
         spec["runtimeEstimateSeconds"] = estimate
     return {"apiVersion": GROUP_VERSION, "kind": "CheckpointableJob",
             "metadata": {"name": name, "namespace": "ml-team",
-                         "annotations": {"ckq.io/simulated-runtime-seconds": str(seconds)}},
+                         "annotations": {SIMULATED_RUNTIME_ANNOTATION: str(seconds)}},
             "spec": spec}
 
 
@@ -77,10 +78,10 @@ def _table(jobs: list[dict[str, Any]], elapsed: float) -> Table:
         phase = st.get("phase") or "Pending"
         run = float(st.get("runTimeSeconds") or 0)
         if phase == "Running" and st.get("runStartTime"):
-            from queue_controller.operator.cache import parse_time
+            from queue_controller.wire import parse_time
 
             run += max(time.time() - (parse_time(st["runStartTime"]) or time.time()), 0)
-        need = j["metadata"]["annotations"].get("ckq.io/simulated-runtime-seconds", "?")
+        need = j["metadata"]["annotations"].get(SIMULATED_RUNTIME_ANNOTATION, "?")
         t.add_row(j["metadata"]["name"], j["spec"]["queueName"], str(j["spec"].get("priority", "")),
                   f"[{colours.get(phase, 'white')}]{phase}[/]", f"{run:.0f}/{need}s",
                   str(st.get("checkpoints", 0)), str(st.get("preemptions", 0)),
@@ -146,7 +147,7 @@ def run_cluster_demo(policy: str, keep: bool, timeout_s: float) -> None:
         lost = sum(float((j.get("status") or {}).get("lostRunTimeSeconds") or 0) for j in jobs)
         for j in jobs:
             st = j.get("status") or {}
-            need = j["metadata"]["annotations"]["ckq.io/simulated-runtime-seconds"]
+            need = j["metadata"]["annotations"][SIMULATED_RUNTIME_ANNOTATION]
             console.print(f"  {j['metadata']['name']:16} {st.get('phase', '?'):10} needed {need:>3}s, ran "
                           f"{float(st.get('runTimeSeconds') or 0):5.1f}s, preempted {st.get('preemptions', 0)}x, "
                           f"lost {float(st.get('lostRunTimeSeconds') or 0):.0f}s")

@@ -1,12 +1,11 @@
 """The controller's in-memory picture of the cluster, fed by watch events and by the controller's own
-writes. It keeps slim records (never whole bodies with managedFields) and builds engine snapshots."""
+writes. It keeps slim records (`records.py`, never whole bodies with managedFields); `snapshot.py`
+turns it into the engine's snapshot."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,146 +13,18 @@ from pydantic import ValidationError
 from queue_controller.api.job import CheckpointableJobSpec
 from queue_controller.api.quantity import QuantityError, resources_to_milli
 from queue_controller.api.queues import ClusterQueueSpec
+from queue_controller.operator.records import (
+    CheckpointRecord,
+    FlavorRecord,
+    JobRecord,
+    LocalQueueRecord,
+    NodeRecord,
+    PodRecord,
+    QueueRecord,
+)
+from queue_controller.wire import ATTEMPT_LABEL, JOB_LABEL, MANAGED_LABEL, POD_INDEX_LABEL, POD_SET_LABEL, parse_time
 
 log = logging.getLogger(__name__)
-
-# Labels on the pods the controller creates.
-JOB_LABEL = "ckq.io/job-name"
-POD_SET_LABEL = "ckq.io/pod-set"
-POD_INDEX_LABEL = "ckq.io/pod-index"
-ATTEMPT_LABEL = "ckq.io/attempt"
-MANAGED_LABEL = "ckq.io/managed"
-# On a CheckpointableJob: the run time it needs, for kwok nodes that run nothing.
-SIMULATED_RUNTIME_ANNOTATION = "ckq.io/simulated-runtime-seconds"
-# On a Checkpoint: the job's accumulated run time at the moment it was taken.
-CHECKPOINT_RUNTIME_ANNOTATION = "ckq.io/run-time-seconds"
-
-ACTIVE_PHASES = ("Admitted", "Running", "Checkpointing", "Restoring")
-TERMINAL_PHASES = ("Succeeded", "Failed")
-
-
-def parse_time(value: Any) -> float | None:
-    if not value:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
-def format_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(slots=True)
-class JobRecord:
-    namespace: str
-    name: str
-    uid: str
-    created: float
-    spec: CheckpointableJobSpec | None  # None: the spec does not parse (reported in status)
-    spec_error: str
-    status: dict[str, Any]
-    annotations: dict[str, str]
-    generation: int = 0
-    # Pod templates exactly as the user wrote them (by pod set name): pods are built from these, never
-    # from a re-serialised model that would add empty defaults the API server rejects.
-    templates: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Per-pod requests of each pod set (milli-units), computed once per spec change, not per cycle.
-    requests: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def phase(self) -> str:
-        return str(self.status.get("phase") or "Pending")
-
-
-@dataclass(slots=True)
-class PodRecord:
-    namespace: str
-    name: str
-    uid: str
-    node: str | None
-    phase: str
-    requests: dict[str, int]
-    job: str | None  # "namespace/name" of the owning CheckpointableJob, for managed pods
-    pod_set: str = ""
-    index: int = 0
-    attempt: int = 0
-    terminating: bool = False
-    containers: tuple[str, ...] = ()
-    start_time: float | None = None
-    finish_time: float | None = None  # latest container finishedAt, once terminated
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(slots=True)
-class NodeRecord:
-    name: str
-    allocatable: dict[str, int]
-    labels: dict[str, str]
-    taints: list[dict[str, Any]]
-    ready: bool
-    unschedulable: bool
-
-
-@dataclass(slots=True)
-class CheckpointRecord:
-    namespace: str
-    name: str
-    uid: str
-    job: str  # job name in the same namespace
-    reason: str
-    leave_running: bool
-    created: float
-    status: dict[str, Any]
-    annotations: dict[str, str]
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def job_key(self) -> str:
-        return f"{self.namespace}/{self.job}"
-
-    @property
-    def phase(self) -> str:
-        return str(self.status.get("phase") or "Pending")
-
-
-@dataclass(slots=True)
-class QueueRecord:
-    name: str
-    spec: ClusterQueueSpec | None
-    spec_error: str
-    fields_set: frozenset[str] = frozenset()
-    status: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class LocalQueueRecord:
-    namespace: str
-    name: str
-    cluster_queue: str
-    status: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(slots=True)
-class FlavorRecord:
-    name: str
-    node_labels: dict[str, str]
-    node_taints: list[dict[str, Any]]
-    tolerations: list[dict[str, Any]]
 
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import kopf
 
-from queue_controller.api.common import GROUP, VERSION
+from queue_controller.api import Checkpoint, CheckpointableJob, ClusterQueue, LocalQueue, ResourceFlavor
+from queue_controller.api.common import GROUP, VERSION, KubeObject
 from queue_controller.operator.cache import Cache
 
 log = logging.getLogger("ckq.handlers")
@@ -48,50 +49,78 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
-def _on(kind: str, upsert: Callable[[Mapping[str, Any]], Any], delete: Callable[[Mapping[str, Any]], Any],
-        ) -> Callable[..., Any]:
-    async def handler(event: Mapping[str, Any], **_: Any) -> None:
-        body = event.get("object") or {}
-        if not body.get("metadata"):
-            return
-        if event.get("type") == "DELETED":
-            meta = body["metadata"]
-            RUNTIME.cache.forget(kind, meta.get("namespace", ""), meta["name"])
-            delete(body)
-        elif RUNTIME.cache.fresh(kind, body):
-            upsert(body)
-        else:
-            return
-        RUNTIME.kick()
+@dataclass(frozen=True, slots=True)
+class Watched:
+    """One kind the controller watches and lists at start-up: where it is in the API, and how the
+    cache takes its objects."""
 
-    handler.__name__ = f"on_{kind}"
+    group: str  # "" for core/v1
+    version: str
+    plural: str
+    namespaced: bool
+    cache_kind: str  # the key under which the cache tracks its objects' resourceVersions
+    upsert: Callable[[Cache, Mapping[str, Any]], Any]
+    delete: Callable[[Cache, str, str], Any]  # (cache, namespace, name)
+
+    @classmethod
+    def ckq(cls, kind: type[KubeObject], cache_kind: str, upsert: Callable[[Cache, Mapping[str, Any]], Any],
+            delete: Callable[[Cache, str, str], Any]) -> Watched:
+        """A ckq.io kind: group, version, plural and scope from its API model."""
+        return cls(GROUP, VERSION, kind.PLURAL, kind.SCOPE == "Namespaced", cache_kind, upsert, delete)
+
+    @property
+    def list_path(self) -> str:
+        """The path that lists every object of the kind (all namespaces)."""
+        return f"/api/{self.version}/{self.plural}" if not self.group else \
+            f"/apis/{self.group}/{self.version}/{self.plural}"
+
+
+# In start-up order: what a job refers to is in the cache before the jobs are.
+WATCHED: tuple[Watched, ...] = (
+    Watched.ckq(ResourceFlavor, "flavor", Cache.upsert_flavor, lambda c, _, n: c.delete_flavor(n)),
+    Watched.ckq(ClusterQueue, "clusterqueue", Cache.upsert_cluster_queue,
+                lambda c, _, n: c.delete_cluster_queue(n)),
+    Watched.ckq(LocalQueue, "localqueue", Cache.upsert_local_queue, Cache.delete_local_queue),
+    Watched("scheduling.k8s.io", "v1", "priorityclasses", False, "priorityclass", Cache.upsert_priority_class,
+            lambda c, _, n: c.delete_priority_class(n)),
+    Watched("", "v1", "namespaces", False, "namespace", Cache.upsert_namespace,
+            lambda c, _, n: c.delete_namespace(n)),
+    Watched("", "v1", "nodes", False, "node", Cache.upsert_node, lambda c, _, n: c.delete_node(n)),
+    # Every pod: the requests of pods this controller does not manage still take node capacity.
+    Watched("", "v1", "pods", True, "pod", Cache.upsert_pod, Cache.delete_pod),
+    Watched.ckq(Checkpoint, "checkpoint", Cache.upsert_checkpoint, Cache.delete_checkpoint),
+    Watched.ckq(CheckpointableJob, "job", Cache.upsert_job, Cache.delete_job),
+)
+
+
+def feed(cache: Cache, watched: Watched, event: Mapping[str, Any]) -> bool:
+    """Apply one watch event to the cache; False when it changed nothing (a stale or empty event)."""
+    body = event.get("object") or {}
+    meta = body.get("metadata")
+    if not meta:
+        return False
+    if event.get("type") == "DELETED":
+        cache.forget(watched.cache_kind, meta.get("namespace", ""), meta["name"])
+        watched.delete(cache, meta.get("namespace", ""), meta["name"])
+        return True
+    if cache.fresh(watched.cache_kind, body):
+        watched.upsert(cache, body)
+        return True
+    return False
+
+
+def _on(watched: Watched) -> Callable[..., Any]:
+    async def handler(event: Mapping[str, Any], **_: Any) -> None:
+        if feed(RUNTIME.cache, watched, event):
+            RUNTIME.kick()
+
+    handler.__name__ = f"on_{watched.cache_kind}"
     return handler
 
 
-def _ns_name(body: Mapping[str, Any]) -> tuple[str, str]:
-    meta = body["metadata"]
-    return meta.get("namespace", ""), meta["name"]
-
-
 def register() -> None:
-    c = RUNTIME.cache
-    kopf.on.event(GROUP, VERSION, "checkpointablejobs")(
-        _on("job", c.upsert_job, lambda b: c.delete_job(*_ns_name(b))))
-    kopf.on.event(GROUP, VERSION, "checkpoints")(
-        _on("checkpoint", c.upsert_checkpoint, lambda b: c.delete_checkpoint(*_ns_name(b))))
-    kopf.on.event(GROUP, VERSION, "clusterqueues")(
-        _on("clusterqueue", c.upsert_cluster_queue, lambda b: c.delete_cluster_queue(b["metadata"]["name"])))
-    kopf.on.event(GROUP, VERSION, "localqueues")(
-        _on("localqueue", c.upsert_local_queue, lambda b: c.delete_local_queue(*_ns_name(b))))
-    kopf.on.event(GROUP, VERSION, "resourceflavors")(
-        _on("flavor", c.upsert_flavor, lambda b: c.delete_flavor(b["metadata"]["name"])))
-    kopf.on.event("scheduling.k8s.io", "v1", "priorityclasses")(
-        _on("priorityclass", c.upsert_priority_class, lambda b: c.delete_priority_class(b["metadata"]["name"])))
-    kopf.on.event("", "v1", "namespaces")(
-        _on("namespace", c.upsert_namespace, lambda b: c.delete_namespace(b["metadata"]["name"])))
-    kopf.on.event("", "v1", "nodes")(_on("node", c.upsert_node, lambda b: c.delete_node(b["metadata"]["name"])))
-    # Every pod: the requests of pods this controller does not manage still take node capacity.
-    kopf.on.event("", "v1", "pods")(_on("pod", c.upsert_pod, lambda b: c.delete_pod(*_ns_name(b))))
+    for w in WATCHED:
+        kopf.on.event(w.group, w.version, w.plural)(_on(w))
 
     @kopf.on.startup()
     async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:

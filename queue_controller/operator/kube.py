@@ -18,7 +18,7 @@ import aiohttp
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from queue_controller.api.common import GROUP, VERSION
+from queue_controller.api.common import GROUP, VERSION, KubeObject
 from queue_controller.operator.metrics import API_REQUESTS
 
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -41,11 +41,12 @@ class ApiError(Exception):
 def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> k8s_client.Configuration:
     cfg = k8s_client.Configuration()
     try:
-        k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]  # the kubernetes package is untyped
+            config_file=kubeconfig, context=context, client_configuration=cfg)
     except (k8s_config.ConfigException, FileNotFoundError, TypeError):
         if kubeconfig:
             raise
-        k8s_config.load_incluster_config(client_configuration=cfg)
+        k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     return cfg
 
 
@@ -126,24 +127,23 @@ class Kube:
     # ---- paths ------------------------------------------------------------------------------------
 
     @staticmethod
-    def custom_path(plural: str, namespace: str | None = None, name: str | None = None,
-                    subresource: str | None = None) -> str:
-        path = f"/apis/{GROUP}/{VERSION}"
-        if namespace:
-            path += f"/namespaces/{namespace}"
-        path += f"/{plural}"
-        if name:
-            path += f"/{name}"
-        if subresource:
-            path += f"/{subresource}"
-        return path
+    def path(kind: type[KubeObject], namespace: str | None = None, name: str | None = None,
+             subresource: str | None = None) -> str:
+        """The path of a ckq.io kind's collection or object, from the model's PLURAL."""
+        return _path(f"/apis/{GROUP}/{VERSION}", kind.PLURAL, namespace, name, subresource)
+
+    @staticmethod
+    def core_path(plural: str, namespace: str | None = None, name: str | None = None) -> str:
+        """The path of a core/v1 collection or object (pods, events, nodes)."""
+        return _path("/api/v1", plural, namespace, name, None)
 
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", path, patch, "application/merge-patch+json")
 
-    async def patch_status(self, plural: str, namespace: str | None, name: str,
+    async def patch_status(self, kind: type[KubeObject], namespace: str | None, name: str,
                            status: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.merge_patch(self.custom_path(plural, namespace, name, "status"), {"status": status})
+        """Merge `status` into the object's status subresource (a None value deletes a field)."""
+        return await self.merge_patch(self.path(kind, namespace, name, "status"), {"status": status})
 
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """POST; an object that already exists is not an error (idempotent actuators) and gives None."""
@@ -163,3 +163,15 @@ class Kube:
         except ApiError as e:
             if e.status != 404:
                 raise
+
+
+def _path(prefix: str, plural: str, namespace: str | None, name: str | None, subresource: str | None) -> str:
+    path = prefix
+    if namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path

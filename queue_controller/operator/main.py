@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
 from prometheus_client import start_http_server
 
+from queue_controller.api import ClusterQueue
+from queue_controller.api.common import GROUP, VERSION
 from queue_controller.checkpoint.simulated import SimulatedBackend
 from queue_controller.engine import Policy
 from queue_controller.operator import handlers
@@ -21,31 +23,17 @@ from queue_controller.operator.metrics import REGISTRY
 
 log = logging.getLogger("ckq.controller")
 
-# kind name for Cache.fresh, list path, upsert method name
-_PRIME = (
-    ("flavor", "/apis/ckq.io/v1alpha1/resourceflavors", "upsert_flavor"),
-    ("clusterqueue", "/apis/ckq.io/v1alpha1/clusterqueues", "upsert_cluster_queue"),
-    ("localqueue", "/apis/ckq.io/v1alpha1/localqueues", "upsert_local_queue"),
-    ("priorityclass", "/apis/scheduling.k8s.io/v1/priorityclasses", "upsert_priority_class"),
-    ("namespace", "/api/v1/namespaces", "upsert_namespace"),
-    ("node", "/api/v1/nodes", "upsert_node"),
-    ("pod", "/api/v1/pods", "upsert_pod"),
-    ("checkpoint", "/apis/ckq.io/v1alpha1/checkpoints", "upsert_checkpoint"),
-    ("job", "/apis/ckq.io/v1alpha1/checkpointablejobs", "upsert_job"),
-)
-
-
 async def prime(cache: Cache, kube: Kube) -> None:
     """LIST everything once before the first cycle, so the loop never decides on a half-filled cache
     (kopf's watches start concurrently and keep it fresh afterwards)."""
-    for kind, path, method in _PRIME:
-        listing = await kube.request("GET", path)
+    for w in handlers.WATCHED:
+        listing = await kube.request("GET", w.list_path)
         api_version, list_kind = listing.get("apiVersion"), listing.get("kind", "List").removesuffix("List")
         for item in listing.get("items") or ():
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", list_kind)
-            if cache.fresh(kind, item):
-                getattr(cache, method)(item)
+            if cache.fresh(w.cache_kind, item):
+                w.upsert(cache, item)
 
 
 class Wakeups:
@@ -99,7 +87,7 @@ def preflight(kubeconfig: str | None) -> Any:
         raise StartupError(f"cannot reach the API server at {cfg.host}: {e}") from None
     try:
         k8s_client.ApisApi(api).get_api_versions(_request_timeout=10)
-        k8s_client.CustomObjectsApi(api).list_cluster_custom_object("ckq.io", "v1alpha1", "clusterqueues",
+        k8s_client.CustomObjectsApi(api).list_cluster_custom_object(GROUP, VERSION, ClusterQueue.PLURAL,
                                                                    limit=1, _request_timeout=10)
     except k8s_client.ApiException as e:
         if e.status == 404:
@@ -107,7 +95,7 @@ def preflight(kubeconfig: str | None) -> Any:
         raise StartupError(f"the API server refused a read of ClusterQueues ({e.status} {e.reason}): "
                            "check the controller's RBAC (helm/ckq/templates/rbac.yaml)") from None
     finally:
-        api.close()
+        api.close()  # type: ignore[no-untyped-call]
     return cfg
 
 

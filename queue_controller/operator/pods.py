@@ -1,5 +1,6 @@
 """Pod manifests for an admitted job: the template, pinned to the engine's node, with the flavor's
-labels and tolerations, ownership, our labels, and restore information when resuming."""
+labels and tolerations, ownership, our labels, and what the job's checkpoint backend adds (how to
+restore when resuming; on kwok nodes, how long to run)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from queue_controller.api.common import API_VERSION
-from queue_controller.checkpoint.base import RestoreInfo
-from queue_controller.operator.cache import (
-    ATTEMPT_LABEL,
-    JOB_LABEL,
-    MANAGED_LABEL,
-    POD_INDEX_LABEL,
-    POD_SET_LABEL,
-    FlavorRecord,
-    JobRecord,
-)
-
-# kwok's pod stage finishes a pod this many seconds after it started (queue_controller.devcluster).
-RUN_SECONDS_ANNOTATION = "kwok.ckq.io/run-seconds"
-
-
-def pod_name(job: str, attempt: int, pod_set: str, index: int) -> str:
-    return f"{job}-{attempt}-{pod_set}-{index}"
+from queue_controller.checkpoint.base import PodInfo
+from queue_controller.operator.records import FlavorRecord, JobRecord
+from queue_controller.wire import ATTEMPT_LABEL, JOB_LABEL, MANAGED_LABEL, POD_INDEX_LABEL, POD_SET_LABEL, pod_name
 
 
 def _pin(affinity: Mapping[str, Any] | None, node: str) -> dict[str, Any]:
@@ -56,17 +43,15 @@ def _limit_extended_resources(container: dict[str, Any]) -> None:
 
 
 def build_pod(job: JobRecord, pod_set: str, index: int, attempt: int, node: str, flavor: FlavorRecord | None,
-              restore: RestoreInfo | None, remaining_s: float | None) -> dict[str, Any]:
+              info: PodInfo | None = None) -> dict[str, Any]:
     template = job.templates.get(pod_set) or {}
     meta = dict(template.get("metadata") or {})
     spec = copy.deepcopy(dict(template.get("spec") or {}))
     labels = {**(meta.get("labels") or {}), JOB_LABEL: job.name, POD_SET_LABEL: pod_set,
               POD_INDEX_LABEL: str(index), ATTEMPT_LABEL: str(attempt), MANAGED_LABEL: "true"}
     annotations = dict(meta.get("annotations") or {})
-    if restore is not None:
-        annotations.update(restore.annotations)
-    if remaining_s is not None:
-        annotations[RUN_SECONDS_ANNOTATION] = str(max(round(remaining_s), 1))
+    if info is not None:
+        annotations.update(info.annotations)
     spec["affinity"] = _pin(spec.get("affinity"), node)
     if flavor is not None:
         spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **flavor.node_labels}
@@ -75,10 +60,10 @@ def build_pod(job: JobRecord, pod_set: str, index: int, attempt: int, node: str,
     spec.setdefault("restartPolicy", "Never")
     for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
         _limit_extended_resources(c)
-    if restore is not None and restore.env:
+    if info is not None and info.env:
         for c in spec.get("containers") or []:
-            env = [e for e in c.get("env") or [] if e.get("name") not in restore.env]
-            c["env"] = [*env, *({"name": k, "value": v} for k, v in restore.env.items())]
+            env = [e for e in c.get("env") or [] if e.get("name") not in info.env]
+            c["env"] = [*env, *({"name": k, "value": v} for k, v in info.env.items())]
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -24,12 +24,14 @@ from queue_controller.engine import (
     WithinClusterQueue,
 )
 from queue_controller.engine.snapshot import QueueingStrategy
-from queue_controller.operator.cache import (
+from queue_controller.operator.cache import Cache
+from queue_controller.operator.records import JobRecord
+from queue_controller.wire import (
     ACTIVE_PHASES,
     CHECKPOINT_RUNTIME_ANNOTATION,
+    IN_FLIGHT_CHECKPOINT_PHASES,
+    POD_DONE_PHASES,
     TERMINAL_PHASES,
-    Cache,
-    JobRecord,
     parse_time,
 )
 
@@ -128,7 +130,7 @@ def engine_job(cache: Cache, rec: JobRecord, cq_name: str, priority: int, estima
         ckpt_cost = restore_cost = 0.0
     interval = spec.checkpoint.interval_seconds()
     latest = latest_completed_checkpoint(cache, rec.key) if ckpts else None
-    inflight = [c for c in ckpts if c.phase in ("Pending", "Running")]
+    inflight = [c for c in ckpts if c.phase in IN_FLIGHT_CHECKPOINT_PHASES]
     vacating = active and (phase == "Checkpointing" or any(not c.leave_running for c in inflight))
     return Job(
         key=rec.key, cluster_queue=cq_name, priority=priority, queue_order=rec.created,
@@ -198,7 +200,7 @@ def build(cache: Cache, estimator: Estimator) -> tuple[Snapshot, Unqueued]:
             accounted.update(p.key for p in cache.job_pods(j.key) if p.attempt == attempt)
     other: dict[str, dict[str, int]] = {}
     for pod in cache.pods.values():
-        if pod.node is None or pod.phase in ("Succeeded", "Failed") or pod.key in accounted:
+        if pod.node is None or pod.phase in POD_DONE_PHASES or pod.key in accounted:
             continue
         use = other.setdefault(pod.node, {})
         for r, q in pod.requests.items():

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from queue_controller.checkpoint.cost import GIB, CheckpointCostModel
 from queue_controller.engine import (
     GPU,
     ClusterQueue,
@@ -182,18 +183,25 @@ def load_layout(path: Path) -> QueueLayout:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointModel:
-    """Checkpoint and restore time from the checkpoint size: every pod writes its share in parallel."""
+    """Checkpoint and restore time from the checkpoint size: every pod writes its share in parallel
+    (the shared cost model, `queue_controller.checkpoint.cost`, in GiB and GiB/s)."""
 
     latency_s: float = 5.0  # freeze, metadata, sync
     bandwidth_gib_s: float = 2.0  # per pod, to checkpoint storage
     restore_latency_s: float = 10.0  # new pod start, image and checkpoint fetch setup
     restore_bandwidth_gib_s: float = 2.0
 
+    @property
+    def cost(self) -> CheckpointCostModel:
+        # Bytes are GiB times a power of two, so the seconds are bit-for-bit what GiB arithmetic gives.
+        return CheckpointCostModel(self.latency_s, self.bandwidth_gib_s * GIB, self.restore_latency_s,
+                                   self.restore_bandwidth_gib_s * GIB)
+
     def size_gib(self, job: TraceJob) -> float:
         return job.checkpoint_gib if job.checkpoint_gib is not None else job.memory_gib
 
     def checkpoint_s(self, job: TraceJob) -> float:
-        return self.latency_s + self.size_gib(job) / (self.bandwidth_gib_s * job.pods)
+        return self.cost.checkpoint_s(self.size_gib(job) * GIB, job.pods)
 
     def restore_s(self, job: TraceJob) -> float:
-        return self.restore_latency_s + self.size_gib(job) / (self.restore_bandwidth_gib_s * job.pods)
+        return self.cost.restore_s(self.size_gib(job) * GIB, job.pods)

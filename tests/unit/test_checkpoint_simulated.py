@@ -48,3 +48,19 @@ def test_restore_info_names_the_checkpoint() -> None:
     info = SimulatedBackend().restore_info("ns", "j", "j-ckpt", "w", 0)
     assert info.annotations["ckq.io/restore-from"] == "j-ckpt"
     assert info.env["CKQ_RESTORE_ID"] == "j-ckpt"
+
+
+def test_the_backend_and_the_simulator_share_one_cost_model() -> None:
+    from queue_controller.checkpoint.cost import CheckpointCostModel
+    from queue_controller.sim.cluster import CheckpointModel
+    from queue_controller.sim.trace import TraceJob
+
+    backend = SimulatedBackend(bandwidth_bytes_per_s=GIB, fixed_overhead_s=1.0)
+    sim = CheckpointModel(latency_s=1.0, bandwidth_gib_s=1.0, restore_latency_s=1.0, restore_bandwidth_gib_s=1.0)
+    assert backend.cost == sim.cost == CheckpointCostModel(1.0, GIB, 1.0, GIB)
+    # 8 GiB over two pods: each writes 4 GiB; the backend sees two 4 GiB pods.
+    job = TraceJob(id="j", submit_s=0.0, runtime_s=60.0, estimate_s=None, cpu=1.0, memory_gib=8.0, gpus=0, pods=2,
+                   priority=0, queue="q", checkpointable=True, checkpoint_gib=None)
+    pods = [PodRef(f"j-{i}", "w", i, "n", ("c",), 4 * GIB) for i in range(2)]
+    assert sim.checkpoint_s(job) == backend.estimate(pods)[0] == 5.0
+    assert sim.restore_s(job) == backend.estimate(pods)[1] == 5.0

@@ -143,11 +143,16 @@ def test_invalid_job_spec_is_reported(cache: Cache) -> None:
 
 
 def test_pods_are_pinned_to_the_engines_node_and_carry_flavor_and_restore_info(cache: Cache) -> None:
+    from queue_controller.checkpoint.base import LaunchRequest, PodRef, RestoreSource
     from queue_controller.checkpoint.simulated import SimulatedBackend
 
     rec = cache.upsert_job(job("g"))
-    info = SimulatedBackend().restore_info("team", "g", "g-ckpt", "w", 1)
-    pod = build_pod(rec, "w", 1, 3, "n0", cache.flavors["h100"], info, 42.4)
+    assert rec.spec is not None
+    # The backend adds the restore reference and, on kwok nodes, the run time left (100 s needed).
+    ref = PodRef("g-3-w-1", "w", 1, "n0", ("c",), 2**30)
+    info = SimulatedBackend().pod_info(LaunchRequest("team", "g", ref, rec.spec.checkpoint, 57.6, rec.annotations,
+                                                     RestoreSource("g-ckpt")))
+    pod = build_pod(rec, "w", 1, 3, "n0", cache.flavors["h100"], info)
     assert pod["metadata"]["name"] == "g-3-w-1"
     assert pod["metadata"]["labels"]["ckq.io/attempt"] == "3"
     assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-g"

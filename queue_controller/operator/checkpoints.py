@@ -1,0 +1,229 @@
+"""The Checkpoint object's lifecycle: created for a job (reason Preemption, Periodic or User), begun,
+polled through the job's backend until it completes or fails, then applied to the job, and pruned.
+
+A completed checkpoint that was to vacate the job (`leaveRunning: false`) stops its pods and suspends
+it with the progress it saved; a periodic one (`leaveRunning: true`) only moves `lastCheckpoint`. A
+failed one leaves a periodic checkpoint's job running, and otherwise follows the policy's
+`onCheckpointFailure`: requeue the job from its previous checkpoint, or leave it running. A checkpoint
+the controller gives up on — its job stopped running, or its backend has no result once the policy's
+`timeoutSeconds` have passed — is failed and cancelled through its backend.
+
+The name of a Checkpoint is deterministic (`wire.checkpoint_name`, from the job's counters) and
+everything a backend needs to go on is in the object (its spec and `status.startTime`), so a
+controller restarted mid-checkpoint creates nothing twice and carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from queue_controller.api import Checkpoint
+from queue_controller.api.checkpoint import Artifact, CheckpointReason, CheckpointSpec, RestoreConstraints
+from queue_controller.api.common import API_VERSION, ObjectMeta, OwnerReference
+from queue_controller.api.job import CheckpointableJob, LastCheckpoint
+from queue_controller.checkpoint.base import CheckpointResult
+from queue_controller.engine import Policy
+from queue_controller.engine.policy import OnCheckpointFailure
+from queue_controller.operator import metrics
+from queue_controller.operator.backends import JobBackends
+from queue_controller.operator.cache import Cache
+from queue_controller.operator.kube import ApiError, Kube
+from queue_controller.operator.records import CheckpointRecord, JobRecord, NodeRecord
+from queue_controller.operator.runs import Runs, run_time_now
+from queue_controller.operator.status import CheckpointStatusPatch, JobStatusPatch, StatusWriter, job_conditions
+from queue_controller.wire import (
+    ACTIVE_PHASES,
+    CHECKPOINT_RUNTIME_ANNOTATION,
+    IN_FLIGHT_CHECKPOINT_PHASES,
+    JOB_LABEL,
+    checkpoint_name,
+    parse_time,
+    to_datetime,
+)
+
+log = logging.getLogger("ckq.controller")
+
+# Node labels a restored process depends on: the same GPU product and CPU architecture.
+RESTORE_LABELS = ("nvidia.com/gpu.product", "kubernetes.io/arch", "nvidia.com/cuda.driver.major")
+
+
+def checkpoint_object(job: JobRecord, name: str, reason: CheckpointReason, leave_running: bool,
+                      run_time_s: float) -> dict[str, Any]:
+    """The Checkpoint to create for the job, owned by it (garbage-collected with it)."""
+    owner = OwnerReference(api_version=API_VERSION, kind=CheckpointableJob.KIND, name=job.name, uid=job.uid,
+                           controller=True, block_owner_deletion=True)
+    return Checkpoint(
+        metadata=ObjectMeta(name=name, namespace=job.namespace, labels={JOB_LABEL: job.name},
+                            annotations={CHECKPOINT_RUNTIME_ANNOTATION: f"{run_time_s:.3f}"},
+                            owner_references=[owner]),
+        spec=CheckpointSpec(job_name=job.name, reason=reason, leave_running=leave_running),
+    ).to_wire()
+
+
+def restore_constraints(job: JobRecord, nodes: dict[str, NodeRecord]) -> dict[str, str]:
+    """The labels a node must carry to restore the job's checkpoint: those of the nodes it ran on."""
+    labels: dict[str, str] = {}
+    for a in (job.status.get("admission") or {}).get("podSetAssignments") or ():
+        for node in a.get("nodes") or ():
+            rec = nodes.get(node)
+            if rec is None:
+                continue
+            for k in RESTORE_LABELS:
+                if k in rec.labels:
+                    labels[k] = rec.labels[k]
+    return labels
+
+
+def completed(result: CheckpointResult, now: float, constraints: dict[str, str]) -> CheckpointStatusPatch:
+    return CheckpointStatusPatch(
+        phase="Completed", completion_time=to_datetime(now), duration_seconds=round(result.duration_s, 3),
+        size_bytes=result.size_bytes,
+        artifacts=[Artifact(pod_set=a.pod_set, index=a.index, container=a.container, node=a.node, uri=a.uri,
+                            sha256=a.sha256, size_bytes=a.size_bytes) for a in result.artifacts],
+        restore_constraints=RestoreConstraints(node_labels=constraints), message=result.message or "completed")
+
+
+def job_checkpointed(job: JobRecord, ckpt: CheckpointRecord, result: CheckpointResult, now: float
+                     ) -> tuple[JobStatusPatch, str]:
+    """The job's status once `ckpt` completed, and the Event's message: still running with a newer
+    `lastCheckpoint`, or (not `leaveRunning`) suspended with the progress the checkpoint kept."""
+    last = LastCheckpoint(name=ckpt.name, time=to_datetime(now), size_bytes=result.size_bytes)
+    count = int(job.status.get("checkpoints") or 0) + 1
+    if ckpt.leave_running:
+        patch = JobStatusPatch(last_checkpoint=last, checkpoints=count, conditions=job_conditions(
+            job.status, {"Checkpointing": ("False", "Completed", f"checkpoint {ckpt.name} completed")}, now))
+        return patch, (f"{ckpt.reason} checkpoint {ckpt.name} completed "
+                       f"({result.size_bytes} bytes in {result.duration_s:.1f}s)")
+    kept = float(ckpt.annotations.get(CHECKPOINT_RUNTIME_ANNOTATION, "0") or 0)
+    reason = "SuspendedByUser" if ckpt.reason == "User" else "Preempted"
+    msg = f"checkpointed to {ckpt.name} and suspended; resumes from it"
+    patch = JobStatusPatch(
+        phase="Suspended", admission=None, run_start_time=None, run_time_seconds=kept, preempted_for=None,
+        last_checkpoint=last, checkpoints=count, queued_time=to_datetime(now), message=msg,
+        conditions=job_conditions(job.status, {
+            "Suspended": ("True", reason, msg), "Checkpointing": ("False", "Completed", msg),
+            "QuotaReserved": ("False", reason, msg), "Admitted": ("False", reason, msg),
+            "Running": ("False", reason, msg)}, now))
+    return patch, f"{msg} ({result.duration_s:.1f}s, {result.size_bytes} bytes)"
+
+
+class Checkpoints:
+    def __init__(self, cache: Cache, kube: Kube, writer: StatusWriter, backends: JobBackends, runs: Runs,
+                 policy: Policy) -> None:
+        self.cache = cache
+        self.kube = kube
+        self.writer = writer
+        self.backends = backends
+        self.runs = runs
+        self.policy = policy
+
+    def in_flight(self) -> bool:
+        return any(c.phase in IN_FLIGHT_CHECKPOINT_PHASES for c in self.cache.checkpoints.values())
+
+    async def take(self, job: JobRecord, reason: CheckpointReason, leave_running: bool, now: float) -> str | None:
+        """Create a Checkpoint of the job and begin it; its name, or None when the API refused it."""
+        # Counters from status, not the number of objects (pruning deletes some): a restarted controller
+        # computes the same name, so creating it again is a harmless 409.
+        n = int(job.status.get("checkpoints") or 0) + int(job.status.get("checkpointFailures") or 0) + 1
+        name = checkpoint_name(job.name, int(job.status.get("attempt") or 0), reason, n)
+        body = checkpoint_object(job, name, reason, leave_running, run_time_now(job, now))
+        try:
+            created = await self.kube.create(self.kube.path(Checkpoint, job.namespace), body)
+        except ApiError as e:
+            self.writer.event(job, "CheckpointRefused", e.message, now, warning=True)
+            return None
+        if created is not None and self.cache.fresh("checkpoint", created):
+            await self._begin(self.cache.upsert_checkpoint(created), job, now)
+        return name
+
+    async def _begin(self, ckpt: CheckpointRecord, job: JobRecord, now: float) -> None:
+        ckpt = await self.writer.checkpoint(ckpt, CheckpointStatusPatch(phase="Running", start_time=to_datetime(now)))
+        await self.backends.for_job(job).begin(self.backends.request(ckpt, job, now), api=self.backends.api)
+
+    async def reconcile(self, now: float) -> None:
+        """Move every checkpoint in flight on: begin it, poll its backend, apply its result; give up on
+        one whose job stopped running or that outlived its timeout."""
+        for ckpt in list(self.cache.checkpoints.values()):
+            if ckpt.phase not in IN_FLIGHT_CHECKPOINT_PHASES:
+                continue
+            job = self.cache.jobs.get(ckpt.job_key)
+            if job is None or job.spec is None:
+                continue  # garbage-collected with its job
+            if job.phase not in ACTIVE_PHASES or not job.status.get("admission"):
+                # Its job was requeued or failed meanwhile: there is nothing left to checkpoint.
+                await self.writer.checkpoint(ckpt, CheckpointStatusPatch(
+                    phase="Failed", completion_time=to_datetime(now),
+                    message=f"job is {job.phase}: nothing to checkpoint"))
+                await self._cancel(ckpt, job, now)
+                continue
+            if not ckpt.status.get("startTime"):
+                await self._begin(ckpt, job, now)
+                continue
+            request = self.backends.request(ckpt, job, now)
+            result = await self.backends.for_job(job).progress(request, now, api=self.backends.api)
+            if result is None and now - request.started_at >= request.timeout_s:
+                # A backend that enforces the timeout itself has reported it by now; this one has not.
+                await self._cancel(ckpt, job, now)
+                result = CheckpointResult(False, now - request.started_at,
+                                          message=f"timed out after {request.timeout_s:.0f}s")
+            if result is None:
+                continue
+            if result.ok:
+                await self._completed(ckpt, job, result, now)
+            else:
+                await self._failed(ckpt, job, result, now)
+
+    async def _cancel(self, ckpt: CheckpointRecord, job: JobRecord, now: float) -> None:
+        """Tell the backend to give up on `ckpt` (best effort: the Checkpoint is failed either way)."""
+        if not ckpt.status.get("startTime"):
+            return  # never begun
+        try:
+            await self.backends.for_job(job).cancel(self.backends.request(ckpt, job, now), api=self.backends.api)
+        except Exception as e:  # a backend that cannot clean up must not stop the loop
+            log.warning("checkpoint %s: cancel failed: %s", ckpt.key, e)
+
+    async def _completed(self, ckpt: CheckpointRecord, job: JobRecord, result: CheckpointResult, now: float) -> None:
+        await self.writer.checkpoint(ckpt, completed(result, now, restore_constraints(job, self.cache.nodes)))
+        metrics.CHECKPOINT_DURATION.labels(ckpt.reason).observe(result.duration_s)
+        metrics.CHECKPOINT_SIZE.labels(ckpt.reason).observe(result.size_bytes)
+        patch, message = job_checkpointed(job, ckpt, result, now)
+        if not ckpt.leave_running:
+            await self.runs.stop(job)
+        await self.writer.job(job, patch)
+        self.writer.event(job, "Checkpointed" if ckpt.leave_running else "Suspended", message, now)
+        await self._prune(job)
+
+    async def _failed(self, ckpt: CheckpointRecord, job: JobRecord, result: CheckpointResult, now: float) -> None:
+        await self.writer.checkpoint(ckpt, CheckpointStatusPatch(
+            phase="Failed", completion_time=to_datetime(now), duration_seconds=round(result.duration_s, 3),
+            message=result.message or "failed"))
+        metrics.CHECKPOINT_FAILURES.labels(ckpt.reason).inc()
+        failures = int(job.status.get("checkpointFailures") or 0) + 1
+        msg = f"checkpoint {ckpt.name} failed: {result.message}"
+        self.writer.event(job, "CheckpointFailed", msg, now, warning=True)
+        if ckpt.leave_running:
+            await self.writer.job(job, JobStatusPatch(checkpoint_failures=failures, conditions=job_conditions(
+                job.status, {"Checkpointing": ("False", "Failed", msg)}, now)))
+            return
+        if self.policy.preemption.on_checkpoint_failure is OnCheckpointFailure.KEEP_RUNNING and ckpt.reason != "User":
+            await self.writer.job(job, JobStatusPatch(
+                phase="Running", checkpoint_failures=failures, message=msg, conditions=job_conditions(
+                    job.status, {"Checkpointing": ("False", "Failed", msg), "Preempted": ("False", "Failed", msg)},
+                    now)))
+            return
+        await self.runs.requeue(job, now, msg + "; killed instead", cause="checkpoint-failure",
+                                phase="Suspended" if ckpt.reason == "User" else "Pending",
+                                counters=JobStatusPatch(checkpoint_failures=failures))
+
+    async def _prune(self, job: JobRecord) -> None:
+        """Keep the newest `retain` completed checkpoints (and as many failed ones); delete the rest."""
+        assert job.spec is not None
+        retain = job.spec.checkpoint.retain
+        for phase in ("Completed", "Failed"):
+            done = [c for c in self.cache.job_checkpoints(job.key) if c.phase == phase]
+            if phase == "Completed":
+                done.sort(key=lambda c: (parse_time(c.status.get("completionTime")) or c.created, c.name))
+            for old in done[:-retain] if len(done) > retain else []:
+                await self.kube.delete(self.kube.path(Checkpoint, old.namespace, old.name))
+                self.cache.delete_checkpoint(old.namespace, old.name)

@@ -1,0 +1,153 @@
+"""The job lifecycle: what a job's pods, its nodes and its user say about an admitted job.
+
+Every cycle looks at each admitted job's pods of the current attempt: all running makes it `Running`
+(its run starts when the last pod started); all succeeded makes it `Succeeded` (its run ended when the
+last pod finished, not when the cycle noticed); a failed pod, or a node that is NotReady or gone,
+requeues it from its newest checkpoint until `maxRestarts` is spent, then fails it. Pods an admitted
+job should have but does not (a restart between writing the admission and creating them) are created.
+`spec.suspend` checkpoints a running job out (reason User), stops one that cannot be checkpointed, and
+marks a waiting one `Suspended`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from queue_controller.api.common import ConditionStatus
+from queue_controller.operator.cache import Cache
+from queue_controller.operator.checkpoints import Checkpoints
+from queue_controller.operator.records import JobRecord, PodRecord
+from queue_controller.operator.runs import Runs
+from queue_controller.operator.snapshot import latest_completed_checkpoint
+from queue_controller.operator.status import JobStatusPatch, StatusWriter, job_conditions
+from queue_controller.operator.waiting import Waiting
+from queue_controller.wire import ACTIVE_PHASES, STARTING_PHASES, TERMINAL_PHASES, parse_time, to_datetime
+
+USER_SUSPEND: tuple[ConditionStatus, str, str] = ("True", "SuspendedByUser", "spec.suspend is true")
+
+
+def suspended_by_user(job: JobRecord, now: float) -> JobStatusPatch:
+    """A waiting job its user suspended: out of the queue until `spec.suspend` is false again."""
+    return JobStatusPatch(phase="Suspended", message="suspended by its user", queue_position=None,
+                          pending_reason=None,
+                          conditions=job_conditions(job.status, {"Suspended": USER_SUSPEND}, now))
+
+
+def suspending(job: JobRecord, checkpoint: str, now: float) -> JobStatusPatch:
+    return JobStatusPatch(phase="Checkpointing", message=f"suspending: checkpoint {checkpoint}",
+                          conditions=job_conditions(job.status, {"Checkpointing": (
+                              "True", "User", f"checkpoint {checkpoint}")}, now))
+
+
+def succeeded(job: JobRecord, pods: Iterable[PodRecord], now: float) -> tuple[JobStatusPatch, float]:
+    """The status of a job whose pods all succeeded, and its total run time."""
+    start = parse_time(job.status.get("runStartTime")) or now
+    # The run ended when the last pod finished, not when this cycle noticed it.
+    finished = [p.finish_time for p in pods]
+    end = max(f for f in finished if f is not None) if any(finished) else now
+    total = float(job.status.get("runTimeSeconds") or 0.0) + max(min(end, now) - start, 0.0)
+    msg = "all pods succeeded"
+    return JobStatusPatch(
+        phase="Succeeded", run_time_seconds=round(total, 3), run_start_time=None, message=msg,
+        completion_time=to_datetime(now), conditions=job_conditions(job.status, {
+            "Finished": ("True", "Succeeded", msg), "Running": ("False", "Succeeded", msg),
+            "QuotaReserved": ("False", "Finished", msg)}, now)), total
+
+
+def running(job: JobRecord, pods: Iterable[PodRecord], now: float) -> JobStatusPatch:
+    """The status of a starting job whose pods all run: its run started when the last pod did."""
+    starts = [p.start_time for p in pods if p.start_time is not None]
+    msg = "restored from checkpoint and running" if job.phase == "Restoring" else "all pods running"
+    return JobStatusPatch(phase="Running", run_start_time=to_datetime(max(starts) if starts else now), message=msg,
+                          conditions=job_conditions(job.status, {"Running": ("True", "PodsRunning", msg)}, now))
+
+
+def failed(job: JobRecord, restarts: int, message: str, now: float) -> JobStatusPatch:
+    return JobStatusPatch(phase="Failed", restarts=restarts, admission=None, run_start_time=None, message=message,
+                          conditions=job_conditions(job.status, {
+                              "Finished": ("True", "Failed", message), "Running": ("False", "Failed", message),
+                              "QuotaReserved": ("False", "Failed", message)}, now))
+
+
+class JobLifecycle:
+    def __init__(self, cache: Cache, writer: StatusWriter, runs: Runs, checkpoints: Checkpoints,
+                 waiting: Waiting) -> None:
+        self.cache = cache
+        self.writer = writer
+        self.runs = runs
+        self.checkpoints = checkpoints
+        self.waiting = waiting
+
+    async def reconcile(self, now: float) -> None:
+        for job in list(self.cache.jobs.values()):
+            if job.spec is None or job.phase in TERMINAL_PHASES:
+                continue
+            if job.phase not in ACTIVE_PHASES:
+                if job.spec.suspend and job.phase != "Suspended":
+                    await self.writer.job(job, suspended_by_user(job, now))
+                    self.waiting.forget(job.key)
+                continue
+            if job.status.get("admission"):
+                await self._active(job, now)
+
+    async def _active(self, job: JobRecord, now: float) -> None:
+        assert job.spec is not None
+        attempt = int(job.status.get("attempt") or 0)
+        expected = {(a["name"], i): node for a in job.status["admission"].get("podSetAssignments") or ()
+                    for i, node in enumerate(a.get("nodes") or ())}
+        pods = {(p.pod_set, p.index): p for p in self.cache.job_pods(job.key) if p.attempt == attempt}
+        phase = job.phase
+        # Node failure: a node the job runs on is gone or NotReady.
+        lost_nodes = sorted({n for n in expected.values()
+                             if n not in self.cache.nodes or not self.cache.nodes[n].ready})
+        failed_pods = [p for p in pods.values() if p.phase == "Failed"]
+        if phase == "Checkpointing":
+            return  # the checkpoint in flight decides what happens next
+        if lost_nodes or failed_pods:
+            why = (f"node {', '.join(lost_nodes)} is NotReady or gone" if lost_nodes
+                   else f"pod {failed_pods[0].name} failed")
+            await self._fail_run(job, now, why)
+            return
+        if job.spec.suspend:
+            await self._suspend(job, now)
+            return
+        missing = [k for k in expected if k not in pods]
+        if missing and phase in STARTING_PHASES:
+            # Pods not created yet (or a restart between the status write and the pods): create them.
+            ckpt = (job.status.get("lastCheckpoint") or {}).get("name") if phase == "Restoring" else None
+            await self.runs.start(job, ckpt, now)
+            return
+        if not pods or len(pods) != len(expected):
+            return
+        if all(p.phase == "Succeeded" for p in pods.values()):
+            patch, total = succeeded(job, pods.values(), now)
+            await self.writer.job(job, patch)
+            self.writer.event(job, "Succeeded", f"all pods succeeded after {total:.0f}s of run time", now)
+        elif phase in STARTING_PHASES and all(p.phase in ("Running", "Succeeded") for p in pods.values()):
+            await self.writer.job(job, running(job, pods.values(), now))
+
+    async def _suspend(self, job: JobRecord, now: float) -> None:
+        """The user suspends a running job: checkpoint it out, or stop it when it cannot be checkpointed."""
+        assert job.spec is not None
+        if job.spec.checkpoint.mode != "None":
+            name = await self.checkpoints.take(job, "User", False, now)
+            if name is not None:
+                await self.writer.job(job, suspending(job, name, now))
+            return
+        await self.runs.requeue(job, now, "suspended by its user (not checkpointable: stopped)", cause="suspend",
+                                phase="Suspended", conditions={"Suspended": USER_SUSPEND})
+
+    async def _fail_run(self, job: JobRecord, now: float, why: str) -> None:
+        assert job.spec is not None
+        restarts = int(job.status.get("restarts") or 0) + 1
+        if restarts > job.spec.max_restarts:
+            await self.runs.stop(job)
+            msg = f"{why}; restarts exhausted ({job.spec.max_restarts})"
+            await self.writer.job(job, failed(job, restarts, msg, now))
+            self.writer.event(job, "Failed", msg, now, warning=True)
+            return
+        latest = latest_completed_checkpoint(self.cache, job.key)
+        where = f"restarts from checkpoint {latest[0]}" if latest else "restarts from the beginning"
+        await self.runs.requeue(job, now, f"{why}; {where}", cause="failure",
+                                counters=JobStatusPatch(restarts=restarts))
+        self.writer.event(job, "Restarting", f"{why}; {where}", now, warning=True)

@@ -1,0 +1,123 @@
+"""The cache's records: slim, typed pictures of the Kubernetes objects the controller watches (never
+whole bodies with managedFields). Status stays as the API server sent it; the controller writes status
+through the API models (`status.py`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from queue_controller.api.job import CheckpointableJobSpec
+from queue_controller.api.queues import ClusterQueueSpec
+
+
+@dataclass(slots=True)
+class JobRecord:
+    namespace: str
+    name: str
+    uid: str
+    created: float
+    spec: CheckpointableJobSpec | None  # None: the spec does not parse (reported in status)
+    spec_error: str
+    status: dict[str, Any]
+    annotations: dict[str, str]
+    generation: int = 0
+    # Pod templates exactly as the user wrote them (by pod set name): pods are built from these, never
+    # from a re-serialised model that would add empty defaults the API server rejects.
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per-pod requests of each pod set (milli-units), computed once per spec change, not per cycle.
+    requests: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase") or "Pending")
+
+
+@dataclass(slots=True)
+class PodRecord:
+    namespace: str
+    name: str
+    uid: str
+    node: str | None
+    phase: str
+    requests: dict[str, int]
+    job: str | None  # "namespace/name" of the owning CheckpointableJob, for managed pods
+    pod_set: str = ""
+    index: int = 0
+    attempt: int = 0
+    terminating: bool = False
+    containers: tuple[str, ...] = ()
+    start_time: float | None = None
+    finish_time: float | None = None  # latest container finishedAt, once terminated
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    name: str
+    allocatable: dict[str, int]
+    labels: dict[str, str]
+    taints: list[dict[str, Any]]
+    ready: bool
+    unschedulable: bool
+
+
+@dataclass(slots=True)
+class CheckpointRecord:
+    namespace: str
+    name: str
+    uid: str
+    job: str  # job name in the same namespace
+    reason: str
+    leave_running: bool
+    created: float
+    status: dict[str, Any]
+    annotations: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def job_key(self) -> str:
+        return f"{self.namespace}/{self.job}"
+
+    @property
+    def phase(self) -> str:
+        return str(self.status.get("phase") or "Pending")
+
+
+@dataclass(slots=True)
+class QueueRecord:
+    name: str
+    spec: ClusterQueueSpec | None
+    spec_error: str
+    fields_set: frozenset[str] = frozenset()
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class LocalQueueRecord:
+    namespace: str
+    name: str
+    cluster_queue: str
+    status: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(slots=True)
+class FlavorRecord:
+    name: str
+    node_labels: dict[str, str]
+    node_taints: list[dict[str, Any]]
+    tolerations: list[dict[str, Any]]

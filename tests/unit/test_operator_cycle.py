@@ -1,0 +1,381 @@
+"""The controller's scheduling cycle against a fake API server and a fake clock: a job's whole life —
+admit, checkpoint, suspend, resume, finish — plus failures, requeues, kills, user suspend and a restart,
+each in milliseconds. The real control plane tiers (tests/integration, tests/e2e) keep what needs one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from queue_controller.checkpoint.simulated import SimulatedBackend
+from queue_controller.engine import Admit, Policy, Preempt, PreemptMode, Resume
+from queue_controller.operator.cache import Cache
+from queue_controller.operator.controller import Controller
+from queue_controller.operator.main import prime
+from queue_controller.policies import load_policy
+from tests.unit.fake_kube import T0, wire_time
+from tests.unit.operator_world import GIB, World, make_world
+
+pytestmark = pytest.mark.unit
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())
+
+
+async def running(w: World, job: str, after: float = 1.0) -> None:
+    """Admit `job`, start its pods, and see it Running."""
+    await w.cycle()
+    w.server.run_pods(job)
+    await w.cycle(after)
+    assert w.phase(job) == "Running"
+
+
+def test_admit_checkpoint_suspend_resume_finish() -> None:
+    async def scenario() -> None:
+        w = make_world("iass")
+        w.submit("train", runtime_s=100)
+        d = await w.cycle()
+        assert [type(a) for a in d.actions] == [Admit]
+        st = w.server.status("train")
+        assert st["phase"] == "Admitted" and st["attempt"] == 1
+        assert st["admission"]["podSetAssignments"] == [{"name": "worker", "flavor": "h100", "nodes": ["n0"],
+                                                         "count": 1}]
+        (pod,) = w.server.pods("train")
+        assert pod["metadata"]["name"] == "train-1-worker-0"
+        assert pod["metadata"]["annotations"]["kwok.ckq.io/run-seconds"] == "100"
+        w.server.run_pods("train")
+        await w.cycle(1)
+        st = w.server.status("train")
+        assert st["phase"] == "Running" and st["runStartTime"] == wire_time(T0)
+        assert w.server.conditions("train")["Running"]["status"] == "True"
+
+        # A higher-priority job needs the node: the trainer is checkpointed, not killed.
+        w.clock.advance(30)
+        w.submit("urgent", priority=100, runtime_s=10)
+        d = await w.cycle()
+        (p,) = d.actions
+        assert isinstance(p, Preempt) and p.mode is PreemptMode.CHECKPOINT and p.victim == "team/train"
+        st = w.server.status("train")
+        assert st["phase"] == "Checkpointing" and st["preemptions"] == 1 and st["preemptedFor"] == "team/urgent"
+        (ckpt,) = w.server.checkpoints("train")
+        assert ckpt["metadata"]["name"] == "train-1-preemption-1"
+        assert ckpt["spec"] == {"jobName": "train", "reason": "Preemption", "leaveRunning": False}
+        assert ckpt["metadata"]["annotations"]["ckq.io/run-time-seconds"] == "31.000"
+        assert ckpt["status"]["phase"] == "Running" and ckpt["status"]["startTime"] == wire_time(T0 + 31)
+        assert w.server.status("urgent")["pendingReason"] == "WaitingForPreemption"
+
+        # 4 GiB at 1 GiB/s plus 1 s: done after 5 s. The pods go, the job is Suspended with its progress.
+        await w.cycle(4)
+        assert w.phase("train") == "Checkpointing"
+        await w.cycle(1)
+        ckpt = w.server.get("checkpoints", "train-1-preemption-1")
+        assert ckpt["status"]["phase"] == "Completed" and ckpt["status"]["durationSeconds"] == 5.0
+        assert ckpt["status"]["sizeBytes"] == 4 * GIB
+        assert [a["container"] for a in ckpt["status"]["artifacts"]] == ["train"]
+        assert ckpt["status"]["restoreConstraints"] == {"nodeLabels": {"kubernetes.io/arch": "amd64",
+                                                                       "nvidia.com/gpu.product": "NVIDIA-H100"}}
+        st = w.server.status("train")
+        assert st["phase"] == "Suspended" and "admission" not in st and "runStartTime" not in st
+        assert st["runTimeSeconds"] == 31.0 and st["checkpoints"] == 1
+        assert st["lastCheckpoint"] == {"name": "train-1-preemption-1", "time": wire_time(T0 + 36),
+                                        "sizeBytes": 4 * GIB}
+        assert w.server.conditions("train")["Suspended"]["reason"] == "Preempted"
+        assert w.server.pods("train") == []
+
+        await running(w, "urgent")
+        w.clock.advance(10)
+        w.server.finish_pods("urgent")
+        d = await w.cycle()
+        assert w.phase("urgent") == "Succeeded"
+        assert w.server.status("urgent")["runTimeSeconds"] == 11.0  # ended when its pods ended
+        # The freed node goes back to the trainer, which resumes from its checkpoint.
+        (r,) = d.actions
+        assert isinstance(r, Resume) and r.checkpoint == "train-1-preemption-1"
+        st = w.server.status("train")
+        assert st["phase"] == "Restoring" and st["attempt"] == 2
+        (pod,) = w.server.pods("train")
+        assert pod["metadata"]["name"] == "train-2-worker-0"
+        assert pod["metadata"]["annotations"]["ckq.io/restore-from"] == "train-1-preemption-1"
+        assert pod["metadata"]["annotations"]["kwok.ckq.io/run-seconds"] == "69"  # 100 - 31 already done
+        env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+        assert env["CKQ_RESTORE_ID"] == "train-1-preemption-1"
+        w.server.run_pods("train")
+        await w.cycle(1)
+        assert w.server.status("train")["message"] == "restored from checkpoint and running"
+        w.clock.advance(68)  # 69 s after its pods started
+        w.server.finish_pods("train")
+        await w.cycle(1)
+        st = w.server.status("train")
+        assert st["phase"] == "Succeeded" and st["runTimeSeconds"] == 100.0
+        assert st.get("lostRunTimeSeconds", 0) == 0
+        assert w.server.conditions("train")["Finished"]["status"] == "True"
+        assert w.server.event_reasons("train") == ["Admitted", "Preempted", "Suspended", "Resumed", "Succeeded"]
+        # One reading of the clock per cycle: every write and Event of a cycle carries the same instant.
+        assert w.clock.reads == w.controller.cycles == 10
+
+    run(scenario)
+
+
+def test_a_failed_pod_requeues_until_restarts_run_out() -> None:
+    async def scenario() -> None:
+        w = make_world("kueue")
+        w.submit("flaky", maxRestarts=1)
+        await running(w, "flaky")
+        w.clock.advance(10)
+        w.server.fail_pod("flaky")
+        d = await w.cycle()
+        st = w.server.status("flaky")
+        assert st["restarts"] == 1 and st["queuedTime"] == wire_time(T0 + 11)
+        assert st["lostRunTimeSeconds"] == 11.0 and st["runTimeSeconds"] == 0.0  # no checkpoint: all lost
+        restarting = [e for e in w.server.events if e["reason"] == "Restarting"]
+        assert restarting[0]["message"] == "pod flaky-1-worker-0 failed; restarts from the beginning"
+        # Requeued, and its failed pod holds nothing: admitted again in the same cycle, as attempt 2.
+        assert [type(a) for a in d.actions] == [Admit]
+        assert st["phase"] == "Admitted" and st["attempt"] == 2
+        assert [p["metadata"]["name"] for p in w.server.pods("flaky")] == ["flaky-2-worker-0"]
+        w.server.run_pods("flaky")
+        await w.cycle(1)
+        w.server.fail_pod("flaky")
+        await w.cycle(1)
+        st = w.server.status("flaky")
+        assert st["phase"] == "Failed" and st["restarts"] == 2 and "admission" not in st
+        assert "restarts exhausted (1)" in st["message"]
+        assert w.server.conditions("flaky")["Finished"]["reason"] == "Failed"
+        assert w.server.event_reasons("flaky") == ["Admitted", "Restarting", "Admitted", "Failed"]
+
+    run(scenario)
+
+
+def test_a_lost_node_restarts_the_job_from_its_periodic_checkpoint() -> None:
+    async def scenario() -> None:
+        w = make_world("iass", nodes=2)
+        w.submit("fragile", checkpoint={"interval": "10s", "retain": 1})
+        await running(w, "fragile")
+        await w.cycle(10)
+        (ckpt,) = w.server.checkpoints("fragile")
+        assert ckpt["spec"]["reason"] == "Periodic" and ckpt["spec"]["leaveRunning"] is True
+        assert w.server.conditions("fragile").get("Checkpointing") is None
+        await w.cycle(5)
+        st = w.server.status("fragile")
+        assert st["phase"] == "Running" and st["checkpoints"] == 1 and st["lastCheckpoint"]["name"] == ckpt[
+            "metadata"]["name"]
+        assert w.server.event_reasons("fragile")[-1] == "Checkpointed"
+        # A second periodic checkpoint: retain 1 prunes the first.
+        await w.cycle(10)
+        await w.cycle(5)
+        names = [c["metadata"]["name"] for c in w.server.checkpoints("fragile")]
+        assert names == ["fragile-1-periodic-2"] and w.server.status("fragile")["checkpoints"] == 2
+        node = w.server.status("fragile")["admission"]["podSetAssignments"][0]["nodes"][0]
+        w.server.objects[("nodes", "", node)]["status"]["conditions"][0]["status"] = "False"
+        w.server._changed("MODIFIED", "nodes", w.server.objects[("nodes", "", node)])
+        d = await w.cycle(3)
+        st = w.server.status("fragile")
+        assert st["restarts"] == 1
+        assert st["runTimeSeconds"] == 26.0 and st["lostRunTimeSeconds"] == 8.0  # kept what the checkpoint saved
+        restarting = [e for e in w.server.events if e["reason"] == "Restarting"]
+        assert restarting[0]["message"] == (f"node {node} is NotReady or gone; restarts from checkpoint "
+                                            "fragile-1-periodic-2")
+        # Resumed at once on the other node, from the checkpoint.
+        (r,) = d.actions
+        assert isinstance(r, Resume) and r.checkpoint == "fragile-1-periodic-2" and r.placement[0].nodes != (node,)
+        assert st["phase"] == "Restoring" and st["attempt"] == 2
+
+    run(scenario)
+
+
+def test_kill_preemption_loses_the_progress_since_the_last_checkpoint() -> None:
+    async def scenario() -> None:
+        w = make_world("kueue")
+        w.submit("victim")
+        await running(w, "victim")
+        w.clock.advance(20)
+        w.submit("urgent", priority=100)
+        d = await w.cycle()
+        (p,) = d.actions
+        assert isinstance(p, Preempt) and p.mode is PreemptMode.KILL
+        st = w.server.status("victim")
+        assert st["phase"] == "Pending" and st["preemptions"] == 1 and st["lostRunTimeSeconds"] == 21.0
+        assert st["message"] == "preempted for team/urgent (InClusterQueue): killed; lost 21s of progress"
+        assert w.server.conditions("victim")["Preempted"]["reason"] == "InClusterQueue"
+        assert w.server.checkpoints("victim") == [] and w.server.pods("victim") == []
+        assert w.server.event_reasons("victim") == ["Admitted", "Preempted"]
+        assert w.server.events[-1]["type"] == "Warning"
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("on_failure", ["Kill", "KeepRunning"])
+def test_a_failed_preemption_checkpoint_follows_the_policy(on_failure: str) -> None:
+    async def scenario() -> None:
+        iass = load_policy("iass").model_dump(by_alias=True)
+        policy = Policy.model_validate({**iass, "preemption": {**iass["preemption"],
+                                                               "onCheckpointFailure": on_failure}})
+        broken = SimulatedBackend(bandwidth_bytes_per_s=GIB, fail_jobs=frozenset({"team/victim"}))
+        w = make_world(policy, backend=broken)
+        w.submit("victim")
+        await running(w, "victim")
+        w.submit("urgent", priority=100)
+        await w.cycle(10)
+        assert w.phase("victim") == "Checkpointing"
+        d = await w.cycle(5)
+        first = w.server.get("checkpoints", "victim-1-preemption-1")
+        assert first["status"]["phase"] == "Failed" and first["status"]["message"] == "simulated dump failure"
+        st = w.server.status("victim")
+        assert st["checkpointFailures"] == 1
+        if on_failure == "Kill":  # killed and requeued: the progress since its start is lost
+            assert st["phase"] == "Pending" and st["lostRunTimeSeconds"] == 16.0 and "admission" not in st
+            assert w.server.pods("victim") == []
+        else:  # left running; the engine tries again (a new checkpoint, as its number says)
+            assert st["phase"] == "Checkpointing" and len(w.server.pods("victim")) == 1
+            assert [type(a) for a in d.actions] == [Preempt]
+            assert w.server.get("checkpoints", "victim-1-preemption-2")["status"]["phase"] == "Running"
+        assert "CheckpointFailed" in w.server.event_reasons("victim")
+
+    run(scenario)
+
+
+def test_user_suspend_checkpoints_and_resume_restores() -> None:
+    async def scenario() -> None:
+        w = make_world("iass")
+        w.submit("pausable")
+        await running(w, "pausable")
+        w.server.update_spec("checkpointablejobs", "team", "pausable", suspend=True)
+        await w.cycle(9)
+        st = w.server.status("pausable")
+        assert st["phase"] == "Checkpointing" and st["message"] == "suspending: checkpoint pausable-1-user-1"
+        await w.cycle(5)
+        st = w.server.status("pausable")
+        assert st["phase"] == "Suspended" and st["runTimeSeconds"] == 10.0
+        assert w.server.conditions("pausable")["Suspended"]["reason"] == "SuspendedByUser"
+        await w.cycle(60)
+        assert w.phase("pausable") == "Suspended" and w.server.pods("pausable") == []  # stays suspended
+        w.server.update_spec("checkpointablejobs", "team", "pausable", suspend=False)
+        d = await w.cycle()
+        assert [type(a) for a in d.actions] == [Resume]
+        assert w.phase("pausable") == "Restoring"
+
+    run(scenario)
+
+
+def test_suspending_a_job_that_cannot_checkpoint_stops_it() -> None:
+    async def scenario() -> None:
+        w = make_world("iass")
+        w.submit("plain", mode="None")
+        await running(w, "plain")
+        w.server.update_spec("checkpointablejobs", "team", "plain", suspend=True)
+        await w.cycle(5)
+        st = w.server.status("plain")
+        assert st["phase"] == "Suspended" and st["lostRunTimeSeconds"] == 6.0
+        assert st["message"].startswith("suspended by its user (not checkpointable: stopped)")
+        assert w.server.checkpoints("plain") == [] and w.server.pods("plain") == []
+
+    run(scenario)
+
+
+def test_a_pending_job_is_suspended_by_its_user_without_running() -> None:
+    async def scenario() -> None:
+        w = make_world("iass", quota_gpus=0)
+        w.submit("later", suspend=True)
+        await w.cycle()
+        st = w.server.status("later")
+        assert st["phase"] == "Suspended" and st["message"] == "suspended by its user"
+        assert w.server.conditions("later")["Suspended"]["reason"] == "SuspendedByUser"
+
+    run(scenario)
+
+
+def test_waiting_jobs_and_queues_report_why_and_where() -> None:
+    async def scenario() -> None:
+        w = make_world("kueue")
+        w.submit("first", priority=10)
+        w.submit("second", priority=1)
+        w.submit("third", priority=1)
+        w.server.create("checkpointablejobs", {**_body("lost"), "spec": {**_body("lost")["spec"], "queueName": "nope"}},
+                        "team")
+        await w.cycle()
+        assert w.phase("first") == "Admitted"
+        await w.cycle(1)  # the queues' counts of the first cycle were taken before it admitted
+        for name, position in (("second", 1), ("third", 2)):
+            st = w.server.status(name)
+            assert st["phase"] == "Pending" and st["pendingReason"] == "InsufficientQuota"
+            assert st["queuePosition"] == position and st["queuedTime"] == wire_time(T0)
+            assert w.server.conditions(name)["QuotaReserved"]["status"] == "False"
+        assert w.server.status("lost")["pendingReason"] == "LocalQueueNotFound"
+        cq = w.server.get("clusterqueues", "cq", None)["status"]
+        assert cq["pendingWorkloads"] == 2 and cq["admittedWorkloads"] == 1
+        assert cq["flavorsUsage"] == [{"name": "h100", "resources": [
+            {"name": "cpu", "total": "4"}, {"name": "memory", "total": "4Gi"}, {"name": "nvidia.com/gpu",
+                                                                              "total": "8"}]}]
+        lq = w.server.get("localqueues", "main")["status"]
+        assert lq["pendingWorkloads"] == 2 and lq["admittedWorkloads"] == 1
+        # Nothing changed: nothing is written again.
+        writes = sum(1 for m, _ in w.server.log if m == "PATCH")
+        await w.cycle(1)
+        assert sum(1 for m, _ in w.server.log if m == "PATCH") == writes
+
+    run(scenario)
+
+
+def _body(name: str) -> dict[str, Any]:
+    from tests.unit.operator_world import job_body
+
+    return job_body(name)
+
+
+def test_a_pod_template_the_api_server_rejects_fails_the_job() -> None:
+    async def scenario() -> None:
+        w = make_world("iass")
+        w.server.reject_pods = 'Pod "bad-1-worker-0" is invalid: spec.containers[0].image: Required value'
+        w.submit("bad")
+        await w.cycle()
+        st = w.server.status("bad")
+        assert st["phase"] == "Failed" and "admission" not in st
+        assert st["message"].startswith("the API server rejects this job's pods: Pod")
+        assert w.server.conditions("bad")["Finished"]["reason"] == "PodTemplateRejected"
+        assert sorted(w.server.event_reasons("bad")) == ["Admitted", "Failed", "PodCreationFailed"]
+
+    run(scenario)
+
+
+def test_a_restarted_controller_continues_a_checkpoint_in_flight_without_duplicates() -> None:
+    async def scenario() -> None:
+        w = make_world("iass")
+        w.submit("big", memory="64Gi")  # 65 s to checkpoint
+        await running(w, "big")
+        w.submit("urgent", priority=100)
+        await w.cycle(10)
+        assert w.phase("big") == "Checkpointing"
+        # The controller dies; a new one primes a fresh cache from the API and carries on.
+        cache = Cache()
+        controller = Controller(cache, w.kube, w.controller.policy, w.controller.backends, clock=w.clock)
+        await prime(cache, w.kube)
+        w.server.pending.clear()
+        w.cache, w.controller = cache, controller
+        await w.cycle(30)
+        assert w.phase("big") == "Checkpointing"
+        await w.cycle(35)
+        assert w.phase("big") == "Suspended"
+        await running(w, "urgent")
+        assert len(w.server.checkpoints("big")) == 1
+        assert w.server.status("big")["preemptions"] == 1
+
+    run(scenario)
+
+
+def test_a_job_deleted_behind_the_caches_back_is_forgotten_on_the_404() -> None:
+    async def scenario() -> None:
+        w = make_world("iass")
+        w.submit("gone")
+        await w.cycle()
+        w.server.delete("checkpointablejobs", "team", "gone")
+        w.server.pending = [e for e in w.server.pending if e[0] != "DELETED"]  # the watch lags behind
+        w.server.run_pods("gone")
+        await w.cycle(1)  # writing Running answers 404: the job is dropped, the cycle carries on
+        assert "team/gone" not in w.cache.jobs
+        assert ("PATCH", "/apis/ckq.io/v1alpha1/namespaces/team/checkpointablejobs/gone/status") in w.server.log
+
+    run(scenario)
