@@ -79,3 +79,48 @@ def to_datetime(epoch: float) -> datetime:
 def format_time(epoch: float) -> str:
     """A `metav1.Time` string (whole seconds, UTC, `Z`) for epoch seconds."""
     return format_datetime(to_datetime(epoch))
+
+
+# ---- the real checkpoint path: controller <-> pods <-> node agent (issue 10) -----------------------
+#
+# The controller and the node agents talk only through Kubernetes objects, and to the workloads only
+# through the checkpoint volume. Cluster settings come from one ConfigMap (written by `ckq dev up
+# --real-nodes`, templated by the Helm chart); without it no real backend is available, and a job that
+# needs one is refused with the CheckpointModeUnavailable condition, never silently simulated.
+
+CONFIG_NAMESPACE = "ckq-system"
+CONFIG_MAP = "ckq-config"
+# ConfigMap keys.
+CONFIG_RUNTIME_IMAGE = "runtimeImage"  # e.g. ckq.local/runtime:0.1.0: the init container's image
+CONFIG_STORE_HOST_PATH = "storeHostPath"  # a directory on every node (shared: NFS/PVC; dev: one host)
+CONFIG_DELETE_GRACE = "deleteGraceSeconds"  # pods' deletion grace when no dump just stopped them
+
+# In a checkpointed pod (what the controller injects).
+RUNTIME_VOLUME = "ckq-runtime"  # emptyDir the init container fills with /ckq-runtime
+RUNTIME_INIT_CONTAINER = "ckq-runtime"
+CHECKPOINT_VOLUME_PREFIX = "ckq-ckpt-"  # + container name: one hostPath volume per checkpointed container
+CHECKPOINT_MOUNT = "/ckq/checkpoints"  # ckq-run --dir, inside the container
+
+# On a Node: "kwok" nodes run no process (Simulated only); "real" ones run ckq-run and a node agent.
+NODE_KIND_LABEL = "ckq.io/node-kind"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+def container_store_dir(store_root: str, namespace: str, job: str, pod_set: str, index: int, container: str) -> str:
+    """The host directory of one container's checkpoints (ckq-run's --dir, seen from the node).
+
+    Stable across attempts, so the pod of a later run restores what an earlier run's pod dumped; its
+    control socket is `<dir>/ckq-run.sock` and each checkpoint `<dir>/checkpoints/<id>/` (manifest.json
+    with id, sizeBytes, sha256). All parts are DNS labels/names validated by the API, never shell text.
+    """
+    return f"{store_root.rstrip('/')}/{namespace}/{job}/{pod_set}-{index}/{container}"
+
+
+def artifact_uri(store_dir: str, checkpoint_id: str) -> str:
+    """An artifact's uri: `file://<container dir>/checkpoints/<ckq-run id>`; the id is its last part."""
+    return f"file://{store_dir}/checkpoints/{checkpoint_id}"
+
+
+def checkpoint_id_of(uri: str) -> str:
+    """The ckq-run checkpoint id of an artifact uri (what `ckq-run --restore` takes)."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]

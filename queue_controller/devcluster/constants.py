@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from queue_controller.wire import KWOK_NODE_ANNOTATION, NODE_KIND_LABEL
+
+__all__ = ["KWOK_NODE_ANNOTATION", "NODE_KIND_LABEL"]  # re-exported; the rest below is this module's own
+
 # Label on every fake node naming its node group; ResourceFlavors select nodes by it.
 FLAVOR_LABEL = "ckq.io/flavor"
 # GPU product label, the same key NVIDIA's GPU feature discovery sets on real nodes.
@@ -16,11 +20,8 @@ EXIT_CODE_ANNOTATION = "kwok.ckq.io/exit-code"
 # On a NODE: "false" makes kwok report it NotReady until the annotation is removed.
 NODE_READY_ANNOTATION = "kwok.ckq.io/ready"
 
-# kwok manages exactly the nodes carrying this annotation (its documented convention).
-KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# kwok manages exactly the nodes carrying KWOK_NODE_ANNOTATION (its documented convention), with this value.
+# That annotation and NODE_KIND_LABEL ("real" | "kwok" on every node) live in the wire contract.
 KWOK_NODE_ANNOTATION_VALUE = "fake"
 
 DEFAULT_CLUSTER_NAME = "ckq-dev"
-
-# On every NODE of a dev cluster: "real" (kubelet + containerd, runs real containers) or "kwok" (fake).
-NODE_KIND_LABEL = "ckq.io/node-kind"
