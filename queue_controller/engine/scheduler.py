@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from queue_controller.engine.backfill import INF, Profile
 from queue_controller.engine.decisions import (
     Admit,
     Checkpoint,
@@ -28,6 +27,7 @@ from queue_controller.engine.decisions import (
 from queue_controller.engine.ordering import ahead_of, dominant_share, order_key
 from queue_controller.engine.placement import Capacity, dominant_resource
 from queue_controller.engine.policy import Policy, PreemptionMode
+from queue_controller.engine.profile import INF, Profile
 from queue_controller.engine.quota import FR, QuotaLedger
 from queue_controller.engine.snapshot import (
     GPU,

@@ -1,4 +1,4 @@
-"""Reservations for blocked jobs and the capacity profile that backfill is checked against.
+"""The capacity profile that reservations and backfill are checked against (the rules are in backfill.py).
 
 A profile is the free capacity of one flavor's pool over future time, as a step function: what is free
 now, plus what running jobs release at their estimated ends, minus what reservations and admissions
