@@ -10,7 +10,7 @@ admitted by a later cycle, so one cycle never over-commits a node or a quota.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from queue_controller.engine.decisions import (
     Admit,
@@ -24,26 +24,21 @@ from queue_controller.engine.decisions import (
     Resume,
     Waiting,
 )
-from queue_controller.engine.ordering import ahead_of, dominant_share, order_key
-from queue_controller.engine.placement import Capacity, dominant_resource
+from queue_controller.engine.ordering import ahead_of
+from queue_controller.engine.placement import dominant_resource
 from queue_controller.engine.policy import Policy, PreemptionMode
 from queue_controller.engine.profile import INF, Profile
-from queue_controller.engine.quota import FR, QuotaLedger
+from queue_controller.engine.quota import FR
 from queue_controller.engine.snapshot import (
     GPU,
     ClusterQueue,
     Job,
-    JobState,
     PodSetPlacement,
-    QueueingStrategy,
     ReclaimWithinCohort,
-    ResourceGroup,
     Snapshot,
     WithinClusterQueue,
 )
-
-# A job that overran its runtime estimate is assumed to end within this long (Slurm's bf_resolution).
-_OVERRUN_GRACE_S = 60.0
+from queue_controller.engine.workspace import Running, Workspace
 
 
 def decide(snapshot: Snapshot, now: float, policy: Policy) -> Decisions:
@@ -58,23 +53,6 @@ class _Fit:
     by_flavor: dict[str, dict[str, int]]  # aggregate requests per flavor, for backfill profiles
 
 
-@dataclass(slots=True)
-class _QueueState:
-    hard_blocked: bool = False  # StrictFIFO head blocked without a reservation
-    deferred: bool = False  # a job was set aside for the borrowing pass: the rest of the queue follows it
-    reservations: int = 0
-    preemption_attempts: int = 0
-
-
-@dataclass(slots=True)
-class _Running:
-    job: Job
-    delta: dict[FR, int]
-    nodes: list[tuple[str, Mapping[str, int]]]  # (node, per-pod requests), one entry per pod
-    end: float  # estimated end, INF when unknown
-    by_flavor: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
 def _weight(job: Job) -> float:
     """Size used to turn seconds into lost work: GPUs, or CPU cores for CPU-only jobs."""
     gpus = job.gpus
@@ -83,157 +61,10 @@ def _weight(job: Job) -> float:
     return max(job.total_requests().get("cpu", 0) / 1000.0, 0.001)
 
 
-class _Cycle:
+class _Cycle(Workspace):
     def __init__(self, snapshot: Snapshot, now: float, policy: Policy) -> None:
-        self.now = now
-        self.policy = policy
-        self.out = Decisions()
-        self.queues: dict[str, ClusterQueue] = {q.name: q for q in snapshot.cluster_queues}
-        self.flavors = {f.name: f for f in snapshot.flavors}
-        self.cap = Capacity(snapshot.nodes, snapshot.flavors)
-        self.ledger = QuotaLedger(snapshot.cluster_queues)
-        self.qstate: dict[str, _QueueState] = {name: _QueueState() for name in self.queues}
-        self.profiles: dict[str, Profile] = {}
-        self.running: dict[str, _Running] = {}
-        self.claimed: set[str] = set()  # victims (new or in flight) that some beneficiary counts on
-        self.victims: set[str] = set()  # chosen this cycle
-        self.admitted_now: list[_Running] = []
-        self._group_cache: dict[tuple[str, tuple[str, ...]], ResourceGroup | None] = {}
-        self._failed_preemption: dict[tuple[object, ...], int] = {}
-        # Jobs of one shape in one queue that did not fit: capacity and quota only shrink during the
-        # main pass, so every later job of that shape fails the same way (Kueue's equivalence hashing).
-        self._failed_fit: dict[tuple[object, ...], PendingReason] = {}
-        self._by_group: dict[str, list[_Running]] = {}
-        self._vacating: list[_Running] = []
+        super().__init__(snapshot, now, policy)
         self._borrowing: dict[str, bool] = {}
-        self._waiting: set[str] = set()
-        self._owners: set[str] = set()  # jobs that victims being vacated were preempted for
-        self._pool_nodes: dict[tuple[str, ...], list[str]] = {}
-        self.preempting = policy.preemption.mode is not PreemptionMode.NEVER
-        self.node_mtbf_s = snapshot.node_mtbf_s
-        self._shapes: dict[str, tuple[object, ...]] = {}
-        self._why: dict[str, tuple[PendingReason, str, float | None]] = {}
-
-        for job in sorted(snapshot.jobs, key=order_key):
-            if job.state is JobState.ADMITTED:
-                self._account_running(job)
-        for run in self.running.values():
-            if run.job.vacating:
-                self._vacating.append(run)
-                if run.job.preempted_for is not None:
-                    self._owners.add(run.job.preempted_for)
-            else:
-                self._by_group.setdefault(self._share_group(run.job.cluster_queue), []).append(run)
-        pending = [j for j in snapshot.jobs if j.state is JobState.PENDING]
-        self._waiting = {j.key for j in pending}
-        self.pending = sorted(pending, key=self._sort_key if policy.fair_sharing else order_key)
-
-    # ---- setup ------------------------------------------------------------------------------------
-
-    def _sort_key(self, job: Job) -> tuple[float, int, float, str]:
-        share = dominant_share(self.ledger, job.cluster_queue) if job.cluster_queue in self.queues else 0.0
-        return (share, -job.priority, job.queue_order, job.key)
-
-    def _remaining(self, job: Job) -> float | None:
-        est = job.runtime_estimate_s
-        if est is None:
-            est = self.policy.backfill.default_runtime_estimate_seconds
-        if est is None:
-            return None
-        return max(est - job.run_time_s, 0.0)
-
-    def _account_running(self, job: Job) -> None:
-        delta: dict[FR, int] = {}
-        nodes: list[tuple[str, Mapping[str, int]]] = []
-        by_flavor: dict[str, dict[str, int]] = {}
-        ps_by_name = {ps.name: ps for ps in job.pod_sets}
-        cq = job.cluster_queue
-        for pl in job.placement:
-            ps = ps_by_name.get(pl.name)
-            if ps is None:
-                continue
-            agg = by_flavor.setdefault(pl.flavor, {})
-            for r, q in ps.requests.items():
-                total = q * len(pl.nodes)
-                agg[r] = agg.get(r, 0) + total
-                if cq in self.queues and self.ledger.covers(cq, pl.flavor, r):
-                    delta[(pl.flavor, r)] = delta.get((pl.flavor, r), 0) + total
-            for node in pl.nodes:
-                if node in self.cap.free:
-                    self.cap.consume(node, ps.requests)
-                    nodes.append((node, ps.requests))
-        if cq in self.queues:
-            self.ledger.add(cq, delta)
-        if job.vacating:
-            end = self.now + job.checkpoint_cost_s
-        else:
-            rem = self._remaining(job)
-            if rem is None:
-                end = INF
-            else:
-                start = job.started_at if job.started_at is not None else self.now
-                end = start + rem
-                if end <= self.now:
-                    end = self.now + _OVERRUN_GRACE_S
-        self.running[job.key] = _Running(job, delta, nodes, end, by_flavor)
-
-    def _share_group(self, cq_name: str) -> str:
-        """Jobs that can preempt one another share a queue or a cohort."""
-        cq = self.queues.get(cq_name)
-        if cq is not None and cq.cohort is not None:
-            return "cohort/" + cq.cohort
-        return "queue/" + cq_name
-
-    def _shape(self, job: Job) -> tuple[object, ...]:
-        shape = self._shapes.get(job.key)
-        if shape is None:
-            shape = self._shapes[job.key] = self._compute_shape(job)
-        return shape
-
-    @staticmethod
-    def _compute_shape(job: Job) -> tuple[object, ...]:
-        # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
-        sets = job.pod_sets
-        if len(sets) == 1 and not job.restore_node_labels:
-            ps = sets[0]
-            if not ps.node_selector and not ps.tolerations:
-                return (ps.count, *ps.requests.items())  # the common case, cheaply
-        return (
-            tuple((ps.count, tuple(ps.requests.items()),
-                   tuple(ps.node_selector.items()) if ps.node_selector else (), ps.tolerations)
-                  for ps in job.pod_sets),
-            tuple(job.restore_node_labels.items()) if job.restore_node_labels else (),
-        )
-
-    # ---- policy lookups ---------------------------------------------------------------------------
-
-    def _strict(self, cq: ClusterQueue) -> bool:
-        return self.policy.strict_fifo or cq.queueing_strategy is QueueingStrategy.STRICT_FIFO
-
-    def _backfill(self, cq: ClusterQueue) -> bool:
-        return cq.backfill_enabled if cq.backfill_enabled is not None else self.policy.backfill.enabled
-
-    def _depth(self, cq: ClusterQueue) -> int:
-        return cq.reservation_depth if cq.reservation_depth is not None else self.policy.backfill.reservation_depth
-
-    def _within(self, cq: ClusterQueue) -> WithinClusterQueue:
-        return cq.within_cluster_queue or self.policy.preemption.within_cluster_queue
-
-    def _reclaim(self, cq: ClusterQueue) -> ReclaimWithinCohort:
-        return cq.reclaim_within_cohort or self.policy.preemption.reclaim_within_cohort
-
-    def _group_for(self, cq: ClusterQueue, resources: tuple[str, ...]) -> ResourceGroup | None:
-        """The resource group covering most of a pod set's requested resources (one flavor per pod set)."""
-        key = (cq.name, resources)
-        if key not in self._group_cache:
-            best: ResourceGroup | None = None
-            best_n = 0
-            for g in cq.resource_groups:
-                n = sum(1 for r in resources if r in g.covered_resources)
-                if n > best_n:
-                    best, best_n = g, n
-            self._group_cache[key] = best
-        return self._group_cache[key]
 
     # ---- fitting ----------------------------------------------------------------------------------
 
@@ -242,13 +73,13 @@ class _Cycle:
         when `commit`); on failure changes nothing and returns the most telling reason."""
         memo = None
         if commit and not self.cap.speculative:
-            memo = (cq.name, self._shape(job))
-            known = self._failed_fit.get(memo)
+            memo = (cq.name, self.shape(job))
+            known = self.failed_fit.get(memo)
             if known is not None:
                 return known
         result = self._fit_uncached(job, cq, commit)
         if memo is not None and not isinstance(result, _Fit):
-            self._failed_fit[memo] = result
+            self.failed_fit[memo] = result
         return result
 
     def _fit_uncached(self, job: Job, cq: ClusterQueue, commit: bool) -> _Fit | PendingReason:
@@ -257,7 +88,7 @@ class _Cycle:
         by_flavor: dict[str, dict[str, int]] = {}
         for index, ps in enumerate(job.pod_sets):
             requested = tuple(sorted(r for r, q in ps.requests.items() if q > 0))
-            group = self._group_for(cq, requested)
+            group = self.group_for(cq, requested)
             reason = PendingReason.QUOTA if group is None else PendingReason.NO_MATCHING_NODES
             done = False
             for fq in group.flavors if group is not None else ():
@@ -333,7 +164,7 @@ class _Cycle:
         flavor, and hold it in that flavor's profile."""
         for ps in job.pod_sets:
             requested = tuple(sorted(r for r, q in ps.requests.items() if q > 0))
-            group = self._group_for(cq, requested)
+            group = self.group_for(cq, requested)
             if group is None:
                 return None
         flavor = None
@@ -347,7 +178,7 @@ class _Cycle:
         if flavor is None:
             return None
         need = job.total_requests()
-        duration = self._remaining(job)
+        duration = self.remaining(job)
         dur = INF if duration is None else max(duration, 1.0)
         prof = self._profile(flavor)
         start = prof.earliest_start(need, dur)
@@ -359,7 +190,7 @@ class _Cycle:
 
     def _backfill_check(self, job: Job, fit: _Fit) -> tuple[bool, bool]:
         """(may start now, is opportunistic). Only flavors holding reservations constrain it."""
-        rem = self._remaining(job)
+        rem = self.remaining(job)
         dur = INF if rem is None else max(rem, 1.0)
         violates = any(
             f in self.profiles and self.profiles[f].reservations and not self.profiles[f].fits(self.now, dur, need)
@@ -372,7 +203,7 @@ class _Cycle:
         return ok, ok
 
     def _hold_in_profiles(self, job: Job, fit: _Fit) -> None:
-        rem = self._remaining(job)
+        rem = self.remaining(job)
         dur = INF if rem is None else max(rem, 1.0)
         for f, need in fit.by_flavor.items():
             if f in self.profiles:
@@ -402,7 +233,7 @@ class _Cycle:
         if v.started_at is not None and self.now - v.started_at < self.policy.preemption.min_runtime_seconds:
             return None
         if same_queue:
-            within = self._within(bq)
+            within = self.within(bq)
             if within is WithinClusterQueue.NEVER:
                 return None
             if v.priority < b.priority:
@@ -412,7 +243,7 @@ class _Cycle:
                 return PreemptReason.IN_CLUSTER_QUEUE
             return None
         if same_cohort:
-            reclaim = self._reclaim(bq)
+            reclaim = self.reclaim(bq)
             if reclaim is ReclaimWithinCohort.NEVER or not self._borrowing[vq.name]:
                 return None
             if reclaim is ReclaimWithinCohort.LOWER_PRIORITY and v.priority >= b.priority:
@@ -426,26 +257,26 @@ class _Cycle:
         if self.policy.preemption.mode is PreemptionMode.NEVER:
             return False
         state = self.qstate[cq.name]
-        own = job.key in self._owners  # waiting for its own victims: always looked at, outside the budget
+        own = job.key in self.owners  # waiting for its own victims: always looked at, outside the budget
         if state.preemption_attempts >= self.policy.preemption_attempts_per_queue and not own:
             return False
-        shape = (cq.name, self._shape(job))
-        if self._failed_preemption.get(shape, -(2**62)) >= job.priority and not own:
+        shape = (cq.name, self.shape(job))
+        if self.failed_preemption.get(shape, -(2**62)) >= job.priority and not own:
             return False
         if not own:
             state.preemption_attempts += 1
         self._borrowing = {name: self.ledger.borrowing(name) for name in self.queues}
 
-        cands: list[tuple[tuple[object, ...], _Running, PreemptReason | None, PreemptMode, float]] = []
-        for run in self._vacating:
+        cands: list[tuple[tuple[object, ...], Running, PreemptReason | None, PreemptMode, float]] = []
+        for run in self.vacating:
             # Already leaving: free room at no extra cost, for the job it was preempted for while that job
             # still waits (or for anyone once it no longer does), and ahead of all other candidates.
             owner = run.job.preempted_for
-            if run.job.key in self.claimed or (owner is not None and owner != job.key and owner in self._waiting):
+            if run.job.key in self.claimed or (owner is not None and owner != job.key and owner in self.waiting):
                 continue
             mine = 0 if owner == job.key else 1
             cands.append(((0, float(mine), 0, 0.0, run.job.key), run, None, PreemptMode.KILL, 0.0))
-        for run in self._by_group.get(self._share_group(cq.name), ()):
+        for run in self.by_group.get(self.share_group(cq.name), ()):
             v = run.job
             key = v.key
             if key in self.claimed or key in self.victims or v.checkpointing:
@@ -457,7 +288,7 @@ class _Cycle:
             newest = -(v.admitted_at or v.started_at or 0.0)
             cands.append(((1, cost, v.priority, newest, key), run, reason, mode, cost))
         if not cands:
-            self._failed_preemption[shape] = max(self._failed_preemption.get(shape, -(2**62)), job.priority)
+            self.failed_preemption[shape] = max(self.failed_preemption.get(shape, -(2**62)), job.priority)
             return False
         cands.sort(key=lambda c: c[0])
 
@@ -472,7 +303,7 @@ class _Cycle:
         try:
             fits = False
             for i, (_, run, _, _, _) in enumerate(cands):
-                self._lift(run)
+                self.lift(run)
                 chosen.append(i)
                 avail += sum(req.get(dom, 0) for _, req in run.nodes)
                 if avail < need:
@@ -487,15 +318,15 @@ class _Cycle:
             if fits:
                 # Drop victims that turn out unnecessary, most expensive first (Kueue's reverse walk).
                 for i in sorted(chosen, key=lambda k: cands[k][0], reverse=True):
-                    self._restore(cands[i][1])
+                    self.restore(cands[i][1])
                     rest = [k for k in chosen if k != i]
                     if self._fits_after(job, cq, [cands[k][2] for k in rest]) is True:
                         chosen = rest
                     else:
-                        self._lift(cands[i][1])
+                        self.lift(cands[i][1])
                 hold = self._fit(job, cq, commit=False)
             for i in chosen:
-                self._restore(cands[i][1])
+                self.restore(cands[i][1])
         finally:
             self.cap.speculative -= 1
         if isinstance(hold, _Fit):
@@ -516,14 +347,14 @@ class _Cycle:
             # For backfill, the preemptor is as good as admitted: it starts when its victims are gone and
             # runs for its estimate, so reservations see that room come back.
             starts = self.now + max((cands[i][1].job.checkpoint_cost_s for i in chosen), default=0.0)
-            rem = self._remaining(job)
+            rem = self.remaining(job)
             end = INF if rem is None else starts + max(rem, 1.0)
-            self.admitted_now.append(_Running(job, hold.delta, [], end, hold.by_flavor))
+            self.admitted_now.append(Running(job, hold.delta, [], end, hold.by_flavor))
             for f, amount in hold.by_flavor.items():
                 if f in self.profiles:
                     self.profiles[f].hold(self.now, end - self.now, amount)
         if not fits:
-            self._failed_preemption[shape] = max(self._failed_preemption.get(shape, -(2**62)), job.priority)
+            self.failed_preemption[shape] = max(self.failed_preemption.get(shape, -(2**62)), job.priority)
             return False
         for i in sorted(chosen, key=lambda k: cands[k][0]):
             _, run, reason, mode, cost = cands[i]
@@ -535,18 +366,6 @@ class _Cycle:
             self.out.actions.append(Preempt(key, mode, job.key, reason, round(cost, 3)))
             run.end = self.now + run.job.checkpoint_cost_s
         return True
-
-    def _lift(self, run: _Running) -> None:
-        for node, req in run.nodes:
-            self.cap.release(node, req)
-        if run.job.cluster_queue in self.queues:
-            self.ledger.remove(run.job.cluster_queue, run.delta)
-
-    def _restore(self, run: _Running) -> None:
-        for node, req in run.nodes:
-            self.cap.consume(node, req)
-        if run.job.cluster_queue in self.queues:
-            self.ledger.add(run.job.cluster_queue, run.delta)
 
     def _fits_after(self, job: Job, cq: ClusterQueue, reasons: list[PreemptReason | None]) -> bool | None:
         """True: the job fits with the lifted victims gone. False: not yet. None: it fits but may not
@@ -564,17 +383,17 @@ class _Cycle:
         """Free amount of `resource` over the nodes of every flavor the job's pod sets could use."""
         flavors: set[str] = set()
         for ps in job.pod_sets:
-            group = self._group_for(cq, tuple(sorted(r for r, q in ps.requests.items() if q > 0)))
+            group = self.group_for(cq, tuple(sorted(r for r, q in ps.requests.items() if q > 0)))
             flavors.update(fq.name for fq in (group.flavors if group is not None else ()))
         key = tuple(sorted(flavors))
-        names = self._pool_nodes.get(key)
+        names = self.pool_nodes.get(key)
         if names is None:
             found: set[str] = set()
             for f in key:
                 pool = self.cap.pools.get(f)
                 if pool is not None:
                     found.update(pool.nodes)
-            names = self._pool_nodes[key] = sorted(found)
+            names = self.pool_nodes[key] = sorted(found)
         free = self.cap.free
         total = 0
         for n in names:
@@ -597,7 +416,7 @@ class _Cycle:
         positions: dict[str, int] = {}
         waiting = self.out.waiting
         for job in self.pending:
-            why = self._why.get(job.key)
+            why = self.why.get(job.key)
             if why is not None:
                 positions[job.cluster_queue] = pos = positions.get(job.cluster_queue, 0) + 1
                 waiting[job.key] = Waiting(job.key, pos, *why)
@@ -639,24 +458,24 @@ class _Cycle:
             return
         reason = fit
         if (reason in (PendingReason.QUOTA, PendingReason.CAPACITY) and self.preempting
-                and (state.preemption_attempts < self.policy.preemption_attempts_per_queue or job.key in self._owners)
+                and (state.preemption_attempts < self.policy.preemption_attempts_per_queue or job.key in self.owners)
                 and self._try_preempt(job, cq)):
             self._wait(job, PendingReason.WAITING_FOR_PREEMPTION, "room is being made by preemption")
             return
         start = None
         # Quota-blocked jobs get reservations too: when quota equals capacity, a full cluster shows as
         # "quota" first, and the capacity profile still tells when the running jobs free it.
-        if (reason in (PendingReason.CAPACITY, PendingReason.QUOTA) and self._backfill(cq)
-                and state.reservations < self._depth(cq)):
+        if (reason in (PendingReason.CAPACITY, PendingReason.QUOTA) and self.backfill_enabled(cq)
+                and state.reservations < self.reservation_depth(cq)):
             start = self._reserve(job, cq)
         if start is not None:
             state.reservations += 1
             self._wait(job, PendingReason.RESERVATION, f"reserved start at t={start:.0f}", reserved_start=start)
-            if self._strict(cq) and not self._backfill(cq):
+            if self.strict(cq) and not self.backfill_enabled(cq):
                 state.hard_blocked = True
             return
         self._wait(job, reason, _MESSAGES[reason])
-        if self._strict(cq):
+        if self.strict(cq):
             state.hard_blocked = True
 
     def _admit(self, job: Job, cq: ClusterQueue, fit: _Fit, opportunistic: bool) -> None:
@@ -665,19 +484,15 @@ class _Cycle:
         else:
             self.out.actions.append(Admit(job.key, cq.name, fit.placement, opportunistic))
         self._hold_in_profiles(job, fit)
-        rem = self._remaining(job)
+        rem = self.remaining(job)
         end = INF if rem is None else self.now + rem
-        self.admitted_now.append(_Running(job, fit.delta, [], end, fit.by_flavor))
+        self.admitted_now.append(Running(job, fit.delta, [], end, fit.by_flavor))
 
     def _wait(self, job: Job, reason: PendingReason, message: str, reserved_start: float | None = None) -> None:
         # Waiting records are made at the end of the cycle, with positions in queue order.
-        self._why[job.key] = (reason, message, reserved_start)
+        self.why[job.key] = (reason, message, reserved_start)
         if reserved_start is not None and reserved_start > self.now:
-            self._wake(reserved_start)
-
-    def _wake(self, t: float) -> None:
-        if self.out.next_wakeup is None or t < self.out.next_wakeup:
-            self.out.next_wakeup = t
+            self.wake(reserved_start)
 
     def _periodic_checkpoints(self) -> None:
         for key, run in self.running.items():
@@ -696,7 +511,7 @@ class _Cycle:
             if due <= self.now:
                 self.out.actions.append(Checkpoint(key, CheckpointReason.PERIODIC))
             else:
-                self._wake(due)
+                self.wake(due)
 
 
 _MESSAGES: dict[PendingReason, str] = {
