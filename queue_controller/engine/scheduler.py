@@ -9,9 +9,6 @@ admitted by a later cycle, so one cycle never over-commits a node or a quota.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-
 from queue_controller.engine.decisions import (
     Admit,
     Checkpoint,
@@ -24,16 +21,15 @@ from queue_controller.engine.decisions import (
     Resume,
     Waiting,
 )
+from queue_controller.engine.fit import Fit, find_fit, pool_free, release
 from queue_controller.engine.ordering import ahead_of
 from queue_controller.engine.placement import dominant_resource
 from queue_controller.engine.policy import Policy, PreemptionMode
 from queue_controller.engine.profile import INF, Profile
-from queue_controller.engine.quota import FR
 from queue_controller.engine.snapshot import (
     GPU,
     ClusterQueue,
     Job,
-    PodSetPlacement,
     ReclaimWithinCohort,
     Snapshot,
     WithinClusterQueue,
@@ -44,13 +40,6 @@ from queue_controller.engine.workspace import Running, Workspace
 def decide(snapshot: Snapshot, now: float, policy: Policy) -> Decisions:
     """Pure and deterministic: the same snapshot, time and policy always give the same decisions."""
     return _Cycle(snapshot, now, policy).run()
-
-
-@dataclass(slots=True)
-class _Fit:
-    placement: tuple[PodSetPlacement, ...]
-    delta: dict[FR, int]
-    by_flavor: dict[str, dict[str, int]]  # aggregate requests per flavor, for backfill profiles
 
 
 def _weight(job: Job) -> float:
@@ -65,83 +54,6 @@ class _Cycle(Workspace):
     def __init__(self, snapshot: Snapshot, now: float, policy: Policy) -> None:
         super().__init__(snapshot, now, policy)
         self._borrowing: dict[str, bool] = {}
-
-    # ---- fitting ----------------------------------------------------------------------------------
-
-    def _fit(self, job: Job, cq: ClusterQueue, commit: bool) -> _Fit | PendingReason:
-        """Find flavors and nodes for every pod of the job within quota. Consumes capacity (and quota
-        when `commit`); on failure changes nothing and returns the most telling reason."""
-        memo = None
-        if commit and not self.cap.speculative:
-            memo = (cq.name, self.shape(job))
-            known = self.failed_fit.get(memo)
-            if known is not None:
-                return known
-        result = self._fit_uncached(job, cq, commit)
-        if memo is not None and not isinstance(result, _Fit):
-            self.failed_fit[memo] = result
-        return result
-
-    def _fit_uncached(self, job: Job, cq: ClusterQueue, commit: bool) -> _Fit | PendingReason:
-        placed: list[tuple[PodSetPlacement, Mapping[str, int]]] = []
-        delta: dict[FR, int] = {}
-        by_flavor: dict[str, dict[str, int]] = {}
-        for index, ps in enumerate(job.pod_sets):
-            requested = tuple(sorted(r for r, q in ps.requests.items() if q > 0))
-            group = self.group_for(cq, requested)
-            reason = PendingReason.QUOTA if group is None else PendingReason.NO_MATCHING_NODES
-            done = False
-            for fq in group.flavors if group is not None else ():
-                pool = self.cap.pools.get(fq.name)
-                flavor = self.flavors.get(fq.name)
-                if pool is None or flavor is None or not pool.nodes:
-                    continue
-                ps_delta = {(fq.name, r): q * ps.count for r, q in ps.requests.items()
-                            if q > 0 and self.ledger.covers(cq.name, fq.name, r)}
-                merged = dict(delta)
-                for k, v in ps_delta.items():
-                    merged[k] = merged.get(k, 0) + v
-                if not self.ledger.fits(cq.name, merged):
-                    if reason is not PendingReason.CAPACITY:
-                        reason = PendingReason.QUOTA
-                    continue
-                cands = self.cap.candidates(pool, ps, flavor.tolerations, job.restore_node_labels)
-                if not cands:
-                    continue
-                if self.cap.never_fits(pool, ps.requests):
-                    if reason is PendingReason.NO_MATCHING_NODES:
-                        reason = PendingReason.UNSATISFIABLE
-                    continue
-                shape = None
-                if index == 0 and not ps.node_selector and not ps.tolerations and not job.restore_node_labels:
-                    shape = (fq.name,)
-                nodes = self.cap.place(cands, ps.requests, ps.count, shape)
-                if nodes is None:
-                    reason = PendingReason.CAPACITY
-                    continue
-                placed.append((PodSetPlacement(ps.name, fq.name, tuple(nodes)), ps.requests))
-                delta = merged
-                agg = by_flavor.setdefault(fq.name, {})
-                for r, q in ps.requests.items():
-                    agg[r] = agg.get(r, 0) + q * ps.count
-                done = True
-                break
-            if not done:
-                for pl, req in placed:
-                    self.cap.unplace(pl.nodes, req)
-                return reason
-        if commit:
-            self.ledger.add(cq.name, delta)
-        else:
-            for pl, req in placed:
-                self.cap.unplace(pl.nodes, req)
-        return _Fit(tuple(pl for pl, _ in placed), delta, by_flavor)
-
-    def _release(self, job: Job, fit: _Fit) -> None:
-        reqs = {ps.name: ps.requests for ps in job.pod_sets}
-        for pl in fit.placement:
-            self.cap.unplace(pl.nodes, reqs[pl.name])
-        self.ledger.remove(job.cluster_queue, fit.delta)
 
     # ---- backfill ---------------------------------------------------------------------------------
 
@@ -188,7 +100,7 @@ class _Cycle(Workspace):
         prof.reservations += 1
         return start
 
-    def _backfill_check(self, job: Job, fit: _Fit) -> tuple[bool, bool]:
+    def _backfill_check(self, job: Job, fit: Fit) -> tuple[bool, bool]:
         """(may start now, is opportunistic). Only flavors holding reservations constrain it."""
         rem = self.remaining(job)
         dur = INF if rem is None else max(rem, 1.0)
@@ -202,7 +114,7 @@ class _Cycle(Workspace):
               and self.policy.preemption.mode is PreemptionMode.CHECKPOINT)
         return ok, ok
 
-    def _hold_in_profiles(self, job: Job, fit: _Fit) -> None:
+    def _hold_in_profiles(self, job: Job, fit: Fit) -> None:
         rem = self.remaining(job)
         dur = INF if rem is None else max(rem, 1.0)
         for f, need in fit.by_flavor.items():
@@ -296,7 +208,7 @@ class _Cycle(Workspace):
         # job's dominant resource cannot be free yet in its flavors' pools even in total.
         dom = dominant_resource(job.total_requests())
         need = job.total_requests().get(dom, 0)
-        avail = self._pool_free(job, cq, dom)
+        avail = pool_free(self, job, cq, dom)
 
         self.cap.speculative += 1
         chosen: list[int] = []
@@ -314,7 +226,7 @@ class _Cycle(Workspace):
                 if verdict:
                     fits = True
                     break
-            hold: _Fit | PendingReason | None = None
+            hold: Fit | PendingReason | None = None
             if fits:
                 # Drop victims that turn out unnecessary, most expensive first (Kueue's reverse walk).
                 for i in sorted(chosen, key=lambda k: cands[k][0], reverse=True):
@@ -324,12 +236,12 @@ class _Cycle(Workspace):
                         chosen = rest
                     else:
                         self.lift(cands[i][1])
-                hold = self._fit(job, cq, commit=False)
+                hold = find_fit(self, job, cq, commit=False)
             for i in chosen:
                 self.restore(cands[i][1])
         finally:
             self.cap.speculative -= 1
-        if isinstance(hold, _Fit):
+        if isinstance(hold, Fit):
             # Hold the room being made for the rest of the cycle (on top of the victims, who keep it until
             # they are gone): a later job taking the part already free would leave the preemptor unable
             # to start once the victims leave, and it would preempt again and again.
@@ -370,37 +282,14 @@ class _Cycle(Workspace):
     def _fits_after(self, job: Job, cq: ClusterQueue, reasons: list[PreemptReason | None]) -> bool | None:
         """True: the job fits with the lifted victims gone. False: not yet. None: it fits but may not
         start this way, and more victims will not change that."""
-        fit = self._fit(job, cq, commit=False)
-        if not isinstance(fit, _Fit):
+        fit = find_fit(self, job, cq, commit=False)
+        if not isinstance(fit, Fit):
             return False
         if not self._backfill_check(job, fit)[0]:
             return None  # it would start ahead of a reservation it may not delay: preempting is pointless
         if PreemptReason.IN_COHORT_RECLAMATION in reasons and not self.ledger.within_nominal(cq.name, fit.delta):
             return None  # reclaiming is only for taking back one's own nominal quota, never to borrow
         return True
-
-    def _pool_free(self, job: Job, cq: ClusterQueue, resource: str) -> int:
-        """Free amount of `resource` over the nodes of every flavor the job's pod sets could use."""
-        flavors: set[str] = set()
-        for ps in job.pod_sets:
-            group = self.group_for(cq, tuple(sorted(r for r, q in ps.requests.items() if q > 0)))
-            flavors.update(fq.name for fq in (group.flavors if group is not None else ()))
-        key = tuple(sorted(flavors))
-        names = self.pool_nodes.get(key)
-        if names is None:
-            found: set[str] = set()
-            for f in key:
-                pool = self.cap.pools.get(f)
-                if pool is not None:
-                    found.update(pool.nodes)
-            names = self.pool_nodes[key] = sorted(found)
-        free = self.cap.free
-        total = 0
-        for n in names:
-            q = free[n].get(resource, 0)
-            if q > 0:
-                total += q
-        return total
 
     # ---- the cycle --------------------------------------------------------------------------------
 
@@ -440,10 +329,10 @@ class _Cycle(Workspace):
         if deferred is not None and state.deferred:
             deferred.append(job)  # keeps queue order behind a deferred head
             return
-        fit = self._fit(job, cq, commit=True)
-        if isinstance(fit, _Fit):
+        fit = find_fit(self, job, cq, commit=True)
+        if isinstance(fit, Fit):
             if deferred is not None and cq.cohort is not None and self.ledger.borrowing(cq.name, fit.delta):
-                self._release(job, fit)
+                release(self, job, fit)
                 deferred.append(job)
                 # The rest of this queue follows it, so borrowing never lets a lower-priority job of the same
                 # queue overtake (it would take the room the borrower may just have preempted for).
@@ -453,7 +342,7 @@ class _Cycle(Workspace):
             if ok:
                 self._admit(job, cq, fit, opportunistic)
                 return
-            self._release(job, fit)
+            release(self, job, fit)
             self._wait(job, PendingReason.BACKFILL_BLOCKED, "fits now, but would delay a reserved job")
             return
         reason = fit
@@ -478,7 +367,7 @@ class _Cycle(Workspace):
         if self.strict(cq):
             state.hard_blocked = True
 
-    def _admit(self, job: Job, cq: ClusterQueue, fit: _Fit, opportunistic: bool) -> None:
+    def _admit(self, job: Job, cq: ClusterQueue, fit: Fit, opportunistic: bool) -> None:
         if job.checkpoint:
             self.out.actions.append(Resume(job.key, cq.name, job.checkpoint, fit.placement, opportunistic))
         else:
