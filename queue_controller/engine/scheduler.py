@@ -9,6 +9,7 @@ admitted by a later cycle, so one cycle never over-commits a node or a quota.
 
 from __future__ import annotations
 
+from queue_controller.engine.backfill import hold_in_profiles, may_start_now, reserve, run_length
 from queue_controller.engine.decisions import (
     Admit,
     Checkpoint,
@@ -25,7 +26,7 @@ from queue_controller.engine.fit import Fit, find_fit, pool_free, release
 from queue_controller.engine.ordering import ahead_of
 from queue_controller.engine.placement import dominant_resource
 from queue_controller.engine.policy import Policy, PreemptionMode
-from queue_controller.engine.profile import INF, Profile
+from queue_controller.engine.profile import INF
 from queue_controller.engine.snapshot import (
     GPU,
     ClusterQueue,
@@ -54,72 +55,6 @@ class _Cycle(Workspace):
     def __init__(self, snapshot: Snapshot, now: float, policy: Policy) -> None:
         super().__init__(snapshot, now, policy)
         self._borrowing: dict[str, bool] = {}
-
-    # ---- backfill ---------------------------------------------------------------------------------
-
-    def _profile(self, flavor: str) -> Profile:
-        prof = self.profiles.get(flavor)
-        if prof is None:
-            pool = self.cap.pools[flavor]
-            free: dict[str, int] = {}
-            for name in pool.nodes:
-                for r, q in self.cap.free[name].items():
-                    free[r] = free.get(r, 0) + q
-            releases = [(run.end, run.by_flavor[flavor]) for run in (*self.running.values(), *self.admitted_now)
-                        if flavor in run.by_flavor and run.end < INF]
-            prof = Profile(self.now, free, releases)
-            self.profiles[flavor] = prof
-        return prof
-
-    def _reserve(self, job: Job, cq: ClusterQueue) -> float | None:
-        """Reserve the earliest start at which the job's aggregate request is free in its first usable
-        flavor, and hold it in that flavor's profile."""
-        for ps in job.pod_sets:
-            requested = tuple(sorted(r for r, q in ps.requests.items() if q > 0))
-            group = self.group_for(cq, requested)
-            if group is None:
-                return None
-        flavor = None
-        for fq in (group.flavors if group is not None else ()):
-            pool = self.cap.pools.get(fq.name)
-            if pool is not None and pool.nodes and not any(
-                self.cap.never_fits(pool, ps.requests) for ps in job.pod_sets
-            ):
-                flavor = fq.name
-                break
-        if flavor is None:
-            return None
-        need = job.total_requests()
-        duration = self.remaining(job)
-        dur = INF if duration is None else max(duration, 1.0)
-        prof = self._profile(flavor)
-        start = prof.earliest_start(need, dur)
-        if start is None:
-            return None
-        prof.hold(start, dur, need)
-        prof.reservations += 1
-        return start
-
-    def _backfill_check(self, job: Job, fit: Fit) -> tuple[bool, bool]:
-        """(may start now, is opportunistic). Only flavors holding reservations constrain it."""
-        rem = self.remaining(job)
-        dur = INF if rem is None else max(rem, 1.0)
-        violates = any(
-            f in self.profiles and self.profiles[f].reservations and not self.profiles[f].fits(self.now, dur, need)
-            for f, need in fit.by_flavor.items()
-        )
-        if not violates:
-            return True, False
-        ok = (self.policy.backfill.checkpoint_aware and job.checkpointable
-              and self.policy.preemption.mode is PreemptionMode.CHECKPOINT)
-        return ok, ok
-
-    def _hold_in_profiles(self, job: Job, fit: Fit) -> None:
-        rem = self.remaining(job)
-        dur = INF if rem is None else max(rem, 1.0)
-        for f, need in fit.by_flavor.items():
-            if f in self.profiles:
-                self.profiles[f].hold(self.now, dur, need)
 
     # ---- preemption -------------------------------------------------------------------------------
 
@@ -262,9 +197,7 @@ class _Cycle(Workspace):
             rem = self.remaining(job)
             end = INF if rem is None else starts + max(rem, 1.0)
             self.admitted_now.append(Running(job, hold.delta, [], end, hold.by_flavor))
-            for f, amount in hold.by_flavor.items():
-                if f in self.profiles:
-                    self.profiles[f].hold(self.now, end - self.now, amount)
+            hold_in_profiles(self, hold.by_flavor, end - self.now)
         if not fits:
             self.failed_preemption[shape] = max(self.failed_preemption.get(shape, -(2**62)), job.priority)
             return False
@@ -285,7 +218,7 @@ class _Cycle(Workspace):
         fit = find_fit(self, job, cq, commit=False)
         if not isinstance(fit, Fit):
             return False
-        if not self._backfill_check(job, fit)[0]:
+        if not may_start_now(self, job, fit)[0]:
             return None  # it would start ahead of a reservation it may not delay: preempting is pointless
         if PreemptReason.IN_COHORT_RECLAMATION in reasons and not self.ledger.within_nominal(cq.name, fit.delta):
             return None  # reclaiming is only for taking back one's own nominal quota, never to borrow
@@ -338,7 +271,7 @@ class _Cycle(Workspace):
                 # queue overtake (it would take the room the borrower may just have preempted for).
                 state.deferred = True
                 return
-            ok, opportunistic = self._backfill_check(job, fit)
+            ok, opportunistic = may_start_now(self, job, fit)
             if ok:
                 self._admit(job, cq, fit, opportunistic)
                 return
@@ -356,7 +289,7 @@ class _Cycle(Workspace):
         # "quota" first, and the capacity profile still tells when the running jobs free it.
         if (reason in (PendingReason.CAPACITY, PendingReason.QUOTA) and self.backfill_enabled(cq)
                 and state.reservations < self.reservation_depth(cq)):
-            start = self._reserve(job, cq)
+            start = reserve(self, job, cq)
         if start is not None:
             state.reservations += 1
             self._wait(job, PendingReason.RESERVATION, f"reserved start at t={start:.0f}", reserved_start=start)
@@ -372,7 +305,7 @@ class _Cycle(Workspace):
             self.out.actions.append(Resume(job.key, cq.name, job.checkpoint, fit.placement, opportunistic))
         else:
             self.out.actions.append(Admit(job.key, cq.name, fit.placement, opportunistic))
-        self._hold_in_profiles(job, fit)
+        hold_in_profiles(self, fit.by_flavor, run_length(self, job))
         rem = self.remaining(job)
         end = INF if rem is None else self.now + rem
         self.admitted_now.append(Running(job, fit.delta, [], end, fit.by_flavor))
