@@ -21,7 +21,7 @@ from queue_controller.engine.policy import Policy
 from queue_controller.engine.preemption.victim_set import preempt_for
 from queue_controller.engine.profile import INF
 from queue_controller.engine.snapshot import GPU, ClusterQueue, Job, Snapshot
-from queue_controller.engine.workspace import Running, Workspace
+from queue_controller.engine.workspace import NEEDS_ROOM, Running, Workspace
 
 
 def decide(snapshot: Snapshot, now: float, policy: Policy) -> Decisions:
@@ -87,7 +87,7 @@ def _consider(ws: Workspace, job: Job, deferred: list[Job] | None) -> None:
     start = None
     # Quota-blocked jobs get reservations too: when quota equals capacity, a full cluster shows as
     # "quota" first, and the capacity profile still tells when the running jobs free it.
-    if (reason in (PendingReason.CAPACITY, PendingReason.QUOTA) and ws.backfill_enabled(cq)
+    if (reason in NEEDS_ROOM and ws.backfill_enabled(cq)
             and state.reservations < ws.reservation_depth(cq)):
         start = reserve(ws, job, cq)
     if start is not None:

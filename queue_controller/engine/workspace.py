@@ -45,6 +45,10 @@ from queue_controller.engine.snapshot import (
 # A job that overran its runtime estimate is assumed to end within this long (Slurm's bf_resolution).
 OVERRUN_GRACE_S = 60.0
 
+# The pending reasons that more room would cure: only jobs blocked this way may preempt or get a
+# reservation. (A set, also because looking up an enum member costs more than a set lookup.)
+NEEDS_ROOM = frozenset({PendingReason.QUOTA, PendingReason.CAPACITY})
+
 # Why a pending job waits: (reason, message, reserved start). Turned into `Waiting` records, with
 # positions in queue order, at the end of the cycle.
 WaitReason = tuple[PendingReason, str, float | None]

@@ -31,7 +31,7 @@ from queue_controller.engine.preemption.eligibility import eligible
 from queue_controller.engine.preemption.victim_order import VictimOrder, lost_work
 from queue_controller.engine.profile import INF
 from queue_controller.engine.snapshot import ClusterQueue, Job
-from queue_controller.engine.workspace import Running, Workspace
+from queue_controller.engine.workspace import NEEDS_ROOM, Running, Workspace
 
 _NEVER = -(2**62)  # below every priority: no failed search recorded for a shape
 
@@ -75,7 +75,7 @@ def candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> list[Candidate]:
 def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason) -> bool:
     """Plan the cheapest set of victims that lets `job` fit. True when the job now only waits for
     victims (new or already being vacated) to go."""
-    if reason not in (PendingReason.QUOTA, PendingReason.CAPACITY) or not ws.preempting:
+    if reason not in NEEDS_ROOM or not ws.preempting:
         return False
     state = ws.qstate[cq.name]
     own = job.key in ws.owners  # waiting for its own victims: always looked at, outside the budget
@@ -154,7 +154,7 @@ def _fits_after(ws: Workspace, job: Job, cq: ClusterQueue, victims: list[Candida
         return False
     if not may_start_now(ws, job, fit)[0]:
         return None  # it would start ahead of a reservation it may not delay: preempting is pointless
-    if (any(c.reason is PreemptReason.IN_COHORT_RECLAMATION for c in victims)
+    if (PreemptReason.IN_COHORT_RECLAMATION in [c.reason for c in victims]
             and not ws.ledger.within_nominal(cq.name, fit.delta)):
         return None  # reclaiming is only for taking back one's own nominal quota, never to borrow
     return True
