@@ -4,9 +4,14 @@ Small scenarios whose right answer can be worked out by hand."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from queue_controller.engine import Admit, PendingReason, Preempt, PreemptMode, PreemptReason, decide
+from queue_controller.engine.backfill import may_start_now, reserve, run_length
+from queue_controller.engine.fit import Fit, find_fit
+from queue_controller.engine.workspace import Workspace
 from tests.unit.engine_factory import EASY, IASS, admitted, job, node, queue, running, snapshot
 
 pytestmark = pytest.mark.unit
@@ -77,3 +82,24 @@ def test_backfilled_job_is_vacated_by_checkpoint_when_the_reservation_comes_due(
     d = decide(snapshot([node("n0")], [queue(gpus=64)], [bf, waiting]), 100, IASS)
     (p,) = d.of_type(Preempt)
     assert (p.victim, p.reason, p.mode) == ("ns/bf", PreemptReason.RESERVATION_DUE, PreemptMode.CHECKPOINT)
+
+
+# ---- the module alone -------------------------------------------------------------------------------
+
+def test_reserve_and_may_start_now_alone() -> None:
+    nodes, jobs = _easy_scene(short_estimate=80, long_checkpointable=False)
+    ws = Workspace(snapshot(nodes, [queue(gpus=64)], jobs), 10, EASY)
+    cq = ws.queues["cq"]
+    assert run_length(ws, job("x", runtime_estimate_s=50)) == 50
+    assert run_length(ws, job("unknown")) == math.inf
+    assert reserve(ws, jobs[1], cq) == pytest.approx(100)
+    short, long = job("s", gpus=2, runtime_estimate_s=80), job("l", gpus=2, runtime_estimate_s=500)
+    for j, expected in ((short, (True, False)), (long, (False, False))):
+        fit = find_fit(ws, j, cq, commit=False)
+        assert isinstance(fit, Fit)
+        assert may_start_now(ws, j, fit) == expected
+    # Under iass a checkpointable job may start anyway, opportunistically.
+    ws_iass = Workspace(snapshot(nodes, [queue(gpus=64)], jobs), 10, IASS)
+    reserve(ws_iass, jobs[1], ws_iass.queues["cq"])
+    fit = find_fit(ws_iass, long, ws_iass.queues["cq"], commit=False)
+    assert isinstance(fit, Fit) and may_start_now(ws_iass, long, fit) == (True, True)

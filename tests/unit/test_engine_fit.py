@@ -4,10 +4,14 @@ Small scenarios whose right answer can be worked out by hand."""
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import pytest
 
 from queue_controller.engine import GPU, Admit, PendingReason, Resume, Taint, Toleration, decide
-from tests.unit.engine_factory import FIFO, IASS, admitted, flavor, job, node, queue, running, snapshot
+from queue_controller.engine.fit import Fit, find_fit, release
+from queue_controller.engine.workspace import Workspace
+from tests.unit.engine_factory import FIFO, IASS, M, admitted, flavor, job, node, queue, running, snapshot
 
 pytestmark = pytest.mark.unit
 
@@ -78,3 +82,28 @@ def test_resume_honours_restore_constraints() -> None:
     j = job("j", checkpoint="j-1", restore_node_labels={"nvidia.com/gpu.product": "H100"})
     (r,) = decide(snapshot(nodes, [queue()], [j]), 0, IASS).of_type(Resume)
     assert r.placement[0].nodes == ("n1",)
+
+
+# ---- the module alone -------------------------------------------------------------------------------
+
+def test_find_fit_consumes_only_when_committed_and_release_undoes_it() -> None:
+    ws = Workspace(snapshot([node("n0"), node("n1")], [queue(gpus=64)], []), 0.0, FIFO)
+    cq, gang = ws.queues["cq"], job("g", gpus=8, pods=2)
+    free = deepcopy(ws.cap.free)
+    trial = find_fit(ws, gang, cq, commit=False)
+    assert isinstance(trial, Fit) and sorted(trial.placement[0].nodes) == ["n0", "n1"]
+    assert ws.cap.free == free and not any(ws.ledger.usage["cq"].values())
+    fit = find_fit(ws, gang, cq, commit=True)
+    assert isinstance(fit, Fit) and ws.ledger.usage["cq"][("h100", GPU)] == 16 * M
+    assert all(ws.cap.free[n][GPU] == 0 for n in ("n0", "n1"))
+    release(ws, gang, fit)
+    assert ws.cap.free == free and not any(ws.ledger.usage["cq"].values())
+
+
+@pytest.mark.parametrize("order", [("h100", "a100"), ("a100", "h100")])
+def test_no_room_on_nodes_outranks_no_quota_as_the_reason(order: tuple[str, str]) -> None:
+    # h100: the quota is used up. a100: quota left, but its node is full of other pods.
+    nodes = [node("h0", flavor="h100"), node("a0", flavor="a100", other={GPU: 8 * M})]
+    cq = queue(gpus=8, flavors=order)
+    ws = Workspace(snapshot(nodes, [cq], [running(job("r"), ["h0"])]), 0.0, FIFO)
+    assert find_fit(ws, job("j", t=1), ws.queues["cq"], commit=True) is PendingReason.CAPACITY

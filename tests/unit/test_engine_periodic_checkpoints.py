@@ -9,7 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from queue_controller.engine import Checkpoint, decide, parse_duration, young_interval
+from queue_controller.engine import Checkpoint, CheckpointReason, decide, parse_duration, young_interval
+from queue_controller.engine.periodic_checkpoints import periodic_checkpoints
+from queue_controller.engine.workspace import Workspace
 from tests.unit.engine_factory import IASS, KUEUE, job, node, queue, running, snapshot
 
 pytestmark = pytest.mark.unit
@@ -50,3 +52,14 @@ def test_no_periodic_checkpoints_without_the_policy_or_for_busy_jobs() -> None:
     assert decide(snapshot([node("n0")], [queue()], [r]), 1000, KUEUE).of_type(Checkpoint) == []
     busy = replace(r, checkpointing=True)
     assert decide(snapshot([node("n0")], [queue()], [busy]), 1000, IASS).of_type(Checkpoint) == []
+
+
+# ---- the module alone -------------------------------------------------------------------------------
+
+def test_periodic_checkpoints_alone() -> None:
+    due = running(job("due", checkpoint_interval_s=600.0), ["n0"], started_at=0)
+    later = running(job("later", checkpoint_interval_s=600.0), ["n0"], started_at=500)
+    ws = Workspace(snapshot([node("n0", gpus=16)], [queue()], [due, later]), 700, IASS)
+    periodic_checkpoints(ws)
+    assert ws.out.actions == [Checkpoint("ns/due", CheckpointReason.PERIODIC)]
+    assert ws.out.next_wakeup == 1100

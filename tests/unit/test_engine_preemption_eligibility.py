@@ -14,6 +14,8 @@ from queue_controller.engine import (
     WithinClusterQueue,
     decide,
 )
+from queue_controller.engine.preemption.eligibility import eligible
+from queue_controller.engine.workspace import Workspace
 from tests.unit.engine_factory import FIFO, IASS, KUEUE, job, node, queue, running, snapshot
 
 pytestmark = pytest.mark.unit
@@ -63,3 +65,19 @@ def test_min_runtime_protects_young_jobs() -> None:
 def test_fifo_never_preempts() -> None:
     snap = snapshot([node("n0")], [queue(gpus=8)], [running(job("low"), ["n0"]), job("high", priority=10, t=1)])
     assert decide(snap, 100, FIFO).of_type(Preempt) == []
+
+
+# ---- the module alone -------------------------------------------------------------------------------
+
+def test_eligible_alone() -> None:
+    qs = [queue("a", gpus=8, cohort="c"), queue("b", gpus=8, cohort="c")]
+    ws = Workspace(snapshot([node("n0")], qs, []), 100.0, KUEUE)
+    b, bq = job("b1", cq="b", priority=1), ws.queues["b"]
+    lender = running(job("a1", cq="a", priority=5), ["n0"])
+    # kueue reclaims from any borrowing queue of the cohort, whatever the priority; never from a lender.
+    assert eligible(ws, b, bq, lender, {"a": True, "b": False}) is PreemptReason.IN_COHORT_RECLAMATION
+    assert eligible(ws, b, bq, lender, {"a": False, "b": False}) is None
+    same_queue_lower = running(job("b0", cq="b", priority=0), ["n0"])
+    assert eligible(ws, b, bq, same_queue_lower, {}) is PreemptReason.IN_CLUSTER_QUEUE
+    same_queue_equal = running(job("b2", cq="b", priority=1, t=9), ["n0"])
+    assert eligible(ws, b, bq, same_queue_equal, {}) is None

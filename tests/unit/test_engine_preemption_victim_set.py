@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from queue_controller.engine import PendingReason, Preempt, decide
+from queue_controller.engine import PendingReason, Preempt, PreemptReason, decide
+from queue_controller.engine.preemption.victim_set import candidates
+from queue_controller.engine.workspace import Workspace
 from tests.unit.engine_factory import EASY, IASS, KUEUE, admitted, job, node, queue, running, snapshot
 
 pytestmark = pytest.mark.unit
@@ -93,3 +95,18 @@ def test_vacating_jobs_are_not_preempted_twice() -> None:
     d = decide(snap, 100, IASS)
     assert d.of_type(Preempt) == []
     assert d.waiting["ns/high"].reason is PendingReason.WAITING_FOR_PREEMPTION
+
+
+# ---- the module alone -------------------------------------------------------------------------------
+
+def test_candidates_come_in_victim_order() -> None:
+    leaving = running(job("leaving", gpus=2), ["n0"], vacating=True)
+    old = running(job("old", gpus=2), ["n0"], started_at=0)  # would lose 100 s x 2 GPUs
+    fresh = running(job("fresh", gpus=2), ["n1"], started_at=90)  # would lose 10 s x 2 GPUs
+    high = running(job("high", gpus=2, priority=20), ["n1"])  # outranks the preemptor
+    p = job("p", priority=10, t=5)
+    ws = Workspace(snapshot([node("n0"), node("n1")], [queue(gpus=64)], [leaving, old, fresh, high, p]), 100, KUEUE)
+    cands = candidates(ws, p, ws.queues["cq"])
+    assert [c.run.job.key for c in cands] == ["ns/leaving", "ns/fresh", "ns/old"]
+    assert [c.reason for c in cands] == [None, PreemptReason.IN_CLUSTER_QUEUE, PreemptReason.IN_CLUSTER_QUEUE]
+    assert [c.lost_work for c in cands] == [0.0, 20.0, 200.0]
