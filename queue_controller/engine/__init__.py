@@ -4,6 +4,7 @@
 and the simulator both call it.
 """
 
+from queue_controller.duration import parse_duration
 from queue_controller.engine.decisions import (
     Action,
     Admit,
@@ -24,7 +25,6 @@ from queue_controller.engine.policy import (
     Policy,
     PreemptionMode,
     PreemptionSettings,
-    parse_duration,
     young_interval,
 )
 from queue_controller.engine.scheduler import decide
