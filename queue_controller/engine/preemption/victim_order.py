@@ -2,7 +2,8 @@
 
 Candidates are sorted by `VictimOrder`, whose fields are the criteria, compared in this order:
 
-1. `new_victim`: jobs already being vacated come first. Their room comes back at no extra cost.
+1. `new_victim`: jobs already being vacated (False) come before new victims: their room comes back at
+   no extra cost.
 2. `for_another_job`: among those, the ones vacated for this very job before the others.
 3. `lost_work`: the least work lost first, in GPU-seconds (CPU-seconds for jobs without GPUs). Under a
    checkpoint-first policy a checkpointable victim loses its checkpoint plus restore time; any other
