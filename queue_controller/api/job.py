@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -22,13 +21,13 @@ from queue_controller.api.common import (
 )
 from queue_controller.api.podtemplate import PodTemplateSpec
 from queue_controller.api.quantity import add_milli
+from queue_controller.duration import DURATION_BODY, DURATION_PATTERN, parse_duration
 
 MAX_POD_SETS = 8
 MAX_POD_SET_COUNT = 10000
 
-# A Go-style duration limited to the units that make sense for checkpoint intervals, or "auto".
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$"
-INTERVAL_PATTERN = r"^(auto|([0-9]+(\.[0-9]+)?(h|m|s|ms))+)$"
+# A duration (the one grammar, in queue_controller/duration.py), or "auto".
+INTERVAL_PATTERN = "^(auto|" + DURATION_BODY + ")$"
 SIGNAL_PATTERN = r"^(SIG[A-Z0-9]+|[1-9][0-9]?)$"
 
 # The pattern check guards duration() so that a malformed value gets one error, not two.
@@ -47,17 +46,6 @@ CheckpointMode = Literal["CRIU", "Signal", "Kubelet", "Simulated", "None"]
 JobPhase = Literal[
     "Pending", "Admitted", "Running", "Checkpointing", "Suspended", "Restoring", "Succeeded", "Failed"
 ]
-
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration such as "1h30m" or "90s" (the units INTERVAL_PATTERN allows)."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"invalid duration {text!r}: {MSG_INTERVAL}")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
-
 
 class PodSet(ApiModel):
     """`count` identical pods from one template. All pod sets of a job start together (a gang)."""
@@ -132,8 +120,11 @@ class CheckpointPolicy(ApiModel):
     def _check(self) -> CheckpointPolicy:
         errors: list[tuple[str, str]] = []
         if self.interval is not None:
-            if self.interval != "auto" and parse_duration(self.interval) <= 0:
-                errors.append(("interval", MSG_INTERVAL))
+            if self.interval != "auto":
+                try:
+                    parse_duration(self.interval)
+                except ValueError:  # zero: the pattern has already refused anything else
+                    errors.append(("interval", MSG_INTERVAL))
             if self.mode == "None":
                 errors.append(("interval", MSG_INTERVAL_NEEDS_MODE))
         if self.signal is not None and self.mode != "Signal":

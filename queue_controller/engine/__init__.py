@@ -1,9 +1,11 @@
 """The scheduling engine: pure and deterministic. No I/O, no clock, no kopf or kubernetes imports.
 
 `decide(snapshot, now, policy)` takes a picture of the cluster and returns typed decisions. The operator
-and the simulator both call it.
+and the simulator both call it. `scheduler.py` is the loop; each rule it applies is a module of its own
+over the cycle's state in `workspace.py` (docs/concepts.md, "Where each rule lives", maps them).
 """
 
+from queue_controller.duration import parse_duration
 from queue_controller.engine.decisions import (
     Action,
     Admit,
@@ -24,7 +26,6 @@ from queue_controller.engine.policy import (
     Policy,
     PreemptionMode,
     PreemptionSettings,
-    parse_duration,
     young_interval,
 )
 from queue_controller.engine.scheduler import decide

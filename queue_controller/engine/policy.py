@@ -6,28 +6,14 @@ A profile is plain data (validated YAML under `policies/`); a ClusterQueue's own
 from __future__ import annotations
 
 import math
-import re
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from queue_controller.duration import parse_duration
 from queue_controller.engine.snapshot import ReclaimWithinCohort, WithinClusterQueue
-
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '30m', '1h30m', '2h' -> seconds. Raises ValueError naming the accepted forms."""
-    m = _DURATION.match(text.strip())
-    if not text.strip() or m is None or not any(m.groups()):
-        raise ValueError(f"{text!r} is not a duration: use forms like '45s', '30m', '1h30m'")
-    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-    seconds = h * 3600 + mi * 60 + s
-    if seconds <= 0:
-        raise ValueError(f"{text!r} must be longer than zero")
-    return seconds
 
 
 def young_interval(checkpoint_cost_s: float, mtbf_s: float) -> float:
@@ -73,7 +59,8 @@ class BackfillSettings(_Model):
 
 class CheckpointSettings(_Model):
     periodic: bool = False
-    # Default for jobs that set no interval: "auto" (Young's interval) or a duration such as "30m".
+    # Default for jobs that set no interval: "auto" (Young's interval) or a duration such as "30m"
+    # (queue_controller/duration.py: the same grammar as a job's spec.checkpoint.interval).
     default_interval: str = "auto"
     node_mtbf_seconds: Annotated[float, Field(gt=0)] = 7 * 24 * 3600.0
     # Bounds on the auto interval, so a tiny measured cost does not checkpoint every few seconds.

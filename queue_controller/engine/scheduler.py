@@ -1,702 +1,121 @@
-"""One decision cycle: `decide(snapshot, now, policy) -> Decisions`.
+"""One decision cycle: `decide(snapshot, now, policy) -> Decisions`. This module is only the loop.
 
 The cycle walks pending jobs in queue order once. Each job either fits now (quota in its ClusterQueue
 and a gang placement on concrete nodes) and is admitted or resumed, or it may make room by preemption,
 or it may get a reserved start (backfill), or it waits with a reason. Capacity only shrinks during the
 walk: preempted victims keep their resources until they are actually gone, and the beneficiary is
 admitted by a later cycle, so one cycle never over-commits a node or a quota.
+
+The rules live in their own modules, over the cycle's state in `workspace.py`: `fit.py` (flavors and
+gang placement within quota), `preemption/` (eligibility, victim order, minimal victim set),
+`backfill.py` (reservations, and whether a job may start ahead of them), `periodic_checkpoints.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
-from queue_controller.engine.backfill import INF, Profile
-from queue_controller.engine.decisions import (
-    Admit,
-    Checkpoint,
-    CheckpointReason,
-    Decisions,
-    PendingReason,
-    Preempt,
-    PreemptMode,
-    PreemptReason,
-    Resume,
-    Waiting,
-)
-from queue_controller.engine.ordering import ahead_of, dominant_share, order_key
-from queue_controller.engine.placement import Capacity, dominant_resource
-from queue_controller.engine.policy import Policy, PreemptionMode
-from queue_controller.engine.quota import FR, QuotaLedger
-from queue_controller.engine.snapshot import (
-    GPU,
-    ClusterQueue,
-    Job,
-    JobState,
-    PodSetPlacement,
-    QueueingStrategy,
-    ReclaimWithinCohort,
-    ResourceGroup,
-    Snapshot,
-    WithinClusterQueue,
-)
-
-# A job that overran its runtime estimate is assumed to end within this long (Slurm's bf_resolution).
-_OVERRUN_GRACE_S = 60.0
+from queue_controller.engine.backfill import hold_in_profiles, may_start_now, reserve, run_length
+from queue_controller.engine.decisions import Admit, Decisions, PendingReason, Resume, Waiting
+from queue_controller.engine.fit import Fit, find_fit, release
+from queue_controller.engine.periodic_checkpoints import periodic_checkpoints
+from queue_controller.engine.policy import Policy
+from queue_controller.engine.preemption.victim_set import preempt_for
+from queue_controller.engine.profile import INF
+from queue_controller.engine.snapshot import GPU, ClusterQueue, Job, Snapshot
+from queue_controller.engine.workspace import NEEDS_ROOM, Running, Workspace
 
 
 def decide(snapshot: Snapshot, now: float, policy: Policy) -> Decisions:
     """Pure and deterministic: the same snapshot, time and policy always give the same decisions."""
-    return _Cycle(snapshot, now, policy).run()
+    ws = Workspace(snapshot, now, policy)
+    # Like Kueue, jobs that fit within their queue's nominal quota go before jobs that would have to
+    # borrow: the first pass defers borrowers, the second takes them in order. Otherwise a borrower
+    # that was just reclaimed would be re-admitted ahead of the job that reclaimed it.
+    deferred: list[Job] = []
+    for job in ws.pending:
+        _consider(ws, job, deferred)
+    for job in deferred:
+        _consider(ws, job, None)
+    # Waiting records are made at the end, with positions in queue order.
+    positions: dict[str, int] = {}
+    waiting = ws.out.waiting
+    for job in ws.pending:
+        why = ws.why.get(job.key)
+        if why is not None:
+            positions[job.cluster_queue] = pos = positions.get(job.cluster_queue, 0) + 1
+            waiting[job.key] = Waiting(job.key, pos, *why)
+    periodic_checkpoints(ws)
+    return ws.out
 
 
-@dataclass(slots=True)
-class _Fit:
-    placement: tuple[PodSetPlacement, ...]
-    delta: dict[FR, int]
-    by_flavor: dict[str, dict[str, int]]  # aggregate requests per flavor, for backfill profiles
-
-
-@dataclass(slots=True)
-class _QueueState:
-    hard_blocked: bool = False  # StrictFIFO head blocked without a reservation
-    deferred: bool = False  # a job was set aside for the borrowing pass: the rest of the queue follows it
-    reservations: int = 0
-    preemption_attempts: int = 0
-
-
-@dataclass(slots=True)
-class _Running:
-    job: Job
-    delta: dict[FR, int]
-    nodes: list[tuple[str, Mapping[str, int]]]  # (node, per-pod requests), one entry per pod
-    end: float  # estimated end, INF when unknown
-    by_flavor: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def _weight(job: Job) -> float:
-    """Size used to turn seconds into lost work: GPUs, or CPU cores for CPU-only jobs."""
-    gpus = job.gpus
-    if gpus:
-        return gpus / 1000.0
-    return max(job.total_requests().get("cpu", 0) / 1000.0, 0.001)
-
-
-class _Cycle:
-    def __init__(self, snapshot: Snapshot, now: float, policy: Policy) -> None:
-        self.now = now
-        self.policy = policy
-        self.out = Decisions()
-        self.queues: dict[str, ClusterQueue] = {q.name: q for q in snapshot.cluster_queues}
-        self.flavors = {f.name: f for f in snapshot.flavors}
-        self.cap = Capacity(snapshot.nodes, snapshot.flavors)
-        self.ledger = QuotaLedger(snapshot.cluster_queues)
-        self.qstate: dict[str, _QueueState] = {name: _QueueState() for name in self.queues}
-        self.profiles: dict[str, Profile] = {}
-        self.running: dict[str, _Running] = {}
-        self.claimed: set[str] = set()  # victims (new or in flight) that some beneficiary counts on
-        self.victims: set[str] = set()  # chosen this cycle
-        self.admitted_now: list[_Running] = []
-        self._group_cache: dict[tuple[str, tuple[str, ...]], ResourceGroup | None] = {}
-        self._failed_preemption: dict[tuple[object, ...], int] = {}
-        # Jobs of one shape in one queue that did not fit: capacity and quota only shrink during the
-        # main pass, so every later job of that shape fails the same way (Kueue's equivalence hashing).
-        self._failed_fit: dict[tuple[object, ...], PendingReason] = {}
-        self._by_group: dict[str, list[_Running]] = {}
-        self._vacating: list[_Running] = []
-        self._borrowing: dict[str, bool] = {}
-        self._waiting: set[str] = set()
-        self._owners: set[str] = set()  # jobs that victims being vacated were preempted for
-        self._pool_nodes: dict[tuple[str, ...], list[str]] = {}
-        self.preempting = policy.preemption.mode is not PreemptionMode.NEVER
-        self.node_mtbf_s = snapshot.node_mtbf_s
-        self._shapes: dict[str, tuple[object, ...]] = {}
-        self._why: dict[str, tuple[PendingReason, str, float | None]] = {}
-
-        for job in sorted(snapshot.jobs, key=order_key):
-            if job.state is JobState.ADMITTED:
-                self._account_running(job)
-        for run in self.running.values():
-            if run.job.vacating:
-                self._vacating.append(run)
-                if run.job.preempted_for is not None:
-                    self._owners.add(run.job.preempted_for)
-            else:
-                self._by_group.setdefault(self._share_group(run.job.cluster_queue), []).append(run)
-        pending = [j for j in snapshot.jobs if j.state is JobState.PENDING]
-        self._waiting = {j.key for j in pending}
-        self.pending = sorted(pending, key=self._sort_key if policy.fair_sharing else order_key)
-
-    # ---- setup ------------------------------------------------------------------------------------
-
-    def _sort_key(self, job: Job) -> tuple[float, int, float, str]:
-        share = dominant_share(self.ledger, job.cluster_queue) if job.cluster_queue in self.queues else 0.0
-        return (share, -job.priority, job.queue_order, job.key)
-
-    def _remaining(self, job: Job) -> float | None:
-        est = job.runtime_estimate_s
-        if est is None:
-            est = self.policy.backfill.default_runtime_estimate_seconds
-        if est is None:
-            return None
-        return max(est - job.run_time_s, 0.0)
-
-    def _account_running(self, job: Job) -> None:
-        delta: dict[FR, int] = {}
-        nodes: list[tuple[str, Mapping[str, int]]] = []
-        by_flavor: dict[str, dict[str, int]] = {}
-        ps_by_name = {ps.name: ps for ps in job.pod_sets}
-        cq = job.cluster_queue
-        for pl in job.placement:
-            ps = ps_by_name.get(pl.name)
-            if ps is None:
-                continue
-            agg = by_flavor.setdefault(pl.flavor, {})
-            for r, q in ps.requests.items():
-                total = q * len(pl.nodes)
-                agg[r] = agg.get(r, 0) + total
-                if cq in self.queues and self.ledger.covers(cq, pl.flavor, r):
-                    delta[(pl.flavor, r)] = delta.get((pl.flavor, r), 0) + total
-            for node in pl.nodes:
-                if node in self.cap.free:
-                    self.cap.consume(node, ps.requests)
-                    nodes.append((node, ps.requests))
-        if cq in self.queues:
-            self.ledger.add(cq, delta)
-        if job.vacating:
-            end = self.now + job.checkpoint_cost_s
-        else:
-            rem = self._remaining(job)
-            if rem is None:
-                end = INF
-            else:
-                start = job.started_at if job.started_at is not None else self.now
-                end = start + rem
-                if end <= self.now:
-                    end = self.now + _OVERRUN_GRACE_S
-        self.running[job.key] = _Running(job, delta, nodes, end, by_flavor)
-
-    def _share_group(self, cq_name: str) -> str:
-        """Jobs that can preempt one another share a queue or a cohort."""
-        cq = self.queues.get(cq_name)
-        if cq is not None and cq.cohort is not None:
-            return "cohort/" + cq.cohort
-        return "queue/" + cq_name
-
-    def _shape(self, job: Job) -> tuple[object, ...]:
-        shape = self._shapes.get(job.key)
-        if shape is None:
-            shape = self._shapes[job.key] = self._compute_shape(job)
-        return shape
-
-    @staticmethod
-    def _compute_shape(job: Job) -> tuple[object, ...]:
-        # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
-        sets = job.pod_sets
-        if len(sets) == 1 and not job.restore_node_labels:
-            ps = sets[0]
-            if not ps.node_selector and not ps.tolerations:
-                return (ps.count, *ps.requests.items())  # the common case, cheaply
-        return (
-            tuple((ps.count, tuple(ps.requests.items()),
-                   tuple(ps.node_selector.items()) if ps.node_selector else (), ps.tolerations)
-                  for ps in job.pod_sets),
-            tuple(job.restore_node_labels.items()) if job.restore_node_labels else (),
-        )
-
-    # ---- policy lookups ---------------------------------------------------------------------------
-
-    def _strict(self, cq: ClusterQueue) -> bool:
-        return self.policy.strict_fifo or cq.queueing_strategy is QueueingStrategy.STRICT_FIFO
-
-    def _backfill(self, cq: ClusterQueue) -> bool:
-        return cq.backfill_enabled if cq.backfill_enabled is not None else self.policy.backfill.enabled
-
-    def _depth(self, cq: ClusterQueue) -> int:
-        return cq.reservation_depth if cq.reservation_depth is not None else self.policy.backfill.reservation_depth
-
-    def _within(self, cq: ClusterQueue) -> WithinClusterQueue:
-        return cq.within_cluster_queue or self.policy.preemption.within_cluster_queue
-
-    def _reclaim(self, cq: ClusterQueue) -> ReclaimWithinCohort:
-        return cq.reclaim_within_cohort or self.policy.preemption.reclaim_within_cohort
-
-    def _group_for(self, cq: ClusterQueue, resources: tuple[str, ...]) -> ResourceGroup | None:
-        """The resource group covering most of a pod set's requested resources (one flavor per pod set)."""
-        key = (cq.name, resources)
-        if key not in self._group_cache:
-            best: ResourceGroup | None = None
-            best_n = 0
-            for g in cq.resource_groups:
-                n = sum(1 for r in resources if r in g.covered_resources)
-                if n > best_n:
-                    best, best_n = g, n
-            self._group_cache[key] = best
-        return self._group_cache[key]
-
-    # ---- fitting ----------------------------------------------------------------------------------
-
-    def _fit(self, job: Job, cq: ClusterQueue, commit: bool) -> _Fit | PendingReason:
-        """Find flavors and nodes for every pod of the job within quota. Consumes capacity (and quota
-        when `commit`); on failure changes nothing and returns the most telling reason."""
-        memo = None
-        if commit and not self.cap.speculative:
-            memo = (cq.name, self._shape(job))
-            known = self._failed_fit.get(memo)
-            if known is not None:
-                return known
-        result = self._fit_uncached(job, cq, commit)
-        if memo is not None and not isinstance(result, _Fit):
-            self._failed_fit[memo] = result
-        return result
-
-    def _fit_uncached(self, job: Job, cq: ClusterQueue, commit: bool) -> _Fit | PendingReason:
-        placed: list[tuple[PodSetPlacement, Mapping[str, int]]] = []
-        delta: dict[FR, int] = {}
-        by_flavor: dict[str, dict[str, int]] = {}
-        for index, ps in enumerate(job.pod_sets):
-            requested = tuple(sorted(r for r, q in ps.requests.items() if q > 0))
-            group = self._group_for(cq, requested)
-            reason = PendingReason.QUOTA if group is None else PendingReason.NO_MATCHING_NODES
-            done = False
-            for fq in group.flavors if group is not None else ():
-                pool = self.cap.pools.get(fq.name)
-                flavor = self.flavors.get(fq.name)
-                if pool is None or flavor is None or not pool.nodes:
-                    continue
-                ps_delta = {(fq.name, r): q * ps.count for r, q in ps.requests.items()
-                            if q > 0 and self.ledger.covers(cq.name, fq.name, r)}
-                merged = dict(delta)
-                for k, v in ps_delta.items():
-                    merged[k] = merged.get(k, 0) + v
-                if not self.ledger.fits(cq.name, merged):
-                    if reason is not PendingReason.CAPACITY:
-                        reason = PendingReason.QUOTA
-                    continue
-                cands = self.cap.candidates(pool, ps, flavor.tolerations, job.restore_node_labels)
-                if not cands:
-                    continue
-                if self.cap.never_fits(pool, ps.requests):
-                    if reason is PendingReason.NO_MATCHING_NODES:
-                        reason = PendingReason.UNSATISFIABLE
-                    continue
-                shape = None
-                if index == 0 and not ps.node_selector and not ps.tolerations and not job.restore_node_labels:
-                    shape = (fq.name,)
-                nodes = self.cap.place(cands, ps.requests, ps.count, shape)
-                if nodes is None:
-                    reason = PendingReason.CAPACITY
-                    continue
-                placed.append((PodSetPlacement(ps.name, fq.name, tuple(nodes)), ps.requests))
-                delta = merged
-                agg = by_flavor.setdefault(fq.name, {})
-                for r, q in ps.requests.items():
-                    agg[r] = agg.get(r, 0) + q * ps.count
-                done = True
-                break
-            if not done:
-                for pl, req in placed:
-                    self.cap.unplace(pl.nodes, req)
-                return reason
-        if commit:
-            self.ledger.add(cq.name, delta)
-        else:
-            for pl, req in placed:
-                self.cap.unplace(pl.nodes, req)
-        return _Fit(tuple(pl for pl, _ in placed), delta, by_flavor)
-
-    def _release(self, job: Job, fit: _Fit) -> None:
-        reqs = {ps.name: ps.requests for ps in job.pod_sets}
-        for pl in fit.placement:
-            self.cap.unplace(pl.nodes, reqs[pl.name])
-        self.ledger.remove(job.cluster_queue, fit.delta)
-
-    # ---- backfill ---------------------------------------------------------------------------------
-
-    def _profile(self, flavor: str) -> Profile:
-        prof = self.profiles.get(flavor)
-        if prof is None:
-            pool = self.cap.pools[flavor]
-            free: dict[str, int] = {}
-            for name in pool.nodes:
-                for r, q in self.cap.free[name].items():
-                    free[r] = free.get(r, 0) + q
-            releases = [(run.end, run.by_flavor[flavor]) for run in (*self.running.values(), *self.admitted_now)
-                        if flavor in run.by_flavor and run.end < INF]
-            prof = Profile(self.now, free, releases)
-            self.profiles[flavor] = prof
-        return prof
-
-    def _reserve(self, job: Job, cq: ClusterQueue) -> float | None:
-        """Reserve the earliest start at which the job's aggregate request is free in its first usable
-        flavor, and hold it in that flavor's profile."""
-        for ps in job.pod_sets:
-            requested = tuple(sorted(r for r, q in ps.requests.items() if q > 0))
-            group = self._group_for(cq, requested)
-            if group is None:
-                return None
-        flavor = None
-        for fq in (group.flavors if group is not None else ()):
-            pool = self.cap.pools.get(fq.name)
-            if pool is not None and pool.nodes and not any(
-                self.cap.never_fits(pool, ps.requests) for ps in job.pod_sets
-            ):
-                flavor = fq.name
-                break
-        if flavor is None:
-            return None
-        need = job.total_requests()
-        duration = self._remaining(job)
-        dur = INF if duration is None else max(duration, 1.0)
-        prof = self._profile(flavor)
-        start = prof.earliest_start(need, dur)
-        if start is None:
-            return None
-        prof.hold(start, dur, need)
-        prof.reservations += 1
-        return start
-
-    def _backfill_check(self, job: Job, fit: _Fit) -> tuple[bool, bool]:
-        """(may start now, is opportunistic). Only flavors holding reservations constrain it."""
-        rem = self._remaining(job)
-        dur = INF if rem is None else max(rem, 1.0)
-        violates = any(
-            f in self.profiles and self.profiles[f].reservations and not self.profiles[f].fits(self.now, dur, need)
-            for f, need in fit.by_flavor.items()
-        )
-        if not violates:
-            return True, False
-        ok = (self.policy.backfill.checkpoint_aware and job.checkpointable
-              and self.policy.preemption.mode is PreemptionMode.CHECKPOINT)
-        return ok, ok
-
-    def _hold_in_profiles(self, job: Job, fit: _Fit) -> None:
-        rem = self._remaining(job)
-        dur = INF if rem is None else max(rem, 1.0)
-        for f, need in fit.by_flavor.items():
-            if f in self.profiles:
-                self.profiles[f].hold(self.now, dur, need)
-
-    # ---- preemption -------------------------------------------------------------------------------
-
-    def _victim_cost(self, job: Job) -> tuple[PreemptMode, float]:
-        w = _weight(job)
-        if self.policy.preemption.mode is PreemptionMode.CHECKPOINT and job.checkpointable:
-            return PreemptMode.CHECKPOINT, (job.checkpoint_cost_s + job.restore_cost_s) * w
-        since = job.started_at if job.started_at is not None else self.now
-        if job.last_checkpoint_at is not None and job.last_checkpoint_at > since:
-            since = job.last_checkpoint_at
-        restore = job.restore_cost_s if job.checkpoint else 0.0
-        return PreemptMode.KILL, (max(self.now - since, 0.0) + restore) * w
-
-    def _candidate(self, b: Job, bq: ClusterQueue, v: Job) -> PreemptReason | None:
-        """Whether running job `v` may be preempted for pending job `b`, and under which reason."""
-        vq = self.queues.get(v.cluster_queue)
-        if vq is None:
-            return None
-        same_queue = vq.name == bq.name
-        same_cohort = bq.cohort is not None and vq.cohort == bq.cohort
-        if v.backfilled and ahead_of(b, v) and (same_queue or same_cohort):
-            return PreemptReason.RESERVATION_DUE
-        if v.started_at is not None and self.now - v.started_at < self.policy.preemption.min_runtime_seconds:
-            return None
-        if same_queue:
-            within = self._within(bq)
-            if within is WithinClusterQueue.NEVER:
-                return None
-            if v.priority < b.priority:
-                return PreemptReason.IN_CLUSTER_QUEUE
-            if (within is WithinClusterQueue.LOWER_OR_NEWER_EQUAL_PRIORITY and v.priority == b.priority
-                    and ahead_of(b, v)):
-                return PreemptReason.IN_CLUSTER_QUEUE
-            return None
-        if same_cohort:
-            reclaim = self._reclaim(bq)
-            if reclaim is ReclaimWithinCohort.NEVER or not self._borrowing[vq.name]:
-                return None
-            if reclaim is ReclaimWithinCohort.LOWER_PRIORITY and v.priority >= b.priority:
-                return None
-            return PreemptReason.IN_COHORT_RECLAMATION
-        return None
-
-    def _try_preempt(self, job: Job, cq: ClusterQueue) -> bool:
-        """Plan the cheapest set of victims that lets `job` fit. True when the job now only waits for
-        victims (new or already being vacated) to go."""
-        if self.policy.preemption.mode is PreemptionMode.NEVER:
-            return False
-        state = self.qstate[cq.name]
-        own = job.key in self._owners  # waiting for its own victims: always looked at, outside the budget
-        if state.preemption_attempts >= self.policy.preemption_attempts_per_queue and not own:
-            return False
-        shape = (cq.name, self._shape(job))
-        if self._failed_preemption.get(shape, -(2**62)) >= job.priority and not own:
-            return False
-        if not own:
-            state.preemption_attempts += 1
-        self._borrowing = {name: self.ledger.borrowing(name) for name in self.queues}
-
-        cands: list[tuple[tuple[object, ...], _Running, PreemptReason | None, PreemptMode, float]] = []
-        for run in self._vacating:
-            # Already leaving: free room at no extra cost, for the job it was preempted for while that job
-            # still waits (or for anyone once it no longer does), and ahead of all other candidates.
-            owner = run.job.preempted_for
-            if run.job.key in self.claimed or (owner is not None and owner != job.key and owner in self._waiting):
-                continue
-            mine = 0 if owner == job.key else 1
-            cands.append(((0, float(mine), 0, 0.0, run.job.key), run, None, PreemptMode.KILL, 0.0))
-        for run in self._by_group.get(self._share_group(cq.name), ()):
-            v = run.job
-            key = v.key
-            if key in self.claimed or key in self.victims or v.checkpointing:
-                continue
-            reason = self._candidate(job, cq, v)
-            if reason is None:
-                continue
-            mode, cost = self._victim_cost(v)
-            newest = -(v.admitted_at or v.started_at or 0.0)
-            cands.append(((1, cost, v.priority, newest, key), run, reason, mode, cost))
-        if not cands:
-            self._failed_preemption[shape] = max(self._failed_preemption.get(shape, -(2**62)), job.priority)
-            return False
-        cands.sort(key=lambda c: c[0])
-
-        # A full fit (quota, then every node) per added victim is the costly part. Skip it while the
-        # job's dominant resource cannot be free yet in its flavors' pools even in total.
-        dom = dominant_resource(job.total_requests())
-        need = job.total_requests().get(dom, 0)
-        avail = self._pool_free(job, cq, dom)
-
-        self.cap.speculative += 1
-        chosen: list[int] = []
-        try:
-            fits = False
-            for i, (_, run, _, _, _) in enumerate(cands):
-                self._lift(run)
-                chosen.append(i)
-                avail += sum(req.get(dom, 0) for _, req in run.nodes)
-                if avail < need:
-                    continue
-                verdict = self._fits_after(job, cq, [cands[k][2] for k in chosen])
-                if verdict is None:
-                    break  # it fits, but may not start (reservation, or reclaim would borrow): more won't help
-                if verdict:
-                    fits = True
-                    break
-            hold: _Fit | PendingReason | None = None
-            if fits:
-                # Drop victims that turn out unnecessary, most expensive first (Kueue's reverse walk).
-                for i in sorted(chosen, key=lambda k: cands[k][0], reverse=True):
-                    self._restore(cands[i][1])
-                    rest = [k for k in chosen if k != i]
-                    if self._fits_after(job, cq, [cands[k][2] for k in rest]) is True:
-                        chosen = rest
-                    else:
-                        self._lift(cands[i][1])
-                hold = self._fit(job, cq, commit=False)
-            for i in chosen:
-                self._restore(cands[i][1])
-        finally:
-            self.cap.speculative -= 1
-        if isinstance(hold, _Fit):
-            # Hold the room being made for the rest of the cycle (on top of the victims, who keep it until
-            # they are gone): a later job taking the part already free would leave the preemptor unable
-            # to start once the victims leave, and it would preempt again and again.
-            reqs = {ps.name: ps.requests for ps in job.pod_sets}
-            for pl in hold.placement:
-                for node in pl.nodes:
-                    self.cap.consume(node, reqs[pl.name])
-            # Quota: only what the victims' own usage (still counted until they are gone) does not cover.
-            excess = dict(hold.delta)
-            for i in chosen:
-                for k, q in cands[i][1].delta.items():
-                    if k in excess:
-                        excess[k] -= q
-            self.ledger.add(cq.name, {k: q for k, q in excess.items() if q > 0})
-            # For backfill, the preemptor is as good as admitted: it starts when its victims are gone and
-            # runs for its estimate, so reservations see that room come back.
-            starts = self.now + max((cands[i][1].job.checkpoint_cost_s for i in chosen), default=0.0)
-            rem = self._remaining(job)
-            end = INF if rem is None else starts + max(rem, 1.0)
-            self.admitted_now.append(_Running(job, hold.delta, [], end, hold.by_flavor))
-            for f, amount in hold.by_flavor.items():
-                if f in self.profiles:
-                    self.profiles[f].hold(self.now, end - self.now, amount)
-        if not fits:
-            self._failed_preemption[shape] = max(self._failed_preemption.get(shape, -(2**62)), job.priority)
-            return False
-        for i in sorted(chosen, key=lambda k: cands[k][0]):
-            _, run, reason, mode, cost = cands[i]
-            key = run.job.key
-            self.claimed.add(key)
-            if reason is None:
-                continue  # already vacating
-            self.victims.add(key)
-            self.out.actions.append(Preempt(key, mode, job.key, reason, round(cost, 3)))
-            run.end = self.now + run.job.checkpoint_cost_s
-        return True
-
-    def _lift(self, run: _Running) -> None:
-        for node, req in run.nodes:
-            self.cap.release(node, req)
-        if run.job.cluster_queue in self.queues:
-            self.ledger.remove(run.job.cluster_queue, run.delta)
-
-    def _restore(self, run: _Running) -> None:
-        for node, req in run.nodes:
-            self.cap.consume(node, req)
-        if run.job.cluster_queue in self.queues:
-            self.ledger.add(run.job.cluster_queue, run.delta)
-
-    def _fits_after(self, job: Job, cq: ClusterQueue, reasons: list[PreemptReason | None]) -> bool | None:
-        """True: the job fits with the lifted victims gone. False: not yet. None: it fits but may not
-        start this way, and more victims will not change that."""
-        fit = self._fit(job, cq, commit=False)
-        if not isinstance(fit, _Fit):
-            return False
-        if not self._backfill_check(job, fit)[0]:
-            return None  # it would start ahead of a reservation it may not delay: preempting is pointless
-        if PreemptReason.IN_COHORT_RECLAMATION in reasons and not self.ledger.within_nominal(cq.name, fit.delta):
-            return None  # reclaiming is only for taking back one's own nominal quota, never to borrow
-        return True
-
-    def _pool_free(self, job: Job, cq: ClusterQueue, resource: str) -> int:
-        """Free amount of `resource` over the nodes of every flavor the job's pod sets could use."""
-        flavors: set[str] = set()
-        for ps in job.pod_sets:
-            group = self._group_for(cq, tuple(sorted(r for r, q in ps.requests.items() if q > 0)))
-            flavors.update(fq.name for fq in (group.flavors if group is not None else ()))
-        key = tuple(sorted(flavors))
-        names = self._pool_nodes.get(key)
-        if names is None:
-            found: set[str] = set()
-            for f in key:
-                pool = self.cap.pools.get(f)
-                if pool is not None:
-                    found.update(pool.nodes)
-            names = self._pool_nodes[key] = sorted(found)
-        free = self.cap.free
-        total = 0
-        for n in names:
-            q = free[n].get(resource, 0)
-            if q > 0:
-                total += q
-        return total
-
-    # ---- the cycle --------------------------------------------------------------------------------
-
-    def run(self) -> Decisions:
-        # Like Kueue, jobs that fit within their queue's nominal quota go before jobs that would have to
-        # borrow: the first pass defers borrowers, the second takes them in order. Otherwise a borrower
-        # that was just reclaimed would be re-admitted ahead of the job that reclaimed it.
-        deferred: list[Job] = []
-        for job in self.pending:
-            self._consider(job, deferred)
-        for job in deferred:
-            self._consider(job, None)
-        positions: dict[str, int] = {}
-        waiting = self.out.waiting
-        for job in self.pending:
-            why = self._why.get(job.key)
-            if why is not None:
-                positions[job.cluster_queue] = pos = positions.get(job.cluster_queue, 0) + 1
-                waiting[job.key] = Waiting(job.key, pos, *why)
-        self._periodic_checkpoints()
-        return self.out
-
-    def _consider(self, job: Job, deferred: list[Job] | None) -> None:
-        """Admit, preempt for, reserve for, or explain one pending job. With `deferred` (first pass), a job
-        that could only start by borrowing is set aside instead."""
-        cq = self.queues.get(job.cluster_queue)
-        if cq is None:
-            self._wait(job, PendingReason.UNKNOWN_QUEUE, f"ClusterQueue {job.cluster_queue!r} does not exist")
+def _consider(ws: Workspace, job: Job, deferred: list[Job] | None) -> None:
+    """Admit, preempt for, reserve for, or explain one pending job. With `deferred` (first pass), a job
+    that could only start by borrowing is set aside instead."""
+    cq = ws.queues.get(job.cluster_queue)
+    if cq is None:
+        _wait(ws, job, PendingReason.UNKNOWN_QUEUE, f"ClusterQueue {job.cluster_queue!r} does not exist")
+        return
+    if cq.stopped:
+        _wait(ws, job, PendingReason.QUEUE_STOPPED, f"ClusterQueue {cq.name!r} is stopped")
+        return
+    state = ws.qstate[cq.name]
+    if state.hard_blocked:
+        _wait(ws, job, PendingReason.STRICT_FIFO, f"an earlier job blocks StrictFIFO ClusterQueue {cq.name!r}")
+        return
+    if deferred is not None and state.deferred:
+        deferred.append(job)  # keeps queue order behind a deferred head
+        return
+    fit = find_fit(ws, job, cq, commit=True)
+    if isinstance(fit, Fit):
+        if deferred is not None and cq.cohort is not None and ws.ledger.borrowing(cq.name, fit.delta):
+            release(ws, job, fit)
+            deferred.append(job)
+            # The rest of this queue follows it, so borrowing never lets a lower-priority job of the same
+            # queue overtake (it would take the room the borrower may just have preempted for).
+            state.deferred = True
             return
-        if cq.stopped:
-            self._wait(job, PendingReason.QUEUE_STOPPED, f"ClusterQueue {cq.name!r} is stopped")
+        ok, opportunistic = may_start_now(ws, job, fit)
+        if ok:
+            _admit(ws, job, cq, fit, opportunistic)
             return
-        state = self.qstate[cq.name]
-        if state.hard_blocked:
-            self._wait(job, PendingReason.STRICT_FIFO, f"an earlier job blocks StrictFIFO ClusterQueue {cq.name!r}")
-            return
-        if deferred is not None and state.deferred:
-            deferred.append(job)  # keeps queue order behind a deferred head
-            return
-        fit = self._fit(job, cq, commit=True)
-        if isinstance(fit, _Fit):
-            if deferred is not None and cq.cohort is not None and self.ledger.borrowing(cq.name, fit.delta):
-                self._release(job, fit)
-                deferred.append(job)
-                # The rest of this queue follows it, so borrowing never lets a lower-priority job of the same
-                # queue overtake (it would take the room the borrower may just have preempted for).
-                state.deferred = True
-                return
-            ok, opportunistic = self._backfill_check(job, fit)
-            if ok:
-                self._admit(job, cq, fit, opportunistic)
-                return
-            self._release(job, fit)
-            self._wait(job, PendingReason.BACKFILL_BLOCKED, "fits now, but would delay a reserved job")
-            return
-        reason = fit
-        if (reason in (PendingReason.QUOTA, PendingReason.CAPACITY) and self.preempting
-                and (state.preemption_attempts < self.policy.preemption_attempts_per_queue or job.key in self._owners)
-                and self._try_preempt(job, cq)):
-            self._wait(job, PendingReason.WAITING_FOR_PREEMPTION, "room is being made by preemption")
-            return
-        start = None
-        # Quota-blocked jobs get reservations too: when quota equals capacity, a full cluster shows as
-        # "quota" first, and the capacity profile still tells when the running jobs free it.
-        if (reason in (PendingReason.CAPACITY, PendingReason.QUOTA) and self._backfill(cq)
-                and state.reservations < self._depth(cq)):
-            start = self._reserve(job, cq)
-        if start is not None:
-            state.reservations += 1
-            self._wait(job, PendingReason.RESERVATION, f"reserved start at t={start:.0f}", reserved_start=start)
-            if self._strict(cq) and not self._backfill(cq):
-                state.hard_blocked = True
-            return
-        self._wait(job, reason, _MESSAGES[reason])
-        if self._strict(cq):
+        release(ws, job, fit)
+        _wait(ws, job, PendingReason.BACKFILL_BLOCKED, "fits now, but would delay a reserved job")
+        return
+    reason = fit
+    if preempt_for(ws, job, cq, reason):
+        _wait(ws, job, PendingReason.WAITING_FOR_PREEMPTION, "room is being made by preemption")
+        return
+    start = None
+    # Quota-blocked jobs get reservations too: when quota equals capacity, a full cluster shows as
+    # "quota" first, and the capacity profile still tells when the running jobs free it.
+    if (reason in NEEDS_ROOM and ws.backfill_enabled(cq)
+            and state.reservations < ws.reservation_depth(cq)):
+        start = reserve(ws, job, cq)
+    if start is not None:
+        state.reservations += 1
+        _wait(ws, job, PendingReason.RESERVATION, f"reserved start at t={start:.0f}", reserved_start=start)
+        if ws.strict(cq) and not ws.backfill_enabled(cq):
             state.hard_blocked = True
+        return
+    _wait(ws, job, reason, _MESSAGES[reason])
+    if ws.strict(cq):
+        state.hard_blocked = True
 
-    def _admit(self, job: Job, cq: ClusterQueue, fit: _Fit, opportunistic: bool) -> None:
-        if job.checkpoint:
-            self.out.actions.append(Resume(job.key, cq.name, job.checkpoint, fit.placement, opportunistic))
-        else:
-            self.out.actions.append(Admit(job.key, cq.name, fit.placement, opportunistic))
-        self._hold_in_profiles(job, fit)
-        rem = self._remaining(job)
-        end = INF if rem is None else self.now + rem
-        self.admitted_now.append(_Running(job, fit.delta, [], end, fit.by_flavor))
 
-    def _wait(self, job: Job, reason: PendingReason, message: str, reserved_start: float | None = None) -> None:
-        # Waiting records are made at the end of the cycle, with positions in queue order.
-        self._why[job.key] = (reason, message, reserved_start)
-        if reserved_start is not None and reserved_start > self.now:
-            self._wake(reserved_start)
+def _admit(ws: Workspace, job: Job, cq: ClusterQueue, fit: Fit, opportunistic: bool) -> None:
+    if job.checkpoint:
+        ws.out.actions.append(Resume(job.key, cq.name, job.checkpoint, fit.placement, opportunistic))
+    else:
+        ws.out.actions.append(Admit(job.key, cq.name, fit.placement, opportunistic))
+    hold_in_profiles(ws, fit.by_flavor, run_length(ws, job))
+    rem = ws.remaining(job)
+    end = INF if rem is None else ws.now + rem
+    ws.admitted_now.append(Running(job, fit.delta, [], end, fit.by_flavor))
 
-    def _wake(self, t: float) -> None:
-        if self.out.next_wakeup is None or t < self.out.next_wakeup:
-            self.out.next_wakeup = t
 
-    def _periodic_checkpoints(self) -> None:
-        for key, run in self.running.items():
-            job = run.job
-            if (not job.checkpointable or job.started_at is None or job.vacating or job.checkpointing
-                    or key in self.victims):
-                continue
-            interval = self.policy.interval_for(job.checkpoint_interval_s, job.checkpoint_interval_auto,
-                                                job.checkpoint_cost_s, self.node_mtbf_s)
-            if interval is None:
-                continue
-            base = job.started_at
-            if job.last_checkpoint_at is not None and job.last_checkpoint_at > base:
-                base = job.last_checkpoint_at
-            due = base + interval
-            if due <= self.now:
-                self.out.actions.append(Checkpoint(key, CheckpointReason.PERIODIC))
-            else:
-                self._wake(due)
+def _wait(ws: Workspace, job: Job, reason: PendingReason, message: str, reserved_start: float | None = None) -> None:
+    ws.why[job.key] = (reason, message, reserved_start)
+    if reserved_start is not None and reserved_start > ws.now:
+        ws.wake(reserved_start)
 
 
 _MESSAGES: dict[PendingReason, str] = {

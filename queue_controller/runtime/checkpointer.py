@@ -7,52 +7,22 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import socket
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from queue_controller.runtime import criu_images, crypto, fsnap, gpu, pagestore, procfs, signal_mode
 from queue_controller.runtime import manifest as mf
+from queue_controller.runtime.checkpoint_request import Chain, Request, Settings
 from queue_controller.runtime.criu import Criu, Waiter
 from queue_controller.runtime.errors import RuntimeFailure
 from queue_controller.runtime.follow import Follower, HashSink, Sink, WritebackSink
-from queue_controller.runtime.store import RUNTIME_JSON, Store, new_id
-
-
-@dataclass
-class Request:
-    leave_running: bool = False
-    pre_dump: bool = False
-    full: bool = False
-
-
-@dataclass
-class Settings:
-    store: Store
-    mode: str = "CRIU"  # CRIU | Signal
-    tcp: str = "close"  # close | established
-    writable: list[str] = field(default_factory=list)
-    key: bytes | None = None
-    max_chain: int = 8
-    signal: int = signal.SIGUSR1
-    signal_timeout: float = 300.0
-    extra_criu: list[str] = field(default_factory=list)
-    staging: str = "auto"  # where incremental dumps stage full images: auto (/dev/shm), none, a path
-
-
-@dataclass
-class Chain:
-    """The checkpoint a next incremental dump compares against (this life's latest, or the restored one)."""
-
-    head: str | None = None
-    depth: int = 0
+from queue_controller.runtime.store import RUNTIME_JSON, new_id
 
 
 def _host() -> dict[str, str]:

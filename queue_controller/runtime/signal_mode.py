@@ -11,20 +11,17 @@ import os
 import shutil
 import signal
 import time
-from typing import TYPE_CHECKING
 
 from queue_controller.runtime import fsnap, procfs
 from queue_controller.runtime import manifest as mf
+from queue_controller.runtime.checkpoint_request import Publisher, Request
 from queue_controller.runtime.errors import RuntimeFailure
 from queue_controller.runtime.store import RUNTIME_JSON, new_id
-
-if TYPE_CHECKING:
-    from queue_controller.runtime.checkpointer import Checkpointer, Request
 
 REQUEST_FILE = "ckq-request.json"
 
 
-def take(cp: Checkpointer, pid: int, req: Request) -> mf.Manifest:
+def take(cp: Publisher, pid: int, req: Request) -> mf.Manifest:
     """Ask the app to save itself: request file, signal, wait for the ack, then publish like a dump."""
     started = time.monotonic()
     ckpt_id = new_id()

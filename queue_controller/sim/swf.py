@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from queue_controller.sim.trace import TraceError, TraceJob
+from queue_controller.sim.trace_job import TraceError, TraceJob
 
 
 @dataclass(frozen=True, slots=True)

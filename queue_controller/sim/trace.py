@@ -23,37 +23,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from queue_controller.sim.swf import read_swf
+from queue_controller.sim.trace_job import TraceError, TraceJob
 
 FIELDS: tuple[str, ...] = (
     "id", "submit_s", "runtime_s", "estimate_s", "cpu", "memory_gib", "gpus", "pods", "priority", "queue",
     "checkpointable", "checkpoint_gib",
 )
-
-
-class TraceError(ValueError):
-    """A trace that cannot be read; the message names the file, the line and the field."""
-
-
-@dataclass(frozen=True, slots=True)
-class TraceJob:
-    id: str
-    submit_s: float
-    runtime_s: float
-    estimate_s: float | None
-    cpu: float
-    memory_gib: float
-    gpus: int
-    pods: int
-    priority: int
-    queue: str
-    checkpointable: bool
-    checkpoint_gib: float | None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
 
 
 def _num(rec: dict[str, Any], name: str, *, minimum: float | None = None, positive: bool = False,
@@ -168,7 +147,5 @@ def load_any(path: Path, fmt: str = "auto") -> list[TraceJob]:
     if fmt not in ("auto", "jsonl", "swf"):
         raise TraceError(f"unknown trace format {fmt!r}: use auto, jsonl or swf")
     if fmt == "swf" or (fmt == "auto" and path.suffix.lower() in (".swf", ".gz") and ".swf" in path.name.lower()):
-        from queue_controller.sim.swf import read_swf
-
         return read_swf(path)
     return read_trace(path)

@@ -22,10 +22,17 @@ from queue_controller.engine import (
     Taint,
     Toleration,
 )
+from queue_controller.policies import load_policy
 
 M = 1000
 GIB = 2**30 * M
 FLAVOR_LABEL = "ckq.io/flavor"
+
+# The shipped policy profiles.
+IASS = load_policy("iass")
+KUEUE = load_policy("kueue")
+EASY = load_policy("easy")
+FIFO = load_policy("fifo")
 
 
 def node(name: str, gpus: int = 8, cpu: int = 64, mem_gib: int = 512, flavor: str = "h100",

@@ -1,0 +1,144 @@
+"""Fit: flavor assignment and gang placement of one job, within quota (Kueue's flavorassigner).
+
+Each pod set is charged to one flavor. The resource group covering most of the pod set's requested
+resources lists the candidate flavors, in order; the first flavor where the queue's quota (cohort
+included) has room *and* the flavor's nodes can hold every pod of the pod set wins (Kueue's default
+flavor fungibility). Pods go onto concrete nodes by best fit (`placement.Capacity.place`).
+
+A job is a gang: every pod of every pod set is placed, or none is. On failure nothing stays consumed and
+the most telling reason over the flavors tried comes back, in this order of preference: some flavor had
+quota but no set of nodes with room (`InsufficientCapacity`), some flavor had no quota
+(`InsufficientQuota`), a pod is larger than any matching node (`NeverFits`), no node matches
+(`NoMatchingNodes`).
+
+Capacity and quota only shrink while the cycle walks the queue, so a shape that failed once in a queue
+fails again: failures are memoized per (queue, shape), outside preemption's what-ifs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from queue_controller.engine.decisions import PendingReason
+from queue_controller.engine.quota import FR
+from queue_controller.engine.snapshot import ClusterQueue, Job, PodSet, PodSetPlacement
+from queue_controller.engine.workspace import Workspace
+
+
+@dataclass(slots=True)
+class Fit:
+    """Where a job would run, and what it charges."""
+
+    placement: tuple[PodSetPlacement, ...]
+    delta: dict[FR, int]  # quota usage
+    by_flavor: dict[str, dict[str, int]]  # aggregate requests per flavor, for backfill profiles
+
+
+def requested(ps: PodSet) -> tuple[str, ...]:
+    """The resources a pod set actually asks for, sorted: what picks its resource group."""
+    return tuple(sorted(r for r, q in ps.requests.items() if q > 0))
+
+
+def find_fit(ws: Workspace, job: Job, cq: ClusterQueue, commit: bool) -> Fit | PendingReason:
+    """Find flavors and nodes for every pod of the job within quota. Consumes capacity (and quota
+    when `commit`); on failure changes nothing and returns the most telling reason."""
+    memo = None
+    if commit and not ws.cap.speculative:
+        memo = (cq.name, ws.shape(job))
+        known = ws.failed_fit.get(memo)
+        if known is not None:
+            return known
+    result = _fit_uncached(ws, job, cq, commit)
+    if memo is not None and not isinstance(result, Fit):
+        ws.failed_fit[memo] = result
+    return result
+
+
+def _fit_uncached(ws: Workspace, job: Job, cq: ClusterQueue, commit: bool) -> Fit | PendingReason:
+    cap = ws.cap
+    ledger = ws.ledger
+    placed: list[tuple[PodSetPlacement, Mapping[str, int]]] = []
+    delta: dict[FR, int] = {}
+    by_flavor: dict[str, dict[str, int]] = {}
+    for index, ps in enumerate(job.pod_sets):
+        group = ws.group_for(cq, requested(ps))
+        reason = PendingReason.QUOTA if group is None else PendingReason.NO_MATCHING_NODES
+        done = False
+        for fq in group.flavors if group is not None else ():
+            pool = cap.pools.get(fq.name)
+            flavor = ws.flavors.get(fq.name)
+            if pool is None or flavor is None or not pool.nodes:
+                continue
+            ps_delta = {(fq.name, r): q * ps.count for r, q in ps.requests.items()
+                        if q > 0 and ledger.covers(cq.name, fq.name, r)}
+            merged = dict(delta)
+            for k, v in ps_delta.items():
+                merged[k] = merged.get(k, 0) + v
+            if not ledger.fits(cq.name, merged):
+                if reason is not PendingReason.CAPACITY:
+                    reason = PendingReason.QUOTA
+                continue
+            cands = cap.candidates(pool, ps, flavor.tolerations, job.restore_node_labels)
+            if not cands:
+                continue
+            if cap.never_fits(pool, ps.requests):
+                if reason is PendingReason.NO_MATCHING_NODES:
+                    reason = PendingReason.UNSATISFIABLE
+                continue
+            shape = None
+            if index == 0 and not ps.node_selector and not ps.tolerations and not job.restore_node_labels:
+                shape = (fq.name,)
+            nodes = cap.place(cands, ps.requests, ps.count, shape)
+            if nodes is None:
+                reason = PendingReason.CAPACITY
+                continue
+            placed.append((PodSetPlacement(ps.name, fq.name, tuple(nodes)), ps.requests))
+            delta = merged
+            agg = by_flavor.setdefault(fq.name, {})
+            for r, q in ps.requests.items():
+                agg[r] = agg.get(r, 0) + q * ps.count
+            done = True
+            break
+        if not done:
+            for pl, req in placed:
+                cap.unplace(pl.nodes, req)
+            return reason
+    if commit:
+        ledger.add(cq.name, delta)
+    else:
+        for pl, req in placed:
+            cap.unplace(pl.nodes, req)
+    return Fit(tuple(pl for pl, _ in placed), delta, by_flavor)
+
+
+def release(ws: Workspace, job: Job, fit: Fit) -> None:
+    """Undo a committed `fit`: give back its nodes and its quota."""
+    reqs = {ps.name: ps.requests for ps in job.pod_sets}
+    for pl in fit.placement:
+        ws.cap.unplace(pl.nodes, reqs[pl.name])
+    ws.ledger.remove(job.cluster_queue, fit.delta)
+
+
+def pool_free(ws: Workspace, job: Job, cq: ClusterQueue, resource: str) -> int:
+    """Free amount of `resource` over the nodes of every flavor the job's pod sets could use."""
+    flavors: set[str] = set()
+    for ps in job.pod_sets:
+        group = ws.group_for(cq, requested(ps))
+        flavors.update(fq.name for fq in (group.flavors if group is not None else ()))
+    key = tuple(sorted(flavors))
+    names = ws.pool_nodes.get(key)
+    if names is None:
+        found: set[str] = set()
+        for f in key:
+            pool = ws.cap.pools.get(f)
+            if pool is not None:
+                found.update(pool.nodes)
+        names = ws.pool_nodes[key] = sorted(found)
+    free = ws.cap.free
+    total = 0
+    for n in names:
+        q = free[n].get(resource, 0)
+        if q > 0:
+            total += q
+    return total

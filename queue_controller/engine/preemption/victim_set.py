@@ -1,0 +1,184 @@
+"""The minimal victim set: which running jobs to preempt so that a pending job fits, and holding the room.
+
+`preempt_for` is asked once per blocked job (quota or capacity). It gathers the eligible candidates in
+the preemptor's queue or cohort, plus jobs already being vacated, and sorts them by `VictimOrder`. Then,
+inside a what-if (the workspace's `lift` / `restore`), it lifts candidates in that order until the job
+fits, and walks the chosen set backwards, most expensive first, putting back any victim without which the
+job still fits (Kueue's reverse walk). The job must also be allowed to *start* that way: not ahead of a
+reservation it may not delay, and not by borrowing when the room comes from reclaiming quota (reclaim is
+only for taking back one's own nominal quota).
+
+When it works, the room is held for the rest of the cycle: the victims keep their resources until they
+are gone, and the part already free is consumed now, or a later job would take it and the preemptor
+would preempt again and again. The preemptor counts as admitted for backfill (it starts when its
+victims are gone), and one `Preempt` decision per new victim goes out, in victim order.
+
+Cost bounds: a queue gets `preemptionAttemptsPerQueue` searches per cycle (a job waiting for its own
+victims is always looked at, outside that budget), a shape that found no victims is not searched again
+at the same or a lower priority, and the full fit per added victim is skipped while the job's dominant
+resource cannot be free yet even in total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from queue_controller.engine.backfill import hold_in_profiles, may_start_now
+from queue_controller.engine.decisions import PendingReason, Preempt, PreemptMode, PreemptReason
+from queue_controller.engine.fit import Fit, find_fit, pool_free
+from queue_controller.engine.placement import dominant_resource
+from queue_controller.engine.preemption.eligibility import eligible
+from queue_controller.engine.preemption.victim_order import VictimOrder, lost_work
+from queue_controller.engine.profile import INF
+from queue_controller.engine.snapshot import ClusterQueue, Job
+from queue_controller.engine.workspace import NEEDS_ROOM, Running, Workspace
+
+_NEVER = -(2**62)  # below every priority: no failed search recorded for a shape
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A running job that may be preempted for the job at hand."""
+
+    run: Running
+    reason: PreemptReason | None  # None: already being vacated
+    mode: PreemptMode
+    lost_work: float
+    order: VictimOrder
+
+
+def candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> list[Candidate]:
+    """Every candidate victim for `job`, in victim order."""
+    out: list[Candidate] = []
+    for run in ws.vacating:
+        # Already leaving: free room at no extra cost, for the job it was preempted for while that job
+        # still waits (or for anyone once it no longer does), and ahead of all other candidates.
+        owner = run.job.preempted_for
+        if run.job.key in ws.claimed or (owner is not None and owner != job.key and owner in ws.waiting):
+            continue
+        out.append(Candidate(run, None, PreemptMode.KILL, 0.0, VictimOrder.leaving(run.job, job.key)))
+    borrowing = {name: ws.ledger.borrowing(name) for name in ws.queues}
+    for run in ws.by_group.get(ws.share_group(cq.name), ()):
+        v = run.job
+        key = v.key
+        if key in ws.claimed or key in ws.victims or v.checkpointing:
+            continue
+        reason = eligible(ws, job, cq, v, borrowing)
+        if reason is None:
+            continue
+        mode, cost = lost_work(v, ws.now, ws.policy)
+        out.append(Candidate(run, reason, mode, cost, VictimOrder.running(v, cost)))
+    out.sort(key=lambda c: c.order)
+    return out
+
+
+def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason) -> bool:
+    """Plan the cheapest set of victims that lets `job` fit. True when the job now only waits for
+    victims (new or already being vacated) to go."""
+    if reason not in NEEDS_ROOM or not ws.preempting:
+        return False
+    state = ws.qstate[cq.name]
+    own = job.key in ws.owners  # waiting for its own victims: always looked at, outside the budget
+    if state.preemption_attempts >= ws.policy.preemption_attempts_per_queue and not own:
+        return False
+    shape = (cq.name, ws.shape(job))
+    if ws.failed_preemption.get(shape, _NEVER) >= job.priority and not own:
+        return False
+    if not own:
+        state.preemption_attempts += 1
+
+    cands = candidates(ws, job, cq)
+    if not cands:
+        ws.failed_preemption[shape] = max(ws.failed_preemption.get(shape, _NEVER), job.priority)
+        return False
+
+    # A full fit (quota, then every node) per added victim is the costly part. Skip it while the
+    # job's dominant resource cannot be free yet in its flavors' pools even in total.
+    dom = dominant_resource(job.total_requests())
+    need = job.total_requests().get(dom, 0)
+    avail = pool_free(ws, job, cq, dom)
+
+    ws.cap.speculative += 1
+    chosen: list[Candidate] = []
+    try:
+        fits = False
+        for cand in cands:
+            ws.lift(cand.run)
+            chosen.append(cand)
+            avail += sum(req.get(dom, 0) for _, req in cand.run.nodes)
+            if avail < need:
+                continue
+            verdict = _fits_after(ws, job, cq, chosen)
+            if verdict is None:
+                break  # it fits, but may not start (reservation, or reclaim would borrow): more won't help
+            if verdict:
+                fits = True
+                break
+        hold: Fit | PendingReason | None = None
+        if fits:
+            # Drop victims that turn out unnecessary, most expensive first (Kueue's reverse walk).
+            for cand in sorted(chosen, key=lambda c: c.order, reverse=True):
+                ws.restore(cand.run)
+                rest = [c for c in chosen if c is not cand]
+                if _fits_after(ws, job, cq, rest) is True:
+                    chosen = rest
+                else:
+                    ws.lift(cand.run)
+            hold = find_fit(ws, job, cq, commit=False)
+        for cand in chosen:
+            ws.restore(cand.run)
+    finally:
+        ws.cap.speculative -= 1
+    if isinstance(hold, Fit):
+        _hold_room(ws, job, cq, hold, chosen)
+    if not fits:
+        ws.failed_preemption[shape] = max(ws.failed_preemption.get(shape, _NEVER), job.priority)
+        return False
+    for cand in sorted(chosen, key=lambda c: c.order):
+        run = cand.run
+        key = run.job.key
+        ws.claimed.add(key)
+        if cand.reason is None:
+            continue  # already vacating
+        ws.victims.add(key)
+        ws.out.actions.append(Preempt(key, cand.mode, job.key, cand.reason, round(cand.lost_work, 3)))
+        run.end = ws.now + run.job.checkpoint_cost_s
+    return True
+
+
+def _fits_after(ws: Workspace, job: Job, cq: ClusterQueue, victims: list[Candidate]) -> bool | None:
+    """With `victims` lifted. True: the job fits. False: not yet. None: it fits but may not start this
+    way, and more victims will not change that."""
+    fit = find_fit(ws, job, cq, commit=False)
+    if not isinstance(fit, Fit):
+        return False
+    if not may_start_now(ws, job, fit)[0]:
+        return None  # it would start ahead of a reservation it may not delay: preempting is pointless
+    if (PreemptReason.IN_COHORT_RECLAMATION in [c.reason for c in victims]
+            and not ws.ledger.within_nominal(cq.name, fit.delta)):
+        return None  # reclaiming is only for taking back one's own nominal quota, never to borrow
+    return True
+
+
+def _hold_room(ws: Workspace, job: Job, cq: ClusterQueue, hold: Fit, victims: list[Candidate]) -> None:
+    """Hold the room being made for the rest of the cycle (on top of the victims, who keep it until they
+    are gone): a later job taking the part already free would leave the preemptor unable to start once
+    the victims leave, and it would preempt again and again."""
+    reqs = {ps.name: ps.requests for ps in job.pod_sets}
+    for pl in hold.placement:
+        for node in pl.nodes:
+            ws.cap.consume(node, reqs[pl.name])
+    # Quota: only what the victims' own usage (still counted until they are gone) does not cover.
+    excess = dict(hold.delta)
+    for cand in victims:
+        for k, q in cand.run.delta.items():
+            if k in excess:
+                excess[k] -= q
+    ws.ledger.add(cq.name, {k: q for k, q in excess.items() if q > 0})
+    # For backfill, the preemptor is as good as admitted: it starts when its victims are gone and
+    # runs for its estimate, so reservations see that room come back.
+    starts = ws.now + max((c.run.job.checkpoint_cost_s for c in victims), default=0.0)
+    rem = ws.remaining(job)
+    end = INF if rem is None else starts + max(rem, 1.0)
+    ws.admitted_now.append(Running(job, hold.delta, [], end, hold.by_flavor))
+    hold_in_profiles(ws, hold.by_flavor, end - ws.now)

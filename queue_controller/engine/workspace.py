@@ -1,0 +1,260 @@
+"""The cycle workspace: what one decision cycle knows, and changes, while it walks the pending jobs.
+
+A cycle starts from the snapshot: node capacity (`placement.Capacity`), quota usage (`quota.QuotaLedger`),
+and the jobs already admitted, accounted as `Running` entries. The rules then read and change it:
+`fit` consumes capacity and quota, `backfill` keeps one capacity `Profile` per flavor, `preemption`
+marks victims, `periodic_checkpoints` emits checkpoints, and every decision goes to `out`.
+
+The workspace sits at the bottom of the engine: it imports no rule module, and each rule module imports
+it (and the rules below it), never the loop in `scheduler.py`. That is what lets the rules live in
+modules of their own without import cycles.
+
+What-if state. Preemption has to ask "would the job fit if these jobs were gone?". `lift(run)` takes a
+running job's pods off their nodes and its usage off the quota ledger; `restore(run)` puts them back,
+exactly. These are Kueue's cache snapshot `RemoveWorkload` / `AddWorkload`. While a what-if is open,
+`cap.speculative` is above zero so that nothing learned then (failed shapes) is remembered as a fact
+of the cycle.
+
+Per-queue policy lookups. A policy profile gives defaults; a ClusterQueue's own fields (queueing
+strategy, backfill, reservation depth, preemption rules) refine them. The lookups here are the one place
+that merges the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from queue_controller.engine.decisions import Decisions, PendingReason
+from queue_controller.engine.ordering import dominant_share, order_key
+from queue_controller.engine.placement import Capacity
+from queue_controller.engine.policy import Policy, PreemptionMode
+from queue_controller.engine.profile import INF, Profile
+from queue_controller.engine.quota import FR, QuotaLedger
+from queue_controller.engine.snapshot import (
+    ClusterQueue,
+    Job,
+    JobState,
+    QueueingStrategy,
+    ReclaimWithinCohort,
+    ResourceGroup,
+    Snapshot,
+    WithinClusterQueue,
+)
+
+# A job that overran its runtime estimate is assumed to end within this long (Slurm's bf_resolution).
+OVERRUN_GRACE_S = 60.0
+
+# The pending reasons that more room would cure: only jobs blocked this way may preempt or get a
+# reservation. (A set, also because looking up an enum member costs more than a set lookup.)
+NEEDS_ROOM = frozenset({PendingReason.QUOTA, PendingReason.CAPACITY})
+
+# Why a pending job waits: (reason, message, reserved start). Turned into `Waiting` records, with
+# positions in queue order, at the end of the cycle.
+WaitReason = tuple[PendingReason, str, float | None]
+
+
+@dataclass(slots=True)
+class Running:
+    """A job that holds (or will hold) resources during this cycle: admitted before it, or admitted or
+    promised room by it."""
+
+    job: Job
+    delta: dict[FR, int]  # its quota usage
+    nodes: list[tuple[str, Mapping[str, int]]]  # (node, per-pod requests), one entry per pod
+    end: float  # estimated end, INF when unknown
+    by_flavor: dict[str, dict[str, int]] = field(default_factory=dict)  # aggregate requests per flavor
+
+
+@dataclass(slots=True)
+class QueueState:
+    """What the walk has learned about one ClusterQueue so far."""
+
+    hard_blocked: bool = False  # StrictFIFO head blocked without a reservation
+    deferred: bool = False  # a job was set aside for the borrowing pass: the rest of the queue follows it
+    reservations: int = 0
+    preemption_attempts: int = 0
+
+
+class Workspace:
+    """The mutable state of one cycle, built from a snapshot. Rules change it; the loop reads `out`."""
+
+    def __init__(self, snapshot: Snapshot, now: float, policy: Policy) -> None:
+        self.now = now
+        self.policy = policy
+        self.out = Decisions()
+        self.queues: dict[str, ClusterQueue] = {q.name: q for q in snapshot.cluster_queues}
+        self.flavors = {f.name: f for f in snapshot.flavors}
+        self.cap = Capacity(snapshot.nodes, snapshot.flavors)
+        self.ledger = QuotaLedger(snapshot.cluster_queues)
+        self.qstate: dict[str, QueueState] = {name: QueueState() for name in self.queues}
+        self.profiles: dict[str, Profile] = {}  # per flavor, built on first use (backfill.profile)
+        self.running: dict[str, Running] = {}  # admitted before this cycle, by job key
+        self.claimed: set[str] = set()  # victims (new or in flight) that some beneficiary counts on
+        self.victims: set[str] = set()  # chosen this cycle
+        self.admitted_now: list[Running] = []  # admitted, or promised room, by this cycle
+        self.preempting = policy.preemption.mode is not PreemptionMode.NEVER
+        self.node_mtbf_s = snapshot.node_mtbf_s
+        self.why: dict[str, WaitReason] = {}
+        # Memos. Capacity and quota only shrink during the main pass, so a shape that failed stays failed
+        # (Kueue's equivalence hashing): jobs of one shape in one queue that did not fit, and the highest
+        # priority for which a shape found no victims.
+        self.failed_fit: dict[tuple[object, ...], PendingReason] = {}
+        self.failed_preemption: dict[tuple[object, ...], int] = {}
+        self.pool_nodes: dict[tuple[str, ...], list[str]] = {}  # flavors -> their pools' nodes
+        self._group_cache: dict[tuple[str, tuple[str, ...]], ResourceGroup | None] = {}
+        self._shapes: dict[str, tuple[object, ...]] = {}
+
+        for job in sorted(snapshot.jobs, key=order_key):
+            if job.state is JobState.ADMITTED:
+                self._account_running(job)
+        # Preemption candidates: running jobs by the group they may be preempted within, and the jobs
+        # already being vacated (free room soon, at no extra cost).
+        self.by_group: dict[str, list[Running]] = {}
+        self.vacating: list[Running] = []
+        self.owners: set[str] = set()  # jobs that victims being vacated were preempted for
+        for run in self.running.values():
+            if run.job.vacating:
+                self.vacating.append(run)
+                if run.job.preempted_for is not None:
+                    self.owners.add(run.job.preempted_for)
+            else:
+                self.by_group.setdefault(self.share_group(run.job.cluster_queue), []).append(run)
+        pending = [j for j in snapshot.jobs if j.state is JobState.PENDING]
+        self.waiting: set[str] = {j.key for j in pending}
+        self.pending = sorted(pending, key=self._sort_key if policy.fair_sharing else order_key)
+
+    # ---- setup ------------------------------------------------------------------------------------
+
+    def _sort_key(self, job: Job) -> tuple[float, int, float, str]:
+        share = dominant_share(self.ledger, job.cluster_queue) if job.cluster_queue in self.queues else 0.0
+        return (share, -job.priority, job.queue_order, job.key)
+
+    def _account_running(self, job: Job) -> None:
+        delta: dict[FR, int] = {}
+        nodes: list[tuple[str, Mapping[str, int]]] = []
+        by_flavor: dict[str, dict[str, int]] = {}
+        ps_by_name = {ps.name: ps for ps in job.pod_sets}
+        cq = job.cluster_queue
+        for pl in job.placement:
+            ps = ps_by_name.get(pl.name)
+            if ps is None:
+                continue
+            agg = by_flavor.setdefault(pl.flavor, {})
+            for r, q in ps.requests.items():
+                total = q * len(pl.nodes)
+                agg[r] = agg.get(r, 0) + total
+                if cq in self.queues and self.ledger.covers(cq, pl.flavor, r):
+                    delta[(pl.flavor, r)] = delta.get((pl.flavor, r), 0) + total
+            for node in pl.nodes:
+                if node in self.cap.free:
+                    self.cap.consume(node, ps.requests)
+                    nodes.append((node, ps.requests))
+        if cq in self.queues:
+            self.ledger.add(cq, delta)
+        if job.vacating:
+            end = self.now + job.checkpoint_cost_s
+        else:
+            rem = self.remaining(job)
+            if rem is None:
+                end = INF
+            else:
+                start = job.started_at if job.started_at is not None else self.now
+                end = start + rem
+                if end <= self.now:
+                    end = self.now + OVERRUN_GRACE_S
+        self.running[job.key] = Running(job, delta, nodes, end, by_flavor)
+
+    # ---- facts about jobs -------------------------------------------------------------------------
+
+    def remaining(self, job: Job) -> float | None:
+        """Estimated seconds of work left (the policy's default estimate when the job gives none), or
+        None when unknown."""
+        est = job.runtime_estimate_s
+        if est is None:
+            est = self.policy.backfill.default_runtime_estimate_seconds
+        if est is None:
+            return None
+        return max(est - job.run_time_s, 0.0)
+
+    def share_group(self, cq_name: str) -> str:
+        """Jobs that can preempt one another share a queue or a cohort."""
+        cq = self.queues.get(cq_name)
+        if cq is not None and cq.cohort is not None:
+            return "cohort/" + cq.cohort
+        return "queue/" + cq_name
+
+    def shape(self, job: Job) -> tuple[object, ...]:
+        """What decides whether a job fits, without its identity: equal shapes fit (or fail) alike."""
+        shape = self._shapes.get(job.key)
+        if shape is None:
+            shape = self._shapes[job.key] = self._compute_shape(job)
+        return shape
+
+    @staticmethod
+    def _compute_shape(job: Job) -> tuple[object, ...]:
+        # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
+        sets = job.pod_sets
+        if len(sets) == 1 and not job.restore_node_labels:
+            ps = sets[0]
+            if not ps.node_selector and not ps.tolerations:
+                return (ps.count, *ps.requests.items())  # the common case, cheaply
+        return (
+            tuple((ps.count, tuple(ps.requests.items()),
+                   tuple(ps.node_selector.items()) if ps.node_selector else (), ps.tolerations)
+                  for ps in job.pod_sets),
+            tuple(job.restore_node_labels.items()) if job.restore_node_labels else (),
+        )
+
+    # ---- per-queue policy lookups -----------------------------------------------------------------
+
+    def strict(self, cq: ClusterQueue) -> bool:
+        return self.policy.strict_fifo or cq.queueing_strategy is QueueingStrategy.STRICT_FIFO
+
+    def backfill_enabled(self, cq: ClusterQueue) -> bool:
+        return cq.backfill_enabled if cq.backfill_enabled is not None else self.policy.backfill.enabled
+
+    def reservation_depth(self, cq: ClusterQueue) -> int:
+        return cq.reservation_depth if cq.reservation_depth is not None else self.policy.backfill.reservation_depth
+
+    def within(self, cq: ClusterQueue) -> WithinClusterQueue:
+        return cq.within_cluster_queue or self.policy.preemption.within_cluster_queue
+
+    def reclaim(self, cq: ClusterQueue) -> ReclaimWithinCohort:
+        return cq.reclaim_within_cohort or self.policy.preemption.reclaim_within_cohort
+
+    def group_for(self, cq: ClusterQueue, resources: tuple[str, ...]) -> ResourceGroup | None:
+        """The resource group covering most of a pod set's requested resources (one flavor per pod set)."""
+        key = (cq.name, resources)
+        if key not in self._group_cache:
+            best: ResourceGroup | None = None
+            best_n = 0
+            for g in cq.resource_groups:
+                n = sum(1 for r in resources if r in g.covered_resources)
+                if n > best_n:
+                    best, best_n = g, n
+            self._group_cache[key] = best
+        return self._group_cache[key]
+
+    # ---- what-if ----------------------------------------------------------------------------------
+
+    def lift(self, run: Running) -> None:
+        """Take a running job off its nodes and out of its queue's usage, as if it were gone."""
+        for node, req in run.nodes:
+            self.cap.release(node, req)
+        if run.job.cluster_queue in self.queues:
+            self.ledger.remove(run.job.cluster_queue, run.delta)
+
+    def restore(self, run: Running) -> None:
+        """Undo `lift`."""
+        for node, req in run.nodes:
+            self.cap.consume(node, req)
+        if run.job.cluster_queue in self.queues:
+            self.ledger.add(run.job.cluster_queue, run.delta)
+
+    # ---- output -----------------------------------------------------------------------------------
+
+    def wake(self, t: float) -> None:
+        """Ask to be called again at `t` at the latest."""
+        if self.out.next_wakeup is None or t < self.out.next_wakeup:
+            self.out.next_wakeup = t

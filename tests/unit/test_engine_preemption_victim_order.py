@@ -1,0 +1,73 @@
+"""The victim order (preemption/victim_order.py): checkpoint-first, least lost work first.
+
+Small scenarios whose right answer can be worked out by hand."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from queue_controller.engine import Preempt, PreemptMode, decide
+from queue_controller.engine.preemption.victim_order import VictimOrder, lost_work
+from tests.unit.engine_factory import IASS, KUEUE, job, node, queue, running, snapshot
+
+pytestmark = pytest.mark.unit
+
+
+def test_checkpoint_first_preemption_under_iass_and_kill_under_kueue() -> None:
+    snap = snapshot([node("n0")], [queue(gpus=8)], [running(job("low"), ["n0"]), job("high", priority=10, t=1)])
+    (p,) = decide(snap, 100, IASS).of_type(Preempt)
+    assert p.mode is PreemptMode.CHECKPOINT
+    assert p.cost == pytest.approx((30 + 20) * 8)
+    (k,) = decide(snap, 100, KUEUE).of_type(Preempt)
+    assert k.mode is PreemptMode.KILL
+    assert k.cost == pytest.approx(100 * 8)  # 100 s of progress on 8 GPUs lost
+
+
+def test_non_checkpointable_victim_is_killed_even_under_iass() -> None:
+    snap = snapshot([node("n0")], [queue(gpus=8)],
+                    [running(job("low", checkpointable=False), ["n0"]), job("high", priority=10, t=1)])
+    (p,) = decide(snap, 100, IASS).of_type(Preempt)
+    assert p.mode is PreemptMode.KILL
+
+
+def test_victims_are_chosen_to_minimise_lost_work() -> None:
+    # Two candidate victims; either frees enough. The one that just checkpointed loses least to a kill.
+    long_progress = running(job("a", gpus=8), ["n0"], started_at=0)
+    fresh_ckpt = running(job("b", gpus=8), ["n1"], started_at=0, last_checkpoint_at=990, checkpoint="b-1")
+    snap = snapshot([node("n0"), node("n1")], [queue(gpus=16)],
+                    [long_progress, fresh_ckpt, job("high", priority=10, t=5)])
+    (p,) = decide(snap, 1000, KUEUE).of_type(Preempt)
+    assert p.victim == "ns/b"
+    # Under iass a 50 s checkpoint beats killing 1000 s of progress: the non-checkpointable job is spared.
+    snap2 = snapshot([node("n0"), node("n1")], [queue(gpus=16)],
+                     [running(job("nock", checkpointable=False), ["n0"], started_at=0),
+                      running(job("ck"), ["n1"], started_at=0), job("high", priority=10, t=5)])
+    (p2,) = decide(snap2, 1000, IASS).of_type(Preempt)
+    assert p2.victim == "ns/ck" and p2.mode is PreemptMode.CHECKPOINT
+
+
+# ---- the module alone -------------------------------------------------------------------------------
+
+def test_victim_order_compares_its_criteria_in_declaration_order() -> None:
+    mine = VictimOrder.leaving(replace(job("a"), preempted_for="ns/p"), "ns/p")
+    others = VictimOrder.leaving(replace(job("b"), preempted_for="ns/q"), "ns/p")
+    cheap_low = VictimOrder.running(job("c", priority=1), 10.0)
+    cheap_high = VictimOrder.running(job("d", priority=5), 10.0)
+    dear = VictimOrder.running(job("e", priority=0), 99.0)
+    assert sorted([dear, cheap_high, others, cheap_low, mine]) == [mine, others, cheap_low, cheap_high, dear]
+    older = VictimOrder.running(replace(job("o"), admitted_at=10.0), 1.0)
+    newer = VictimOrder.running(replace(job("n"), admitted_at=20.0), 1.0)
+    assert newer < older  # the most recently admitted goes first
+
+
+def test_lost_work_is_a_checkpoint_or_the_progress_since_the_last_one() -> None:
+    j = running(job("j", gpus=8), ["n0"], started_at=0, last_checkpoint_at=900)
+    assert lost_work(j, 1000, IASS) == (PreemptMode.CHECKPOINT, (30 + 20) * 8)
+    assert lost_work(j, 1000, KUEUE) == (PreemptMode.KILL, 100 * 8)
+    # A job that would restart from a checkpoint also pays the restore.
+    assert lost_work(replace(j, checkpoint="j-1"), 1000, KUEUE) == (PreemptMode.KILL, (100 + 20) * 8)
+    # CPU-only jobs are weighed by cores.
+    cpu_only = running(job("c", gpus=0, cpu=4), ["n0"], started_at=990)
+    assert lost_work(cpu_only, 1000, KUEUE) == (PreemptMode.KILL, 10 * 4)
