@@ -28,7 +28,6 @@ from queue_controller.api.job import (
     LastCheckpoint,
     PodSet,
     PodSetAssignment,
-    parse_duration,
 )
 from queue_controller.api.podtemplate import PodTemplateSpec
 from queue_controller.api.quantity import (
@@ -53,6 +52,7 @@ from queue_controller.api.queues import (
     ResourceUsage,
 )
 from queue_controller.api.validation import InvalidObject, validate_documents, validate_object
+from queue_controller.duration import parse_duration
 
 __all__ = [
     "API_VERSION",
