@@ -56,3 +56,27 @@ def test_fsnap_hook_needs_no_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         proc = subprocess.run([str(hook)], env=env, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, proc.stderr
+
+
+def test_control_server_knows_its_clients_pid_and_waits_for_them(tmp_path: Path) -> None:
+    """A client exec'd into the container must not be killed by PID 1's exit before it printed."""
+    import socket
+    import time
+
+    from queue_controller.runtime import control
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        assert control._peer_pid(a) == os.getpid()
+    server = control.Server(tmp_path / control.SOCKET_NAME, lambda req: {"ok": True})
+    server.start()
+    code = ("import sys, time, pathlib; from queue_controller.runtime import control; "
+            "print(control.request(pathlib.Path(sys.argv[1]), {'op': 'status'}), flush=True); time.sleep(0.5)")
+    client = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / control.SOCKET_NAME)],
+                              stdout=subprocess.PIPE, text=True)
+    while not server.peers:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    server.close()
+    assert time.monotonic() - t0 >= 0.3  # it waited for the client to exit
+    assert client.wait(5) == 0 and "'ok': True" in (client.stdout.read() if client.stdout else "")
