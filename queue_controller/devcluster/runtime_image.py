@@ -82,9 +82,15 @@ CONTAINER_SECURITY_CONTEXT: dict[str, object] = {
 _BUILDER_VERSION = "1"
 _PY = "python3.11"
 _PYTHON_ROOTS = ["python3.11-minimal", "libpython3.11-stdlib"]
-# Reached through Depends but never loaded by ckq-run (mime.types, perl for mailcap, locales, …).
-_PYTHON_SKIP = frozenset({"media-types", "mime-support", "mailcap", "perl", "perl-base", "perl-modules-5.36",
-                          "libperl5.36", "tzdata", "readline-common", "debconf", "dpkg", "install-info"})
+# Reached through Depends but never loaded by ckq-run: mime.types, perl for mailcap, tzdata, and the
+# libraries of the extension modules left out below (sqlite, Berkeley DB, gdbm, ncurses, readline,
+# NIS with Kerberos, crypt). A library something kept does need fails the build (`_stage_python`).
+_PYTHON_SKIP = frozenset({
+    "media-types", "mime-support", "mailcap", "perl", "perl-base", "perl-modules-5.36", "libperl5.36", "tzdata",
+    "readline-common", "debconf", "dpkg", "install-info", "libsqlite3-0", "libdb5.3", "libgdbm6", "libgdbm-compat4",
+    "libncursesw6", "libtinfo6", "libreadline8", "libnsl2", "libtirpc3", "libtirpc-common", "libgssapi-krb5-2",
+    "libkrb5-3", "libk5crypto3", "libkrb5support0", "libkeyutils1", "libcom-err2", "libcrypt1",
+})
 # Standard-library parts ckq-run never imports: tests, GUIs, build files, installers, 2to3.
 _STDLIB_DROP = frozenset({"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
                           "distutils", "venv", "unittest", "sqlite3", "dbm", "curses", "turtle.py",
