@@ -61,7 +61,7 @@ def build(
     """Build (or reuse) etcd, kube-*, kubelet, kubectl and kwok from Go modules; print their directory.
 
     With --real-nodes (the default) it also unpacks Debian's containerd, runc and CNI plugins into the
-    cache and builds the local images (ckq.local/pause, ckq.local/python:3): all that `ckq dev up
+    cache and builds the local images (ckq.local/pause, ckq.local/python:3, ckq.local/runtime): all that `ckq dev up
     --real-nodes N` needs, so that `up` itself downloads nothing.
     """
     cached = None if force else dc.cached_bin_dir()

@@ -11,6 +11,8 @@ what `ctr images import` and `skopeo` read):
   straight into one layer: paths are merged-/usr like a Debian 12 install, owners are kept, and every
   mtime is zero, so the same packages always give the same digest. No maintainer script runs; the few
   files those would write (/etc/passwd, /etc/group) are written here.
+- `ckq.local/runtime:<ckq version>` — the self-contained ckq-run + CRIU that the controller injects
+  into checkpointed pods (`runtime_image.py`).
 
 Each archive is cached under `<cache>/images/` by a key of its inputs (package versions, builder
 version) and rebuilt only when that key changes. `ckq dev image import FILE` loads any OCI or docker
@@ -331,7 +333,9 @@ def _rootfs_layer(debs: list[Path], layer: Path) -> None:
 
 def local_images(*, log: Callable[[str], None] = lambda _: None) -> list[LocalImage]:
     """Every image a real node is preloaded with (built or reused from the cache)."""
-    return [pause_image(), python_image(log=log)]
+    from queue_controller.devcluster.runtime_image import runtime_image  # it builds on this module
+
+    return [pause_image(), python_image(log=log), runtime_image(log=log)]
 
 
 def archive_refs(archive: Path) -> list[str]:

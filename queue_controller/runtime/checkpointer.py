@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shlex
 import shutil
 import socket
 import sys
@@ -110,9 +109,14 @@ class Checkpointer:
 
     # ---- CRIU -----------------------------------------------------------------------------------
     def _hook_script(self) -> Path:
-        """CRIU execs action scripts directly (no shell), so it needs one executable file."""
+        """CRIU execs action scripts directly (no shell: the image may have none), so the hook is a
+        Python script whose interpreter line runs this Python: $CKQ_PYTHON when the injected
+        runtime's launcher set it (its Python only runs through the launcher), else sys.executable."""
         path = self.s.store.root / ".ckq-fsnap-hook"
-        text = f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m queue_controller.runtime.fsnap\n"
+        python = os.environ.get("CKQ_PYTHON") or sys.executable
+        package_parent = str(Path(__file__).resolve().parents[2])
+        text = (f"#!{python}\nimport sys\nsys.path.insert(0, {package_parent!r})\n"
+                "from queue_controller.runtime import fsnap\nsys.exit(fsnap.hook())\n")
         if not path.is_file() or path.read_text() != text:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)

@@ -6,11 +6,14 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from queue_controller.runtime import procfs
 from queue_controller.runtime.errors import RuntimeFailure
 
 SOCKET_NAME = "ckq-run.sock"
@@ -60,6 +63,9 @@ class Server:
             os.close(fd)
         os.chmod(path, 0o600)  # checkpoints hold every memory page: only the owner may ask for one
         self.sock.listen(8)
+        self.cond = threading.Condition()
+        self.active = 0  # connections being answered
+        self.peers: set[int] = set()  # PIDs (in our PID namespace) of clients that were answered
 
     def start(self) -> None:
         threading.Thread(target=self._serve, name="ckq-control", daemon=True).start()
@@ -73,20 +79,50 @@ class Server:
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _one(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                request = json.loads(_recv_all(conn) or b"{}")
-                reply = self.handler(request)
-            except RuntimeFailure as exc:
-                reply = {"ok": False, "error": str(exc)}
-            except Exception as exc:  # a bug must not kill the supervisor or hang the client
-                reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps(reply).encode() + b"\n")
+        with self.cond:
+            self.active += 1
+        try:
+            with conn:
+                try:
+                    request = json.loads(_recv_all(conn) or b"{}")
+                    reply = self.handler(request)
+                except RuntimeFailure as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                except Exception as exc:  # a bug must not kill the supervisor or hang the client
+                    reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+                with contextlib.suppress(OSError):
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+                pid = _peer_pid(conn)
+                if pid > 0:
+                    with self.cond:
+                        self.peers.add(pid)
+        finally:
+            with self.cond:
+                self.active -= 1
+                self.cond.notify_all()
 
-    def close(self) -> None:
+    def close(self, linger: float = 5.0) -> None:
+        """Stop listening; wait (at most `linger` s) until every reply is sent and every client that
+        runs in our PID namespace has exited: a client exec'd into the container (`kubectl exec …
+        ckq-run checkpoint`) is killed by the kernel when we, PID 1, exit, possibly before it printed."""
         self.sock.close()
         self.path.unlink(missing_ok=True)
+        deadline = time.monotonic() + linger
+        with self.cond:
+            while self.active and time.monotonic() < deadline:
+                self.cond.wait(0.05)
+            peers = set(self.peers)
+        while any(procfs.alive(p) for p in peers) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def _peer_pid(conn: socket.socket) -> int:
+    """The client's PID as our PID namespace sees it (0 for a client outside it, e.g. on the host)."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return 0
+    return int(struct.unpack("3i", creds)[0])
 
 
 def request(path: Path, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:

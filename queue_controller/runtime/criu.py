@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from queue_controller.runtime import criu_install
+from queue_controller.runtime import criu_install, procfs
 from queue_controller.runtime.errors import RuntimeFailure
 
 # How a helper thread waits for a child: the supervisor reaps every child centrally (it may be PID 1),
@@ -29,11 +29,25 @@ def log_tail(log: Path, lines: int = 15, head: bool = False) -> str:
     return "\n".join(text[:lines] if head else text[-lines:])
 
 
+FULL_MODE_CAPS = (procfs.CAP_SYS_ADMIN, procfs.CAP_NET_ADMIN, procfs.CAP_SYS_TIME)
+
+
+def full_mode_possible() -> bool:
+    caps = procfs.effective_caps()
+    return all(caps >> cap & 1 for cap in FULL_MODE_CAPS)
+
+
 @dataclass
 class Criu:
     path: str
     version: str
     dirty_tracking: bool = False
+    # CRIU's full (root) mode needs CAP_SYS_ADMIN (kernel probes in a new network namespace, a time
+    # namespace on restore), CAP_NET_ADMIN (socket buffer sizes) and CAP_SYS_TIME (clock offsets).
+    # Without all three (a container that is not privileged) it runs with --unprivileged instead,
+    # which skips those probes, cgroup dumping and the time namespace: a restored process then sees
+    # the new node's CLOCK_MONOTONIC/BOOTTIME instead of clocks continued from the dump.
+    unprivileged: bool = False
 
     @classmethod
     def locate(cls) -> Criu:
@@ -49,19 +63,29 @@ class Criu:
                 f"CRIU {info.version_text} at {info.path} is too old: ckq-run needs >= 4.0 "
                 "(older ones fail on current kernels; run `ckq criu install`)"
             )
-        check = subprocess.run([info.path, "check"], capture_output=True, text=True)
+        mode = [] if full_mode_possible() else ["--unprivileged"]
+        check = subprocess.run([info.path, "check", *mode], capture_output=True, text=True)
+        if check.returncode != 0 and "ns_last_pid" in check.stdout + check.stderr:
+            # `criu check` insists on a writable /proc/sys/kernel/ns_last_pid, which a container that
+            # is not privileged never has (/proc/sys is read-only whatever its capabilities). CRIU
+            # restores PIDs with clone3(set_tid) instead where the kernel has it (>= 5.5).
+            check = subprocess.run([info.path, "check", *mode, "--feature", "clone3_set_tid"],
+                                   capture_output=True, text=True)
         if check.returncode != 0:
             detail = [ln for ln in (check.stdout + check.stderr).splitlines() if "RLIMIT_NOFILE" not in ln]
             raise RuntimeFailure(
                 f"`{info.path} check` failed, CRIU cannot work here: " + " | ".join(detail[-3:])
             )
         track = subprocess.run(
-            [info.path, "check", "--feature", "mem_dirty_track"], capture_output=True, text=True
+            [info.path, "check", *mode, "--feature", "mem_dirty_track"], capture_output=True, text=True
         )
-        return cls(path=info.path, version=info.version_text, dirty_tracking=track.returncode == 0)
+        return cls(path=info.path, version=info.version_text, dirty_tracking=track.returncode == 0,
+                   unprivileged=bool(mode))
 
     def _run(self, args: Sequence[str], log: Path, waiter: Waiter, env: dict[str, str] | None = None,
              pass_fds: Sequence[int] = ()) -> None:
+        if self.unprivileged:
+            args = [args[0], "--unprivileged", *args[1:]]
         with log.with_suffix(".out").open("wb") as out:
             proc = subprocess.Popen(
                 [self.path, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -49,7 +49,12 @@ def restore(tar_path: Path, paths: list[str]) -> None:
             # Refuse anything outside the declared paths: a checkpoint must not write elsewhere.
             if not any(target == a or a in target.parents for a in allowed):
                 raise RuntimeFailure(f"files.tar holds {target}, outside the declared writable paths")
-        tar.extractall("/", filter="fully_trusted")  # owners and modes must come back as they were
+        # Owners and modes must come back as they were: the "fully_trusted" filter, which is also what
+        # Pythons older than 3.11.4 (no `filter` argument; e.g. the injected runtime's 3.11.2) do.
+        if hasattr(tarfile, "fully_trusted_filter"):
+            tar.extractall("/", filter="fully_trusted")
+        else:
+            tar.extractall("/")
 
 
 def hook() -> int:

@@ -41,3 +41,19 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
 
+
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_SYS_TIME = 25
+
+
+def effective_caps(pid: int | str = "self") -> int:
+    """The process's effective capability set as a bit mask (/proc/PID/status CapEff; 0 if unknown)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0

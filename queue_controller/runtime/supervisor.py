@@ -33,6 +33,7 @@ EXIT_SETUP = 69  # EX_UNAVAILABLE: CRIU unusable, checkpoint refused, or the res
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH)
 PR_SET_CHILD_SUBREAPER = 36
+NS_LAST_PID = "/proc/sys/kernel/ns_last_pid"
 
 
 def log(msg: str) -> None:
@@ -119,12 +120,30 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
 
     def _raise_last_pid(self) -> None:
+        """As PID 1, move the namespace's PID counter up to --pid-base, so the workload's PIDs (and any
+        it creates after a restore) stay above those of the supervisor's threads and CRIU's processes:
+        a restore in a new pod then finds them free. CRIU restores PIDs with clone3(set_tid), which
+        does not move the counter, so this runs after a restore too."""
         if os.getpid() != 1 or self.pid_base <= 0:
             return
+        if (_last_pid() or 0) >= self.pid_base:
+            return
         try:
-            Path("/proc/sys/kernel/ns_last_pid").write_text(str(self.pid_base))
+            Path(NS_LAST_PID).write_text(str(self.pid_base))
+            return
         except OSError as exc:
-            log(f"warning: cannot raise ns_last_pid ({exc.strerror}); workload PIDs may collide on restore")
+            reason = exc.strerror
+        # /proc/sys is read-only in an unprivileged container whatever its capabilities: move the
+        # counter by using PIDs instead: each short-lived thread takes the next one (0.2-1 s for the
+        # default base of 1000 on a busy 2-core machine).
+        t0 = time.monotonic()
+        last, used = _use_pids_up_to(self.pid_base)
+        if last < self.pid_base:
+            log(f"warning: cannot raise ns_last_pid ({reason}) and PIDs stayed below {self.pid_base}; "
+                "workload PIDs may collide on restore")
+        else:
+            log(f"ns_last_pid is not writable ({reason}): moved the PID counter to {last} with {used} "
+                f"short-lived threads in {time.monotonic() - t0:.2f}s")
 
     def _pipe(self, target_fd: int) -> tuple[int, str]:
         """A pipe whose read end we relay to our own fd; returns (write end, CRIU key 'pipe:[ino]')."""
@@ -203,6 +222,7 @@ class Supervisor:
             prepared.cleanup()
         if runtime.get("gpuPids"):
             gpu.resume([int(p) for p in runtime["gpuPids"]])
+        self._raise_last_pid()
         if not m.encryption:
             self.chain = Chain(head=m.id, depth=m.chainDepth)
         return pid
@@ -276,6 +296,9 @@ class Supervisor:
             self.s.store.clean_debris()
             if self._needs_criu():
                 self.criu = Criu.locate()
+                if self.criu.unprivileged:
+                    log("without CAP_SYS_ADMIN, NET_ADMIN and SYS_TIME CRIU runs with --unprivileged "
+                        "(restored processes see this node's monotonic clock: no time namespace)")
             self.reaper.start()
             pid = self._restore(self.restore_id) if self.restore_id else self._start_fresh()
         except RuntimeFailure as exc:
@@ -305,6 +328,34 @@ class Supervisor:
             return EXIT_CHECKPOINTED
         code = self.reaper.root_code if self.reaper.root_code is not None else 1
         return code
+
+
+def _last_pid() -> int | None:
+    try:
+        return int(Path(NS_LAST_PID).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _use_pids_up_to(target: int) -> tuple[int, int]:
+    """Start and join threads until one gets a TID >= target: (the last TID, threads used). Bounded,
+    so a counter that wraps or a PID limit cannot keep it spinning."""
+    tids: list[int] = []
+
+    def note() -> None:
+        tids.append(threading.get_native_id())
+
+    last, used = 0, 0
+    while last < target and used <= target:
+        thread = threading.Thread(target=note, name="ckq-pid")
+        try:
+            thread.start()
+        except RuntimeError:  # pids.max reached: stop trying
+            break
+        thread.join()
+        used += 1
+        last = tids[-1]
+    return last, used
 
 
 def _relay(src: int, dst: int) -> None:
