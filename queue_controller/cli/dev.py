@@ -176,6 +176,10 @@ def up(
             "flavor": flavor,
         },
     )
+    if not groups and not real_nodes:
+        raise typer.BadParameter(
+            "node count 0 leaves the cluster without nodes: add --real-nodes N", param_hint="--nodes"
+        )
     state, started = dc.up(
         name,
         groups,
