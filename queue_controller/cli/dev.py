@@ -70,7 +70,7 @@ def build(
         say = lambda line: err.print(line)  # noqa: E731  # stdout carries only the directory
         rt = dc.ensure_runtime(log=say)
         images = dc.local_images(log=say)
-        for image in images:
+        for image in dc.all_images(log=say):
             err.print(f"image {image.ref}: {image.archive}")
         err.print(f"real-node containerd seed (images preloaded): {dc.seed_root(rt, images)}")
     typer.echo(str(bin_dir))
@@ -306,6 +306,14 @@ def node(
 
 image_app = typer.Typer(help="Images on the real nodes (no registry: images are imported).", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+
+
+@image_app.command("list")
+@_friendly
+def image_list() -> None:
+    """The images ckq builds (building what is missing): reference and OCI archive, one per line."""
+    for image in dc.all_images(log=lambda line: err.print(line)):
+        out.print(f"{image.ref}\t{image.archive}")
 
 
 @image_app.command("import")

@@ -13,6 +13,8 @@ what `ctr images import` and `skopeo` read):
   files those would write (/etc/passwd, /etc/group) are written here.
 - `ckq.local/runtime:<ckq version>` — the self-contained ckq-run + CRIU that the controller injects
   into checkpointed pods (`runtime_image.py`).
+- `ckq.local/controller:<ckq version>` — the python image plus ckq and what `ckq controller` and
+  `ckq agent` import, for running them in the cluster (the Helm chart).
 
 Each archive is cached under `<cache>/images/` by a key of its inputs (package versions, builder
 version) and rebuilt only when that key changes. `ckq dev image import FILE` loads any OCI or docker
@@ -25,12 +27,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from queue_controller.debian import Apt, DebianError, host_suite
@@ -100,11 +104,11 @@ def _blob(data: bytes) -> tuple[str, int]:
     return "sha256:" + hashlib.sha256(data).hexdigest(), len(data)
 
 
-def write_oci_archive(target: Path, ref: str, layer: Path, config: dict[str, object]) -> None:
-    """Write an OCI image layout as a tar: one uncompressed layer, its config, manifest and index."""
-    layer_digest = "sha256:" + _sha256_file(layer)
-    layer_size = layer.stat().st_size
-    config = {**config, "rootfs": {"type": "layers", "diff_ids": [layer_digest]}}
+def write_oci_archive(target: Path, ref: str, layer: Path | list[Path], config: dict[str, object]) -> None:
+    """Write an OCI image layout as a tar: uncompressed layers (bottom first), config, manifest, index."""
+    layers = layer if isinstance(layer, list) else [layer]
+    digests = ["sha256:" + _sha256_file(p) for p in layers]
+    config = {**config, "rootfs": {"type": "layers", "diff_ids": digests}}
     config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     config_digest, config_size = _blob(config_bytes)
     manifest = {
@@ -112,8 +116,8 @@ def write_oci_archive(target: Path, ref: str, layer: Path, config: dict[str, obj
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
                    "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest,
-                    "size": layer_size}],
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": p.stat().st_size}
+                   for d, p in zip(digests, layers, strict=True)],
     }
     manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     manifest_digest, manifest_size = _blob(manifest_bytes)
@@ -134,11 +138,12 @@ def write_oci_archive(target: Path, ref: str, layer: Path, config: dict[str, obj
         _add_bytes(tar, "index.json", json.dumps(index, sort_keys=True).encode())
         _add_bytes(tar, f"blobs/sha256/{config_digest[7:]}", config_bytes)
         _add_bytes(tar, f"blobs/sha256/{manifest_digest[7:]}", manifest_bytes)
-        info = tarfile.TarInfo(f"blobs/sha256/{layer_digest[7:]}")
-        info.size = layer_size
-        info.mode = 0o644
-        with layer.open("rb") as fh:
-            tar.addfile(info, fh)
+        for digest, path in sorted(dict(zip(digests, layers, strict=True)).items()):
+            info = tarfile.TarInfo(f"blobs/sha256/{digest[7:]}")
+            info.size = path.stat().st_size
+            info.mode = 0o644
+            with path.open("rb") as fh:
+                tar.addfile(info, fh)
     tmp.replace(target)
 
 
@@ -331,11 +336,115 @@ def _rootfs_layer(debs: list[Path], layer: Path) -> None:
                 _add_bytes(out, path, data)
 
 
+# ---- the controller image ------------------------------------------------------------------------
+#
+# `ckq.local/controller:<version>`: the python image plus ckq and the packages `ckq controller` and
+# `ckq agent` import, copied from this interpreter's site-packages (the same wheels the tests ran
+# with; compiled extensions are manylinux cp311, which Debian's Python 3.11 loads). matplotlib and what
+# only it needs stay out: the controller draws no plots. For the Helm chart and in-cluster runs.
+
+CONTROLLER_IMAGE_NAME = "ckq.local/controller"
+_CONTROLLER_SKIP = frozenset({"matplotlib"})
+_DIST_PACKAGES = "usr/lib/python3/dist-packages"
+
+
+def _requirement_name(req: str) -> str | None:
+    if "extra ==" in req:
+        return None
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", req)
+    return match.group(0) if match else None
+
+
+def _dist_closure(root: str) -> list[metadata.Distribution]:
+    seen: dict[str, metadata.Distribution] = {}
+    todo = [n for r in metadata.requires(root) or [] if (n := _requirement_name(r)) and n not in _CONTROLLER_SKIP]
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # an optional or platform-specific requirement not installed here
+        seen[key] = dist
+        todo += [n for r in dist.requires or [] if (n := _requirement_name(r))]
+    return [seen[k] for k in sorted(seen)]
+
+
+def controller_image(*, log: Callable[[str], None] = lambda _: None) -> LocalImage:
+    """`ckq.local/controller:<ckq version>`: python image + ckq + its runtime dependencies (cached)."""
+    import queue_controller
+
+    base = python_image(log=log)
+    dists = _dist_closure("ckq")
+    pkg = Path(queue_controller.__file__).parent
+    sources = sorted(p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    digest = hashlib.sha256(f"{_BUILDER_VERSION}\n{base.archive.name}\n".encode())
+    for dist in dists:
+        digest.update(f"{dist.metadata['Name']}=={dist.version}\n".encode())
+    for src in sources:
+        digest.update(str(src.relative_to(pkg)).encode() + hashlib.sha256(src.read_bytes()).digest())
+    ref = f"{CONTROLLER_IMAGE_NAME}:{queue_controller.__version__}"
+
+    def build(target: Path) -> None:
+        log(f"building {ref} ({len(dists)} Python distributions)")
+        with tempfile.TemporaryDirectory(prefix="ckq-image-", dir=images_dir()) as tmp:
+            base_layer = Path(tmp) / "base.tar"
+            with tarfile.open(base.archive) as archive:
+                index = json.load(archive.extractfile("index.json"))  # type: ignore[arg-type]
+                manifest = json.load(archive.extractfile(  # type: ignore[arg-type]
+                    f"blobs/sha256/{index['manifests'][0]['digest'][7:]}"))
+                blob = archive.extractfile(f"blobs/sha256/{manifest['layers'][0]['digest'][7:]}")
+                assert blob is not None
+                with base_layer.open("wb") as out:
+                    shutil.copyfileobj(blob, out)
+            app_layer = Path(tmp) / "app.tar"
+            with tarfile.open(app_layer, "w", format=tarfile.PAX_FORMAT) as tar:
+                added: set[str] = set()
+                for dist in dists:
+                    for rel in sorted(dist.files or [], key=str):
+                        src = Path(str(dist.locate_file(rel)))
+                        if ".." in Path(str(rel)).parts or "__pycache__" in Path(str(rel)).parts or not src.is_file():
+                            continue  # scripts in bin/ and caches are not needed
+                        _add_file(tar, f"{_DIST_PACKAGES}/{rel}", src, added)
+                for src in sources:
+                    _add_file(tar, f"{_DIST_PACKAGES}/queue_controller/{src.relative_to(pkg)}", src, added)
+            cfg = _image_config(["python3", "-m", "queue_controller.cli"], ["controller"])
+            write_oci_archive(target, ref, [base_layer, app_layer], cfg)
+
+    return _cached(ref, digest.hexdigest(), build)
+
+
+def _add_file(tar: tarfile.TarFile, name: str, src: Path, added: set[str]) -> None:
+    """Add `src` as `name` (mtime 0, root-owned, mode kept), with its parent directories once each."""
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i])
+        if parent not in added:
+            added.add(parent)
+            _add_dir(tar, parent)
+    if name in added:
+        return
+    added.add(name)
+    info = tarfile.TarInfo(name)
+    info.size = src.stat().st_size
+    info.mode = src.stat().st_mode & 0o777
+    with src.open("rb") as fh:
+        tar.addfile(info, fh)
+
+
 def local_images(*, log: Callable[[str], None] = lambda _: None) -> list[LocalImage]:
     """Every image a real node is preloaded with (built or reused from the cache)."""
     from queue_controller.devcluster.runtime_image import runtime_image  # it builds on this module
 
     return [pause_image(), python_image(log=log), runtime_image(log=log)]
+
+
+def all_images(*, log: Callable[[str], None] = lambda _: None) -> list[LocalImage]:
+    """The preloaded images plus the controller image (built by `ckq dev build`, loaded on demand with
+    `ckq dev image import`: it changes with every source edit, and no dev node runs it by default)."""
+    return [*local_images(log=log), controller_image(log=log)]
 
 
 def archive_refs(archive: Path) -> list[str]:

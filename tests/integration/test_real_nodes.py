@@ -322,3 +322,27 @@ def test_controller_places_jobs_on_real_and_kwok_nodes_by_flavor(
             kube.delete("checkpointablejobs", job["metadata"]["name"], ns)
         kube.delete("clusterqueues", cq["metadata"]["name"])
         kube.core.delete_namespace(ns)
+
+
+def test_controller_image_imports_and_runs_ckq(real_cluster: RealCluster, core: client.CoreV1Api, ns: str) -> None:
+    """The controller image (for running ckq in a cluster) is built locally, imported with `ckq dev image
+    import`, and runs `ckq` from Debian's python3 with the dependencies it carries."""
+    from queue_controller.devcluster.images import controller_image
+
+    image = controller_image()
+    env = dict(os.environ, CKQ_STATE_DIR=str(Path(real_cluster.state.root).parent))
+    proc = subprocess.run([*CKQ, "dev", "image", "import", str(image.archive), "--name", real_cluster.state.name],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert image.ref in proc.stdout
+    pod = _pod("ckq", "real-1", "")
+    pod["spec"]["containers"][0].update({
+        "image": image.ref,
+        "command": ["python3", "-c", "import kopf, kubernetes, pydantic, queue_controller.operator.main as m; "
+                    "import queue_controller.cli as c; print('ckq imports ok', m.__name__)"],
+    })
+    core.create_namespaced_pod(ns, pod)
+    wait_until(lambda: _phase(core, ns, "ckq") in ("Succeeded", "Failed"), timeout=120, what="the ckq pod to end")
+    log = core.read_namespaced_pod_log("ckq", ns)
+    assert _phase(core, ns, "ckq") == "Succeeded", log
+    assert "ckq imports ok queue_controller.operator.main" in log

@@ -1,0 +1,175 @@
+"""The product's promise on real nodes (issue 10): a job's processes are checkpointed with CRIU by the
+controller and the node agents, and restored — on the same or the other node — with their memory.
+
+The workload draws a random nonce when it starts, prints it, and extends a sha256 chain over a buffer
+in memory one step at a time; at the end it prints the nonce it holds and the final digest. The test
+reads the nonce from the FIRST pod's log while it runs and computes the digest an uninterrupted run
+gives. A restored run ends with that nonce and that digest; a restarted one draws another nonce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from tests.plugins.controller import ControllerProcess, Kube, cjob, cluster_queue, local_queue
+from tests.plugins.realnodes import RealCluster
+
+pytestmark = pytest.mark.e2e
+
+STEPS = 240
+STEP_S = 0.1
+BUFFER = 1 << 20
+WORKLOAD = f"""
+import hashlib, os, sys, time
+nonce = os.urandom(16).hex()
+print("nonce", nonce, flush=True)
+buf = bytearray(hashlib.sha256(nonce.encode()).digest() * ({BUFFER} // 32))
+state = hashlib.sha256(nonce.encode()).digest()
+for step in range({STEPS}):
+    buf[step % len(buf)] = state[0]
+    state = hashlib.sha256(state + bytes(buf[:4096])).digest()
+    if step % 20 == 0:
+        print("step", step, state.hex(), flush=True)
+    time.sleep({STEP_S})
+print("final", nonce, state.hex(), flush=True)
+"""
+
+
+def expected_digest(nonce: str) -> str:
+    buf = bytearray(hashlib.sha256(nonce.encode()).digest() * (BUFFER // 32))
+    state = hashlib.sha256(nonce.encode()).digest()
+    for step in range(STEPS):
+        buf[step % len(buf)] = state[0]
+        state = hashlib.sha256(state + bytes(buf[:4096])).digest()
+    return state.hex()
+
+
+@pytest.fixture(scope="module")
+def real_kube(real_cluster: RealCluster) -> Kube:
+    kube = Kube(real_cluster.state.kubeconfig)
+    kube.apply_crds()
+    body = {"apiVersion": "ckq.io/v1alpha1", "kind": "ResourceFlavor", "metadata": {"name": "real"},
+            "spec": {"nodeLabels": {"ckq.io/node-kind": "real"}}}
+    try:
+        kube.create("resourceflavors", body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    return kube
+
+
+@pytest.fixture
+def real_ns(real_kube: Kube) -> Iterator[str]:
+    ns = f"ckpt-{uuid.uuid4().hex[:6]}"
+    real_kube.core.create_namespace({"metadata": {"name": ns}})
+    real_kube.wait("default ServiceAccount", lambda: _has_sa(real_kube, ns), timeout=60)
+    yield ns
+    for job in real_kube.list("checkpointablejobs", ns):
+        real_kube.delete("checkpointablejobs", job["metadata"]["name"], ns)
+    real_kube.core.delete_namespace(ns)
+
+
+def _has_sa(kube: Kube, ns: str) -> bool:
+    try:
+        kube.core.read_namespaced_service_account("default", ns)
+        return True
+    except ApiException:
+        return False
+
+
+@pytest.fixture
+def controller(real_kube: Kube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ControllerProcess]:
+    monkeypatch.setenv("KUBECONFIG", real_kube.kubeconfig)  # this cluster only, whatever the session set
+    ctl = ControllerProcess(real_kube.kubeconfig, "iass", tmp_path / "controller.log")
+    ctl.start()
+    yield ctl
+    ctl.stop()
+    print(f"--- controller log ---\n{ctl.log_tail(80)}")
+
+
+def real_job(name: str, queue: str, *, pods: int, cpu: str, priority: int = 0, script: str = WORKLOAD,
+             **spec: Any) -> dict[str, Any]:
+    body = cjob(name, queue, gpus=0, pods=pods, priority=priority, mode="CRIU", **spec)
+    container = body["spec"]["podSets"][0]["template"]["spec"]["containers"][0]
+    container.update({
+        "image": "ckq.local/python:3", "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-u", "-c", script],
+        "resources": {"requests": {"cpu": cpu, "memory": "128Mi"}},
+    })
+    body["metadata"]["annotations"] = {}
+    return body
+
+
+def _nonce_of(kube: Kube, ns: str, pod: str) -> str | None:
+    try:
+        log = kube.core.read_namespaced_pod_log(pod, ns)
+    except ApiException:
+        return None
+    match = re.search(r"^nonce ([0-9a-f]{32})$", log, re.M)
+    return match.group(1) if match else None
+
+
+def _final_of(kube: Kube, ns: str, pod: str) -> tuple[str, str] | None:
+    log = kube.core.read_namespaced_pod_log(pod, ns)
+    match = re.search(r"^final ([0-9a-f]{32}) ([0-9a-f]{64})$", log, re.M)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def test_gang_preempted_by_criu_checkpoint_resumes_with_its_memory(
+    real_kube: Kube, real_ns: str, controller: ControllerProcess
+) -> None:
+    kube, ns = real_kube, real_ns
+    cq = cluster_queue(f"{ns}-cq", gpus=0, flavors=("real",), preemption={"withinClusterQueue": "LowerPriority"})
+    cq["spec"]["resourceGroups"][0]["flavors"][0]["resources"][0]["nominalQuota"] = "2"
+    kube.create("clusterqueues", cq)
+    kube.create("localqueues", local_queue("main", ns, cq["metadata"]["name"]), ns)
+    try:
+        kube.create("checkpointablejobs", real_job("train", "main", pods=2, cpu="1"), ns)
+        kube.wait_phase(ns, "train", "Running", timeout=120)
+        first = sorted(p.metadata.name for p in kube.pods(ns, "train"))
+        nonces = {p: kube.wait(f"the nonce in {p}'s log", lambda p=p: _nonce_of(kube, ns, p), timeout=60)
+                  for p in first}
+        # The urgent job needs the whole quota: the gang must make room by checkpoint.
+        kube.create("checkpointablejobs", real_job("urgent", "main", pods=1, cpu="2", priority=100,
+                                                   script="print('urgent done')"), ns)
+        suspended = kube.wait_phase(ns, "train", "Suspended", timeout=180)["status"]
+        assert suspended["preemptions"] == 1
+        ckpt = kube.get("checkpoints", suspended["lastCheckpoint"]["name"], ns)
+        assert ckpt["spec"]["reason"] == "Preemption" and ckpt["status"]["phase"] == "Completed"
+        artifacts = ckpt["status"]["artifacts"]
+        assert len(artifacts) == 2 and all(a["sizeBytes"] > BUFFER for a in artifacts), artifacts
+        assert all(re.fullmatch(r"[0-9a-f]{64}", a["sha256"]) for a in artifacts)
+        assert ckpt["status"]["sizeBytes"] == sum(a["sizeBytes"] for a in artifacts)
+        kube.wait_phase(ns, "urgent", "Succeeded", timeout=120)
+        done = kube.wait_phase(ns, "train", "Succeeded", timeout=240)["status"]
+        resumed = {p.metadata.labels["ckq.io/pod-index"]: p.metadata.name for p in kube.pods(ns, "train")
+                   if p.metadata.labels.get("ckq.io/attempt") == "2"}
+        assert len(resumed) == 2, resumed
+        for pod in first:
+            index = kube.core.read_namespaced_pod(pod, ns).metadata.labels["ckq.io/pod-index"] \
+                if _exists(kube, ns, pod) else pod.rsplit("-", 1)[1]
+            final = _final_of(kube, ns, resumed[index])
+            assert final is not None, f"no final line in {resumed[index]}"
+            nonce, digest = final
+            assert nonce == nonces[pod], "the resumed process holds another nonce: it was restarted"
+            assert digest == expected_digest(nonce)
+        assert done["runTimeSeconds"] > 0 and done.get("lostRunTimeSeconds", 0) == 0
+    finally:
+        kube.delete("clusterqueues", cq["metadata"]["name"])
+
+
+def _exists(kube: Kube, ns: str, pod: str) -> bool:
+    try:
+        kube.core.read_namespaced_pod(pod, ns)
+        return True
+    except ApiException:
+        return False
+
