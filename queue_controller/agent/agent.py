@@ -71,7 +71,7 @@ class Backoff:
     def next(self) -> float:
         d = self.delay
         self.delay = min(self.most, self.delay * 2)
-        return d * random.uniform(0.8, 1.2)
+        return min(self.most, d * random.uniform(0.8, 1.2))
 
     def reset(self) -> None:
         self.delay = self.first
@@ -293,20 +293,23 @@ class Agent:
         if not mine:
             return
         ns, job = key[0], ckpt.spec.job_name
-        job_pods = self.patiently(f"listing the pods of job {ns}/{job}", lambda: self.kube.list_job_pods(ns, job))
-        attempt = plan.current_attempt(p for p in (PodInfo.from_dict(o) for o in job_pods) if p is not None)
-        if attempt is None:
-            attempt = plan.current_attempt(mine)
-        pods = [p for p in mine if p.attempt == attempt]
         have = plan.recorded(ckpt.status)
-        todo: list[tuple[PodInfo, str, Slot]] = []
-        for pod in pods:
+        candidates: list[tuple[PodInfo, str, Slot]] = []
+        for pod in mine:
             for c in pod.containers:
                 slot = Slot(ns, job, pod.pod_set, pod.index, c)
                 if (pod.pod_set, pod.index, c) in have or (uid, slot) in self.done:
                     continue
                 if self.dumper.journaled(slot, uid) or (pod.running and self.dumper.live(slot)):
-                    todo.append((pod, c, slot))
+                    candidates.append((pod, c, slot))
+        if not candidates:  # the usual case for a Checkpoint this node is done with: no API call
+            return
+        job_pods = self.patiently(f"listing the pods of job {ns}/{job}", lambda: self.kube.list_job_pods(ns, job))
+        attempt = plan.current_attempt(p for p in (PodInfo.from_dict(o) for o in job_pods) if p is not None)
+        if attempt is None:
+            attempt = plan.current_attempt(mine)
+        pods = [p for p in mine if p.attempt == attempt]
+        todo = [t for t in candidates if t[0].attempt == attempt]
         if not todo:
             return
         name = f"{ns}/{key[1]}"
@@ -383,12 +386,16 @@ class Agent:
                   watcher: Callable[[str], Iterator[Event]], on_list: Callable[[list[Obj]], None],
                   on_event: Callable[[str, Obj], None]) -> None:
         backoff = Backoff(most=self.s.max_backoff)
+        failing = False
         while not self.stop.is_set():
             try:
                 items, rv = lister()
                 on_list(items)
                 self.synced[name].set()
                 backoff.reset()
+                if failing:
+                    log.info("api: watching %s again (%d listed)", name, len(items))
+                    failing = False
                 for kind, obj in watcher(rv):
                     if self.stop.is_set():
                         return
@@ -397,6 +404,7 @@ class Agent:
             except Gone:
                 log.info("api: the %s watch expired; listing again", name)
             except Exception as exc:
+                failing = True
                 delay = backoff.next()
                 log.warning("api: watching %s failed (%s); retrying in %.1fs", name, exc, delay)
                 self.stop.wait(delay)

@@ -49,6 +49,7 @@ class FakeKube:
         self.writes: list[Obj] = []
         self.before_write: list[Any] = []  # callables run before a write (a concurrent writer)
         self.transient = 0  # fail this many calls with Transient first
+        self.job_pod_lists = 0
         self.lock = threading.Lock()
 
     def add(self, obj: Obj) -> None:
@@ -73,6 +74,7 @@ class FakeKube:
 
     def list_job_pods(self, namespace: str, job: str) -> list[Obj]:
         self._flaky()
+        self.job_pod_lists += 1
         return [p for p in self.pods if p["metadata"]["namespace"] == namespace
                 and p["metadata"]["labels"].get("ckq.io/job-name") == job]
 
@@ -190,9 +192,10 @@ def test_never_dumps_twice_for_one_checkpoint(world: tuple[FakeKube, FakeDumper,
     kube.pods = [pod()]
     dumper.live_slots = {slot()}
     process(kube, agent)
-    writes = len(kube.writes)
+    writes, lists = len(kube.writes), kube.job_pod_lists
     process(kube, agent)  # another event for the same Checkpoint
     assert len(dumper.calls) == 1 and len(kube.writes) == writes  # and nothing written again
+    assert kube.job_pod_lists == lists  # nor read: nothing on this node is left to do
     restarted = Agent(kube, dumper, AgentSettings(node="real-0"))  # type: ignore[arg-type]
     process(kube, restarted)  # the artifact is in the status: nothing to do
     assert len(dumper.calls) == 1 and len(kube.writes) == writes
