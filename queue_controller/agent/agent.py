@@ -295,12 +295,16 @@ class Agent:
         ns, job = key[0], ckpt.spec.job_name
         have = plan.recorded(ckpt.status)
         candidates: list[tuple[PodInfo, str, Slot]] = []
+        resumed: set[Slot] = set()
         for pod in mine:
             for c in pod.containers:
                 slot = Slot(ns, job, pod.pod_set, pod.index, c)
                 if (pod.pod_set, pod.index, c) in have or (uid, slot) in self.done:
                     continue
-                if self.dumper.journaled(slot, uid) or (pod.running and self.dumper.live(slot)):
+                if self.dumper.journaled(slot, uid):
+                    resumed.add(slot)
+                    candidates.append((pod, c, slot))
+                elif pod.running and self.dumper.live(slot):
                     candidates.append((pod, c, slot))
         if not candidates:  # the usual case for a Checkpoint this node is done with: no API call
             return
@@ -315,7 +319,8 @@ class Agent:
         name = f"{ns}/{key[1]}"
         leave = ckpt.spec.leave_running
         log.info("checkpoint %s: dumping %d container(s) on %s (%s, leaveRunning=%s): %s", name, len(todo),
-                 self.node, ckpt.spec.reason, leave, ", ".join(f"{p.name}/{c}" for p, c, _ in todo))
+                 self.node, ckpt.spec.reason, leave,
+                 ", ".join(f"{p.name}/{c}{' (asked before a restart)' if s in resumed else ''}" for p, c, s in todo))
         futures: dict[Future[DumpResult], tuple[PodInfo, str, Slot]] = {
             self.dump_pool.submit(self._dump_one, slot, DumpRequest(uid=uid, checkpoint=name, leave_running=leave,
                                                                     node=self.node, pod=pod.name)): (pod, c, slot)

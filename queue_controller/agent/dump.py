@@ -69,11 +69,12 @@ def _created_floor(epoch: float) -> str:
 class Dumper:
     """Dumps containers through their store directories. `clock` and `sleep` are injectable for tests."""
 
-    def __init__(self, store: FilesystemStore, timeout: float = 1800.0, poll: float = 0.5,
+    def __init__(self, store: FilesystemStore, timeout: float = 1800.0, poll: float = 0.5, settle: float = 2.0,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         self.store = store
         self.timeout = timeout
         self.poll = poll
+        self.settle = settle
         self.clock = clock
         self.sleep = sleep
 
@@ -161,21 +162,31 @@ class Dumper:
 
     def _resolve_in_flight(self, cfd: int, journal: Journal, entry: JournalEntry) -> DumpResult | None:
         """A request whose answer was lost: adopt the dump it produced, or report that none exists.
-        None: no dump happened and the workload still runs, so asking again is safe."""
-        deadline = self.clock() + self.timeout
-        while self._dump_in_progress(cfd):
-            if self.clock() > deadline:
-                return DumpResult(error=f"ckq-run's dump requested at {_created_floor(entry.requestedAt)} "
-                                        f"did not finish within {self.timeout:g}s")
-            self.sleep(self.poll)
-        found = self._unclaimed_dump(cfd, journal, entry)
-        if found is not None:
-            entry.checkpointId = found.id
-            journal.put(entry)
-            return DumpResult(manifest=found, adopted=True)
-        st = control.status(cfd)
-        if st and st.get("running"):
-            return None
+        None: no dump happened and the workload still runs, so asking again is safe.
+
+        ckq-run creates checkpoints/.tmp-<id> as soon as it starts a dump, so "no temporary directory and
+        no new checkpoint" means none was started, except in the instant between the request's arrival
+        and that mkdir (or while ckq-run waits for another client's dump to finish): so the answer is
+        only trusted if it is the same `settle` seconds later."""
+        for look in range(2):
+            deadline = self.clock() + self.timeout
+            while self._dump_in_progress(cfd):
+                if self.clock() > deadline:
+                    return DumpResult(error=f"ckq-run's dump requested at {_created_floor(entry.requestedAt)} "
+                                            f"did not finish within {self.timeout:g}s")
+                self.sleep(self.poll)
+            found = self._unclaimed_dump(cfd, journal, entry)
+            if found is not None:
+                entry.checkpointId = found.id
+                journal.put(entry)
+                return DumpResult(manifest=found, adopted=True)
+            st = control.status(cfd)
+            if not (st and st.get("running")):
+                break
+            if look == 0:
+                self.sleep(self.settle)
+            else:
+                return None
         entry.error = (f"no checkpoint was taken after the request at {_created_floor(entry.requestedAt)} and the "
                        "workload is no longer running under ckq-run")
         journal.put(entry)

@@ -225,3 +225,18 @@ def test_one_request_at_a_time_through_concurrent_calls(store: FilesystemStore, 
         t.join()
     assert len(run.requests) == 1 and all(r.ok for r in results)
     assert len({r.manifest.id for r in results if r.manifest}) == 1
+
+
+def test_restart_mid_request_looks_again_before_asking_again(store: FilesystemStore, cdir: Path,
+                                                             run: FakeRun) -> None:
+    """Nothing on disk yet, but the request reached ckq-run an instant ago: the settle look finds it."""
+    put_entry(cdir, pending(requested_at=NOW))
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        fake_checkpoint(cdir, "20260102-030405-5e771e", created="2026-01-02T03:04:05Z")
+
+    d = Dumper(store, timeout=30, poll=0.01, settle=2.0, clock=lambda: NOW, sleep=sleep)
+    res = d.dump(SLOT, REQ)
+    assert slept == [2.0] and res.adopted and run.requests == []
