@@ -188,16 +188,6 @@ class FilesystemStore:
                 ckpts[name] = self.manifest_at(checkpoints_fd, name)
         return ckpts, marked
 
-    def manifests(self, namespace: str, job: str, pod_set: str, index: int, container: str) -> list[mf.Manifest]:
-        """The complete checkpoints of one container, oldest first."""
-        try:
-            with self.open_container(namespace, job, pod_set, index, container) as cfd, \
-                    self._sub(cfd, CHECKPOINTS) as kfd:
-                ckpts, _ = self._entries(kfd)
-        except FileNotFoundError:
-            return []
-        return [m for _, m in sorted(ckpts.items()) if m is not None]
-
     @contextlib.contextmanager
     def _sub(self, dir_fd: int, name: str) -> Iterator[int]:
         try:
@@ -213,6 +203,10 @@ class FilesystemStore:
         return sorted(n for n in os.listdir(dir_fd) if not n.startswith(".") and fsops.is_dir_at(n, dir_fd))
 
     def list(self, namespace: str | None = None, job: str | None = None) -> list[StoredCheckpoint]:
+        if namespace is not None and not _DNS_LABEL.match(namespace):
+            raise StoreError(f"invalid namespace {namespace!r}")
+        if job is not None and not _DNS_SUBDOMAIN.match(job):
+            raise StoreError(f"invalid job {job!r}")
         out: list[StoredCheckpoint] = []
         with self._root_fd() as root:
             namespaces = [namespace] if namespace else self._subdirs(root)

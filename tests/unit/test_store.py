@@ -117,6 +117,9 @@ def test_list_by_namespace_and_job(store: FilesystemStore) -> None:
     assert [c.parent for c in store.list("a", "j1")] == [None, ID1]
     assert all(c.uri == store.ref_uri(c.ref) and c.size_bytes > 0 for c in everything)
     assert store.list("nobody") == []
+    for ns, job in (("..", None), ("a", "../b"), ("a/b", None), ("a", "j1/../j2")):
+        with pytest.raises(StoreError):
+            store.list(ns, job)
 
 
 def test_verify_checks_the_tree_hash_the_record_and_the_chain(store: FilesystemStore) -> None:
