@@ -23,7 +23,7 @@ def version() -> None:
 
 def _register() -> None:
     # Imported here so `ckq version` stays fast and one broken group cannot hide the others' help.
-    from queue_controller.cli import controller, crds, criu, demo, dev, simulate
+    from queue_controller.cli import agent, controller, crds, criu, demo, dev, simulate
 
     app.add_typer(dev.app, name="dev")
     app.add_typer(criu.app, name="criu")
@@ -31,6 +31,7 @@ def _register() -> None:
     app.command(name="demo")(demo.demo)
     app.command(name="simulate")(simulate.simulate)
     app.command(name="controller")(controller.controller)
+    app.command(name="agent")(agent.agent)
 
 
 _register()

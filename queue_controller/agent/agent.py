@@ -1,0 +1,463 @@
+"""The node agent: dumps the containers of this node's pods for the Checkpoints that need them, and
+records each dump in the Checkpoint's status.
+
+Threads: two informers (list, then watch; list again when the watch ends or its resourceVersion is
+gone; back off while the API server is unreachable) keep a cache of all Checkpoints and of the
+controller's pods on this node; a ticker re-queues the in-flight Checkpoints every `resync_seconds`;
+`workers` threads process one Checkpoint at a time each (never the same one twice at once); the
+containers of one Checkpoint are dumped in parallel on a pool of `dump_workers`, one request at a time
+per container.
+
+For one Checkpoint (Pending or Running) whose job has pods on this node, of the job's current attempt
+(the highest ckq.io/attempt among all its pods, read from the API server):
+
+* every container of those pods is dumped whose artifact is not in the status yet and that either
+  has a live ckq-run (socket answers, workload running) in a running pod, or was already asked for
+  this Checkpoint (journal: a restarted agent records or resolves what its predecessor started);
+* the Checkpoint goes Pending -> Running with startTime, and restoreConstraints.nodeLabels gets this
+  node's labels (merged);
+* each finished dump is appended as an artifact (uri, sha256 and sizeBytes from ckq-run's manifest;
+  sizeBytes and durationSeconds of the status follow); a failed one sets Failed with a message naming
+  the pod, the container, the node and ckq-run's (CRIU's) reason.
+
+Every write is a read-modify-write of the status subresource with the object's resourceVersion,
+repeated on 409, since the agents of other nodes (and the controller) write the same object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from queue_controller.agent import plan
+from queue_controller.agent.dump import Dumper, DumpRequest, DumpResult, Slot
+from queue_controller.agent.kube import AgentKube, Conflict, Event, Gone, NotFound, Obj, Transient
+from queue_controller.agent.plan import PodInfo
+from queue_controller.api.checkpoint import Checkpoint
+
+log = logging.getLogger("ckq.agent")
+T = TypeVar("T")
+Key = tuple[str, str]  # (namespace, name)
+MAX_CONFLICTS = 20
+
+
+@dataclass
+class AgentSettings:
+    node: str
+    workers: int = 4
+    dump_workers: int = 8
+    resync_seconds: float = 15.0
+    watch_seconds: int = 300
+    max_backoff: float = 30.0
+    api_patience: float = 600.0  # how long one status write keeps retrying an unreachable API server
+
+
+class Backoff:
+    def __init__(self, first: float = 0.5, most: float = 30.0) -> None:
+        self.most = most
+        self.first = self.delay = min(first, most)
+
+    def next(self) -> float:
+        d = self.delay
+        self.delay = min(self.most, self.delay * 2)
+        return min(self.most, d * random.uniform(0.8, 1.2))
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class WorkQueue:
+    """Keys to process; a key is never handed out twice at once, and one added while it is being
+    processed is handed out again afterwards."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.order: list[Key] = []
+        self.queued: set[Key] = set()
+        self.active: set[Key] = set()
+        self.dirty: set[Key] = set()
+
+    def add(self, key: Key) -> None:
+        with self.cond:
+            if key in self.active:
+                self.dirty.add(key)
+            elif key not in self.queued:
+                self.queued.add(key)
+                self.order.append(key)
+                self.cond.notify()
+
+    def get(self, timeout: float) -> Key | None:
+        with self.cond:
+            if not self.order:
+                self.cond.wait(timeout)
+            if not self.order:
+                return None
+            key = self.order.pop(0)
+            self.queued.discard(key)
+            self.active.add(key)
+            return key
+
+    def done(self, key: Key) -> None:
+        with self.cond:
+            self.active.discard(key)
+            if key in self.dirty:
+                self.dirty.discard(key)
+                self.queued.add(key)
+                self.order.append(key)
+                self.cond.notify()
+
+    def __len__(self) -> int:
+        with self.cond:
+            return len(self.order)
+
+
+def _key(obj: Obj) -> Key:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class Agent:
+    def __init__(self, kube: AgentKube, dumper: Dumper, settings: AgentSettings) -> None:
+        self.kube = kube
+        self.dumper = dumper
+        self.store = dumper.store
+        self.s = settings
+        self.node = settings.node
+        self.lock = threading.Lock()
+        self.checkpoints: dict[Key, Obj] = {}
+        self.pods: dict[Key, PodInfo] = {}
+        self.queue = WorkQueue()
+        self.done: set[tuple[str, Slot]] = set()  # (Checkpoint uid, container) recorded or failed
+        self.slot_locks: dict[Slot, threading.Lock] = {}
+        self.stop = threading.Event()
+        self.synced = {"checkpoints": threading.Event(), "pods": threading.Event()}
+        self.dump_pool = ThreadPoolExecutor(max_workers=settings.dump_workers, thread_name_prefix="ckq-dump")
+        self._labels: tuple[float, dict[str, str]] | None = None
+        self._warned: set[str] = set()
+
+    # ---- the cache ----------------------------------------------------------------------------------
+    def checkpoints_listed(self, items: list[Obj]) -> None:
+        with self.lock:
+            self.checkpoints = {_key(o): o for o in items}
+        self.requeue_all()
+
+    def checkpoint_event(self, kind: str, obj: Obj) -> None:
+        key = _key(obj)
+        with self.lock:
+            if kind == "DELETED":
+                self.checkpoints.pop(key, None)
+                return
+            self.checkpoints[key] = obj
+        if self._relevant(obj):
+            self.queue.add(key)
+
+    def pods_listed(self, items: list[Obj]) -> None:
+        pods = {}
+        for o in items:
+            info = PodInfo.from_dict(o)
+            if info is not None:
+                pods[_key(o)] = info
+        with self.lock:
+            self.pods = pods
+        self.requeue_all()
+
+    def pod_event(self, kind: str, obj: Obj) -> None:
+        info = PodInfo.from_dict(obj)
+        key = _key(obj)
+        with self.lock:
+            if kind == "DELETED" or info is None:
+                self.pods.pop(key, None)
+            else:
+                self.pods[key] = info
+        if info is not None:
+            self.requeue_job(info.namespace, info.job)
+
+    def _has_local_pods(self, namespace: str, job: str) -> bool:
+        with self.lock:
+            return any(p.namespace == namespace and p.job == job for p in self.pods.values())
+
+    def _relevant(self, obj: Obj) -> bool:
+        phase = (obj.get("status") or {}).get("phase")
+        if phase not in plan.ACTIVE:
+            return False
+        ns, _ = _key(obj)
+        return self._has_local_pods(ns, str((obj.get("spec") or {}).get("jobName") or ""))
+
+    def requeue_job(self, namespace: str, job: str) -> None:
+        with self.lock:
+            keys = [k for k, o in self.checkpoints.items()
+                    if k[0] == namespace and (o.get("spec") or {}).get("jobName") == job]
+        for k in keys:
+            with self.lock:
+                obj = self.checkpoints.get(k)
+            if obj is not None and (obj.get("status") or {}).get("phase") in plan.ACTIVE:
+                self.queue.add(k)
+
+    def requeue_all(self) -> None:
+        with self.lock:
+            objs = list(self.checkpoints.values())
+        for o in objs:
+            if self._relevant(o):
+                self.queue.add(_key(o))
+
+    # ---- API calls with patience --------------------------------------------------------------------
+    def patiently(self, what: str, fn: Callable[[], T]) -> T:
+        """fn(), retried with backoff while the API server is unreachable (up to api_patience)."""
+        backoff = Backoff(most=self.s.max_backoff)
+        deadline = time.monotonic() + self.s.api_patience
+        while True:
+            try:
+                return fn()
+            except Transient as exc:
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    raise
+                delay = backoff.next()
+                log.warning("api: %s failed (%s); retrying in %.1fs", what, exc, delay)
+                if self.stop.wait(delay):
+                    raise
+
+    def node_labels(self) -> dict[str, str]:
+        cached = self._labels
+        if cached is not None and time.monotonic() - cached[0] < 60:
+            return cached[1]
+        node = self.patiently(f"reading node {self.node}", lambda: self.kube.get_node(self.node))
+        labels = {str(k): str(v) for k, v in ((node.get("metadata") or {}).get("labels") or {}).items()}
+        self._labels = (time.monotonic(), labels)
+        return labels
+
+    def update_status(self, key: Key, uid: str, mutate: Callable[[Checkpoint], bool],
+                      active_only: bool = True) -> Checkpoint | None:
+        """Read the Checkpoint, apply `mutate` to its status model, write it with the resourceVersion it
+        was read at; again on 409. None if it is gone (or replaced by another of the same name)."""
+        ns, name = key
+        for _ in range(MAX_CONFLICTS):
+            try:
+                raw = self.patiently(f"reading checkpoint {ns}/{name}", lambda: self.kube.get_checkpoint(ns, name))
+            except NotFound:
+                return None
+            ckpt = Checkpoint.model_validate(raw)
+            if ckpt.metadata.uid != uid:
+                return None
+            if active_only and not plan.acts_on(ckpt):
+                return ckpt
+            if not mutate(ckpt):
+                return ckpt
+            assert ckpt.status is not None
+            body = dict(raw)
+            body["status"] = ckpt.status.to_wire()
+            try:
+                new = self.patiently(f"writing the status of checkpoint {ns}/{name}",
+                                     functools.partial(self.kube.replace_checkpoint_status, ns, name, body))
+            except Conflict:
+                continue
+            except NotFound:
+                return None
+            with self.lock:
+                if key in self.checkpoints:
+                    self.checkpoints[key] = new
+            return Checkpoint.model_validate(new)
+        raise RuntimeError(f"checkpoint {ns}/{name}: {MAX_CONFLICTS} conflicting writes in a row")
+
+    # ---- one Checkpoint -----------------------------------------------------------------------------
+    def process(self, key: Key) -> None:
+        with self.lock:
+            raw = self.checkpoints.get(key)
+            local = list(self.pods.values())
+        if raw is None:
+            return
+        try:
+            ckpt = Checkpoint.model_validate(raw)
+        except ValidationError as exc:
+            self._warn_once(f"invalid:{key}", "checkpoint %s/%s is not a valid Checkpoint (%s); ignoring it",
+                            *key, exc.errors()[0].get("msg"))
+            return
+        uid = ckpt.metadata.uid or ""
+        if not plan.acts_on(ckpt) or not uid:
+            return
+        mine = plan.local_pods(ckpt, local)
+        if not mine:
+            return
+        ns, job = key[0], ckpt.spec.job_name
+        have = plan.recorded(ckpt.status)
+        candidates: list[tuple[PodInfo, str, Slot]] = []
+        resumed: set[Slot] = set()
+        for pod in mine:
+            for c in pod.containers:
+                slot = Slot(ns, job, pod.pod_set, pod.index, c)
+                if (pod.pod_set, pod.index, c) in have or (uid, slot) in self.done:
+                    continue
+                if self.dumper.journaled(slot, uid):
+                    resumed.add(slot)
+                    candidates.append((pod, c, slot))
+                elif pod.running and self.dumper.live(slot):
+                    candidates.append((pod, c, slot))
+        if not candidates:  # the usual case for a Checkpoint this node is done with: no API call
+            return
+        job_pods = self.patiently(f"listing the pods of job {ns}/{job}", lambda: self.kube.list_job_pods(ns, job))
+        attempt = plan.current_attempt(p for p in (PodInfo.from_dict(o) for o in job_pods) if p is not None)
+        if attempt is None:
+            attempt = plan.current_attempt(mine)
+        pods = [p for p in mine if p.attempt == attempt]
+        todo = [t for t in candidates if t[0].attempt == attempt]
+        if not todo:
+            return
+        name = f"{ns}/{key[1]}"
+        leave = ckpt.spec.leave_running
+        log.info("checkpoint %s: dumping %d container(s) on %s (%s, leaveRunning=%s): %s", name, len(todo),
+                 self.node, ckpt.spec.reason, leave,
+                 ", ".join(f"{p.name}/{c}{' (asked before a restart)' if s in resumed else ''}" for p, c, s in todo))
+        futures: dict[Future[DumpResult], tuple[PodInfo, str, Slot]] = {
+            self.dump_pool.submit(self._dump_one, slot, DumpRequest(uid=uid, checkpoint=name, leave_running=leave,
+                                                                    node=self.node, pod=pod.name)): (pod, c, slot)
+            for pod, c, slot in todo
+        }
+        self._mark_running(key, uid, name, any(p.gpu for p in pods))  # while the dumps run
+        for fut in as_completed(futures):
+            pod, c, slot = futures[fut]
+            self._record(key, uid, name, pod, c, slot, fut.result())
+
+    def _dump_one(self, slot: Slot, req: DumpRequest) -> DumpResult:
+        with self.lock:
+            lock = self.slot_locks.setdefault(slot, threading.Lock())
+        with lock:  # one request at a time per container, whichever Checkpoint asks
+            return self.dumper.dump(slot, req)
+
+    def _mark_running(self, key: Key, uid: str, name: str, gpu: bool) -> None:
+        labels = plan.node_constraints(self.node_labels(), gpu)
+        conflicts: list[str] = []
+
+        def mutate(c: Checkpoint) -> bool:
+            running = plan.mark_running(c, _now())
+            merged, found = plan.merge_constraints(c, labels)
+            conflicts[:] = found
+            return running or merged
+
+        with self.lock:
+            before = self.checkpoints.get(key) or {}
+        was = (before.get("status") or {}).get("phase")
+        after = self.update_status(key, uid, mutate)
+        if after is not None and after.status is not None and was != "Running" and after.status.phase == "Running":
+            log.info("checkpoint %s: Running (restore constraints from %s: %s)", name, self.node,
+                     ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none")
+        if conflicts:
+            log.warning("checkpoint %s: node %s differs from the recorded restore constraints in %s; kept the "
+                        "recorded values", name, self.node, ", ".join(conflicts))
+
+    def _record(self, key: Key, uid: str, name: str, pod: PodInfo, container: str, slot: Slot,
+                result: DumpResult) -> None:
+        where = f"pod {pod.namespace}/{pod.name} container {container} on node {self.node}"
+        if result.manifest is not None:
+            m = result.manifest
+            uri = self.store.uri_for(*slot.args(), m.id)
+            artifact = plan.artifact_for(pod, container, self.node, uri, m)
+            after = self.update_status(key, uid, lambda c: plan.add_artifact(c, artifact, m.durationSeconds),
+                                       active_only=False)
+            if after is None:
+                log.warning("checkpoint %s: gone before %s's checkpoint %s could be recorded (the image stays "
+                            "in the store)", name, where, m.id)
+            self.done.add((uid, slot))
+            how = "found after a restart" if result.adopted else f"{m.durationSeconds:.2f}s"
+            log.info("checkpoint %s: %s: ckq-run checkpoint %s, %d bytes (%s), recorded", name, where, m.id,
+                     m.sizeBytes, how)
+            return
+        message = f"{where}: {result.error}"
+        after = self.update_status(key, uid, lambda c: plan.mark_failed(c, message, _now()))
+        self.done.add((uid, slot))
+        log.error("checkpoint %s: dump failed, %s%s", name, message,
+                  " -> Failed" if after is not None and after.status and after.status.phase == "Failed" else "")
+
+    def _warn_once(self, key: str, msg: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg, *args)
+
+    # ---- threads ------------------------------------------------------------------------------------
+    def _informer(self, name: str, lister: Callable[[], tuple[list[Obj], str]],
+                  watcher: Callable[[str], Iterator[Event]], on_list: Callable[[list[Obj]], None],
+                  on_event: Callable[[str, Obj], None]) -> None:
+        backoff = Backoff(most=self.s.max_backoff)
+        failing = False
+        while not self.stop.is_set():
+            try:
+                items, rv = lister()
+                on_list(items)
+                self.synced[name].set()
+                backoff.reset()
+                if failing:
+                    log.info("api: watching %s again (%d listed)", name, len(items))
+                    failing = False
+                for kind, obj in watcher(rv):
+                    if self.stop.is_set():
+                        return
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        on_event(kind, obj)
+            except Gone:
+                log.info("api: the %s watch expired; listing again", name)
+            except Exception as exc:
+                failing = True
+                delay = backoff.next()
+                log.warning("api: watching %s failed (%s); retrying in %.1fs", name, exc, delay)
+                self.stop.wait(delay)
+
+    def _worker(self) -> None:
+        while not self.stop.is_set():
+            key = self.queue.get(timeout=0.5)
+            if key is None:
+                continue
+            try:
+                self.process(key)
+            except Exception as exc:  # retried at the next resync
+                log.error("checkpoint %s/%s: %s: %s (retrying within %.0fs)", *key, type(exc).__name__, exc,
+                          self.s.resync_seconds)
+            finally:
+                self.queue.done(key)
+
+    def _ticker(self) -> None:
+        while not self.stop.wait(self.s.resync_seconds):
+            self.requeue_all()
+
+    def start(self) -> list[threading.Thread]:
+        threads = [
+            threading.Thread(target=self._informer, name="ckq-watch-checkpoints", daemon=True, args=(
+                "checkpoints", self.kube.list_checkpoints,
+                lambda rv: self.kube.watch_checkpoints(rv, self.s.watch_seconds),
+                self.checkpoints_listed, self.checkpoint_event)),
+            threading.Thread(target=self._informer, name="ckq-watch-pods", daemon=True, args=(
+                "pods", lambda: self.kube.list_node_pods(self.node),
+                lambda rv: self.kube.watch_node_pods(self.node, rv, self.s.watch_seconds),
+                self.pods_listed, self.pod_event)),
+            threading.Thread(target=self._ticker, name="ckq-resync", daemon=True),
+            *(threading.Thread(target=self._worker, name=f"ckq-worker-{i}", daemon=True)
+              for i in range(self.s.workers)),
+        ]
+        for t in threads:
+            t.start()
+        return threads
+
+    def wait_synced(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for ev in self.synced.values():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not ev.wait(left):
+                return False
+        return True
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(Exception):
+            self.dump_pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,346 @@
+"""The node agent's processing of Checkpoints against a fake API server and a fake dump step: what it
+acts on, what it writes, and that it writes it once, through conflicts and outages."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from queue_controller.agent.agent import Agent, AgentSettings, WorkQueue
+from queue_controller.agent.dump import DumpRequest, DumpResult, Slot
+from queue_controller.agent.kube import Conflict, Event, NotFound, Obj, Transient
+from queue_controller.api.checkpoint import Checkpoint
+from queue_controller.store import FilesystemStore
+from tests.unit.test_agent_plan import manifest, pod
+
+pytestmark = pytest.mark.unit
+
+NS = "team-a"
+NAME = "train-1-preemption-1"
+
+
+def ckpt_obj(phase: str | None = "Pending", *, leave: bool = False, job: str = "train", name: str = NAME,
+             uid: str = "ck-uid", status: dict[str, Any] | None = None) -> Obj:
+    st = dict(status or {})
+    if phase:
+        st["phase"] = phase
+    obj: Obj = {"apiVersion": "ckq.io/v1alpha1", "kind": "Checkpoint",
+                "metadata": {"name": name, "namespace": NS, "uid": uid, "resourceVersion": "1",
+                             "labels": {"ckq.io/job-name": job}},
+                "spec": {"jobName": job, "reason": "Preemption", "leaveRunning": leave}}
+    if st:
+        obj["status"] = st
+    return obj
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objs: dict[tuple[str, str], Obj] = {}
+        self.pods: list[Obj] = []  # all nodes
+        self.node = {"metadata": {"name": "real-0", "labels": {"kubernetes.io/arch": "amd64",
+                                                                "nvidia.com/gpu.product": "H200"}}}
+        self.rv = 1
+        self.writes: list[Obj] = []
+        self.before_write: list[Any] = []  # callables run before a write (a concurrent writer)
+        self.transient = 0  # fail this many calls with Transient first
+        self.job_pod_lists = 0
+        self.lock = threading.Lock()
+
+    def add(self, obj: Obj) -> None:
+        self.objs[(obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
+
+    def _flaky(self) -> None:
+        if self.transient > 0:
+            self.transient -= 1
+            raise Transient("connection refused")
+
+    def list_checkpoints(self) -> tuple[list[Obj], str]:
+        return [copy.deepcopy(o) for o in self.objs.values()], str(self.rv)
+
+    def watch_checkpoints(self, resource_version: str, timeout: int) -> Iterator[Event]:
+        return iter(())
+
+    def list_node_pods(self, node: str) -> tuple[list[Obj], str]:
+        return [p for p in self.pods if p["spec"]["nodeName"] == node], str(self.rv)
+
+    def watch_node_pods(self, node: str, resource_version: str, timeout: int) -> Iterator[Event]:
+        return iter(())
+
+    def list_job_pods(self, namespace: str, job: str) -> list[Obj]:
+        self._flaky()
+        self.job_pod_lists += 1
+        return [p for p in self.pods if p["metadata"]["namespace"] == namespace
+                and p["metadata"]["labels"].get("ckq.io/job-name") == job]
+
+    def get_checkpoint(self, namespace: str, name: str) -> Obj:
+        self._flaky()
+        with self.lock:
+            if (namespace, name) not in self.objs:
+                raise NotFound(name)
+            return copy.deepcopy(self.objs[(namespace, name)])
+
+    def replace_checkpoint_status(self, namespace: str, name: str, body: Obj) -> Obj:
+        self._flaky()
+        if self.before_write:
+            self.before_write.pop(0)()
+        with self.lock:
+            cur = self.objs.get((namespace, name))
+            if cur is None:
+                raise NotFound(name)
+            if body["metadata"]["resourceVersion"] != cur["metadata"]["resourceVersion"]:
+                raise Conflict("the object has been modified")
+            self.rv += 1
+            new = copy.deepcopy(cur)
+            new["status"] = copy.deepcopy(body.get("status"))
+            new["metadata"]["resourceVersion"] = str(self.rv)
+            self.objs[(namespace, name)] = new
+            self.writes.append(copy.deepcopy(new))
+            return copy.deepcopy(new)
+
+    def get_node(self, name: str) -> Obj:
+        self._flaky()
+        return self.node
+
+    def status(self, name: str = NAME) -> dict[str, Any]:
+        return dict(self.objs[(NS, name)].get("status") or {})
+
+
+class FakeDumper:
+    def __init__(self, store: FilesystemStore) -> None:
+        self.store = store
+        self.live_slots: set[Slot] = set()
+        self.journal: dict[tuple[Slot, str], DumpResult] = {}
+        self.calls: list[tuple[Slot, DumpRequest]] = []
+        self.errors: dict[Slot, str] = {}
+
+    def live(self, slot: Slot) -> bool:
+        return slot in self.live_slots
+
+    def journaled(self, slot: Slot, uid: str) -> bool:
+        return (slot, uid) in self.journal
+
+    def dump(self, slot: Slot, req: DumpRequest) -> DumpResult:
+        if (slot, req.uid) in self.journal:
+            return DumpResult(manifest=self.journal[(slot, req.uid)].manifest,
+                              error=self.journal[(slot, req.uid)].error, adopted=True)
+        self.calls.append((slot, req))
+        if slot in self.errors:
+            res = DumpResult(error=self.errors[slot])
+        else:
+            n = len(self.calls)
+            res = DumpResult(manifest=manifest(f"20260102-0304{n:02d}-abcdef", size=1000 * n, duration=0.5 * n))
+        self.journal[(slot, req.uid)] = res
+        if not req.leave_running:
+            self.live_slots.discard(slot)
+        return res
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[FakeKube, FakeDumper, Agent]:
+    kube = FakeKube()
+    dumper = FakeDumper(FilesystemStore(tmp_path, uri_root="/var/lib/ckq/store"))
+    agent = Agent(kube, dumper, AgentSettings(node="real-0", max_backoff=0.01))  # type: ignore[arg-type]
+    return kube, dumper, agent
+
+
+def slot(index: int = 0, container: str = "main", job: str = "train") -> Slot:
+    return Slot(NS, job, "worker", index, container)
+
+
+def sync(kube: FakeKube, agent: Agent) -> None:
+    agent.checkpoints_listed(kube.list_checkpoints()[0])
+    agent.pods_listed(kube.list_node_pods(agent.node)[0])
+
+
+def process(kube: FakeKube, agent: Agent, name: str = NAME) -> None:
+    sync(kube, agent)
+    agent.process((NS, name))
+
+
+def test_dumps_the_live_containers_of_its_pods_and_records_them(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod("train-1-worker-0", index=0, containers=("main", "side"), gpu=True),
+                 pod("train-1-worker-1", index=1, node="real-1")]  # the other node's agent does this one
+    dumper.live_slots = {slot(0, "main")}  # "side" runs no ckq-run
+    process(kube, agent)
+    assert [s for s, _ in dumper.calls] == [slot(0, "main")]
+    req = dumper.calls[0][1]
+    assert (req.uid, req.checkpoint, req.leave_running, req.node, req.pod) == (
+        "ck-uid", f"{NS}/{NAME}", False, "real-0", "train-1-worker-0")
+    st = kube.status()
+    assert st["phase"] == "Running" and st["startTime"].endswith("Z")
+    assert st["restoreConstraints"] == {"nodeLabels": {"kubernetes.io/arch": "amd64",
+                                                       "nvidia.com/gpu.product": "H200"}}
+    [art] = st["artifacts"]
+    assert art == {"podSet": "worker", "index": 0, "container": "main", "node": "real-0", "sha256": "a" * 64,
+                   "sizeBytes": 1000,
+                   "uri": "file:///var/lib/ckq/store/team-a/train/worker-0/main/checkpoints/20260102-030401-abcdef"}
+    assert st["sizeBytes"] == 1000 and st["durationSeconds"] == 0.5
+    Checkpoint.model_validate(kube.objs[(NS, NAME)])
+
+
+def test_never_dumps_twice_for_one_checkpoint(world: tuple[FakeKube, FakeDumper, Agent], tmp_path: Path) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj(leave=True))
+    kube.pods = [pod()]
+    dumper.live_slots = {slot()}
+    process(kube, agent)
+    writes, lists = len(kube.writes), kube.job_pod_lists
+    process(kube, agent)  # another event for the same Checkpoint
+    assert len(dumper.calls) == 1 and len(kube.writes) == writes  # and nothing written again
+    assert kube.job_pod_lists == lists  # nor read: nothing on this node is left to do
+    restarted = Agent(kube, dumper, AgentSettings(node="real-0"))  # type: ignore[arg-type]
+    process(kube, restarted)  # the artifact is in the status: nothing to do
+    assert len(dumper.calls) == 1 and len(kube.writes) == writes
+
+
+def test_a_restarted_agent_records_a_dump_its_predecessor_did_not(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod(phase="Failed")]  # ckq-run exited 75 after the dump: the pod is no longer running
+    dumper.journal[(slot(), "ck-uid")] = DumpResult(manifest=manifest("20260102-030405-0ld0ld"))
+    process(kube, agent)
+    assert dumper.calls == []
+    assert [a["uri"].rsplit("/", 1)[1] for a in kube.status()["artifacts"]] == ["20260102-030405-0ld0ld"]
+
+
+def test_acts_only_on_in_flight_checkpoints_of_jobs_with_pods_here(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj("Completed", name="done"))
+    kube.add(ckpt_obj("Failed", name="failed"))
+    kube.add(ckpt_obj(name="elsewhere", job="other"))
+    kube.pods = [pod(), pod("other-1-worker-0", job="other", node="real-1")]
+    dumper.live_slots = {slot(), slot(job="other")}
+    for name in ("done", "failed", "elsewhere"):
+        process(kube, agent, name)
+    assert dumper.calls == [] and kube.writes == []
+    assert len(agent.queue) == 0  # and listing queued none of them
+
+
+def test_only_the_current_attempt_is_dumped(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod("train-1-worker-0", attempt=1, phase="Running"),  # a stale pod of the first run
+                 pod("train-2-worker-1", attempt=2, index=1)]
+    dumper.live_slots = {slot(0), slot(1)}
+    process(kube, agent)
+    assert [s for s, _ in dumper.calls] == [slot(1)]
+    dumper.calls.clear()
+    kube.pods.append(pod("train-3-worker-0", attempt=3, node="real-1"))  # a newer attempt on another node
+    kube.add(ckpt_obj(name="second", uid="uid-2"))
+    process(kube, agent, "second")
+    assert dumper.calls == []
+
+
+def test_pods_that_are_not_running_are_not_asked(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod("a", index=0, deleting=True), pod("b", index=1, phase="Pending")]
+    dumper.live_slots = {slot(0), slot(1)}
+    process(kube, agent)
+    assert dumper.calls == [] and kube.writes == []
+
+
+def test_a_failed_dump_fails_the_checkpoint_naming_pod_container_and_reason(
+        world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod(containers=("main", "side"))]
+    dumper.live_slots = {slot(0, "main"), slot(0, "side")}
+    dumper.errors[slot(0, "side")] = "ckq-run: criu dump failed: Error (criu/sk-unix.c:123): unix: can't dump"
+    process(kube, agent)
+    st = kube.status()
+    assert st["phase"] == "Failed" and "completionTime" in st
+    assert st["message"] == ("pod team-a/train-1-worker-0 container side on node real-0: ckq-run: criu dump failed: "
+                             "Error (criu/sk-unix.c:123): unix: can't dump")
+    assert [a["container"] for a in st["artifacts"]] == ["main"]  # the image that exists is recorded
+    process(kube, agent)
+    assert len(dumper.calls) == 2
+
+
+def test_concurrent_writers_are_merged_not_overwritten(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod()]
+    dumper.live_slots = {slot()}
+    other = {"podSet": "worker", "index": 1, "container": "main", "node": "real-1",
+             "uri": "file:///var/lib/ckq/store/team-a/train/worker-1/main/checkpoints/x", "sha256": "b" * 64,
+             "sizeBytes": 7}
+
+    def real_1_writes() -> None:  # the other node's agent gets in first, twice
+        obj = kube.objs[(NS, NAME)]
+        st = obj.setdefault("status", {})
+        st.update(phase="Running", startTime="2026-01-02T03:04:00Z",
+                  restoreConstraints={"nodeLabels": {"kubernetes.io/arch": "arm64"}})
+        if other not in st.setdefault("artifacts", []):
+            st["artifacts"].append(other)
+        kube.rv += 1
+        obj["metadata"]["resourceVersion"] = str(kube.rv)
+
+    kube.before_write = [real_1_writes, real_1_writes]
+    process(kube, agent)
+    st = kube.status()
+    assert st["startTime"] == "2026-01-02T03:04:00Z"  # the first writer's start stays
+    assert st["restoreConstraints"]["nodeLabels"] == {"kubernetes.io/arch": "arm64"}  # merged, not clobbered
+    assert sorted((a["index"], a["node"]) for a in st["artifacts"]) == [(0, "real-0"), (1, "real-1")]
+    assert st["sizeBytes"] == 1007
+
+
+def test_survives_a_brief_api_outage(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod()]
+    dumper.live_slots = {slot()}
+    kube.transient = 5
+    process(kube, agent)
+    assert kube.status()["phase"] == "Running" and len(kube.status()["artifacts"]) == 1
+    assert len(dumper.calls) == 1
+
+
+def test_a_checkpoint_replaced_under_the_same_name_is_not_written(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod()]
+    dumper.live_slots = {slot()}
+    sync(kube, agent)
+    kube.add(ckpt_obj(uid="new-uid"))  # deleted and created again between the event and our write
+    agent.process((NS, NAME))
+    assert kube.writes == []
+
+
+def test_work_queue_never_hands_out_a_key_twice_at_once() -> None:
+    q = WorkQueue()
+    q.add(("a", "1"))
+    q.add(("a", "1"))
+    assert len(q) == 1
+    k = q.get(0.01)
+    assert k == ("a", "1") and q.get(0.01) is None
+    q.add(("a", "1"))  # while it is processed
+    assert q.get(0.01) is None
+    q.done(("a", "1"))
+    assert q.get(0.01) == ("a", "1")
+
+
+def test_threads_list_process_and_stop(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod()]
+    dumper.live_slots = {slot()}
+    agent.s.resync_seconds = 0.05
+    agent.start()
+    try:
+        assert agent.wait_synced(timeout=5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not kube.status().get("artifacts"):
+            time.sleep(0.02)
+        assert len(kube.status()["artifacts"]) == 1
+    finally:
+        agent.shutdown()
+    assert len(dumper.calls) == 1
