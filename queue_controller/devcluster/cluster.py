@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +83,10 @@ def _stop_all(state: ClusterState) -> None:
         problems += realnode.teardown(node)
     if state.real_nodes:
         realnode.restore_forwarding(state.ip_forward_before)
+    if state.store:  # the cluster's checkpoint images go with it
+        shutil.rmtree(state.store, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path(state.store).parent.rmdir()
     if problems:
         raise DevClusterError("stopped, but some of the real nodes' state is left:\n  " + "\n  ".join(problems))
 
@@ -323,6 +329,73 @@ class _RealSetup:
             )
             _start(kubelet, state, timeout, die_with_parent, say, cgroup=f"{node.cgroup}/kubelet",
                    env={**os.environ, "PATH": self.runtime.path_env})
+        # What the controller's real checkpoint path needs, so `ckq controller` runs with no flags:
+        # the CRDs, the cluster's settings (wire.CONFIG_MAP) and one node agent per real node.
+        store = realnode.NODES_ROOT / key / "store"
+        store.mkdir(parents=True, exist_ok=True)
+        store.chmod(0o700)  # checkpoint images hold process memory
+        state.store = str(store)
+        state.save()
+        install_checkpoint_config(state, store)
+        for node in state.real_nodes:
+            agent = Component(
+                f"agent-{node.name}",
+                [sys.executable, "-m", "queue_controller.cli", "agent", "--node", node.name,
+                 "--kubeconfig", state.kubeconfig, "--store", str(store)],
+                functools.partial(_log_says, state.paths.logs / f"agent-{node.name}.log", AGENT_READY),
+            )
+            _start(agent, state, timeout, die_with_parent, say, cgroup=f"{node.cgroup}/agent",
+                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+AGENT_READY = "ckq agent started"
+
+
+def _log_says(path: Path, text: str) -> bool:
+    try:
+        return text in path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def install_checkpoint_config(state: ClusterState, store: Path) -> None:
+    """CRDs, namespace ckq-system and ConfigMap ckq-config for the real checkpoint path."""
+    from kubernetes.client import ApiextensionsV1Api
+
+    from queue_controller import wire
+    from queue_controller.api.crdgen import KINDS, crd
+    from queue_controller.devcluster.runtime_image import RUNTIME_IMAGE
+
+    with api_client(state.kubeconfig) as api:
+        ext = ApiextensionsV1Api(api)
+        for kind in KINDS:
+            try:
+                ext.create_custom_resource_definition(crd(kind))
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise DevClusterError(
+                        f"installing the CRD of {kind.KIND} failed: {exc.status} {exc.reason}"
+                    ) from None
+        core = client.CoreV1Api(api)
+        try:
+            core.create_namespace({"metadata": {"name": wire.CONFIG_NAMESPACE}})
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        data = {
+            wire.CONFIG_RUNTIME_IMAGE: RUNTIME_IMAGE,
+            wire.CONFIG_STORE_HOST_PATH: str(store),
+            wire.CONFIG_DELETE_GRACE: "30",
+        }
+        body = {"metadata": {"name": wire.CONFIG_MAP, "namespace": wire.CONFIG_NAMESPACE,
+                             "labels": {"app.kubernetes.io/managed-by": "ckq-dev"}},
+                "data": data}
+        try:
+            core.create_namespaced_config_map(wire.CONFIG_NAMESPACE, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            core.replace_namespaced_config_map(wire.CONFIG_MAP, wire.CONFIG_NAMESPACE, body)
 
 
 def _healthy(state: ClusterState) -> bool:

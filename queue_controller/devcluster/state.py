@@ -87,6 +87,7 @@ class ClusterState:
     ready: bool = False  # True once `up` finished; a crash mid-`up` leaves False
     real_nodes: list[RealNode] = field(default_factory=list)
     ip_forward_before: str = ""  # what net.ipv4.ip_forward was before real nodes turned it on
+    store: str = ""  # the checkpoint store (host directory) of the real nodes; removed by `down`
 
     @property
     def paths(self) -> ClusterPaths:
@@ -108,6 +109,7 @@ class ClusterState:
             "ready": self.ready,
             "real_nodes": [n.to_dict() for n in self.real_nodes],
             "ip_forward_before": self.ip_forward_before,
+            "store": self.store,
         }
         tmp = self.paths.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -134,6 +136,7 @@ class ClusterState:
             ready=bool(data.get("ready")),
             real_nodes=[RealNode.from_dict(n) for n in data.get("real_nodes", [])],
             ip_forward_before=str(data.get("ip_forward_before", "")),
+            store=str(data.get("store", "")),
         )
 
 
