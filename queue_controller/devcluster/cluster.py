@@ -85,8 +85,9 @@ def _stop_all(state: ClusterState) -> None:
         realnode.restore_forwarding(state.ip_forward_before)
     if state.store:  # the cluster's checkpoint images go with it
         shutil.rmtree(state.store, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            Path(state.store).parent.rmdir()
+        for parent in (Path(state.store).parent, realnode.NODES_ROOT):  # empty ones only
+            with contextlib.suppress(OSError):
+                parent.rmdir()
     if problems:
         raise DevClusterError("stopped, but some of the real nodes' state is left:\n  " + "\n  ".join(problems))
 

@@ -659,7 +659,7 @@ def teardown(node: RealNode) -> list[str]:
         shutil.rmtree(d, ignore_errors=True)
         if d.exists():
             problems.append(f"{d} could not be removed")
-    for parent in (node.run_dir.parent, node.path.parent):
+    for parent in (node.run_dir.parent, node.path.parent, _RUN_ROOT, NODES_ROOT):  # empty ones only
         with contextlib.suppress(OSError):
             parent.rmdir()
     return problems
