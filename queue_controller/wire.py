@@ -12,6 +12,7 @@ Annotations that only matter on kwok nodes belong to the Simulated checkpoint ba
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +25,7 @@ from queue_controller.api.job import JobPhase
 JOB_LABEL = "ckq.io/job-name"  # also on the job's Checkpoints
 POD_SET_LABEL = "ckq.io/pod-set"
 POD_INDEX_LABEL = "ckq.io/pod-index"
-ATTEMPT_LABEL = "ckq.io/attempt"
+ATTEMPT_LABEL = "ckq.io/attempt"  # also on the job's Checkpoints: the run (attempt) whose pods it covers
 MANAGED_LABEL = "ckq.io/managed"  # "true": created by this controller for a CheckpointableJob
 
 # ---- annotations -----------------------------------------------------------------------------------
@@ -104,6 +105,15 @@ CHECKPOINT_MOUNT = "/ckq/checkpoints"  # ckq-run --dir, inside the container
 # On a Node: "kwok" nodes run no process (Simulated only); "real" ones run ckq-run and a node agent.
 NODE_KIND_LABEL = "ckq.io/node-kind"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_NODE_ANNOTATION_VALUE = "fake"  # kwok manages the nodes annotated so (its documented convention)
+KWOK_NODE, REAL_NODE = "kwok", "real"
+
+
+def node_kind(labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
+    """"kwok" for a node kwok fakes (its annotation, or our label says so), else "real"."""
+    if annotations.get(KWOK_NODE_ANNOTATION) == KWOK_NODE_ANNOTATION_VALUE or labels.get(NODE_KIND_LABEL) == KWOK_NODE:
+        return KWOK_NODE
+    return REAL_NODE
 
 
 def container_store_dir(store_root: str, namespace: str, job: str, pod_set: str, index: int, container: str) -> str:

@@ -4,17 +4,19 @@ run how to start — restoring from those artifacts when the run resumes a check
 Backends are stateless between calls: everything they need to continue after a controller restart is
 in the Checkpoint object (its spec, `status.startTime`) and in the job (its checkpoint policy), and the
 controller hands it to them on every call, with an API client to act with (annotate or exec into a
-pod, create a helper object). A checkpoint the controller gives up on — its job stopped running, or it
-outlived the policy's `timeoutSeconds` — is cancelled through the backend, so it can stop a dump and
-drop partial artifacts.
+pod, create a helper object, write the Checkpoint's status), and with the Checkpoint's status as the
+controller last saw it (what node agents reported). A checkpoint the controller gives up on — its job
+stopped running, or it outlived the policy's `timeoutSeconds` — is cancelled through the backend, so it
+can stop a dump and drop partial artifacts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from queue_controller.api.checkpoint import CheckpointStatus
 from queue_controller.api.job import CheckpointPolicy
 
 
@@ -61,6 +63,8 @@ class CheckpointRequest:
     started_at: float  # when the backend began (status.startTime), epoch seconds
     timeout_s: float
     policy: CheckpointPolicy = field(default_factory=CheckpointPolicy)  # the job's spec.checkpoint
+    # The Checkpoint's status as the controller last saw it (watched): what node agents reported so far.
+    observed: CheckpointStatus = field(default_factory=CheckpointStatus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +110,33 @@ class LaunchRequest:
 
 @dataclass(frozen=True, slots=True)
 class PodInfo:
-    """What a new pod gets from its backend: annotations, and environment for its containers."""
+    """What a new pod gets from its backend: annotations, environment for its containers, and the pod
+    spec it runs (`rewrite`, from the template's as the controller placed it; None: unchanged)."""
 
     annotations: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    rewrite: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+
+
+class LaunchRefused(Exception):
+    """The backend cannot run this pod (its template, the node it was placed on, the cluster's settings).
+    `reason` is a CamelCase condition reason; the message says why, for the user."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class RestoreImpossible(Exception):
+    """The checkpoint to restore lacks what this pod needs (an artifact): it cannot be restored from."""
 
 
 class CheckpointBackend(Protocol):
     name: str
+    # True when a completed checkpoint with leaveRunning false has stopped the job's processes: its
+    # pods may then be deleted without a grace period. False: they still run and get their grace.
+    stops_workload: bool
 
     def estimate(self, pods: Sequence[PodRef], *, policy: CheckpointPolicy) -> tuple[float, float]:
         """Expected (checkpoint, restore) seconds, used by the engine until a real one is measured."""
@@ -133,5 +156,7 @@ class CheckpointBackend(Protocol):
         ...
 
     def pod_info(self, request: LaunchRequest) -> PodInfo:
-        """How a new pod of the job starts: from `request.restore` when it resumes a checkpoint."""
+        """How a new pod of the job starts: from `request.restore` when it resumes a checkpoint. Raises
+        LaunchRefused when it cannot run the pod, RestoreImpossible when the checkpoint lacks its images
+        (`rewrite` may raise LaunchRefused too)."""
         ...

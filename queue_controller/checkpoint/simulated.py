@@ -28,6 +28,10 @@ from queue_controller.checkpoint.base import (
 )
 from queue_controller.checkpoint.cost import GIB, CheckpointCostModel
 
+# Artifacts of simulated checkpoints: nothing is stored, so they restore only where nothing runs.
+SIM_URI_PREFIX = "sim://"
+# A completed simulated checkpoint's message: it says plainly that nothing was dumped.
+SIMULATED_MESSAGE = "simulated: no process was dumped"
 # On a restored pod: the Checkpoint it restores from.
 RESTORE_ANNOTATION = "ckq.io/restore-from"
 # On a CheckpointableJob: the run time it needs, for kwok nodes that run nothing.
@@ -50,6 +54,7 @@ def remaining_run_time(job_annotations: Mapping[str, str], run_time_s: float) ->
 
 class SimulatedBackend:
     name = "Simulated"
+    stops_workload = False  # nothing is dumped: on a real node (mode Simulated) the processes still run
 
     def __init__(self, bandwidth_bytes_per_s: float = 2 * GIB, fixed_overhead_s: float = 1.0,
                  fail_jobs: frozenset[str] = frozenset()) -> None:
@@ -86,11 +91,11 @@ class SimulatedBackend:
         for pod in request.pods:
             share = pod.memory_bytes // max(len(pod.containers), 1)
             for container in pod.containers:
-                uri = f"sim://{request.namespace}/{request.checkpoint}/{pod.pod_set}-{pod.index}/{container}"
+                uri = f"{SIM_URI_PREFIX}{request.namespace}/{request.checkpoint}/{pod.pod_set}-{pod.index}/{container}"
                 digest = hashlib.sha256(uri.encode()).hexdigest()
                 artifacts.append(ArtifactInfo(pod.pod_set, pod.index, container, pod.node, uri, digest, share))
         size = sum(a.size_bytes for a in artifacts)
-        return CheckpointResult(True, duration, size, tuple(artifacts))
+        return CheckpointResult(True, duration, size, tuple(artifacts), message=SIMULATED_MESSAGE)
 
     async def cancel(self, request: CheckpointRequest, *, api: ApiClient | None = None) -> None:
         return None  # nothing runs: progress() stops being asked
@@ -98,7 +103,7 @@ class SimulatedBackend:
     def restore_info(self, namespace: str, job: str, checkpoint: str, pod_set: str, index: int) -> PodInfo:
         """What a pod restored from `checkpoint` gets: the checkpoint's name and where its image is."""
         return PodInfo({RESTORE_ANNOTATION: checkpoint},
-                       {"CKQ_RESTORE_ID": checkpoint, "CKQ_RESTORE_URI": f"sim://{namespace}/{checkpoint}/"
+                       {"CKQ_RESTORE_ID": checkpoint, "CKQ_RESTORE_URI": f"{SIM_URI_PREFIX}{namespace}/{checkpoint}/"
                         f"{pod_set}-{index}"})
 
     def pod_info(self, request: LaunchRequest) -> PodInfo:

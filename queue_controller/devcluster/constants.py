@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from queue_controller.wire import KWOK_NODE_ANNOTATION, NODE_KIND_LABEL
+from queue_controller.wire import KWOK_NODE_ANNOTATION, KWOK_NODE_ANNOTATION_VALUE, NODE_KIND_LABEL
 
-__all__ = ["KWOK_NODE_ANNOTATION", "NODE_KIND_LABEL"]  # re-exported; the rest below is this module's own
+# Re-exported; the rest below is this module's own.
+__all__ = ["KWOK_NODE_ANNOTATION", "KWOK_NODE_ANNOTATION_VALUE", "NODE_KIND_LABEL"]
 
 # Label on every fake node naming its node group; ResourceFlavors select nodes by it.
 FLAVOR_LABEL = "ckq.io/flavor"
@@ -20,8 +21,8 @@ EXIT_CODE_ANNOTATION = "kwok.ckq.io/exit-code"
 # On a NODE: "false" makes kwok report it NotReady until the annotation is removed.
 NODE_READY_ANNOTATION = "kwok.ckq.io/ready"
 
-# kwok manages exactly the nodes carrying KWOK_NODE_ANNOTATION (its documented convention), with this value.
-# That annotation and NODE_KIND_LABEL ("real" | "kwok" on every node) live in the wire contract.
-KWOK_NODE_ANNOTATION_VALUE = "fake"
+# kwok manages exactly the nodes carrying KWOK_NODE_ANNOTATION=KWOK_NODE_ANNOTATION_VALUE (its documented
+# convention). Those and NODE_KIND_LABEL ("real" | "kwok" on every node) live in the wire contract: the
+# controller simulates checkpoints on kwok nodes.
 
 DEFAULT_CLUSTER_NAME = "ckq-dev"

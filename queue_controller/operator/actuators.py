@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from queue_controller.api.common import ConditionStatus
 from queue_controller.api.job import Admission, PodSetAssignment
 from queue_controller.engine import Admit, Checkpoint, Preempt, PreemptMode, Resume
 from queue_controller.operator import metrics
@@ -20,14 +21,16 @@ from queue_controller.operator.cache import Cache
 from queue_controller.operator.checkpoints import Checkpoints
 from queue_controller.operator.records import JobRecord
 from queue_controller.operator.runs import Runs
+from queue_controller.operator.snapshot import MODE_CONDITION
 from queue_controller.operator.status import JobStatusPatch, StatusWriter, job_conditions
 from queue_controller.operator.waiting import Waiting
-from queue_controller.wire import parse_time, to_datetime
+from queue_controller.wire import WAITING_PHASES, parse_time, to_datetime
 
 
-def admitted(job: JobRecord, action: Admit | Resume, now: float, priority: int | None
-             ) -> tuple[JobStatusPatch, str, str]:
-    """The status of a job admitted (or resumed) by `action` at `now`, the Event's reason and message."""
+def admitted(job: JobRecord, action: Admit | Resume, now: float, priority: int | None,
+             checkpoints: tuple[ConditionStatus, str, str] | None = None) -> tuple[JobStatusPatch, str, str]:
+    """The status of a job admitted (or resumed) by `action` at `now`, the Event's reason and message;
+    `checkpoints`: the CheckpointModeUnavailable condition its placement gives it (what checkpoints it)."""
     resume = isinstance(action, Resume)
     admission = Admission(
         cluster_queue=action.cluster_queue,
@@ -40,14 +43,27 @@ def admitted(job: JobRecord, action: Admit | Resume, now: float, priority: int |
         msg += f" from checkpoint {action.checkpoint}"
     if action.backfill:
         msg += " (backfill: vacated by checkpoint when a reservation comes due)"
+    changes: dict[str, tuple[ConditionStatus, str, str]] = {
+        "QuotaReserved": ("True", "QuotaReserved", msg), "Admitted": ("True", verb, msg),
+        "Preempted": ("False", verb, ""), "Suspended": ("False", verb, "")}
+    if checkpoints is not None:
+        changes[MODE_CONDITION] = checkpoints
     patch = JobStatusPatch(
         phase="Restoring" if resume else "Admitted", admission=admission,
         attempt=int(job.status.get("attempt") or 0) + 1, run_start_time=None, queue_position=None,
-        pending_reason=None, message=msg, priority=priority,
-        conditions=job_conditions(job.status, {
-            "QuotaReserved": ("True", "QuotaReserved", msg), "Admitted": ("True", verb, msg),
-            "Preempted": ("False", verb, ""), "Suspended": ("False", verb, "")}, now))
+        pending_reason=None, message=msg, priority=priority, conditions=job_conditions(job.status, changes, now))
     return patch, verb, msg
+
+
+def refused(job: JobRecord, reason: str, message: str, now: float) -> JobStatusPatch:
+    """The status of a job whose placement its checkpoint mode cannot serve: it keeps waiting, saying why."""
+    patch = JobStatusPatch(pending_reason=MODE_CONDITION, message=message, queue_position=None,
+                           conditions=job_conditions(job.status, {
+                               MODE_CONDITION: ("True", reason, message),
+                               "QuotaReserved": ("False", MODE_CONDITION, message)}, now))
+    if job.status.get("phase") not in WAITING_PHASES:
+        patch.phase = "Pending"
+    return patch
 
 
 def checkpointing_for(job: JobRecord, action: Preempt, checkpoint: str, now: float) -> JobStatusPatch:
@@ -85,7 +101,15 @@ class Actuators:
 
     async def _admit(self, job: JobRecord, action: Admit | Resume, now: float, priority: int | None) -> None:
         queued_since = parse_time(job.status.get("queuedTime")) or job.created
-        patch, verb, msg = admitted(job, action, now, priority)
+        # The admission check placed the job only where its checkpoint mode can be served; a placement
+        # across node kinds that no one backend serves is refused here, before it takes any quota.
+        placed = self.runs.backends.resolve(job, (n for p in action.placement for n in p.nodes))
+        if not placed.available:
+            if (job.status.get("pendingReason"), job.status.get("message")) != (MODE_CONDITION, placed.message):
+                await self.writer.job(job, refused(job, placed.reason, placed.message, now))
+                self.writer.event(job, MODE_CONDITION, placed.message, now, warning=True)
+            return
+        patch, verb, msg = admitted(job, action, now, priority, placed.condition())
         updated = await self.writer.job(job, patch)
         if updated is None:
             return
@@ -93,8 +117,8 @@ class Actuators:
         metrics.ADMISSIONS.labels(action.cluster_queue).inc()
         metrics.TIME_TO_ADMISSION.labels(action.cluster_queue).observe(max(now - queued_since, 0.0))
         self.waiting.forget(job.key)
-        await self.runs.start(updated, action.checkpoint if isinstance(action, Resume) else None, now)
         self.writer.event(updated, verb, msg, now)
+        await self.runs.start(updated, action.checkpoint if isinstance(action, Resume) else None, now)
 
     async def _preempt(self, job: JobRecord, action: Preempt, now: float) -> None:
         metrics.PREEMPTIONS.labels(str(action.mode), str(action.reason)).inc()

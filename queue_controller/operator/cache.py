@@ -22,7 +22,16 @@ from queue_controller.operator.records import (
     PodRecord,
     QueueRecord,
 )
-from queue_controller.wire import ATTEMPT_LABEL, JOB_LABEL, MANAGED_LABEL, POD_INDEX_LABEL, POD_SET_LABEL, parse_time
+from queue_controller.wire import (
+    ATTEMPT_LABEL,
+    JOB_LABEL,
+    MANAGED_LABEL,
+    POD_INDEX_LABEL,
+    POD_SET_LABEL,
+    RUNTIME_INIT_CONTAINER,
+    node_kind,
+    parse_time,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,14 @@ def _requests(spec: Mapping[str, Any]) -> dict[str, int]:
     return PodTemplateSpec.model_validate({"spec": spec}).pod_requests_milli()
 
 
+def _exit_code(status: Mapping[str, Any]) -> int | None:
+    for c in status.get("containerStatuses") or ():
+        code = ((c.get("state") or {}).get("terminated") or {}).get("exitCode")
+        if code:
+            return int(code)
+    return None
+
+
 def _finished(status: Mapping[str, Any]) -> float | None:
     times = [parse_time(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
              for c in status.get("containerStatuses") or ()]
@@ -57,6 +74,7 @@ class Cache:
         self.pods: dict[str, PodRecord] = {}
         self.pods_by_job: dict[str, set[str]] = {}
         self.nodes: dict[str, NodeRecord] = {}
+        self.node_kinds: dict[str, int] = {}  # nodes per wire.node_kind
         self.checkpoints: dict[str, CheckpointRecord] = {}
         self.checkpoints_by_job: dict[str, set[str]] = {}
         self.cluster_queues: dict[str, QueueRecord] = {}
@@ -160,6 +178,8 @@ class Cache:
             containers=tuple(c.get("name", "") for c in spec.get("containers") or ()),
             start_time=parse_time(status.get("startTime")),
             finish_time=_finished(status),
+            exit_code=_exit_code(status),
+            injected=any(c.get("name") == RUNTIME_INIT_CONTAINER for c in spec.get("initContainers") or ()),
         )
         old = self.pods.get(rec.key)
         if old is not None and old.job and old.job != rec.job:
@@ -191,14 +211,26 @@ class Cache:
             alloc = resources_to_milli(status.get("allocatable") or {})
         except QuantityError:
             alloc = {}
-        self.nodes[meta["name"]] = NodeRecord(meta["name"], alloc, dict(meta.get("labels") or {}),
-                                              list(spec.get("taints") or ()), ready,
-                                              bool(spec.get("unschedulable")))
+        labels = dict(meta.get("labels") or {})
+        rec = NodeRecord(meta["name"], alloc, labels, list(spec.get("taints") or ()), ready,
+                         bool(spec.get("unschedulable")), node_kind(labels, meta.get("annotations") or {}),
+                         str((status.get("nodeInfo") or {}).get("containerRuntimeVersion") or ""))
+        old = self.nodes.get(rec.name)
+        if old is not None:
+            self.node_kinds[old.kind] -= 1
+        self.node_kinds[rec.kind] = self.node_kinds.get(rec.kind, 0) + 1
+        self.nodes[rec.name] = rec
         self._changed()
 
     def delete_node(self, name: str) -> None:
-        if self.nodes.pop(name, None) is not None:
+        old = self.nodes.pop(name, None)
+        if old is not None:
+            self.node_kinds[old.kind] -= 1
             self._changed()
+
+    def present_kinds(self) -> frozenset[str]:
+        """The kinds of node the cluster has ("kwok", "real")."""
+        return frozenset(k for k, n in self.node_kinds.items() if n > 0)
 
     # ---- checkpoints ------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from queue_controller.checkpoint.base import CheckpointResult
 from queue_controller.engine import Policy
 from queue_controller.engine.policy import OnCheckpointFailure
 from queue_controller.operator import metrics
-from queue_controller.operator.backends import JobBackends
+from queue_controller.operator.backends import JobBackends, artifacts, observed
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.kube import ApiError, Kube
 from queue_controller.operator.records import CheckpointRecord, JobRecord, NodeRecord
@@ -34,6 +34,7 @@ from queue_controller.operator.runs import Runs, run_time_now
 from queue_controller.operator.status import CheckpointStatusPatch, JobStatusPatch, StatusWriter, job_conditions
 from queue_controller.wire import (
     ACTIVE_PHASES,
+    ATTEMPT_LABEL,
     CHECKPOINT_RUNTIME_ANNOTATION,
     IN_FLIGHT_CHECKPOINT_PHASES,
     JOB_LABEL,
@@ -53,8 +54,9 @@ def checkpoint_object(job: JobRecord, name: str, reason: CheckpointReason, leave
     """The Checkpoint to create for the job, owned by it (garbage-collected with it)."""
     owner = OwnerReference(api_version=API_VERSION, kind=CheckpointableJob.KIND, name=job.name, uid=job.uid,
                            controller=True, block_owner_deletion=True)
+    labels = {JOB_LABEL: job.name, ATTEMPT_LABEL: str(int(job.status.get("attempt") or 0))}
     return Checkpoint(
-        metadata=ObjectMeta(name=name, namespace=job.namespace, labels={JOB_LABEL: job.name},
+        metadata=ObjectMeta(name=name, namespace=job.namespace, labels=labels,
                             annotations={CHECKPOINT_RUNTIME_ANNOTATION: f"{run_time_s:.3f}"},
                             owner_references=[owner]),
         spec=CheckpointSpec(job_name=job.name, reason=reason, leave_running=leave_running),
@@ -108,6 +110,22 @@ def job_checkpointed(job: JobRecord, ckpt: CheckpointRecord, result: CheckpointR
     return patch, f"{msg} ({result.duration_s:.1f}s, {result.size_bytes} bytes)"
 
 
+def needs_result(ckpt: CheckpointRecord) -> bool:
+    """In flight, or failed by a node agent and not yet applied: the controller stamps `completionTime`
+    when it applies a result, agents never do."""
+    return ckpt.phase in IN_FLIGHT_CHECKPOINT_PHASES or (
+        ckpt.phase == "Failed" and not ckpt.status.get("completionTime"))
+
+
+def recorded(ckpt: CheckpointRecord) -> CheckpointResult:
+    """The result a Checkpoint's status records (for one whose result was written but not applied)."""
+    st = observed(ckpt)
+    if st.phase == "Completed":
+        return CheckpointResult(True, st.duration_seconds or 0.0, st.size_bytes or 0, artifacts(ckpt),
+                                st.message or "")
+    return CheckpointResult(False, st.duration_seconds or 0.0, message=st.message or "failed (no message)")
+
+
 class Checkpoints:
     def __init__(self, cache: Cache, kube: Kube, writer: StatusWriter, backends: JobBackends, runs: Runs,
                  policy: Policy) -> None:
@@ -119,7 +137,7 @@ class Checkpoints:
         self.policy = policy
 
     def in_flight(self) -> bool:
-        return any(c.phase in IN_FLIGHT_CHECKPOINT_PHASES for c in self.cache.checkpoints.values())
+        return any(needs_result(c) for c in self.cache.checkpoints.values())
 
     async def take(self, job: JobRecord, reason: CheckpointReason, leave_running: bool, now: float) -> str | None:
         """Create a Checkpoint of the job and begin it; its name, or None when the API refused it."""
@@ -142,26 +160,35 @@ class Checkpoints:
         await self.backends.for_job(job).begin(self.backends.request(ckpt, job, now), api=self.backends.api)
 
     async def reconcile(self, now: float) -> None:
-        """Move every checkpoint in flight on: begin it, poll its backend, apply its result; give up on
-        one whose job stopped running or that outlived its timeout."""
+        """Move every checkpoint in flight on: begin it, poll its backend, apply its result (or the
+        failure a node agent reported); give up on one whose job stopped running or that outlived its
+        timeout."""
         for ckpt in list(self.cache.checkpoints.values()):
-            if ckpt.phase not in IN_FLIGHT_CHECKPOINT_PHASES:
+            if not needs_result(ckpt):
                 continue
             job = self.cache.jobs.get(ckpt.job_key)
             if job is None or job.spec is None:
                 continue  # garbage-collected with its job
             if job.phase not in ACTIVE_PHASES or not job.status.get("admission"):
-                # Its job was requeued or failed meanwhile: there is nothing left to checkpoint.
-                await self.writer.checkpoint(ckpt, CheckpointStatusPatch(
-                    phase="Failed", completion_time=to_datetime(now),
-                    message=f"job is {job.phase}: nothing to checkpoint"))
-                await self._cancel(ckpt, job, now)
+                # Its job was requeued or failed meanwhile: there is nothing left to checkpoint. The
+                # backend is told first, so the reason written here is the one that stays.
+                if ckpt.phase in IN_FLIGHT_CHECKPOINT_PHASES:
+                    await self._cancel(ckpt, job, now)
+                    await self.writer.checkpoint(ckpt, CheckpointStatusPatch(
+                        phase="Failed", completion_time=to_datetime(now),
+                        message=f"job is {job.phase}: nothing to checkpoint"))
+                else:
+                    await self.writer.checkpoint(ckpt, CheckpointStatusPatch(completion_time=to_datetime(now)))
+                continue
+            if ckpt.phase == "Failed":  # a node agent failed it
+                await self._failed(ckpt, job, recorded(ckpt), now)
                 continue
             if not ckpt.status.get("startTime"):
                 await self._begin(ckpt, job, now)
                 continue
             request = self.backends.request(ckpt, job, now)
-            result = await self.backends.for_job(job).progress(request, now, api=self.backends.api)
+            backend = self.backends.for_job(job)
+            result = await backend.progress(request, now, api=self.backends.api)
             if result is None and now - request.started_at >= request.timeout_s:
                 # A backend that enforces the timeout itself has reported it by now; this one has not.
                 await self._cancel(ckpt, job, now)
@@ -174,6 +201,20 @@ class Checkpoints:
             else:
                 await self._failed(ckpt, job, result, now)
 
+    async def resume_interrupted(self, job: JobRecord, now: float) -> None:
+        """A job Checkpointing with no checkpoint left to wait for: the controller stopped between writing
+        its checkpoint's result and applying it to the job (or the checkpoint was deleted). Apply it now."""
+        mine = [c for c in self.cache.job_checkpoints(job.key) if not c.leave_running]
+        if any(needs_result(c) for c in self.cache.job_checkpoints(job.key)):
+            return
+        last = max(mine, key=lambda c: (c.created, c.name), default=None)
+        if last is None:
+            await self._apply_failed(job, None, CheckpointResult(False, 0.0, message="its checkpoint is gone"), now)
+        elif last.phase == "Completed":
+            await self._apply_completed(job, last, recorded(last), now)
+        else:
+            await self._apply_failed(job, last, recorded(last), now)
+
     async def _cancel(self, ckpt: CheckpointRecord, job: JobRecord, now: float) -> None:
         """Tell the backend to give up on `ckpt` (best effort: the Checkpoint is failed either way)."""
         if not ckpt.status.get("startTime"):
@@ -184,12 +225,17 @@ class Checkpoints:
             log.warning("checkpoint %s: cancel failed: %s", ckpt.key, e)
 
     async def _completed(self, ckpt: CheckpointRecord, job: JobRecord, result: CheckpointResult, now: float) -> None:
-        await self.writer.checkpoint(ckpt, completed(result, now, restore_constraints(job, self.cache.nodes)))
+        ckpt = await self.writer.checkpoint(ckpt, completed(result, now, restore_constraints(job, self.cache.nodes)))
         metrics.CHECKPOINT_DURATION.labels(ckpt.reason).observe(result.duration_s)
         metrics.CHECKPOINT_SIZE.labels(ckpt.reason).observe(result.size_bytes)
+        await self._apply_completed(job, ckpt, result, now)
+
+    async def _apply_completed(self, job: JobRecord, ckpt: CheckpointRecord, result: CheckpointResult,
+                               now: float) -> None:
         patch, message = job_checkpointed(job, ckpt, result, now)
         if not ckpt.leave_running:
-            await self.runs.stop(job)
+            # Without a grace period only when the dump stopped the processes (ckq-run exited 75).
+            await self.runs.stop(job, 0 if self.backends.for_job(job).stops_workload else None)
         await self.writer.job(job, patch)
         self.writer.event(job, "Checkpointed" if ckpt.leave_running else "Suspended", message, now)
         await self._prune(job)
@@ -199,21 +245,27 @@ class Checkpoints:
             phase="Failed", completion_time=to_datetime(now), duration_seconds=round(result.duration_s, 3),
             message=result.message or "failed"))
         metrics.CHECKPOINT_FAILURES.labels(ckpt.reason).inc()
+        await self._apply_failed(job, ckpt, result, now)
+
+    async def _apply_failed(self, job: JobRecord, ckpt: CheckpointRecord | None, result: CheckpointResult,
+                            now: float) -> None:
         failures = int(job.status.get("checkpointFailures") or 0) + 1
-        msg = f"checkpoint {ckpt.name} failed: {result.message}"
+        name = ckpt.name if ckpt is not None else "(gone)"
+        msg = f"checkpoint {name} failed: {result.message}"
         self.writer.event(job, "CheckpointFailed", msg, now, warning=True)
-        if ckpt.leave_running:
+        if ckpt is not None and ckpt.leave_running:
             await self.writer.job(job, JobStatusPatch(checkpoint_failures=failures, conditions=job_conditions(
                 job.status, {"Checkpointing": ("False", "Failed", msg)}, now)))
             return
-        if self.policy.preemption.on_checkpoint_failure is OnCheckpointFailure.KEEP_RUNNING and ckpt.reason != "User":
+        reason = ckpt.reason if ckpt is not None else ("User" if job.spec is not None and job.spec.suspend else "")
+        if self.policy.preemption.on_checkpoint_failure is OnCheckpointFailure.KEEP_RUNNING and reason != "User":
             await self.writer.job(job, JobStatusPatch(
                 phase="Running", checkpoint_failures=failures, message=msg, conditions=job_conditions(
                     job.status, {"Checkpointing": ("False", "Failed", msg), "Preempted": ("False", "Failed", msg)},
                     now)))
             return
         await self.runs.requeue(job, now, msg + "; killed instead", cause="checkpoint-failure",
-                                phase="Suspended" if ckpt.reason == "User" else "Pending",
+                                phase="Suspended" if reason == "User" else "Pending",
                                 counters=JobStatusPatch(checkpoint_failures=failures))
 
     async def _prune(self, job: JobRecord) -> None:

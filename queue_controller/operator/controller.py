@@ -15,7 +15,8 @@ cache and carries on without creating anything twice. The steps live in their ow
     jobs.py         the job lifecycle: pods running, finished, failed; nodes lost; user suspend
     runs.py         a run's pods, started and stopped, and the requeue
     waiting.py      waiting jobs' reasons and positions, queue status
-    backends.py     the checkpoint backend of each job
+    backends.py     the backend registry: each job's checkpoint backend, or why none can serve it
+    settings.py     the cluster's checkpoint settings (the ConfigMap ckq-system/ckq-config)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from queue_controller.operator.jobs import JobLifecycle
 from queue_controller.operator.kube import Kube
 from queue_controller.operator.records import JobRecord
 from queue_controller.operator.runs import Runs
+from queue_controller.operator.settings import SettingsSource
 from queue_controller.operator.snapshot import build
 from queue_controller.operator.status import StatusWriter
 from queue_controller.operator.waiting import Waiting
@@ -47,12 +49,15 @@ POLL_S = 1.0  # checkpoints in flight are polled this often
 
 class Controller:
     def __init__(self, cache: Cache, kube: Kube, policy: Policy, backends: Mapping[str, CheckpointBackend],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, settings: SettingsSource | None = None) -> None:
+        """`backends`: the Simulated backend (key "Simulated"); the CRIU backend is built from the cluster's
+        settings (the ConfigMap, read through `settings`)."""
         self.cache = cache
         self.kube = kube
         self.policy = policy
         self.backends = dict(backends)
         self.clock = clock
+        self.settings = settings if settings is not None else SettingsSource(kube)
         self.kicked = asyncio.Event()
         self.next_wakeup: float | None = None
         # Called after every cycle; set by main to plan the APScheduler wake-up at `next_wakeup`. Without
@@ -60,7 +65,7 @@ class Controller:
         self.on_cycle: Callable[[], None] | None = None
         self.cycles = 0
         self.last_cycle_at = 0.0
-        self.job_backends = JobBackends(self.backends, kube)
+        self.job_backends = JobBackends(self.backends["Simulated"], cache, kube, self.settings.current)
         self.writer = StatusWriter(cache, kube)
         self.waiting = Waiting(cache, self.writer)
         self.runs = Runs(cache, kube, self.writer, self.job_backends)
@@ -100,16 +105,18 @@ class Controller:
     async def cycle(self) -> Decisions:
         started = time.perf_counter()
         now = self.clock()
+        if await self.settings.refresh(now):
+            self.job_backends.configure(self.settings.current)
         await self.checkpoints.reconcile(now)
         await self.jobs.reconcile(now)
-        snap, unqueued = build(self.cache, self.estimate)
+        snap, unqueued = build(self.cache, self.estimate, self.job_backends.admissible)
         priorities = {j.key: j.priority for j in snap.jobs}
         decisions = decide(snap, now, self.policy)
         # Each decision concerns a different job, so they are carried out concurrently (bounded).
         await self.writer.bounded([self.actuators.act(a, now, priorities) for a in decisions.actions])
         await self.waiting.publish(decisions, unqueued, now, priorities)
         await self.waiting.publish_queues(snap)
-        self.next_wakeup = self._wakeup(decisions, now)
+        self.next_wakeup = self._wakeup(decisions, now, bool(unqueued.refused))
         self.cycles += 1
         self.last_cycle_at = now
         if self.on_cycle is not None:
@@ -117,10 +124,14 @@ class Controller:
         metrics.CYCLE_SECONDS.observe(time.perf_counter() - started)
         return decisions
 
-    def _wakeup(self, decisions: Decisions, now: float) -> float | None:
+    def _wakeup(self, decisions: Decisions, now: float, refused: bool = False) -> float | None:
         """When the next cycle is due without any change: the engine's due date, or soon while a
-        checkpoint is in flight (backends are polled, but not in a busy loop)."""
+        checkpoint is in flight (backends are polled, but not in a busy loop), or when the cluster's
+        settings are read again while a job waits for its checkpoint mode to be served."""
         wake = decisions.next_wakeup
         if self.checkpoints.in_flight():
             wake = min(wake or now + POLL_S, now + POLL_S)
+        if refused:
+            due = max(self.settings.next_refresh(), now + POLL_S)
+            wake = min(wake or due, due)
         return wake

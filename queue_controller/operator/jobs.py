@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from queue_controller.api.common import ConditionStatus
+from queue_controller.checkpoint.injection import EXIT_CHECKPOINTED
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.checkpoints import Checkpoints
 from queue_controller.operator.records import JobRecord, PodRecord
@@ -54,12 +55,23 @@ def succeeded(job: JobRecord, pods: Iterable[PodRecord], now: float) -> tuple[Jo
             "QuotaReserved": ("False", "Finished", msg)}, now)), total
 
 
-def running(job: JobRecord, pods: Iterable[PodRecord], now: float) -> JobStatusPatch:
-    """The status of a starting job whose pods all run: its run started when the last pod did."""
+def running(job: JobRecord, pods: Iterable[PodRecord], now: float, checkpoints: str = "") -> JobStatusPatch:
+    """The status of a starting job whose pods all run: its run started when the last pod did.
+    `checkpoints`: what checkpoints it (e.g. that they are simulated), said in the message."""
     starts = [p.start_time for p in pods if p.start_time is not None]
     msg = "restored from checkpoint and running" if job.phase == "Restoring" else "all pods running"
+    if checkpoints:
+        msg += f"; {checkpoints}"
     return JobStatusPatch(phase="Running", run_start_time=to_datetime(max(starts) if starts else now), message=msg,
                           conditions=job_conditions(job.status, {"Running": ("True", "PodsRunning", msg)}, now))
+
+
+def _exit(pod: PodRecord) -> str:
+    if pod.exit_code is None:
+        return ""
+    if pod.exit_code == EXIT_CHECKPOINTED:
+        return f" (exit code {EXIT_CHECKPOINTED}: ckq-run stopped it after a dump the controller did not ask for)"
+    return f" (exit code {pod.exit_code})"
 
 
 def failed(job: JobRecord, restarts: int, message: str, now: float) -> JobStatusPatch:
@@ -102,10 +114,14 @@ class JobLifecycle:
                              if n not in self.cache.nodes or not self.cache.nodes[n].ready})
         failed_pods = [p for p in pods.values() if p.phase == "Failed"]
         if phase == "Checkpointing":
-            return  # the checkpoint in flight decides what happens next
+            # The checkpoint in flight decides what happens next. A pod that exits EXIT_CHECKPOINTED now
+            # is the expected end of a dump without leaveRunning (ckq-run stopped the workload), not a
+            # failure; a pod that dies otherwise fails the dump, which the node agents report.
+            await self.checkpoints.resume_interrupted(job, now)
+            return
         if lost_nodes or failed_pods:
             why = (f"node {', '.join(lost_nodes)} is NotReady or gone" if lost_nodes
-                   else f"pod {failed_pods[0].name} failed")
+                   else f"pod {failed_pods[0].name} failed" + _exit(failed_pods[0]))
             await self._fail_run(job, now, why)
             return
         if job.spec.suspend:
@@ -124,7 +140,8 @@ class JobLifecycle:
             await self.writer.job(job, patch)
             self.writer.event(job, "Succeeded", f"all pods succeeded after {total:.0f}s of run time", now)
         elif phase in STARTING_PHASES and all(p.phase in ("Running", "Succeeded") for p in pods.values()):
-            await self.writer.job(job, running(job, pods.values(), now))
+            placed = self.runs.backends.resolve(job, expected.values())
+            await self.writer.job(job, running(job, pods.values(), now, placed.message if placed.available else ""))
 
     async def _suspend(self, job: JobRecord, now: float) -> None:
         """The user suspends a running job: checkpoint it out, or stop it when it cannot be checkpointed."""
@@ -141,7 +158,7 @@ class JobLifecycle:
         assert job.spec is not None
         restarts = int(job.status.get("restarts") or 0) + 1
         if restarts > job.spec.max_restarts:
-            await self.runs.stop(job)
+            await self.runs.stop(job, keep_finished=True)  # its failed pods stay, for their logs
             msg = f"{why}; restarts exhausted ({job.spec.max_restarts})"
             await self.writer.job(job, failed(job, restarts, msg, now))
             self.writer.event(job, "Failed", msg, now, warning=True)

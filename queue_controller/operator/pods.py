@@ -1,6 +1,7 @@
 """Pod manifests for an admitted job: the template, pinned to the engine's node, with the flavor's
-labels and tolerations, ownership, our labels, and what the job's checkpoint backend adds (how to
-restore when resuming; on kwok nodes, how long to run)."""
+labels and tolerations, ownership, our labels, and what the job's checkpoint backend adds (on real
+nodes under CRIU, the injected runtime and the wrapped commands, restoring when resuming; on kwok
+nodes, how long to run)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def build_pod(job: JobRecord, pod_set: str, index: int, attempt: int, node: str,
         for c in spec.get("containers") or []:
             env = [e for e in c.get("env") or [] if e.get("name") not in info.env]
             c["env"] = [*env, *({"name": k, "value": v} for k, v in info.env.items())]
+    if info is not None and info.rewrite is not None:
+        spec = info.rewrite(spec)  # e.g. run under ckq-run (checkpoint.injection); may raise LaunchRefused
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -53,6 +53,8 @@ class PodRecord:
     containers: tuple[str, ...] = ()
     start_time: float | None = None
     finish_time: float | None = None  # latest container finishedAt, once terminated
+    exit_code: int | None = None  # the first non-zero exit code of its terminated containers
+    injected: bool = False  # it runs under ckq-run (the runtime's init container was injected)
 
     @property
     def key(self) -> str:
@@ -67,6 +69,8 @@ class NodeRecord:
     taints: list[dict[str, Any]]
     ready: bool
     unschedulable: bool
+    kind: str = "real"  # wire.node_kind: "kwok" (no process runs there) or "real"
+    runtime: str = ""  # status.nodeInfo.containerRuntimeVersion, e.g. containerd://1.6.20
 
 
 @dataclass(slots=True)

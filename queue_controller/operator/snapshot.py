@@ -30,6 +30,7 @@ from queue_controller.wire import (
     ACTIVE_PHASES,
     CHECKPOINT_RUNTIME_ANNOTATION,
     IN_FLIGHT_CHECKPOINT_PHASES,
+    NODE_KIND_LABEL,
     POD_DONE_PHASES,
     TERMINAL_PHASES,
     parse_time,
@@ -39,11 +40,30 @@ from queue_controller.wire import (
 Estimator = Callable[[JobRecord], tuple[float, float]]
 
 
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """Whether a waiting job may be queued (`refused`: a CamelCase condition reason and a message, when
+    not), and the only kind of node it may be placed on (`wire.node_kind`; None: any)."""
+
+    refused: tuple[str, str] | None = None
+    only_kind: str | None = None
+
+
+# The job condition (abnormal-true: True while the job's checkpoint mode cannot be served, with the reason;
+# False once it can, with reason Simulated or CRIU saying what checkpoints it), also its pending reason.
+MODE_CONDITION = "CheckpointModeUnavailable"
+
+# What the checkpoint backends can serve for a waiting job (operator.backends.JobBackends.admissible).
+Fitter = Callable[[JobRecord], Fit]
+
+
 @dataclass(slots=True)
 class Unqueued:
     """Jobs the engine never sees, and why (reported in their status)."""
 
     reasons: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (reason, message)
+    # key -> the CheckpointModeUnavailable condition's reason, for jobs refused for their checkpoint mode
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 def _taints(raw: list[dict[str, object]]) -> tuple[Taint, ...]:
@@ -103,14 +123,18 @@ def latest_completed_checkpoint(cache: Cache, job_key: str) -> tuple[str, float,
     return c.name, parse_time(c.status.get("completionTime")) or c.created, kept, dict(constraints)
 
 
-def engine_job(cache: Cache, rec: JobRecord, cq_name: str, priority: int, estimator: Estimator) -> Job:
+def engine_job(cache: Cache, rec: JobRecord, cq_name: str, priority: int, estimator: Estimator,
+               only_kind: str | None = None) -> Job:
     spec = rec.spec
     assert spec is not None
     status = rec.status
     pod_sets = []
     for ps in spec.pod_sets:
         tmpl = ps.template.spec
-        pod_sets.append(PodSet(ps.name, ps.count, rec.requests.get(ps.name) or {}, dict(tmpl.node_selector),
+        selector = dict(tmpl.node_selector)
+        if only_kind is not None:  # the engine's view only: every snapshot node carries its kind
+            selector[NODE_KIND_LABEL] = only_kind
+        pod_sets.append(PodSet(ps.name, ps.count, rec.requests.get(ps.name) or {}, selector,
                                _tolerations([t.to_wire() for t in tmpl.tolerations]) if tmpl.tolerations else ()))
     phase = rec.phase
     active = phase in ACTIVE_PHASES and bool(status.get("admission"))
@@ -153,7 +177,7 @@ def engine_job(cache: Cache, rec: JobRecord, cq_name: str, priority: int, estima
     )
 
 
-def build(cache: Cache, estimator: Estimator) -> tuple[Snapshot, Unqueued]:
+def build(cache: Cache, estimator: Estimator, fitter: Fitter | None = None) -> tuple[Snapshot, Unqueued]:
     unq = Unqueued()
     jobs: list[Job] = []
     for rec in cache.jobs.values():
@@ -190,8 +214,14 @@ def build(cache: Cache, estimator: Estimator) -> tuple[Snapshot, Unqueued]:
             priority = value or 0
         else:
             priority = 0
+        fit = fitter(rec) if fitter is not None and not active else Fit()
+        if fit.refused is not None:
+            reason, message = fit.refused
+            unq.reasons[rec.key] = (MODE_CONDITION, message)
+            unq.refused[rec.key] = reason
+            continue
         cq_name = lq.cluster_queue if lq is not None else str((rec.status.get("admission") or {}).get("clusterQueue"))
-        jobs.append(engine_job(cache, rec, cq_name, priority, estimator))
+        jobs.append(engine_job(cache, rec, cq_name, priority, estimator, fit.only_kind))
 
     accounted: set[str] = set()
     for j in jobs:
@@ -206,7 +236,8 @@ def build(cache: Cache, estimator: Estimator) -> tuple[Snapshot, Unqueued]:
         for r, q in pod.requests.items():
             use[r] = use.get(r, 0) + q
     nodes = tuple(
-        Node(n.name, n.allocatable, n.labels, _taints(n.taints), n.ready, n.unschedulable, other.get(n.name, {}))
+        Node(n.name, n.allocatable, n.labels if n.labels.get(NODE_KIND_LABEL) == n.kind else
+             {**n.labels, NODE_KIND_LABEL: n.kind}, _taints(n.taints), n.ready, n.unschedulable, other.get(n.name, {}))
         for n in sorted(cache.nodes.values(), key=lambda n: n.name)
     )
     flavors = tuple(Flavor(f.name, f.node_labels, _taints(f.node_taints), _tolerations(f.tolerations))

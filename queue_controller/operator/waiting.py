@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from queue_controller.api.common import ConditionStatus
 from queue_controller.api.quantity import format_milli
 from queue_controller.api.queues import FlavorUsage, QueueStatus, ResourceUsage
 from queue_controller.engine import Decisions, Job, JobState, Snapshot
 from queue_controller.operator import metrics
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.records import JobRecord
-from queue_controller.operator.snapshot import Unqueued
+from queue_controller.operator.snapshot import MODE_CONDITION, Unqueued
 from queue_controller.operator.status import (
     ClusterQueueStatusPatch,
     JobStatusPatch,
@@ -42,11 +43,28 @@ class _Published:
     at: float
 
 
+def mode_condition(job: JobRecord, refused: str | None, message: str) -> tuple[ConditionStatus, str, str] | None:
+    """The CheckpointModeUnavailable condition of a waiting job: True with `refused` as its reason while
+    its checkpoint mode cannot be served; back to False once it is queued again; else unchanged (None)."""
+    if refused is not None:
+        return "True", refused, message
+    current = next((c for c in job.status.get("conditions") or () if c.get("type") == MODE_CONDITION), None)
+    if current is not None and current.get("status") == "True":
+        mode = job.spec.checkpoint.mode if job.spec is not None else ""
+        return "False", "Available", f"checkpoint mode {mode} can be served now"
+    return None
+
+
 def waiting(job: JobRecord, reason: str, message: str, position: int | None, priority: int | None,
-            now: float) -> JobStatusPatch:
-    """The status of a job that waits for `reason`, at `position` in its queue (None: not queued)."""
+            now: float, refused: str | None = None) -> JobStatusPatch:
+    """The status of a job that waits for `reason`, at `position` in its queue (None: not queued);
+    `refused`: the reason its checkpoint mode cannot be served (the CheckpointModeUnavailable condition)."""
+    changes: dict[str, tuple[ConditionStatus, str, str]] = {"QuotaReserved": ("False", reason, message)}
+    mode = mode_condition(job, refused, message)
+    if mode is not None:
+        changes[MODE_CONDITION] = mode
     patch = JobStatusPatch(pending_reason=reason, queue_position=position, message=message,
-                           conditions=job_conditions(job.status, {"QuotaReserved": ("False", reason, message)}, now))
+                           conditions=job_conditions(job.status, changes, now))
     if priority is not None:
         patch.priority = priority
     if job.status.get("phase") not in WAITING_PHASES:
@@ -72,6 +90,7 @@ class Waiting:
         items: list[tuple[str, str, str, int | None]] = [
             (w.job, str(w.reason), w.message, w.position) for w in decisions.waiting.values()
         ] + [(key, reason, message, None) for key, (reason, message) in unqueued.reasons.items()]
+        refused = unqueued.refused
         writes = []
         for key, reason, message, position in items:
             job = self.cache.jobs.get(key)
@@ -79,7 +98,7 @@ class Waiting:
                 continue
             last = self._published.get(key)
             same = (job.status.get("pendingReason") == reason and job.status.get("queuePosition") == position
-                    and job.status.get("phase") in WAITING_PHASES)
+                    and job.status.get("message") == message and job.status.get("phase") in WAITING_PHASES)
             if last is None and same:
                 self._published[key] = _Published(reason, message, position, now)
                 continue
@@ -87,7 +106,10 @@ class Waiting:
                     last.position == position or now - last.at < POSITION_REFRESH_S):
                 continue
             self._published[key] = _Published(reason, message, position, now)
-            writes.append(self.writer.job(job, waiting(job, reason, message, position, priorities.get(key), now)))
+            writes.append(self.writer.job(job, waiting(job, reason, message, position, priorities.get(key), now,
+                                                       refused.get(key))))
+            if key in refused:
+                self.writer.event(job, MODE_CONDITION, message, now, warning=True)
         await self.writer.bounded(writes)
 
     async def publish_queues(self, snap: Snapshot) -> None:

@@ -122,6 +122,7 @@ class FakeApiServer:
         self.events: list[dict[str, Any]] = []  # core Events posted
         self.pending: list[tuple[str, str, dict[str, Any]]] = []  # watch events not yet delivered
         self.log: list[tuple[str, str]] = []  # (method, path) of every request
+        self.deletes: list[tuple[str, Any]] = []  # (path, body) of every DELETE: the grace it asked for
         self.reject_pods: str | None = None  # when set, pod creation answers 422 with this message
         self._rv = itertools.count(1)
         self._uid = itertools.count(1)
@@ -148,6 +149,7 @@ class FakeApiServer:
             return self.patch_status(plural, ns, name, (body or {}).get("status") or {})
         if method == "DELETE":
             assert name is not None, path
+            self.deletes.append((path, copy.deepcopy(body)))
             self.delete(plural, ns, name)
             return {}
         raise AssertionError(f"unexpected {method} {path}")
@@ -266,6 +268,19 @@ class FakeApiServer:
         """kubelet: the job's first pod exits non-zero."""
         pod = self.pods(job, namespace)[0]
         self._set_pod_status(pod, {**(pod.get("status") or {}), "phase": "Failed"})
+
+    def exit_pods(self, job: str, code: int, namespace: str = "team") -> None:
+        """kubelet: every running pod of the job exits with `code` now (every container)."""
+        for pod in self.pods(job, namespace):
+            st = pod.get("status") or {}
+            if st.get("phase") == "Running":
+                term = {"terminated": {"exitCode": code, "finishedAt": wire_time(self.clock.now)}}
+                self._set_pod_status(pod, {**st, "phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [
+                    {"name": c["name"], "state": term} for c in pod["spec"]["containers"]]})
+
+    def patch_checkpoint(self, name: str, status: Mapping[str, Any], namespace: str = "team") -> None:
+        """A node agent writes (part of) a Checkpoint's status, as a merge patch."""
+        self.patch_status("checkpoints", namespace, name, status)
 
 
 class FakeKube(Kube):

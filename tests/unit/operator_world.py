@@ -20,16 +20,32 @@ GPU = "nvidia.com/gpu"
 GIB = 2**30
 
 
-def node_body(name: str, gpus: int = 8, ready: bool = True) -> dict[str, Any]:
-    return {"metadata": {"name": name, "labels": {"ckq.io/flavor": "h100", "kubernetes.io/arch": "amd64",
-                                                  "nvidia.com/gpu.product": "NVIDIA-H100"}},
-            "spec": {},
-            "status": {"allocatable": {"cpu": "64", "memory": "512Gi", GPU: str(gpus), "pods": "110"},
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+def node_body(name: str, gpus: int = 8, ready: bool = True, kind: str | None = None) -> dict[str, Any]:
+    """A node; `kind` "kwok" carries kwok's annotation, "real" our label and a containerd version (None:
+    neither, as on a cluster that knows nothing of ckq: real)."""
+    body: dict[str, Any] = {
+        "metadata": {"name": name, "labels": {"ckq.io/flavor": "h100", "kubernetes.io/arch": "amd64",
+                                              "nvidia.com/gpu.product": "NVIDIA-H100"}},
+        "spec": {},
+        "status": {"allocatable": {"cpu": "64", "memory": "512Gi", GPU: str(gpus), "pods": "110"},
+                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    if kind == "kwok":
+        body["metadata"]["annotations"] = {"kwok.x-k8s.io/node": "fake"}
+        body["metadata"]["labels"]["ckq.io/node-kind"] = "kwok"
+    elif kind == "real":
+        body["metadata"]["labels"]["ckq.io/node-kind"] = "real"
+        body["status"]["nodeInfo"] = {"containerRuntimeVersion": "containerd://1.6.20"}
+    return body
+
+
+# The ConfigMap of a cluster with real nodes (what `ckq dev up --real-nodes` writes).
+CONFIG = {"runtimeImage": "ckq.local/runtime:0.1.0", "storeHostPath": "/var/lib/ckq/store"}
+TRAIN_COMMAND = ["python", "train.py"]
 
 
 def job_body(name: str, priority: int = 0, gpus: int = 8, pods: int = 1, memory: str = "4Gi", runtime_s: int = 100,
-             mode: str = "Simulated", checkpoint: Mapping[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+             mode: str = "Simulated", checkpoint: Mapping[str, Any] | None = None,
+             container: Mapping[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "ckq.io/v1alpha1", "kind": "CheckpointableJob",
         "metadata": {"name": name, "annotations": {"ckq.io/simulated-runtime-seconds": str(runtime_s)}},
@@ -37,7 +53,7 @@ def job_body(name: str, priority: int = 0, gpus: int = 8, pods: int = 1, memory:
             "queueName": "main", "priority": priority, "checkpoint": {"mode": mode, **(checkpoint or {})},
             "podSets": [{"name": "worker", "count": pods, "template": {"spec": {"containers": [{
                 "name": "train", "image": "registry.example/train:1",
-                "resources": {"requests": {"cpu": "4", "memory": memory, GPU: str(gpus)}}}]}}}],
+                "resources": {"requests": {"cpu": "4", "memory": memory, GPU: str(gpus)}}, **(container or {})}]}}}],
             **spec,
         },
     }
@@ -68,14 +84,27 @@ class World:
     def phase(self, job: str) -> str | None:
         return self.server.status(job).get("phase")
 
+    def configure(self, data: Mapping[str, str] | None) -> None:
+        """Create, replace or (None) delete the cluster's ConfigMap ckq-system/ckq-config."""
+        if ("configmaps", "ckq-system", "ckq-config") in self.server.objects:
+            self.server.delete("configmaps", "ckq-system", "ckq-config")
+        if data is not None:
+            self.server.create("configmaps", {"metadata": {"name": "ckq-config"}, "data": dict(data)}, "ckq-system")
+
 
 def make_world(policy: str | Policy = "iass", nodes: int = 1, gpus: int = 8, quota_gpus: int = 8,
-               backend: CheckpointBackend | None = None, **cq_spec: Any) -> World:
+               backend: CheckpointBackend | None = None, kind: str | None = None, kwok_nodes: int = 0,
+               config: Mapping[str, str] | None = None, **cq_spec: Any) -> World:
+    """`nodes` nodes n0.. of `kind`, and `kwok_nodes` kwok nodes k0..; `config`: the cluster's ConfigMap."""
     clock = FakeClock()
     server = FakeApiServer(clock)
     server.create("namespaces", {"metadata": {"name": "team"}})
     for i in range(nodes):
-        server.create("nodes", node_body(f"n{i}", gpus))
+        server.create("nodes", node_body(f"n{i}", gpus, kind=kind))
+    for i in range(kwok_nodes):
+        server.create("nodes", node_body(f"k{i}", gpus, kind="kwok"))
+    if config is not None:
+        server.create("configmaps", {"metadata": {"name": "ckq-config"}, "data": dict(config)}, "ckq-system")
     server.create("resourceflavors", {"metadata": {"name": "h100"}, "spec": {"nodeLabels": {"ckq.io/flavor": "h100"}}})
     server.create("clusterqueues", {"metadata": {"name": "cq"}, "spec": {
         "namespaceSelector": {},

@@ -74,6 +74,8 @@ def test_admit_checkpoint_suspend_resume_finish() -> None:
         await w.cycle(1)
         ckpt = w.server.get("checkpoints", "train-1-preemption-1")
         assert ckpt["status"]["phase"] == "Completed" and ckpt["status"]["durationSeconds"] == 5.0
+        assert ckpt["status"]["message"] == "simulated: no process was dumped"
+        assert ckpt["metadata"]["labels"] == {"ckq.io/job-name": "train", "ckq.io/attempt": "1"}
         assert ckpt["status"]["sizeBytes"] == 4 * GIB
         assert [a["container"] for a in ckpt["status"]["artifacts"]] == ["train"]
         assert ckpt["status"]["restoreConstraints"] == {"nodeLabels": {"kubernetes.io/arch": "amd64",
@@ -105,7 +107,10 @@ def test_admit_checkpoint_suspend_resume_finish() -> None:
         assert env["CKQ_RESTORE_ID"] == "train-1-preemption-1"
         w.server.run_pods("train")
         await w.cycle(1)
-        assert w.server.status("train")["message"] == "restored from checkpoint and running"
+        assert w.server.status("train")["message"] == ("restored from checkpoint and running; checkpoints are "
+                                                       "simulated (checkpoint mode Simulated): no process is dumped")
+        mode = w.server.conditions("train")["CheckpointModeUnavailable"]
+        assert (mode["status"], mode["reason"]) == ("False", "Simulated")
         w.clock.advance(68)  # 69 s after its pods started
         w.server.finish_pods("train")
         await w.cycle(1)

@@ -1,0 +1,180 @@
+"""Runtime injection: the pod a CRIU-checkpointed job runs, built from the user's template.
+
+The user's image needs nothing from ckq. The runtime image (`ckq.local/runtime:<ckq version>` in dev;
+the cluster names it in the ConfigMap, `wire.CONFIG_RUNTIME_IMAGE`) holds one self-contained
+directory, `/ckq-runtime` (ckq-run, CRIU with its own loader and libraries, a Python), that runs in any
+image. What is done to each pod, as docs/checkpointing.md ("In a pod: the injected runtime" and "Least
+privilege in a container") describes it and `devcluster/runtime_image.py` builds it:
+
+* an init container `ckq-runtime` from the runtime image runs `INSTALL_COMMAND`, copying the runtime
+  into an `emptyDir` (`wire.RUNTIME_VOLUME`) mounted at `INSTALL_PATH`;
+* every container of the pod is checkpointed: it mounts that volume read-only at `RUNTIME_MOUNT`, and
+  its own checkpoint directory — a hostPath, `wire.container_store_dir(...)`, in the cluster's store —
+  at `wire.CHECKPOINT_MOUNT`; its command becomes `ckq-run --dir <mount> -- <command> <args>`, or, in a
+  restored pod, `ckq-run --dir <mount> --restore <id> -- <command> <args>`;
+* `CONTAINER_SECURITY_CONTEXT` is added on top of the container's own security context.
+
+The controller adds and never replaces: a template whose own settings contradict what CRIU needs
+(`runAsNonRoot: true`, a non-root `runAsUser`, a seccomp profile, dropping a needed capability), that
+has a container without an explicit `command` (the image's entrypoint is unknown without a registry),
+or whose names collide with the injected ones is refused with a message saying which and why
+(`problems`). The same constants are defined by the runtime image's builder; the operator does not
+import the dev cluster (layering), so they are repeated here, and a unit test holds the two equal.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from queue_controller.wire import (
+    CHECKPOINT_MOUNT,
+    CHECKPOINT_VOLUME_PREFIX,
+    RUNTIME_INIT_CONTAINER,
+    RUNTIME_VOLUME,
+    container_store_dir,
+)
+
+# Where the runtime lives in its image, where the init container mounts the shared volume, and where a
+# checkpointed container sees it (runtime_image.IMAGE_ROOT, INSTALL_PATH, MOUNT_PATH).
+IMAGE_ROOT = "/ckq-runtime"
+INSTALL_PATH = "/ckq-install"
+RUNTIME_MOUNT = "/ckq-runtime"
+INSTALL_COMMAND = (f"{IMAGE_ROOT}/bin/ckq-runtime-install", INSTALL_PATH)
+CKQ_RUN = f"{RUNTIME_MOUNT}/bin/ckq-run"
+
+# ckq-run's exit code after a dump that stopped the workload (runtime.supervisor.EXIT_CHECKPOINTED,
+# sysexits EX_TEMPFAIL): the expected end of a pod checkpointed out, not a failure.
+EXIT_CHECKPOINTED = 75
+
+# What ckq-run (CRIU dumping and restoring its own child tree, `--unprivileged`) needs under
+# runc/containerd, each item found necessary with real containers (docs/checkpointing.md, "Least
+# privilege in a container"): root in the container (CAP_CHECKPOINT_RESTORE must be effective),
+# CHECKPOINT_RESTORE, SYS_PTRACE (Yama, other uids), SETPCAP (a user's `drop: [ALL]` would break the
+# restore), and no seccomp filter (RuntimeDefault blocks clone3(set_tid), and CRIU cannot suspend a
+# filtered workload). Not privileged, no SYS_ADMIN, no hostPID.
+ADDED_CAPABILITIES = ("CHECKPOINT_RESTORE", "SYS_PTRACE", "SETPCAP")
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsUser": 0,
+    "capabilities": {"add": list(ADDED_CAPABILITIES)},
+    "seccompProfile": {"type": "Unconfined"},
+}
+LEAST_PRIVILEGE_DOC = "docs/checkpointing.md, \"Least privilege in a container\""
+MAX_NAME = 63  # a volume name is a DNS label
+
+
+class InjectionError(ValueError):
+    """The template cannot run under ckq-run as it is; the message says why, for the user."""
+
+
+def _cap(name: str) -> str:
+    name = name.upper()
+    return name.removeprefix("CAP_")
+
+
+def _security_problems(where: str, sc: Mapping[str, Any], pod_sc: Mapping[str, Any]) -> list[str]:
+    """Why the container's own settings (over its pod's) contradict CONTAINER_SECURITY_CONTEXT."""
+    out = []
+    non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+    if non_root:
+        out.append(f"{where} sets runAsNonRoot: true, but CRIU needs root in the container "
+                   "(CAP_CHECKPOINT_RESTORE must be effective; the workload can drop privileges itself)")
+    user = sc.get("runAsUser", pod_sc.get("runAsUser"))
+    if user not in (None, 0):
+        out.append(f"{where} runs as uid {user}, but CRIU needs root in the container (runAsUser: 0)")
+    seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+    if seccomp not in (None, "Unconfined"):
+        out.append(f"{where} asks for seccomp profile {seccomp}, but CRIU needs Unconfined (a filter blocks "
+                   "clone3(set_tid) and cannot be suspended during the dump)")
+    dropped = {_cap(c) for c in (sc.get("capabilities") or {}).get("drop") or ()}
+    needed = sorted(dropped & set(ADDED_CAPABILITIES))
+    if needed:
+        out.append(f"{where} drops {', '.join(needed)}, which CRIU needs")
+    return out
+
+
+def problems(spec: Mapping[str, Any]) -> list[str]:
+    """Why a pod spec (the user's template) cannot be injected, one sentence each; empty when it can."""
+    out: list[str] = []
+    pod_sc = spec.get("securityContext") or {}
+    containers = spec.get("containers") or []
+    names = {str(c.get("name", "")) for c in [*containers, *(spec.get("initContainers") or [])]}
+    if RUNTIME_INIT_CONTAINER in names:
+        out.append(f"a container is named {RUNTIME_INIT_CONTAINER!r}, the name of the injected init container")
+    for v in spec.get("volumes") or ():
+        name = str(v.get("name", ""))
+        if name == RUNTIME_VOLUME or name.startswith(CHECKPOINT_VOLUME_PREFIX):
+            out.append(f"volume {name!r} collides with the injected volumes ({RUNTIME_VOLUME}, "
+                       f"{CHECKPOINT_VOLUME_PREFIX}<container>)")
+    for c in containers:
+        name = str(c.get("name", ""))
+        where = f"container {name!r}"
+        if not c.get("command"):
+            out.append(f"{where} has no explicit command: ckq-run must start it, and the image's entrypoint "
+                       "is not known without asking its registry (set command, and args if any)")
+        if len(CHECKPOINT_VOLUME_PREFIX + name) > MAX_NAME:
+            out.append(f"{where}: the name is longer than {MAX_NAME - len(CHECKPOINT_VOLUME_PREFIX)} characters, "
+                       f"too long for its checkpoint volume ({CHECKPOINT_VOLUME_PREFIX}<container>)")
+        for m in c.get("volumeMounts") or ():
+            if m.get("mountPath", "").rstrip("/") in (RUNTIME_MOUNT, CHECKPOINT_MOUNT):
+                out.append(f"{where} mounts something at {m['mountPath']}, where the runtime is injected")
+        out += _security_problems(where, c.get("securityContext") or {}, pod_sc)
+    return out
+
+
+def secured(sc: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The container's security context with CONTAINER_SECURITY_CONTEXT added (nothing of its own removed;
+    `problems` has already refused what would have to be)."""
+    out = copy.deepcopy(dict(sc or {}))
+    out["runAsUser"] = 0
+    caps = dict(out.get("capabilities") or {})
+    add = list(caps.get("add") or [])
+    have = {_cap(c) for c in add}
+    caps["add"] = [*add, *(c for c in ADDED_CAPABILITIES if c not in have)]
+    out["capabilities"] = caps
+    out["seccompProfile"] = {"type": "Unconfined"}
+    return out
+
+
+def wrapped_command(command: Sequence[str], args: Sequence[str], restore_id: str | None = None) -> list[str]:
+    """`ckq-run --dir <mount> [--restore <id>] -- <command> <args>`."""
+    restore = ["--restore", restore_id] if restore_id else []
+    return [CKQ_RUN, "--dir", CHECKPOINT_MOUNT, *restore, "--", *command, *args]
+
+
+def checkpoint_volume(container: str) -> str:
+    return CHECKPOINT_VOLUME_PREFIX + container
+
+
+def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: str, job: str, pod_set: str,
+           index: int, restore: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The pod spec `spec` runs as under ckq-run; `restore` maps each container to the ckq-run checkpoint id
+    it resumes from (None: a fresh start). Raises InjectionError with every problem of the template."""
+    found = problems(spec)
+    if restore is not None:
+        missing = [str(c.get("name")) for c in spec.get("containers") or () if c.get("name") not in restore]
+        if missing:
+            found.append(f"no checkpoint image for container(s) {', '.join(missing)}")
+    if found:
+        raise InjectionError("; ".join(found))
+    out = copy.deepcopy(dict(spec))
+    out["initContainers"] = [{
+        "name": RUNTIME_INIT_CONTAINER, "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": list(INSTALL_COMMAND),
+        "volumeMounts": [{"name": RUNTIME_VOLUME, "mountPath": INSTALL_PATH}],
+    }, *(out.get("initContainers") or [])]
+    volumes = [*(out.get("volumes") or []), {"name": RUNTIME_VOLUME, "emptyDir": {}}]
+    for c in out.get("containers") or []:
+        name = str(c["name"])
+        volumes.append({"name": checkpoint_volume(name), "hostPath": {
+            "path": container_store_dir(store_root, namespace, job, pod_set, index, name),
+            "type": "DirectoryOrCreate"}})
+        c["volumeMounts"] = [*(c.get("volumeMounts") or []),
+                             {"name": RUNTIME_VOLUME, "mountPath": RUNTIME_MOUNT, "readOnly": True},
+                             {"name": checkpoint_volume(name), "mountPath": CHECKPOINT_MOUNT}]
+        c["command"] = wrapped_command(c.get("command") or [], c.pop("args", None) or [],
+                                       restore.get(name) if restore is not None else None)
+        c["securityContext"] = secured(c.get("securityContext"))
+    out["volumes"] = volumes
+    return out

@@ -1,0 +1,117 @@
+"""The cluster's checkpoint settings: the ConfigMap `ckq-system/ckq-config` (`wire.CONFIG_*`).
+
+`ckq dev up --real-nodes` writes it and the Helm chart templates it from its values, so a plain
+`ckq controller` needs no flags. It names the runtime image injected into checkpointed pods
+(`runtimeImage`), the store every node mounts (`storeHostPath`) and the pods' deletion grace
+(`deleteGraceSeconds`). Without the first two the CRIU backend is unavailable: a job that needs it is
+refused with the CheckpointModeUnavailable condition, never simulated instead. kwok-only clusters need
+no ConfigMap.
+
+The controller reads it at start-up and again every REFRESH_S (one GET; no cluster-wide watch of
+ConfigMaps, and RBAC needs only `get` on this one object), so a job refused for want of it is
+admitted once it appears.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from queue_controller.checkpoint.base import ApiClient
+from queue_controller.operator.kube import ApiError
+from queue_controller.wire import (
+    CONFIG_DELETE_GRACE,
+    CONFIG_MAP,
+    CONFIG_NAMESPACE,
+    CONFIG_RUNTIME_IMAGE,
+    CONFIG_STORE_HOST_PATH,
+)
+
+log = logging.getLogger("ckq.controller")
+REFRESH_S = 30.0
+DEFAULT_DELETE_GRACE_S = 30
+CONFIG_REF = f"ConfigMap {CONFIG_NAMESPACE}/{CONFIG_MAP}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    runtime_image: str = ""
+    store_host_path: str = ""
+    delete_grace_seconds: int = DEFAULT_DELETE_GRACE_S
+    problem: str = ""  # why the ConfigMap is absent, unreadable or partly invalid ("" when fine)
+
+    @classmethod
+    def from_config_map(cls, data: Mapping[str, Any]) -> ClusterSettings:
+        """The settings in a ConfigMap's `data`; invalid values are left out and named in `problem`."""
+        bad = []
+        image = str(data.get(CONFIG_RUNTIME_IMAGE) or "").strip()
+        store = str(data.get(CONFIG_STORE_HOST_PATH) or "").strip()
+        if store and (not posixpath.isabs(store) or ".." in store.split("/")):
+            bad.append(f"{CONFIG_STORE_HOST_PATH} {store!r} is not an absolute path")
+            store = ""
+        grace = DEFAULT_DELETE_GRACE_S
+        raw = data.get(CONFIG_DELETE_GRACE)
+        if raw not in (None, ""):
+            try:
+                grace = int(str(raw))
+                if grace < 0:
+                    raise ValueError
+            except ValueError:
+                bad.append(f"{CONFIG_DELETE_GRACE} {raw!r} is not a whole number of seconds >= 0")
+                grace = DEFAULT_DELETE_GRACE_S
+        return cls(image, store, grace, "; ".join(bad))
+
+    def criu_unavailable(self) -> str:
+        """Why the CRIU backend cannot run here ("" when it can)."""
+        missing = [k for k, v in ((CONFIG_STORE_HOST_PATH, self.store_host_path),
+                                  (CONFIG_RUNTIME_IMAGE, self.runtime_image)) if not v]
+        if not missing:
+            return ""
+        why = f"{CONFIG_REF} does not give {' and '.join(missing)}"
+        if self.problem:
+            why += f" ({self.problem})"
+        return why + ": CRIU checkpoints need the checkpoint store and the runtime image it names"
+
+
+class SettingsSource:
+    """The current settings, re-read from the API every `refresh_s`."""
+
+    def __init__(self, api: ApiClient, refresh_s: float = REFRESH_S) -> None:
+        self.api = api
+        self.refresh_s = refresh_s
+        self.current = ClusterSettings(problem=f"{CONFIG_REF} not read yet")
+        self.read_at = -math.inf
+        self.generation = 0  # bumped when the settings change
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/namespaces/{CONFIG_NAMESPACE}/configmaps/{CONFIG_MAP}"
+
+    def next_refresh(self) -> float:
+        return self.read_at + self.refresh_s
+
+    async def refresh(self, now: float, force: bool = False) -> bool:
+        """Read the ConfigMap when due (or `force`); True when the settings changed."""
+        if not force and now < self.next_refresh():
+            return False
+        self.read_at = now
+        try:
+            body = await self.api.request("GET", self.path)
+            new = ClusterSettings.from_config_map(body.get("data") or {})
+        except ApiError as e:
+            problem = f"{CONFIG_REF} does not exist" if e.status == 404 else f"cannot read {CONFIG_REF}: {e}"
+            new = ClusterSettings(problem=problem)
+        except Exception as e:  # an outage: keep what was read last, try again at the next refresh
+            log.warning("%s not read: %s", CONFIG_REF, e)
+            return False
+        if new == self.current:
+            return False
+        if new.problem and new.problem != self.current.problem:
+            log.info("%s: %s", CONFIG_REF, new.problem)
+        self.current = new
+        self.generation += 1
+        return True

@@ -1,0 +1,153 @@
+"""Runtime injection: the pod spec a CRIU-checkpointed pod runs, field by field, and the templates it
+refuses (with what it says)."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+from typing import Any
+
+import pytest
+
+from queue_controller.checkpoint import injection
+from queue_controller.checkpoint.injection import (
+    CONTAINER_SECURITY_CONTEXT,
+    EXIT_CHECKPOINTED,
+    InjectionError,
+    inject,
+    problems,
+    secured,
+    wrapped_command,
+)
+from queue_controller.runtime.supervisor import EXIT_CHECKPOINTED as RUNTIME_EXIT_CHECKPOINTED
+
+pytestmark = pytest.mark.unit
+
+STORE = "/var/lib/ckq/store"
+
+
+def template(**container: Any) -> dict[str, Any]:
+    return {"containers": [{"name": "train", "image": "python:3", "command": ["python", "train.py"],
+                            "args": ["--epochs", "3"], "resources": {"requests": {"cpu": "1"}}, **container}]}
+
+
+def injected(spec: dict[str, Any], restore: dict[str, str] | None = None) -> dict[str, Any]:
+    return inject(spec, image="ckq.local/runtime:0.1.0", store_root=STORE, namespace="team", job="train",
+                  pod_set="worker", index=1, restore=restore)
+
+
+def test_a_fresh_pod_gets_the_runtime_its_checkpoint_directory_the_wrapped_command_and_the_privileges() -> None:
+    spec = template(volumeMounts=[{"name": "data", "mountPath": "/data"}], env=[{"name": "A", "value": "1"}])
+    spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+    spec["restartPolicy"] = "Never"
+    before = copy.deepcopy(spec)
+    out = injected(spec)
+    assert spec == before  # the template is not modified
+    assert out == {
+        "restartPolicy": "Never",
+        "initContainers": [{
+            "name": "ckq-runtime", "image": "ckq.local/runtime:0.1.0", "imagePullPolicy": "IfNotPresent",
+            "command": ["/ckq-runtime/bin/ckq-runtime-install", "/ckq-install"],
+            "volumeMounts": [{"name": "ckq-runtime", "mountPath": "/ckq-install"}]}],
+        "volumes": [
+            {"name": "data", "emptyDir": {}},
+            {"name": "ckq-runtime", "emptyDir": {}},
+            {"name": "ckq-ckpt-train", "hostPath": {"path": f"{STORE}/team/train/worker-1/train",
+                                                    "type": "DirectoryOrCreate"}}],
+        "containers": [{
+            "name": "train", "image": "python:3", "resources": {"requests": {"cpu": "1"}},
+            "env": [{"name": "A", "value": "1"}],
+            "command": ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--",
+                        "python", "train.py", "--epochs", "3"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"},
+                             {"name": "ckq-runtime", "mountPath": "/ckq-runtime", "readOnly": True},
+                             {"name": "ckq-ckpt-train", "mountPath": "/ckq/checkpoints"}],
+            "securityContext": {"runAsUser": 0,
+                                "capabilities": {"add": ["CHECKPOINT_RESTORE", "SYS_PTRACE", "SETPCAP"]},
+                                "seccompProfile": {"type": "Unconfined"}}}],
+    }
+    assert out["containers"][0]["securityContext"] == CONTAINER_SECURITY_CONTEXT
+
+
+def test_a_restored_pod_starts_each_container_from_its_own_checkpoint() -> None:
+    spec = template()
+    spec["containers"].append({"name": "logger", "image": "busybox", "command": ["tail", "-f", "/dev/null"]})
+    spec["initContainers"] = [{"name": "fetch", "image": "busybox", "command": ["true"]}]
+    out = injected(spec, restore={"train": "20260921T000000-0001", "logger": "20260921T000000-0002"})
+    assert [c["name"] for c in out["initContainers"]] == ["ckq-runtime", "fetch"]  # the user's still run
+    assert out["initContainers"][1] == spec["initContainers"][0]
+    train, logger = out["containers"]
+    assert train["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--restore",
+                                "20260921T000000-0001", "--", "python", "train.py", "--epochs", "3"]
+    assert "args" not in train
+    assert logger["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--restore",
+                                 "20260921T000000-0002", "--", "tail", "-f", "/dev/null"]
+    assert [v["name"] for v in out["volumes"]] == ["ckq-runtime", "ckq-ckpt-train", "ckq-ckpt-logger"]
+    assert out["volumes"][2]["hostPath"]["path"] == f"{STORE}/team/train/worker-1/logger"
+    with pytest.raises(InjectionError, match="no checkpoint image for container"):
+        injected(spec, restore={"train": "x"})
+
+
+def test_the_users_security_settings_are_kept_and_added_to() -> None:
+    sc = {"capabilities": {"add": ["NET_ADMIN", "cap_sys_ptrace"], "drop": ["ALL"]},
+          "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsUser": 0}
+    assert secured(sc) == {
+        "capabilities": {"add": ["NET_ADMIN", "cap_sys_ptrace", "CHECKPOINT_RESTORE", "SETPCAP"], "drop": ["ALL"]},
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsUser": 0,
+        "seccompProfile": {"type": "Unconfined"}}
+    assert problems(template(securityContext=sc)) == []
+    # A container-level setting overrides its pod's, as Kubernetes applies them.
+    spec = template(securityContext={"runAsNonRoot": False, "seccompProfile": {"type": "Unconfined"}})
+    spec["securityContext"] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": 1000}
+    assert problems(spec) == []
+    assert injected(spec)["securityContext"] == spec["securityContext"]  # the pod's own stays as written
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    (template(command=None), "container 'train' has no explicit command: ckq-run must start it, and the image's "
+     "entrypoint is not known without asking its registry (set command, and args if any)"),
+    ({**template(), "securityContext": {"runAsNonRoot": True}}, "container 'train' sets runAsNonRoot: true, but "
+     "CRIU needs root in the container"),
+    (template(securityContext={"runAsUser": 1000}), "container 'train' runs as uid 1000, but CRIU needs root"),
+    ({**template(), "securityContext": {"runAsUser": 1000}}, "runs as uid 1000"),
+    ({**template(), "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}},
+     "asks for seccomp profile RuntimeDefault, but CRIU needs Unconfined"),
+    (template(securityContext={"seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}),
+     "seccomp profile Localhost"),
+    (template(securityContext={"capabilities": {"drop": ["CAP_SYS_PTRACE", "NET_RAW"]}}),
+     "container 'train' drops SYS_PTRACE, which CRIU needs"),
+    ({**template(), "volumes": [{"name": "ckq-runtime", "emptyDir": {}}]}, "volume 'ckq-runtime' collides"),
+    ({**template(), "volumes": [{"name": "ckq-ckpt-x", "emptyDir": {}}]}, "volume 'ckq-ckpt-x' collides"),
+    ({**template(), "initContainers": [{"name": "ckq-runtime", "image": "x"}]}, "a container is named 'ckq-runtime'"),
+    (template(name="c" * 55), "the name is longer than 54 characters"),
+    (template(volumeMounts=[{"name": "v", "mountPath": "/ckq/checkpoints/"}]), "mounts something at /ckq/checkpoints"),
+])
+def test_templates_that_cannot_run_under_ckq_run_are_refused_saying_why(spec: dict[str, Any], says: str) -> None:
+    (problem,) = problems(spec)
+    assert says in problem
+    with pytest.raises(InjectionError, match="^" + re.escape(problem) + "$"):
+        injected(spec)
+
+
+def test_every_problem_is_named_at_once() -> None:
+    spec = template(command=None, securityContext={"runAsUser": 7})
+    assert len(problems(spec)) == 2
+    with pytest.raises(InjectionError, match=r"no explicit command.*; container 'train' runs as uid 7"):
+        injected(spec)
+
+
+def test_the_wrapped_command_and_the_exit_code_match_the_runtime() -> None:
+    assert wrapped_command(["a"], ["b"]) == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--", "a", "b"]
+    assert EXIT_CHECKPOINTED == RUNTIME_EXIT_CHECKPOINTED == 75
+
+
+def test_the_constants_match_the_runtime_image_builder() -> None:
+    try:
+        image = importlib.import_module("queue_controller.devcluster.runtime_image")
+    except ModuleNotFoundError:
+        pytest.skip("devcluster/runtime_image.py is not on this branch yet (it comes with the runtime image)")
+    assert list(injection.INSTALL_COMMAND) == image.INSTALL_COMMAND
+    assert (injection.IMAGE_ROOT, injection.INSTALL_PATH, injection.RUNTIME_MOUNT, injection.CKQ_RUN) == (
+        image.IMAGE_ROOT, image.INSTALL_PATH, image.MOUNT_PATH, image.CKQ_RUN)
+    assert injection.CONTAINER_SECURITY_CONTEXT == image.CONTAINER_SECURITY_CONTEXT
