@@ -180,11 +180,14 @@ def add_artifact(ckpt: Checkpoint, artifact: Artifact, duration_seconds: float |
 
 
 def mark_failed(ckpt: Checkpoint, message: str, now: datetime) -> bool:
-    """-> Failed with a message, unless the Checkpoint already ended (Completed or Failed)."""
+    """-> Failed with a message, unless the Checkpoint already ended (Completed or Failed).
+
+    Never `completionTime`: the controller stamps it when it has applied the failure to the job (that
+    is how a restarted controller knows whether it still has to), so an agent leaves it unset."""
+    del now  # kept in the signature: callers pass the clock they read once
     status = _status(ckpt)
     if status.phase in ("Completed", "Failed"):
         return False
     status.phase = "Failed"
-    status.completion_time = now
     status.message = message[:MAX_MESSAGE]
     return True

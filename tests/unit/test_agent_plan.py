@@ -150,7 +150,7 @@ def test_mark_failed_keeps_the_first_end() -> None:
     c = checkpoint("Running")
     assert plan.mark_failed(c, "pod x container y: criu dump failed", T1)
     assert c.status is not None and (c.status.phase, c.status.message, c.status.completion_time) == (
-        "Failed", "pod x container y: criu dump failed", T1)
+        "Failed", "pod x container y: criu dump failed", None)
     assert not plan.mark_failed(c, "another", T1)
     assert c.status.message == "pod x container y: criu dump failed"
     done = checkpoint("Completed")
