@@ -21,8 +21,9 @@ from queue_controller.devcluster.constants import (
 )
 from queue_controller.devcluster.errors import DevClusterError
 from queue_controller.devcluster.handle import ClusterHandle
-from queue_controller.devcluster.images import PAUSE_IMAGE, PYTHON_IMAGE, all_images, local_images
+from queue_controller.devcluster.images import PAUSE_IMAGE, PYTHON_IMAGE
 from queue_controller.devcluster.nodes import NodeGroup, delete_node, parse_node_group, set_node_ready
+from queue_controller.devcluster.preload import all_images, local_images
 from queue_controller.devcluster.realnode import REAL_FLAVOR, ensure_runtime, seed_root
 from queue_controller.devcluster.runtime_image import RUNTIME_IMAGE
 from queue_controller.devcluster.state import ClusterState, state_root

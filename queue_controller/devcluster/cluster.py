@@ -33,6 +33,7 @@ from queue_controller.devcluster.kubeconfig import write_kubeconfig
 from queue_controller.devcluster.nodes import NodeGroup, check_unique, create_nodes, node_is_ready
 from queue_controller.devcluster.pki import CLIENTS, write_pki
 from queue_controller.devcluster.ports import free_ports, require_free
+from queue_controller.devcluster.preload import local_images as preloaded_images
 from queue_controller.devcluster.processes import ProcessRecord
 from queue_controller.devcluster.stages import stages_yaml
 from queue_controller.devcluster.state import ClusterPaths, ClusterState, locked, paths_for
@@ -291,7 +292,7 @@ class _RealSetup:
             if not build:
                 raise DevClusterError("the real-node runtime is not provisioned yet: run `ckq dev build`")
             rt = realnode.ensure_runtime(log=say)
-        images = local_images.local_images(log=say)
+        images = preloaded_images(log=say)
         return cls(count, labels, rt, images, realnode.seed_root(rt, images))
 
     def start(self, state: ClusterState, timeout: float, die_with_parent: bool, say: Say) -> None:

@@ -434,19 +434,6 @@ def _add_file(tar: tarfile.TarFile, name: str, src: Path, added: set[str]) -> No
         tar.addfile(info, fh)
 
 
-def local_images(*, log: Callable[[str], None] = lambda _: None) -> list[LocalImage]:
-    """Every image a real node is preloaded with (built or reused from the cache)."""
-    from queue_controller.devcluster.runtime_image import runtime_image  # it builds on this module
-
-    return [pause_image(), python_image(log=log), runtime_image(log=log)]
-
-
-def all_images(*, log: Callable[[str], None] = lambda _: None) -> list[LocalImage]:
-    """The preloaded images plus the controller image (built by `ckq dev build`, loaded on demand with
-    `ckq dev image import`: it changes with every source edit, and no dev node runs it by default)."""
-    return [*local_images(log=log), controller_image(log=log)]
-
-
 def archive_refs(archive: Path) -> list[str]:
     """The image names an OCI or docker archive carries (what `ctr images import` will call them)."""
     try:

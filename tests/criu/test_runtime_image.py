@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from queue_controller.devcluster import images, processes, realnode, runtime_image
+from queue_controller.devcluster import images, preload, processes, realnode, runtime_image
 from queue_controller.devcluster.pki import write_pki
 from queue_controller.runtime import control
 
@@ -193,7 +193,7 @@ class Node:
         pki = self.root / "pki"
         write_pki(pki, service_ip="10.96.0.1", advertise_ip="127.0.0.1")
         realnode.prepare(self.node, pki, "https://127.0.0.1:6443")
-        realnode.plant_seed(self.node, realnode.seed_root(self.rt, images.local_images()))
+        realnode.plant_seed(self.node, realnode.seed_root(self.rt, preload.local_images()))
         self.rec = processes.start("containerd", realnode.containerd_argv(self.node, self.rt),
                                    self.root / "containerd.log",
                                    cgroup_procs=realnode.cgroup_procs_files(self.node.cgroup + "/runtime"),
@@ -313,7 +313,7 @@ def node() -> Iterator[Node]:
     go_image = scratch_go_image(root / "go-workload.tar", "ckq.local/test-go-chain:1", WORKLOAD_GO, "/chain")
     n = Node(root)
     try:
-        preloaded = {i.archive for i in images.local_images()}  # the seed every real node starts from
+        preloaded = {i.archive for i in preload.local_images()}  # the seed every real node starts from
         n.start([a for a in (runtime.archive, go_image) if a not in preloaded])
         yield n
     finally:
