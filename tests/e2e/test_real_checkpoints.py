@@ -10,6 +10,7 @@ gives. A restored run ends with that nonce and that digest; a restarted one draw
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -173,3 +174,100 @@ def _exists(kube: Kube, ns: str, pod: str) -> bool:
     except ApiException:
         return False
 
+
+
+def _queue(kube: Kube, ns: str, cpu: str) -> str:
+    cq = cluster_queue(f"{ns}-cq", gpus=0, flavors=("real",), preemption={"withinClusterQueue": "LowerPriority"})
+    cq["spec"]["resourceGroups"][0]["flavors"][0]["resources"][0]["nominalQuota"] = cpu
+    kube.create("clusterqueues", cq)
+    kube.create("localqueues", local_queue("main", ns, cq["metadata"]["name"]), ns)
+    return str(cq["metadata"]["name"])
+
+
+def _only_pod(kube: Kube, ns: str, job: str, attempt: str) -> Any:
+    pods = [p for p in kube.pods(ns, job) if p.metadata.labels.get("ckq.io/attempt") == attempt]
+    return pods[0] if len(pods) == 1 else None
+
+
+def test_resumed_job_migrates_to_the_other_node_with_its_memory(
+    real_kube: Kube, real_ns: str, controller: ControllerProcess, real_cluster: RealCluster
+) -> None:
+    kube, ns = real_kube, real_ns
+    cq = _queue(kube, ns, "2")
+    handle = real_cluster.handle
+    cordoned = None
+    try:
+        kube.create("checkpointablejobs", real_job("mover", "main", pods=1, cpu="1"), ns)
+        kube.wait_phase(ns, "mover", "Running", timeout=120)
+        pod = kube.wait("the first pod", lambda: _only_pod(kube, ns, "mover", "1"), timeout=30)
+        first_node = pod.spec.node_name
+        nonce = kube.wait("the nonce", lambda: _nonce_of(kube, ns, pod.metadata.name), timeout=60)
+        kube.create("checkpointablejobs", real_job("urgent", "main", pods=1, cpu="2", priority=100,
+                                                   script="import time; time.sleep(3)"), ns)
+        kube.wait_phase(ns, "mover", "Suspended", timeout=180)
+        handle.kubectl("cordon", first_node)  # the checkpoint must come back on the other node
+        cordoned = first_node
+        kube.wait_phase(ns, "mover", "Succeeded", timeout=240)
+        resumed = _only_pod(kube, ns, "mover", "2")
+        assert resumed is not None and resumed.spec.node_name != first_node
+        final = _final_of(kube, ns, resumed.metadata.name)
+        assert final == (nonce, expected_digest(nonce)), final
+    finally:
+        if cordoned:
+            handle.kubectl("uncordon", cordoned)
+        kube.delete("clusterqueues", cq)
+
+
+def _workload_pids(node: Any, nonce_marker: str) -> list[int]:
+    """Host pids of the workload (the python3 -c process) in a real node's cgroups."""
+    from queue_controller.devcluster import realnode
+
+    pids = []
+    for pid in realnode.iter_processes_of(node):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd[:2] == [b"python3", b"-u"] and nonce_marker.encode() in b" ".join(cmd):
+            pids.append(pid)
+    return pids
+
+
+def test_killed_workload_restores_from_the_last_periodic_checkpoint(
+    real_kube: Kube, real_ns: str, controller: ControllerProcess, real_cluster: RealCluster
+) -> None:
+    """Periodic leave-running checkpoints; then the workload's process is SIGKILLed on its node. The
+    job restarts from the newest periodic checkpoint: same nonce, same final digest, and it loses at
+    most about one interval of work (the run time it had at that checkpoint is kept)."""
+    import signal
+
+    kube, ns = real_kube, real_ns
+    cq = _queue(kube, ns, "2")
+    try:
+        body = real_job("steady", "main", pods=1, cpu="1", checkpoint={"interval": "8s", "retain": 2})
+        kube.create("checkpointablejobs", body, ns)
+        kube.wait_phase(ns, "steady", "Running", timeout=120)
+        pod = kube.wait("the first pod", lambda: _only_pod(kube, ns, "steady", "1"), timeout=30)
+        nonce = kube.wait("the nonce", lambda: _nonce_of(kube, ns, pod.metadata.name), timeout=60)
+
+        def periodic_done() -> int:
+            st = kube.job(ns, "steady").get("status") or {}
+            return int(st.get("checkpoints") or 0) >= 2 and int(st["checkpoints"])
+
+        kube.wait("two periodic checkpoints", periodic_done, timeout=120)
+        ckpts = [c for c in kube.list("checkpoints", ns) if c["spec"]["reason"] == "Periodic"]
+        assert all(c["spec"]["leaveRunning"] for c in ckpts)
+        assert len([c for c in ckpts if (c.get("status") or {}).get("phase") == "Completed"]) <= 2  # retain
+        node = next(n for n in real_cluster.state.real_nodes if n.name == pod.spec.node_name)
+        victims = kube.wait("the workload's process on the node", lambda: _workload_pids(node, "nonce"), timeout=10)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        restarted = kube.wait("a restart", lambda: (s := kube.job(ns, "steady").get("status") or {}).get(
+            "restarts") == 1 and s, timeout=120)
+        assert restarted.get("lostRunTimeSeconds", 0) <= 8 + 4, restarted
+        kube.wait_phase(ns, "steady", "Succeeded", timeout=240)
+        resumed = _only_pod(kube, ns, "steady", "2")
+        assert resumed is not None
+        assert _final_of(kube, ns, resumed.metadata.name) == (nonce, expected_digest(nonce))
+    finally:
+        kube.delete("clusterqueues", cq)
