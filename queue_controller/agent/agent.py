@@ -45,6 +45,7 @@ from queue_controller.agent.dump import Dumper, DumpRequest, DumpResult, Slot
 from queue_controller.agent.kube import AgentKube, Conflict, Event, Gone, NotFound, Obj, Transient
 from queue_controller.agent.plan import PodInfo
 from queue_controller.api.checkpoint import Checkpoint
+from queue_controller.store.retention import delete_images
 
 log = logging.getLogger("ckq.agent")
 T = TypeVar("T")
@@ -161,10 +162,30 @@ class Agent:
         with self.lock:
             if kind == "DELETED":
                 self.checkpoints.pop(key, None)
-                return
+        if kind == "DELETED":
+            # Retention (the job's `retain`) and garbage collection delete Checkpoint objects: their
+            # images go too. Each agent deletes the images its node dumped, so a store that is not
+            # shared is cleaned as well, and a shared one is not raced over.
+            self.dump_pool.submit(self.delete_images, obj)
+            return
+        with self.lock:
             self.checkpoints[key] = obj
         if self._relevant(obj):
             self.queue.add(key)
+
+    def delete_images(self, obj: Obj) -> None:
+        try:
+            ckpt = Checkpoint.model_validate(obj)
+        except ValueError as exc:
+            log.warning("a deleted Checkpoint could not be read, its images stay: %s", exc)
+            return
+        mine = [a.uri for a in (ckpt.status.artifacts if ckpt.status else []) if a.node == self.node]
+        if not mine:
+            return
+        result = delete_images(self.store, ckpt.metadata.namespace or "", mine)
+        log.info("checkpoint %s deleted: images deleted %d, kept for a later checkpoint %d, already gone %d%s",
+                 ckpt.metadata.name, len(result.deleted), len(result.deferred), len(result.missing),
+                 "".join(f"; refused {u}: {why}" for u, why in result.refused))
 
     def pods_listed(self, items: list[Obj]) -> None:
         pods = {}

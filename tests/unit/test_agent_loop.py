@@ -344,3 +344,25 @@ def test_threads_list_process_and_stop(world: tuple[FakeKube, FakeDumper, Agent]
     finally:
         agent.shutdown()
     assert len(dumper.calls) == 1
+
+
+def test_a_deleted_checkpoint_takes_the_images_this_node_dumped(tmp_path: Path) -> None:
+    """Retention and garbage collection delete Checkpoint objects; each node's agent deletes the images
+    its node dumped (inside the store, in the Checkpoint's namespace), and leaves other nodes' alone."""
+    from tests.unit.store_helpers import fake_checkpoint
+
+    store = FilesystemStore(tmp_path)
+    kube = FakeKube()
+    agent = Agent(kube, FakeDumper(store), AgentSettings(node="real-0"))  # type: ignore[arg-type]
+    mine_dir, theirs_dir = store.dir_for(NS, "train", "worker", 0, "main"), store.dir_for(NS, "train", "worker", 1,
+                                                                                           "main")
+    fake_checkpoint(Path(mine_dir), "20260102-030405-aaaaaa")
+    fake_checkpoint(Path(theirs_dir), "20260102-030405-bbbbbb")
+    arts = [{"podSet": "worker", "index": i, "container": "main", "node": node, "sha256": "a" * 64, "sizeBytes": 1,
+             "uri": store.uri_for(NS, "train", "worker", i, "main", cid)}
+            for i, node, cid in ((0, "real-0", "20260102-030405-aaaaaa"), (1, "real-1", "20260102-030405-bbbbbb"))]
+    agent.delete_images(ckpt_obj("Completed", status={"artifacts": arts}))
+    assert not (Path(mine_dir) / "checkpoints" / "20260102-030405-aaaaaa").exists()
+    assert (Path(theirs_dir) / "checkpoints" / "20260102-030405-bbbbbb").exists()  # real-1's agent deletes it
+    agent.delete_images({"metadata": {"name": "broken"}})  # unreadable: logged, nothing raised
+    agent.shutdown()
