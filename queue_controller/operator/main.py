@@ -99,6 +99,23 @@ def preflight(kubeconfig: str | None) -> Any:
     return cfg
 
 
+def connection_info(cfg: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials from the configuration the controller itself loaded (`--kubeconfig`, else
+    $KUBECONFIG, else in-cluster): one source, so kopf's watches and the controller's writes always go
+    to the same cluster as the same user (kopf's own login would read $KUBECONFIG again)."""
+    auth = (getattr(cfg, "api_key", None) or {}).get("authorization") or ""
+    scheme, _, token = auth.partition(" ")
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert or None,
+        insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file or None,
+        private_key_path=cfg.key_file or None,
+        scheme=scheme or None if token else None,
+        token=token or None,
+    )
+
+
 def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] | None = None,
         metrics_port: int | None = 9090, liveness_port: int | None = 8080, peering: str | None = None,
         checkpoint_bandwidth: float = 2 * 2**30) -> None:
@@ -123,6 +140,10 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
         for t in tasks:
             t.cancel()
         await kube.close()
+
+    @kopf.on.login()
+    def _login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(cfg)
 
     handlers.RUNTIME.kick = controller.kick
     handlers.RUNTIME.startup.append(startup)

@@ -291,8 +291,9 @@ def test_controller_places_jobs_on_real_and_kwok_nodes_by_flavor(
     cq["spec"]["resourceGroups"][0]["flavors"][0]["resources"][2]["nominalQuota"] = "0"  # no GPUs on real nodes
     kube.create("clusterqueues", cq)
     kube.create("localqueues", local_queue("main", ns, cq["metadata"]["name"]), ns)
-    # The session's kwok cluster may own $KUBECONFIG; the controller must talk to this cluster only.
-    monkeypatch.setenv("KUBECONFIG", kube.kubeconfig)
+    # $KUBECONFIG names another cluster (the session's kwok one, or nothing): --kubeconfig alone must
+    # decide which cluster the controller reads and writes.
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
     controller = ControllerProcess(kube.kubeconfig, "iass", tmp_path / "controller.log")
     controller.start()
     try:

@@ -33,3 +33,23 @@ def test_missing_kubeconfig_and_unknown_policy_are_clear_errors(tmp_path: Path) 
     assert result.exit_code == 2 and "Traceback" not in result.output
     bad = CliRunner().invoke(app, ["controller", "--policy", "nonsense"])
     assert bad.exit_code == 2 and "unknown policy 'nonsense'" in bad.output
+
+
+def test_kopf_logs_in_with_the_configuration_the_controller_loaded() -> None:
+    """`--kubeconfig F` applies to kopf's watches too, not only to the controller's own writes."""
+    from kubernetes.client import Configuration
+
+    from queue_controller.operator.main import connection_info
+
+    cfg = Configuration()
+    cfg.host = "https://127.0.0.1:6443"
+    cfg.ssl_ca_cert, cfg.cert_file, cfg.key_file = "/tmp/ca.crt", "/tmp/c.crt", "/tmp/c.key"
+    info = connection_info(cfg)
+    assert (info.server, info.ca_path, info.certificate_path, info.private_key_path, info.insecure, info.token) == (
+        "https://127.0.0.1:6443", "/tmp/ca.crt", "/tmp/c.crt", "/tmp/c.key", False, None)
+    cfg = Configuration()
+    cfg.host = "https://kubernetes.default.svc"
+    cfg.api_key = {"authorization": "Bearer abc.def"}
+    cfg.verify_ssl = False
+    info = connection_info(cfg)
+    assert (info.scheme, info.token, info.insecure, info.certificate_path) == ("Bearer", "abc.def", True, None)
