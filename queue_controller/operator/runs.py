@@ -29,7 +29,7 @@ from queue_controller.operator.status import (
     StatusWriter,
     job_conditions,
 )
-from queue_controller.wire import POD_DONE_PHASES, parse_time, pod_name, to_datetime
+from queue_controller.wire import KWOK_NODE, POD_DONE_PHASES, parse_time, pod_name, to_datetime
 
 
 def run_time_now(job: JobRecord, now: float) -> float:
@@ -148,10 +148,14 @@ class Runs:
     def _grace(self, job: JobRecord, pod: PodRecord, grace: int | None) -> int | None:
         """A pod's deletion grace: `grace` when given; none for a pod that has finished; the template's own
         terminationGracePeriodSeconds when it sets one (None: the API server applies it); else the
-        cluster's deleteGraceSeconds."""
+        cluster's deleteGraceSeconds. A pod on a kwok node runs no process: nothing to give grace to, and
+        a pod left terminating there would hold its node's room for the whole period."""
         if grace is not None:
             return grace
         if pod.phase in POD_DONE_PHASES:
+            return 0
+        node = self.cache.nodes.get(pod.node) if pod.node else None
+        if node is not None and node.kind == KWOK_NODE:
             return 0
         template = (job.templates.get(pod.pod_set) or {}).get("spec") or {}
         if template.get("terminationGracePeriodSeconds") is not None:

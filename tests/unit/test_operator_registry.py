@@ -491,3 +491,18 @@ def test_node_kinds() -> None:
     assert node_kind({}, {"kwok.x-k8s.io/node": "fake"}) == "kwok"
     assert node_kind({"ckq.io/node-kind": "kwok"}, {}) == "kwok"
     assert node_kind({"ckq.io/node-kind": "real"}, {}) == "real" == node_kind({}, {})
+
+
+def test_pods_on_kwok_nodes_are_deleted_at_once() -> None:
+    """No process runs on a kwok node: a pod left terminating for a grace period would only hold the
+    node's room (a reservation that is due would then find it still busy)."""
+    async def scenario() -> None:
+        w = make_world("iass", kind="kwok")
+        w.submit("sim", mode="Simulated")
+        await running(w, "sim")
+        w.submit("urgent", priority=100, mode="None")
+        await w.cycle(4)
+        await w.cycle(5)
+        assert w.phase("sim") == "Suspended" and grace_of(w, "sim-1-worker-0") == 0
+
+    run(scenario)
