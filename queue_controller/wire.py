@@ -30,6 +30,8 @@ MANAGED_LABEL = "ckq.io/managed"  # "true": created by this controller for a Che
 
 # ---- annotations -----------------------------------------------------------------------------------
 
+# On a restored pod: the Checkpoint it restores from (every backend sets it).
+RESTORE_FROM_ANNOTATION = "ckq.io/restore-from"
 # On a Checkpoint: the job's accumulated run time at the moment it was taken (what a restore keeps).
 CHECKPOINT_RUNTIME_ANNOTATION = "ckq.io/run-time-seconds"
 

@@ -37,7 +37,7 @@ from queue_controller.checkpoint.base import (
 )
 from queue_controller.checkpoint.cost import CheckpointCostModel
 from queue_controller.checkpoint.injection import InjectionError, inject
-from queue_controller.wire import checkpoint_id_of
+from queue_controller.wire import RESTORE_FROM_ANNOTATION, checkpoint_id_of
 
 MIB = 2**20
 
@@ -109,6 +109,8 @@ class CriuBackend:
                     f"checkpoint {request.restore.checkpoint} has no image of container(s) {', '.join(missing)} "
                     f"of pod {request.pod.pod_set}-{request.pod.index}")
             restore = {c: checkpoint_id_of(a.uri) for c, a in mine.items()}
+            return PodInfo(annotations={RESTORE_FROM_ANNOTATION: request.restore.checkpoint},
+                           rewrite=partial(self._rewrite, request, restore))
         return PodInfo(rewrite=partial(self._rewrite, request, restore))
 
     def _rewrite(self, request: LaunchRequest, restore: Mapping[str, str] | None,

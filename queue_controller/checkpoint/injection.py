@@ -47,6 +47,9 @@ CKQ_RUN = f"{RUNTIME_MOUNT}/bin/ckq-run"
 # ckq-run's exit code after a dump that stopped the workload (runtime.supervisor.EXIT_CHECKPOINTED,
 # sysexits EX_TEMPFAIL): the expected end of a pod checkpointed out, not a failure.
 EXIT_CHECKPOINTED = 75
+# ckq-run's exit code when it refuses or fails a restore (runtime.supervisor.EXIT_SETUP): the checkpoint
+# is corrupt, unknown, or cannot be restored here; it verifies every image before touching anything.
+EXIT_RESTORE_REFUSED = 69
 
 # What ckq-run (CRIU dumping and restoring its own child tree, `--unprivileged`) needs under
 # runc/containerd, each item found necessary with real containers (docs/checkpointing.md, "Least

@@ -27,13 +27,14 @@ from queue_controller.checkpoint.base import (
     PodRef,
 )
 from queue_controller.checkpoint.cost import GIB, CheckpointCostModel
+from queue_controller.wire import RESTORE_FROM_ANNOTATION
 
 # Artifacts of simulated checkpoints: nothing is stored, so they restore only where nothing runs.
 SIM_URI_PREFIX = "sim://"
 # A completed simulated checkpoint's message: it says plainly that nothing was dumped.
 SIMULATED_MESSAGE = "simulated: no process was dumped"
 # On a restored pod: the Checkpoint it restores from.
-RESTORE_ANNOTATION = "ckq.io/restore-from"
+RESTORE_ANNOTATION = RESTORE_FROM_ANNOTATION  # the wire contract's name
 # On a CheckpointableJob: the run time it needs, for kwok nodes that run nothing.
 SIMULATED_RUNTIME_ANNOTATION = "ckq.io/simulated-runtime-seconds"
 # On a pod: kwok's pod stage finishes it this many seconds after it started (queue_controller.devcluster).

@@ -28,6 +28,7 @@ from queue_controller.wire import (
     MANAGED_LABEL,
     POD_INDEX_LABEL,
     POD_SET_LABEL,
+    RESTORE_FROM_ANNOTATION,
     RUNTIME_INIT_CONTAINER,
     node_kind,
     parse_time,
@@ -180,6 +181,7 @@ class Cache:
             finish_time=_finished(status),
             exit_code=_exit_code(status),
             injected=any(c.get("name") == RUNTIME_INIT_CONTAINER for c in spec.get("initContainers") or ()),
+            restore_from=(meta.get("annotations") or {}).get(RESTORE_FROM_ANNOTATION),
         )
         old = self.pods.get(rec.key)
         if old is not None and old.job and old.job != rec.job:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from queue_controller.api.common import ConditionStatus
-from queue_controller.checkpoint.injection import EXIT_CHECKPOINTED
+from queue_controller.checkpoint.injection import EXIT_CHECKPOINTED, EXIT_RESTORE_REFUSED
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.checkpoints import Checkpoints
 from queue_controller.operator.records import JobRecord, PodRecord
@@ -118,6 +118,15 @@ class JobLifecycle:
             # is the expected end of a dump without leaveRunning (ckq-run stopped the workload), not a
             # failure; a pod that dies otherwise fails the dump, which the node agents report.
             await self.checkpoints.resume_interrupted(job, now)
+            return
+        refused = next((p for p in failed_pods if p.injected and p.restore_from
+                        and p.exit_code == EXIT_RESTORE_REFUSED), None)
+        if refused is not None and refused.restore_from and not lost_nodes:
+            # ckq-run verified the images and refused them (corrupt, missing, unknown): restarting from
+            # the same checkpoint would fail again, so it is failed and the job falls back.
+            await self.runs.restore_failed(job, refused.restore_from, f"pod {refused.name} could not restore "
+                                           f"checkpoint {refused.restore_from} (ckq-run exit {EXIT_RESTORE_REFUSED}: "
+                                           "its images are corrupt, missing or unusable here)", now)
             return
         if lost_nodes or failed_pods:
             why = (f"node {', '.join(lost_nodes)} is NotReady or gone" if lost_nodes

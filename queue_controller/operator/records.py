@@ -55,6 +55,7 @@ class PodRecord:
     finish_time: float | None = None  # latest container finishedAt, once terminated
     exit_code: int | None = None  # the first non-zero exit code of its terminated containers
     injected: bool = False  # it runs under ckq-run (the runtime's init container was injected)
+    restore_from: str | None = None  # the Checkpoint a restored pod restores from (wire.RESTORE_FROM_ANNOTATION)
 
     @property
     def key(self) -> str:

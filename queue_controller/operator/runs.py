@@ -98,7 +98,7 @@ class Runs:
             return False
         except RestoreImpossible as e:
             assert checkpoint is not None
-            await self._restore_failed(job, checkpoint, str(e), now)
+            await self.restore_failed(job, checkpoint, str(e), now)
             return False
         tasks = [self.kube.create(self.kube.core_path("pods", job.namespace), pod) for pod in pods]
         invalid = None
@@ -131,7 +131,7 @@ class Runs:
         await self.writer.job(job, patch)
         self.writer.event(job, MODE_CONDITION, message, now, warning=True)
 
-    async def _restore_failed(self, job: JobRecord, checkpoint: str, why: str, now: float) -> None:
+    async def restore_failed(self, job: JobRecord, checkpoint: str, why: str, now: float) -> None:
         """The checkpoint cannot be restored: it is failed (never picked again) and the job goes back to
         its queue, to resume from the checkpoint before it, or from the beginning; counted and said."""
         rec = self.cache.checkpoints.get(f"{job.namespace}/{checkpoint}")

@@ -506,3 +506,40 @@ def test_pods_on_kwok_nodes_are_deleted_at_once() -> None:
         assert w.phase("sim") == "Suspended" and grace_of(w, "sim-1-worker-0") == 0
 
     run(scenario)
+
+
+def test_a_restore_ckq_run_refuses_fails_that_checkpoint_and_falls_back() -> None:
+    """ckq-run verifies a checkpoint's images before it restores anything and exits 69 when they are
+    corrupt: the job must not restart from the same checkpoint again, but from the one before it."""
+    async def scenario() -> None:
+        w = make_world("iass", kind="real", config=CONFIG)
+        w.submit("train", pods=1, gpus=4, **CRIU)
+        await running(w, "train")
+        w.submit("urgent", priority=100, gpus=8, mode="None")
+        await w.cycle(10)
+        (ckpt,) = w.server.checkpoints("train")
+        name = ckpt["metadata"]["name"]
+        w.server.exit_pods("train", 75)
+        agent_dumps(w, name, "train", size=3000)
+        await w.cycle(1)
+        assert w.phase("train") == "Suspended"
+        await running(w, "urgent")
+        w.server.finish_pods("urgent")
+        await w.cycle(1)
+        (pod,) = [p for p in w.server.pods("train") if p["metadata"]["name"] == "train-2-worker-0"]
+        assert pod["metadata"]["annotations"]["ckq.io/restore-from"] == name
+        w.server.run_pods("train")
+        await w.cycle(1)
+        w.server.exit_pods("train", 69)  # ckq-run: "checkpoint ... is corrupted"
+        await w.cycle(1)
+        assert w.server.get("checkpoints", name)["status"]["phase"] == "Failed"
+        st = w.server.status("train")
+        assert st["phase"] in ("Pending", "Admitted")  # back in its queue (and here at once admitted again)
+        assert "RestoreFailed" in w.server.event_reasons("train")
+        assert st.get("restarts", 0) == 0  # not counted as a failure of the workload
+        await w.cycle(1)
+        third = [p for p in w.server.pods("train") if p["metadata"]["name"] == "train-3-worker-0"]
+        assert third and "ckq.io/restore-from" not in (third[0]["metadata"].get("annotations") or {})
+        assert "--restore" not in third[0]["spec"]["containers"][0]["command"]  # the only checkpoint is gone
+
+    run(scenario)
