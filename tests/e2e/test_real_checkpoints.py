@@ -271,3 +271,40 @@ def test_killed_workload_restores_from_the_last_periodic_checkpoint(
         assert _final_of(kube, ns, resumed.metadata.name) == (nonce, expected_digest(nonce))
     finally:
         kube.delete("clusterqueues", cq)
+
+
+def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(
+    real_kube: Kube, real_ns: str, controller: ControllerProcess, real_cluster: RealCluster
+) -> None:
+    """Periodic checkpoints, then a preemption checkpoint whose images are damaged on disk before the
+    resume: ckq-run refuses them (tree hash), the controller fails that checkpoint, and the job resumes
+    from the newest periodic one instead — still with its memory: same nonce, same final digest."""
+    kube, ns = real_kube, real_ns
+    cq = _queue(kube, ns, "2")
+    try:
+        kube.create("checkpointablejobs", real_job("fragile", "main", pods=1, cpu="1",
+                                                   checkpoint={"interval": "6s", "retain": 3}), ns)
+        kube.wait_phase(ns, "fragile", "Running", timeout=120)
+        pod = kube.wait("the first pod", lambda: _only_pod(kube, ns, "fragile", "1"), timeout=30)
+        nonce = kube.wait("the nonce", lambda: _nonce_of(kube, ns, pod.metadata.name), timeout=60)
+        kube.wait("a periodic checkpoint", lambda: int((kube.job(ns, "fragile").get("status") or {}).get(
+            "checkpoints") or 0) >= 1, timeout=60)
+        kube.create("checkpointablejobs", real_job("urgent", "main", pods=1, cpu="2", priority=100,
+                                                   script="import time; time.sleep(4)"), ns)
+        suspended = kube.wait_phase(ns, "fragile", "Suspended", timeout=180)["status"]
+        bad = kube.get("checkpoints", suspended["lastCheckpoint"]["name"], ns)
+        assert bad["spec"]["reason"] == "Preemption"
+        for art in bad["status"]["artifacts"]:
+            images = Path(art["uri"].removeprefix("file://")) / "images"
+            assert images.is_dir() and Path(real_cluster.state.store) in images.parents
+            victim = max((p for p in images.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+            data = bytearray(victim.read_bytes())
+            data[len(data) // 2] ^= 0xFF  # one flipped byte in the largest image file
+            victim.write_bytes(bytes(data))
+        done = kube.wait_phase(ns, "fragile", "Succeeded", timeout=300)["status"]
+        assert kube.get("checkpoints", bad["metadata"]["name"], ns)["status"]["phase"] == "Failed"
+        assert done.get("lostRunTimeSeconds", 0) > 0  # the progress after the periodic checkpoint, counted
+        last = max((p for p in kube.pods(ns, "fragile")), key=lambda p: int(p.metadata.labels["ckq.io/attempt"]))
+        assert _final_of(kube, ns, last.metadata.name) == (nonce, expected_digest(nonce))
+    finally:
+        kube.delete("clusterqueues", cq)
