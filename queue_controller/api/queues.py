@@ -301,6 +301,9 @@ class QueueStatus(ApiModel):
     """Jobs holding quota (admitted, running, checkpointing or restoring)."""
     suspended_workloads: Annotated[int, Field(ge=0)] = 0
     """Jobs checkpointed and waiting to resume (preempted or suspended by the user)."""
+    checkpoint_bytes: Annotated[int, Field(ge=0)] = 0
+    """Bytes of checkpoint images this queue's jobs keep in the store (their retained, completed
+    Checkpoints; simulated ones count their modelled size)."""
     flavors_usage: Annotated[list[FlavorUsage], Field(max_length=MAX_RESOURCE_GROUPS * MAX_FLAVORS)] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},

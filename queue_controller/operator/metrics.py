@@ -21,6 +21,9 @@ CHECKPOINT_SIZE = Histogram(
     buckets=tuple(float(2**k) for k in range(20, 41, 2)), registry=REGISTRY)
 CHECKPOINT_FAILURES = Counter("ckq_checkpoint_failures_total", "Checkpoints that failed or timed out.",
                               ["reason"], registry=REGISTRY)
+CHECKPOINT_BYTES = Gauge("ckq_cluster_queue_checkpoint_bytes",
+                         "Bytes of checkpoint images the ClusterQueue's jobs keep (retained, completed).",
+                         ["cluster_queue"], registry=REGISTRY)
 QUOTA_USAGE = Gauge("ckq_cluster_queue_usage", "Quota in use per ClusterQueue, flavor and resource (units).",
                     ["cluster_queue", "flavor", "resource"], registry=REGISTRY)
 LOST_RUNTIME = Counter("ckq_lost_run_time_seconds_total",

@@ -112,19 +112,30 @@ class Waiting:
                 self.writer.event(job, MODE_CONDITION, message, now, warning=True)
         await self.writer.bounded(writes)
 
+    def _checkpoint_bytes(self) -> dict[str, int]:
+        """Bytes kept per job: the sizes of its Completed Checkpoints (retention deletes the others)."""
+        out: dict[str, int] = {}
+        for c in self.cache.checkpoints.values():
+            if c.status.get("phase") == "Completed":
+                key = f"{c.namespace}/{c.job}"
+                out[key] = out.get(key, 0) + int(c.status.get("sizeBytes") or 0)
+        return out
+
     async def publish_queues(self, snap: Snapshot) -> None:
         """Counts and usage on every ClusterQueue and LocalQueue (written only when they change)."""
-        by_cq = _tally(snap.jobs, lambda j: j.cluster_queue)
+        stored = self._checkpoint_bytes()
+        by_cq = _tally(snap.jobs, lambda j: j.cluster_queue, stored)
 
         def local_queue(j: Job) -> str | None:
             rec = self.cache.jobs.get(j.key)
             return f"{rec.namespace}/{rec.spec.queue_name}" if rec is not None and rec.spec is not None else None
 
-        by_lq = _tally(snap.jobs, local_queue)
+        by_lq = _tally(snap.jobs, local_queue, stored)
         for name in self.cache.cluster_queues:
             tally = by_cq.get(name, _Tally())
             for state, n in tally.counts.items():
                 metrics.JOBS.labels(name, state).set(n)
+            metrics.CHECKPOINT_BYTES.labels(name).set(tally.checkpoint_bytes)
             for (flavor, res), q in tally.usage.items():
                 metrics.QUOTA_USAGE.labels(name, flavor, res).set(q / 1000)
             await self.writer.queue(None, name, tally.status(ClusterQueueStatusPatch))
@@ -136,6 +147,7 @@ class Waiting:
 class _Tally:
     counts: dict[str, int] = field(default_factory=lambda: {"pending": 0, "admitted": 0, "suspended": 0})
     usage: dict[tuple[str, str], int] = field(default_factory=dict)  # (flavor, resource) -> milli
+    checkpoint_bytes: int = 0
 
     def status(self, kind: type[Q]) -> Q:
         """The queue status: counts, and usage per flavor and resource."""
@@ -143,18 +155,20 @@ class _Tally:
         for (flavor, res), q in sorted(self.usage.items()):
             flavors.setdefault(flavor, []).append(ResourceUsage(name=res, total=_fmt(res, q)))
         return kind(pending_workloads=self.counts["pending"], admitted_workloads=self.counts["admitted"],
-                    suspended_workloads=self.counts["suspended"],
+                    suspended_workloads=self.counts["suspended"], checkpoint_bytes=self.checkpoint_bytes,
                     flavors_usage=[FlavorUsage(name=f, resources=rs) for f, rs in flavors.items()])
 
 
-def _tally(jobs: Iterable[Job], key: Callable[[Job], str | None]) -> dict[str, _Tally]:
-    """Jobs per state and quota in use, grouped by `key` (a queue name)."""
+def _tally(jobs: Iterable[Job], key: Callable[[Job], str | None],
+           stored: Mapping[str, int] | None = None) -> dict[str, _Tally]:
+    """Jobs per state, quota in use and checkpoint bytes kept, grouped by `key` (a queue name)."""
     out: dict[str, _Tally] = {}
     for j in jobs:
         k = key(j)
         if k is None:
             continue
         t = out.setdefault(k, _Tally())
+        t.checkpoint_bytes += (stored or {}).get(j.key, 0)
         if j.state is JobState.ADMITTED:
             t.counts["admitted"] += 1
             reqs = {ps.name: ps.requests for ps in j.pod_sets}

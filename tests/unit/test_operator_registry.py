@@ -543,3 +543,21 @@ def test_a_restore_ckq_run_refuses_fails_that_checkpoint_and_falls_back() -> Non
         assert "--restore" not in third[0]["spec"]["containers"][0]["command"]  # the only checkpoint is gone
 
     run(scenario)
+
+
+def test_queues_report_the_checkpoint_bytes_their_jobs_keep() -> None:
+    async def scenario() -> None:
+        w = make_world("iass", kind="real", config=CONFIG)
+        w.submit("train", pods=1, gpus=4, **CRIU)
+        await running(w, "train")
+        w.submit("urgent", priority=100, gpus=8, mode="None")
+        await w.cycle(10)
+        (ckpt,) = w.server.checkpoints("train")
+        w.server.exit_pods("train", 75)
+        agent_dumps(w, ckpt["metadata"]["name"], "train", size=3000)
+        await w.cycle(1)
+        await w.cycle(1)
+        assert w.server.get("clusterqueues", "cq", namespace=None)["status"]["checkpointBytes"] == 3000
+        assert w.server.get("localqueues", "main")["status"]["checkpointBytes"] == 3000
+
+    run(scenario)
