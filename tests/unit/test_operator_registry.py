@@ -508,20 +508,25 @@ def test_pods_on_kwok_nodes_are_deleted_at_once() -> None:
     run(scenario)
 
 
+async def suspended_by_criu(size: int) -> tuple[World, str]:
+    """A CRIU job "train" preempted by "urgent", dumped by the agents (`size` bytes): Suspended."""
+    w = make_world("iass", kind="real", config=CONFIG)
+    w.submit("train", pods=1, gpus=4, **CRIU)
+    await running(w, "train")
+    w.submit("urgent", priority=100, gpus=8, mode="None")
+    await w.cycle(10)
+    (ckpt,) = w.server.checkpoints("train")
+    w.server.exit_pods("train", 75)
+    agent_dumps(w, ckpt["metadata"]["name"], "train", size=size)
+    await w.cycle(1)
+    return w, str(ckpt["metadata"]["name"])
+
+
 def test_a_restore_ckq_run_refuses_fails_that_checkpoint_and_falls_back() -> None:
     """ckq-run verifies a checkpoint's images before it restores anything and exits 69 when they are
     corrupt: the job must not restart from the same checkpoint again, but from the one before it."""
     async def scenario() -> None:
-        w = make_world("iass", kind="real", config=CONFIG)
-        w.submit("train", pods=1, gpus=4, **CRIU)
-        await running(w, "train")
-        w.submit("urgent", priority=100, gpus=8, mode="None")
-        await w.cycle(10)
-        (ckpt,) = w.server.checkpoints("train")
-        name = ckpt["metadata"]["name"]
-        w.server.exit_pods("train", 75)
-        agent_dumps(w, name, "train", size=3000)
-        await w.cycle(1)
+        w, name = await suspended_by_criu(size=3000)
         assert w.phase("train") == "Suspended"
         await running(w, "urgent")
         w.server.finish_pods("urgent")
@@ -547,15 +552,7 @@ def test_a_restore_ckq_run_refuses_fails_that_checkpoint_and_falls_back() -> Non
 
 def test_queues_report_the_checkpoint_bytes_their_jobs_keep() -> None:
     async def scenario() -> None:
-        w = make_world("iass", kind="real", config=CONFIG)
-        w.submit("train", pods=1, gpus=4, **CRIU)
-        await running(w, "train")
-        w.submit("urgent", priority=100, gpus=8, mode="None")
-        await w.cycle(10)
-        (ckpt,) = w.server.checkpoints("train")
-        w.server.exit_pods("train", 75)
-        agent_dumps(w, ckpt["metadata"]["name"], "train", size=3000)
-        await w.cycle(1)
+        w, _ = await suspended_by_criu(size=3000)
         await w.cycle(1)
         assert w.server.get("clusterqueues", "cq", namespace=None)["status"]["checkpointBytes"] == 3000
         assert w.server.get("localqueues", "main")["status"]["checkpointBytes"] == 3000
