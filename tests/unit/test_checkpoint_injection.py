@@ -143,10 +143,11 @@ def test_the_wrapped_command_and_the_exit_code_match_the_runtime() -> None:
 
 
 def test_the_constants_match_the_runtime_image_builder() -> None:
-    try:
-        image = importlib.import_module("queue_controller.devcluster.runtime_image")
-    except ModuleNotFoundError:
-        pytest.skip("devcluster/runtime_image.py is not on this branch yet (it comes with the runtime image)")
+    """The controller owns copies (it must not import devcluster); they must not drift from the builder."""
+    from queue_controller.runtime.supervisor import EXIT_SETUP
+
+    image = importlib.import_module("queue_controller.devcluster.runtime_image")
+    assert injection.EXIT_RESTORE_REFUSED == EXIT_SETUP
     assert list(injection.INSTALL_COMMAND) == image.INSTALL_COMMAND
     assert (injection.IMAGE_ROOT, injection.INSTALL_PATH, injection.RUNTIME_MOUNT, injection.CKQ_RUN) == (
         image.IMAGE_ROOT, image.INSTALL_PATH, image.MOUNT_PATH, image.CKQ_RUN)
