@@ -264,13 +264,7 @@ def test_criu_preemption_checkpoint_through_the_agents_grace_zero_and_restore() 
 
 def test_a_failure_reported_by_an_agent_follows_the_policy_and_is_acknowledged() -> None:
     async def scenario() -> None:
-        w = make_world("iass", kind="real", config=CONFIG)
-        w.submit("train", **CRIU)
-        await running(w, "train")
-        w.submit("urgent", priority=100, mode="None")
-        await w.cycle(10)
-        (ckpt,) = w.server.checkpoints("train")
-        name = ckpt["metadata"]["name"]
+        w, name = await checkpointing_criu()
         w.server.patch_checkpoint(name, {"phase": "Failed", "message": "n0: CRIU dump failed: see dump.log"})
         await w.cycle(1)
         st = w.server.get("checkpoints", name)["status"]
@@ -379,13 +373,7 @@ def test_pods_an_admitted_job_still_needs_are_refused_when_its_backend_went_away
 
 def test_a_restarted_controller_applies_a_result_written_before_it_died() -> None:
     async def scenario() -> None:
-        w = make_world("iass", kind="real", config=CONFIG)
-        w.submit("train", **CRIU)
-        await running(w, "train")
-        w.submit("urgent", priority=100, mode="None")
-        await w.cycle(10)
-        (ckpt,) = w.server.checkpoints("train")
-        name = ckpt["metadata"]["name"]
+        w, name = await checkpointing_criu()
         # The old controller wrote Completed and died before suspending the job.
         agent_dumps(w, name, "train")
         w.server.patch_checkpoint(name, {"phase": "Completed", "completionTime": "2026-09-21T00:00:30Z",
@@ -508,18 +496,24 @@ def test_pods_on_kwok_nodes_are_deleted_at_once() -> None:
     run(scenario)
 
 
-async def suspended_by_criu(size: int) -> tuple[World, str]:
-    """A CRIU job "train" preempted by "urgent", dumped by the agents (`size` bytes): Suspended."""
+async def checkpointing_criu(**job: Any) -> tuple[World, str]:
+    """A CRIU job "train" on a real node being checkpointed for "urgent": the Checkpoint's name."""
     w = make_world("iass", kind="real", config=CONFIG)
-    w.submit("train", pods=1, gpus=4, **CRIU)
+    w.submit("train", **{**CRIU, **job})
     await running(w, "train")
-    w.submit("urgent", priority=100, gpus=8, mode="None")
+    w.submit("urgent", priority=100, **({"gpus": 8} if job else {}), mode="None")
     await w.cycle(10)
     (ckpt,) = w.server.checkpoints("train")
-    w.server.exit_pods("train", 75)
-    agent_dumps(w, ckpt["metadata"]["name"], "train", size=size)
-    await w.cycle(1)
     return w, str(ckpt["metadata"]["name"])
+
+
+async def suspended_by_criu(size: int) -> tuple[World, str]:
+    """A CRIU job "train" preempted by "urgent", dumped by the agents (`size` bytes): Suspended."""
+    w, name = await checkpointing_criu(pods=1, gpus=4)
+    w.server.exit_pods("train", 75)
+    agent_dumps(w, name, "train", size=size)
+    await w.cycle(1)
+    return w, name
 
 
 def test_a_restore_ckq_run_refuses_fails_that_checkpoint_and_falls_back() -> None:
