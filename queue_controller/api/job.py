@@ -273,10 +273,10 @@ class CheckpointableJobStatus(ApiModel):
     """Times the job was restarted after a failure."""
     run_time_seconds: Annotated[float, Field(ge=0)] = 0.0
     """Run time accumulated over all runs (work not lost to failures)."""
-    queue_position: Annotated[int | None, Field(ge=0)] = None
-    """Position in its ClusterQueue while pending (1 = head)."""
     pending_reason: Annotated[str | None, Field(max_length=64)] = None
-    """Why it is not running, e.g. `InsufficientQuota`, `WaitingForPreemption`, `ReservedStart`."""
+    """Why it is not running, e.g. `InsufficientQuota`, `WaitingForPreemption`, `ReservedStart`. Written
+    when the job starts waiting and when the reason changes (a change between contention reasons at most
+    every 30 s); its position in the queue is not stored but served on demand (`ckq pending`)."""
     message: Annotated[str | None, Field(max_length=32768)] = None
     """Human-readable state, e.g. why it is pending."""
     attempt: Annotated[int, Field(ge=0)] = 0

@@ -292,6 +292,24 @@ class FlavorUsage(ApiModel):
     """Per-resource usage."""
 
 
+MAX_PENDING_HEAD = 10
+
+
+class PendingJob(ApiModel):
+    """One of the first waiting jobs of a queue, in queue order, with why it waits."""
+
+    namespace: Annotated[str, Field(max_length=63)]
+    name: Annotated[str, Field(max_length=253)]
+    priority: int = 0
+    position: Annotated[int, Field(ge=1)]
+    """1 = the head of the ClusterQueue."""
+    local_queue_position: Annotated[int | None, Field(ge=1)] = None
+    """1 = the head of its LocalQueue."""
+    reason: Annotated[str, Field(max_length=64)]
+    """The engine's reason, e.g. `InsufficientQuota`, `WaitingForPreemption`, `ReservedStart`."""
+    message: Annotated[str, Field(max_length=1024)] = ""
+
+
 class QueueStatus(ApiModel):
     """Counts, usage and conditions; written by the controller."""
 
@@ -309,6 +327,9 @@ class QueueStatus(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     """Quota in use per flavor and resource."""
+    pending_jobs: Annotated[list[PendingJob], Field(max_length=MAX_PENDING_HEAD)] = Field(default_factory=list)
+    """The first waiting jobs in queue order (at most 10), each with its position and reason. A sample,
+    refreshed at most every few seconds; the whole ordered list is served on demand (`ckq pending`)."""
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
         default_factory=list, json_schema_extra=CONDITIONS_SCHEMA_EXTRA
     )

@@ -50,14 +50,14 @@ def admitted(job: JobRecord, action: Admit | Resume, now: float, priority: int |
         changes[MODE_CONDITION] = checkpoints
     patch = JobStatusPatch(
         phase="Restoring" if resume else "Admitted", admission=admission,
-        attempt=int(job.status.get("attempt") or 0) + 1, run_start_time=None, queue_position=None,
+        attempt=int(job.status.get("attempt") or 0) + 1, run_start_time=None,
         pending_reason=None, message=msg, priority=priority, conditions=job_conditions(job.status, changes, now))
     return patch, verb, msg
 
 
 def refused(job: JobRecord, reason: str, message: str, now: float) -> JobStatusPatch:
     """The status of a job whose placement its checkpoint mode cannot serve: it keeps waiting, saying why."""
-    patch = JobStatusPatch(pending_reason=MODE_CONDITION, message=message, queue_position=None,
+    patch = JobStatusPatch(pending_reason=MODE_CONDITION, message=message,
                            conditions=job_conditions(job.status, {
                                MODE_CONDITION: ("True", reason, message),
                                "QuotaReserved": ("False", MODE_CONDITION, message)}, now))

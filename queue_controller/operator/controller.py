@@ -14,7 +14,7 @@ cache and carries on without creating anything twice. The steps live in their ow
     checkpoints.py  the Checkpoint object's lifecycle
     jobs.py         the job lifecycle: pods running, finished, failed; nodes lost; user suspend
     runs.py         a run's pods, started and stopped, and the requeue
-    waiting.py      waiting jobs' reasons and positions, queue status
+    waiting.py      waiting jobs' reasons, queue status and the head of each queue
     backends.py     the backend registry: each job's checkpoint backend, or why none can serve it
     settings.py     the cluster's checkpoint settings (the ConfigMap ckq-system/ckq-config)
 """
@@ -115,7 +115,7 @@ class Controller:
         # Each decision concerns a different job, so they are carried out concurrently (bounded).
         await self.writer.bounded([self.actuators.act(a, now, priorities) for a in decisions.actions])
         await self.waiting.publish(decisions, unqueued, now, priorities)
-        await self.waiting.publish_queues(snap)
+        await self.waiting.publish_queues(snap, decisions, now, priorities)
         self.next_wakeup = self._wakeup(decisions, now, bool(unqueued.refused))
         self.cycles += 1
         self.last_cycle_at = now
@@ -134,4 +134,7 @@ class Controller:
         if refused:
             due = max(self.settings.next_refresh(), now + POLL_S)
             wake = min(wake or due, due)
+        held = self.waiting.take_due(now)  # a queue status the rate limit held back
+        if held is not None:
+            wake = min(wake or held, held)
         return wake

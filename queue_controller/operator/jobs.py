@@ -29,7 +29,7 @@ USER_SUSPEND: tuple[ConditionStatus, str, str] = ("True", "SuspendedByUser", "sp
 
 def suspended_by_user(job: JobRecord, now: float) -> JobStatusPatch:
     """A waiting job its user suspended: out of the queue until `spec.suspend` is false again."""
-    return JobStatusPatch(phase="Suspended", message="suspended by its user", queue_position=None,
+    return JobStatusPatch(phase="Suspended", message="suspended by its user",
                           pending_reason=None,
                           conditions=job_conditions(job.status, {"Suspended": USER_SUSPEND}, now))
 
@@ -147,7 +147,11 @@ class JobLifecycle:
         if all(p.phase == "Succeeded" for p in pods.values()):
             patch, total = succeeded(job, pods.values(), now)
             await self.writer.job(job, patch)
-            self.writer.event(job, "Succeeded", f"all pods succeeded after {total:.0f}s of run time", now)
+            if int(job.status.get("attempt") or 0) > 1:
+                # The common path (admitted once, ran, succeeded) is told by its conditions and the
+                # Admitted Event; one Event more per job is an API write per job at scale. A job that
+                # was preempted, suspended or restarted has a story its Events tell, and its end is part.
+                self.writer.event(job, "Succeeded", f"all pods succeeded after {total:.0f}s of run time", now)
         elif phase in STARTING_PHASES and all(p.phase in ("Running", "Succeeded") for p in pods.values()):
             placed = self.runs.backends.resolve(job, expected.values())
             await self.writer.job(job, running(job, pods.values(), now, placed.message if placed.available else ""))

@@ -129,19 +129,31 @@ class StatusWriter:
             return self.cache.upsert_checkpoint(body)
         return self.cache.checkpoints.get(ckpt.key, ckpt)
 
+    def _queue_key(self, namespace: str | None, name: str) -> str:
+        kind = ClusterQueue if namespace is None else LocalQueue
+        return f"{kind.PLURAL}/{namespace or ''}/{name}"
+
+    def queue_changed(self, namespace: str | None, name: str,
+                      patch: ClusterQueueStatusPatch | LocalQueueStatusPatch) -> bool:
+        """Whether the queue's status differs from what was last written."""
+        return self._queue_status.get(self._queue_key(namespace, name)) != merge_patch(patch)
+
     async def queue(self, namespace: str | None, name: str,
-                    patch: ClusterQueueStatusPatch | LocalQueueStatusPatch) -> None:
-        """Write a ClusterQueue's (namespace None) or LocalQueue's status, only when it changed."""
+                    patch: ClusterQueueStatusPatch | LocalQueueStatusPatch) -> bool:
+        """Write a ClusterQueue's (namespace None) or LocalQueue's status, only when it changed; whether
+        it was written."""
         kind = ClusterQueue if namespace is None else LocalQueue
         status = merge_patch(patch)
-        key = f"{kind.PLURAL}/{namespace or ''}/{name}"
+        key = self._queue_key(namespace, name)
         if self._queue_status.get(key) == status:
-            return
+            return False
         try:
             await self.kube.patch_status(kind, namespace, name, status)
             self._queue_status[key] = status
+            return True
         except ApiError as e:
             log.warning("%s %s status not written: %s", kind.KIND, name, e)
+            return False
 
     def event(self, job: JobRecord, reason: str, message: str, now: float, warning: bool = False) -> None:
         """Record a Kubernetes Event about the job, in the background."""

@@ -1,23 +1,42 @@
-"""Waiting and queue status: why each waiting job waits and where it stands, and what each queue holds.
+"""Waiting and queue status: why each waiting job waits, and what each queue holds.
 
-Every waiting job carries the engine's reason (`pendingReason`), its `queuePosition` and a message; a
-job the engine never sees (its LocalQueue or PriorityClass is missing, its spec is invalid, its
-namespace is not admitted) carries the reason it is not queued. Positions move with every admission,
-so a job's status is rewritten only when its reason or message changes, or when its position changed
-and at least POSITION_REFRESH_S passed since its last write. ClusterQueues and LocalQueues carry their
-counts and the quota in use, written only when they change.
+A queue controller with thousands of jobs waiting must not write each of them every cycle: a cycle that
+admits one job moves every position behind it, and rewriting them made the API writes per job grow
+with the backlog (O(pending) per cycle). So a waiting job's status is written when something its user
+acts on changes, and not its position:
+
+- when it starts waiting (phase `Pending`, `queuedTime`, the `QuotaReserved=False` condition and the
+  engine's reason);
+- when its reason changes. Reasons of contention (quota, capacity, a reservation, a preemption under
+  way, StrictFIFO, backfill) move with every admission around the job; a change among them is written at
+  most every REASON_REFRESH_S, and a change of their message alone (e.g. a reserved start moving) not at
+  all. A reason that asks the user to act (a missing queue, an invalid spec, a job that can never fit, a
+  checkpoint mode no backend serves) is written at once, message included.
+
+Positions and the ordered pending list are served on demand, as Kueue's visibility API serves them:
+`ckq pending CQ` orders the queue's waiting jobs the engine's way when asked, and each ClusterQueue and
+LocalQueue carries a bounded head of its queue (the first MAX_PENDING_HEAD jobs with their position and
+the engine's current reason, message included) in `status.pendingJobs`.
+
+Queue status (counts, usage, the head) is written at most every QUEUE_STATUS_INTERVAL_S per queue and
+only when it changed: O(queues), not O(jobs). Usage counts the jobs this cycle admitted, so a queue of
+jobs shorter than a cycle does not read empty; the metrics are set every cycle, and a series whose
+usage went away is set to 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from prometheus_client import Gauge
+
 from queue_controller.api.common import ConditionStatus
 from queue_controller.api.quantity import format_milli
-from queue_controller.api.queues import FlavorUsage, QueueStatus, ResourceUsage
-from queue_controller.engine import Decisions, Job, JobState, Snapshot
+from queue_controller.api.queues import MAX_PENDING_HEAD, FlavorUsage, PendingJob, QueueStatus, ResourceUsage
+from queue_controller.engine import Admit, Decisions, Job, JobState, PendingReason, PodSetPlacement, Resume, Snapshot
 from queue_controller.operator import metrics
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.records import JobRecord
@@ -32,15 +51,31 @@ from queue_controller.operator.status import (
 from queue_controller.wire import WAITING_PHASES, to_datetime
 
 Q = TypeVar("Q", bound=QueueStatus)
-POSITION_REFRESH_S = 10.0  # queue positions are rewritten at most this often per job
+REASON_REFRESH_S = 30.0  # a change between contention reasons is written at most this often per job
+QUEUE_STATUS_INTERVAL_S = 2.0  # each queue's status is written at most this often
+# Reasons that move with every admission around a job: nothing for its user to act on.
+CONTENTION = frozenset(str(r) for r in (
+    PendingReason.QUOTA, PendingReason.CAPACITY, PendingReason.STRICT_FIFO, PendingReason.WAITING_FOR_PREEMPTION,
+    PendingReason.RESERVATION, PendingReason.BACKFILL_BLOCKED))
 
 
 @dataclass(slots=True)
 class _Published:
     reason: str
     message: str
-    position: int | None
     at: float
+
+
+def needs_write(stored_reason: str | None, stored_message: str | None, last: _Published | None,
+                reason: str, message: str, now: float) -> bool:
+    """Whether a waiting job's status must be written: its reason (or, for a reason its user acts on,
+    its message) differs from what is stored, and for a change between contention reasons, at least
+    REASON_REFRESH_S passed since this controller last wrote it."""
+    if stored_reason == reason and (reason in CONTENTION or stored_message == message):
+        return False
+    if last is None or reason not in CONTENTION or last.reason not in CONTENTION:
+        return True
+    return now - last.at >= REASON_REFRESH_S
 
 
 def mode_condition(job: JobRecord, refused: str | None, message: str) -> tuple[ConditionStatus, str, str] | None:
@@ -55,15 +90,15 @@ def mode_condition(job: JobRecord, refused: str | None, message: str) -> tuple[C
     return None
 
 
-def waiting(job: JobRecord, reason: str, message: str, position: int | None, priority: int | None,
-            now: float, refused: str | None = None) -> JobStatusPatch:
-    """The status of a job that waits for `reason`, at `position` in its queue (None: not queued);
-    `refused`: the reason its checkpoint mode cannot be served (the CheckpointModeUnavailable condition)."""
+def waiting(job: JobRecord, reason: str, message: str, priority: int | None, now: float,
+            refused: str | None = None) -> JobStatusPatch:
+    """The status of a job that waits for `reason`; `refused`: the reason its checkpoint mode cannot be
+    served (the CheckpointModeUnavailable condition)."""
     changes: dict[str, tuple[ConditionStatus, str, str]] = {"QuotaReserved": ("False", reason, message)}
     mode = mode_condition(job, refused, message)
     if mode is not None:
         changes[MODE_CONDITION] = mode
-    patch = JobStatusPatch(pending_reason=reason, queue_position=position, message=message,
+    patch = JobStatusPatch(pending_reason=reason, message=message,
                            conditions=job_conditions(job.status, changes, now))
     if priority is not None:
         patch.priority = priority
@@ -79,6 +114,9 @@ class Waiting:
         self.cache = cache
         self.writer = writer
         self._published: dict[str, _Published] = {}
+        self._queue_written: dict[str, float] = {}  # queue key -> when its status was last written
+        self._usage_series: dict[str, set[tuple[str, str]]] = {}  # ClusterQueue -> (flavor, resource) set
+        self.due: float | None = None  # when a queue status held back by the rate limit may be written
 
     def forget(self, key: str) -> None:
         """The job left the queue (admitted, suspended): its next wait is written afresh."""
@@ -86,31 +124,28 @@ class Waiting:
 
     async def publish(self, decisions: Decisions, unqueued: Unqueued, now: float,
                       priorities: Mapping[str, int]) -> None:
-        """Write the status of every waiting job whose reason, message or position moved."""
-        items: list[tuple[str, str, str, int | None]] = [
-            (w.job, str(w.reason), w.message, w.position) for w in decisions.waiting.values()
-        ] + [(key, reason, message, None) for key, (reason, message) in unqueued.reasons.items()]
+        """Write the status of every waiting job whose wait changed in a way its user acts on."""
+        items: list[tuple[str, str, str]] = [
+            (w.job, str(w.reason), w.message) for w in decisions.waiting.values()
+        ] + [(key, reason, message) for key, (reason, message) in unqueued.reasons.items()]
         refused = unqueued.refused
         writes = []
-        for key, reason, message, position in items:
+        for key, reason, message in items:
             job = self.cache.jobs.get(key)
             if job is None:
                 continue
-            last = self._published.get(key)
-            same = (job.status.get("pendingReason") == reason and job.status.get("queuePosition") == position
-                    and job.status.get("message") == message and job.status.get("phase") in WAITING_PHASES)
-            if last is None and same:
-                self._published[key] = _Published(reason, message, position, now)
+            status = job.status
+            if status.get("phase") in WAITING_PHASES and not needs_write(
+                    status.get("pendingReason"), status.get("message"), self._published.get(key), reason, message, now):
                 continue
-            if last is not None and last.reason == reason and last.message == message and (
-                    last.position == position or now - last.at < POSITION_REFRESH_S):
-                continue
-            self._published[key] = _Published(reason, message, position, now)
-            writes.append(self.writer.job(job, waiting(job, reason, message, position, priorities.get(key), now,
+            self._published[key] = _Published(reason, message, now)
+            writes.append(self.writer.job(job, waiting(job, reason, message, priorities.get(key), now,
                                                        refused.get(key))))
             if key in refused:
                 self.writer.event(job, MODE_CONDITION, message, now, warning=True)
         await self.writer.bounded(writes)
+        if len(self._published) > 2 * len(self.cache.jobs) + 64:  # jobs deleted while waiting
+            self._published = {k: v for k, v in self._published.items() if k in self.cache.jobs}
 
     def _checkpoint_bytes(self) -> dict[str, int]:
         """Bytes kept per job: the sizes of its Completed Checkpoints (retention deletes the others)."""
@@ -121,26 +156,101 @@ class Waiting:
                 out[key] = out.get(key, 0) + int(c.status.get("sizeBytes") or 0)
         return out
 
-    async def publish_queues(self, snap: Snapshot) -> None:
-        """Counts and usage on every ClusterQueue and LocalQueue (written only when they change)."""
+    def _local_queue(self, key: str) -> str | None:
+        rec = self.cache.jobs.get(key)
+        return f"{rec.namespace}/{rec.spec.queue_name}" if rec is not None and rec.spec is not None else None
+
+    async def publish_queues(self, snap: Snapshot, decisions: Decisions | None = None, now: float = 0.0,
+                             priorities: Mapping[str, int] | None = None) -> None:
+        """Counts, usage and the head of every ClusterQueue and LocalQueue: metrics every cycle; status
+        when it changed, at most every QUEUE_STATUS_INTERVAL_S per queue. `decisions`: this cycle's, whose
+        admissions count as quota in use already (their jobs may finish before the next cycle)."""
         stored = self._checkpoint_bytes()
-        by_cq = _tally(snap.jobs, lambda j: j.cluster_queue, stored)
-
-        def local_queue(j: Job) -> str | None:
-            rec = self.cache.jobs.get(j.key)
-            return f"{rec.namespace}/{rec.spec.queue_name}" if rec is not None and rec.spec is not None else None
-
-        by_lq = _tally(snap.jobs, local_queue, stored)
+        admitted = {a.job: a.placement for a in (decisions.actions if decisions is not None else ())
+                    if isinstance(a, Admit | Resume)}
+        by_cq = _tally(snap.jobs, lambda j: j.cluster_queue, stored, admitted)
+        by_lq = _tally(snap.jobs, lambda j: self._local_queue(j.key), stored, admitted)
+        heads_cq, heads_lq = self._heads(decisions, priorities or {})
         for name in self.cache.cluster_queues:
             tally = by_cq.get(name, _Tally())
-            for state, n in tally.counts.items():
-                metrics.JOBS.labels(name, state).set(n)
-            metrics.CHECKPOINT_BYTES.labels(name).set(tally.checkpoint_bytes)
-            for (flavor, res), q in tally.usage.items():
-                metrics.QUOTA_USAGE.labels(name, flavor, res).set(q / 1000)
-            await self.writer.queue(None, name, tally.status(ClusterQueueStatusPatch))
+            self._metrics(name, tally)
+            patch = tally.status(ClusterQueueStatusPatch)
+            patch.pending_jobs = heads_cq.get(name, [])
+            await self._write_queue(None, name, patch, now)
+        for gone in set(self._usage_series) - set(self.cache.cluster_queues):
+            self._forget_metrics(gone)
         for key, lq in self.cache.local_queues.items():
-            await self.writer.queue(lq.namespace, lq.name, by_lq.get(key, _Tally()).status(LocalQueueStatusPatch))
+            patch_lq = by_lq.get(key, _Tally()).status(LocalQueueStatusPatch)
+            patch_lq.pending_jobs = heads_lq.get(key, [])
+            await self._write_queue(lq.namespace, lq.name, patch_lq, now)
+
+    def _heads(self, decisions: Decisions | None, priorities: Mapping[str, int]
+               ) -> tuple[dict[str, list[PendingJob]], dict[str, list[PendingJob]]]:
+        """The first MAX_PENDING_HEAD waiting jobs of each ClusterQueue and LocalQueue, in queue order."""
+        by_cq: dict[str, list[PendingJob]] = {}
+        by_lq: dict[str, list[PendingJob]] = {}
+        lq_count: dict[str, int] = {}
+        if decisions is None:
+            return by_cq, by_lq
+        for w in sorted(decisions.waiting.values(), key=lambda w: w.position):
+            rec = self.cache.jobs.get(w.job)
+            lq = self._local_queue(w.job)
+            if rec is None or lq is None or rec.spec is None:
+                continue
+            lq_count[lq] = lq_pos = lq_count.get(lq, 0) + 1
+            cq = self.cache.local_queues[lq].cluster_queue if lq in self.cache.local_queues else None
+            cq_head = by_cq.setdefault(cq, []) if cq is not None else []
+            lq_head = by_lq.setdefault(lq, [])
+            if len(cq_head) >= MAX_PENDING_HEAD and len(lq_head) >= MAX_PENDING_HEAD:
+                continue
+            entry = PendingJob(namespace=rec.namespace, name=rec.name, priority=priorities.get(w.job, 0),
+                               position=w.position, local_queue_position=lq_pos, reason=str(w.reason),
+                               message=w.message[:1024])
+            for head in (cq_head, lq_head):
+                if len(head) < MAX_PENDING_HEAD:
+                    head.append(entry)
+        return by_cq, by_lq
+
+    async def _write_queue(self, namespace: str | None, name: str,
+                           patch: ClusterQueueStatusPatch | LocalQueueStatusPatch, now: float) -> None:
+        key = f"{namespace or ''}/{name}"
+        last = self._queue_written.get(key)
+        if last is not None and now - last < QUEUE_STATUS_INTERVAL_S:
+            if self.writer.queue_changed(namespace, name, patch):
+                due = last + QUEUE_STATUS_INTERVAL_S
+                self.due = due if self.due is None else min(self.due, due)
+            return
+        if await self.writer.queue(namespace, name, patch):
+            self._queue_written[key] = now
+
+    def take_due(self, now: float) -> float | None:
+        """When the next cycle must run to write a queue status held back by the rate limit (None: none is)."""
+        due, self.due = self.due, None
+        return None if due is None else max(due, now)
+
+    def _metrics(self, name: str, tally: _Tally) -> None:
+        for state, n in tally.counts.items():
+            metrics.JOBS.labels(name, state).set(n)
+        metrics.CHECKPOINT_BYTES.labels(name).set(tally.checkpoint_bytes)
+        series = self._usage_series.setdefault(name, set())
+        for flavor, res in series - set(tally.usage):
+            metrics.QUOTA_USAGE.labels(name, flavor, res).set(0)  # the queue gave this back
+        for (flavor, res), q in tally.usage.items():
+            metrics.QUOTA_USAGE.labels(name, flavor, res).set(q / 1000)
+        series.update(tally.usage)
+
+    def _forget_metrics(self, name: str) -> None:
+        """A deleted ClusterQueue's series go away with it."""
+        for flavor, res in self._usage_series.pop(name, set()):
+            metrics.QUOTA_USAGE.remove(name, flavor, res)
+        for state in ("pending", "admitted", "suspended"):
+            _remove(metrics.JOBS, name, state)
+        _remove(metrics.CHECKPOINT_BYTES, name)
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set
+        gauge.remove(*labels)
 
 
 @dataclass(slots=True)
@@ -159,20 +269,23 @@ class _Tally:
                     flavors_usage=[FlavorUsage(name=f, resources=rs) for f, rs in flavors.items()])
 
 
-def _tally(jobs: Iterable[Job], key: Callable[[Job], str | None],
-           stored: Mapping[str, int] | None = None) -> dict[str, _Tally]:
-    """Jobs per state, quota in use and checkpoint bytes kept, grouped by `key` (a queue name)."""
+def _tally(jobs: Iterable[Job], key: Callable[[Job], str | None], stored: Mapping[str, int] | None = None,
+           admitted: Mapping[str, Sequence[PodSetPlacement]] | None = None) -> dict[str, _Tally]:
+    """Jobs per state, quota in use and checkpoint bytes kept, grouped by `key` (a queue name);
+    `admitted`: jobs this cycle admitted, with their placements (the snapshot was taken before)."""
     out: dict[str, _Tally] = {}
+    admitted = admitted or {}
     for j in jobs:
         k = key(j)
         if k is None:
             continue
         t = out.setdefault(k, _Tally())
         t.checkpoint_bytes += (stored or {}).get(j.key, 0)
-        if j.state is JobState.ADMITTED:
+        placement = admitted.get(j.key)
+        if j.state is JobState.ADMITTED or placement is not None:
             t.counts["admitted"] += 1
             reqs = {ps.name: ps.requests for ps in j.pod_sets}
-            for pl in j.placement:
+            for pl in (j.placement if placement is None else placement):
                 for r, q in reqs.get(pl.name, {}).items():
                     t.usage[(pl.flavor, r)] = t.usage.get((pl.flavor, r), 0) + q * len(pl.nodes)
         elif j.checkpoint:

@@ -25,7 +25,6 @@ def test_priority_order_within_quota(kube: Kube, namespace: str, queues: Any, ru
     low = job_status(kube, namespace, "low")
     assert low.get("phase") == "Pending"
     assert low.get("pendingReason") == "InsufficientQuota"
-    assert low.get("queuePosition") == 1
     pods = running_pods(kube, namespace, "high")
     assert len(pods) == 1 and pods[0].spec.node_name  # bound by the real kube-scheduler
     assignment = job_status(kube, namespace, "high")["admission"]["podSetAssignments"][0]
@@ -35,6 +34,8 @@ def test_priority_order_within_quota(kube: Kube, namespace: str, queues: Any, ru
                    if (kube.get("clusterqueues", f"{namespace}-main").get("status") or {}).get("admittedWorkloads")
                    else None)
     assert cq["pendingWorkloads"] == 1 and cq["admittedWorkloads"] == 1
+    # Positions are served on demand; the head of the queue is in its status.
+    assert [(j["name"], j["position"], j["reason"]) for j in cq["pendingJobs"]] == [("low", 1, "InsufficientQuota")]
     gpu = {r["name"]: r["total"] for r in cq["flavorsUsage"][0]["resources"]}["nvidia.com/gpu"]
     assert gpu == "8"
     lq = kube.get("localqueues", "main", namespace).get("status") or {}

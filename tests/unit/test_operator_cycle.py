@@ -15,6 +15,7 @@ from queue_controller.engine import Admit, Policy, Preempt, PreemptMode, Resume
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.controller import Controller
 from queue_controller.operator.main import prime
+from queue_controller.operator.waiting import QUEUE_STATUS_INTERVAL_S
 from queue_controller.policies import load_policy
 from tests.unit.fake_kube import T0, wire_time
 from tests.unit.operator_world import GIB, World, make_world
@@ -303,24 +304,119 @@ def test_waiting_jobs_and_queues_report_why_and_where() -> None:
                         "team")
         await w.cycle()
         assert w.phase("first") == "Admitted"
-        await w.cycle(1)  # the queues' counts of the first cycle were taken before it admitted
-        for name, position in (("second", 1), ("third", 2)):
+        for name in ("second", "third"):
             st = w.server.status(name)
             assert st["phase"] == "Pending" and st["pendingReason"] == "InsufficientQuota"
-            assert st["queuePosition"] == position and st["queuedTime"] == wire_time(T0)
+            assert st["queuedTime"] == wire_time(T0) and "queuePosition" not in st  # positions are on demand
             assert w.server.conditions(name)["QuotaReserved"]["status"] == "False"
         assert w.server.status("lost")["pendingReason"] == "LocalQueueNotFound"
+        # The queues count the job this very cycle admitted: its quota is in use already.
         cq = w.server.get("clusterqueues", "cq", None)["status"]
         assert cq["pendingWorkloads"] == 2 and cq["admittedWorkloads"] == 1
         assert cq["flavorsUsage"] == [{"name": "h100", "resources": [
             {"name": "cpu", "total": "4"}, {"name": "memory", "total": "4Gi"}, {"name": "nvidia.com/gpu",
                                                                               "total": "8"}]}]
+        # The head of the queue, in queue order, with the engine's reason.
+        assert [(j["name"], j["position"], j["localQueuePosition"], j["reason"]) for j in cq["pendingJobs"]] == [
+            ("second", 1, 1, "InsufficientQuota"), ("third", 2, 2, "InsufficientQuota")]
         lq = w.server.get("localqueues", "main")["status"]
         assert lq["pendingWorkloads"] == 2 and lq["admittedWorkloads"] == 1
+        assert [j["name"] for j in lq["pendingJobs"]] == ["second", "third"]
         # Nothing changed: nothing is written again.
         writes = sum(1 for m, _ in w.server.log if m == "PATCH")
         await w.cycle(1)
         assert sum(1 for m, _ in w.server.log if m == "PATCH") == writes
+
+    run(scenario)
+
+
+def _controller_writes(w: World) -> dict[str, int]:
+    """The controller's writes so far by kind: job status, pods, Events, queue status."""
+    out = {"jobs": 0, "pods": 0, "events": 0, "queues": 0}
+    for method, path in w.server.log:
+        if method not in ("POST", "PATCH", "PUT", "DELETE"):
+            continue
+        kind = ("events" if "/events" in path else "pods" if "/pods" in path
+                else "queues" if "queues/" in path else "jobs" if "checkpointablejobs" in path else path)
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("backlog", [5, 40])
+def test_api_writes_per_job_do_not_grow_with_the_backlog(backlog: int) -> None:
+    """A backlog of jobs that run one at a time, each to completion: every job costs the same few writes
+    (waiting, admitted, its pod, running, succeeded, one Event) however many wait behind it — positions
+    that move with every admission are not written (issue 13: O(1) writes per job, not O(pending))."""
+    async def scenario() -> None:
+        w = make_world("kueue")
+        for i in range(backlog):
+            w.submit(f"j{i:02}", priority=i % 3, runtime_s=10)
+            w.clock.advance(0.01)
+        await w.cycle()
+        done = 0
+        for _ in range(4 * backlog):
+            running = [j["metadata"]["name"] for j in w.server.list("checkpointablejobs")
+                       if (j.get("status") or {}).get("phase") in ("Admitted", "Running")]
+            for name in running:
+                if w.phase(name) == "Admitted":
+                    w.server.run_pods(name)
+                else:
+                    w.server.finish_pods(name)
+            await w.cycle(3)
+            done = sum(1 for j in w.server.list("checkpointablejobs") if j["status"].get("phase") == "Succeeded")
+            if done == backlog:
+                break
+        assert done == backlog
+        writes = _controller_writes(w)
+        per_job = (writes["jobs"] + writes["pods"] + writes["events"]) / backlog
+        # Pending, Admitted, Running, Succeeded; the pod; the Admitted Event. The first job never waits.
+        assert writes["jobs"] == 4 * backlog - 1 and writes["pods"] == backlog and writes["events"] == backlog
+        assert per_job <= 6
+        # Queue status: at most one write per queue per QUEUE_STATUS_INTERVAL_S of (fake) time, O(queues).
+        assert writes["queues"] <= 2 * (w.clock.now - T0) / QUEUE_STATUS_INTERVAL_S + 2
+
+    run(scenario)
+
+
+def test_queue_status_written_at_most_every_interval_and_caught_up() -> None:
+    """Counts change every cycle; the status is written at most every QUEUE_STATUS_INTERVAL_S, and the
+    change held back is written by a cycle the controller plans for it."""
+    async def scenario() -> None:
+        w = make_world("kueue", quota_gpus=0)
+        w.submit("a")
+        await w.cycle()
+        assert w.server.get("clusterqueues", "cq", None)["status"]["pendingWorkloads"] == 1
+        w.submit("b")
+        await w.cycle(QUEUE_STATUS_INTERVAL_S / 4)
+        assert w.server.get("clusterqueues", "cq", None)["status"]["pendingWorkloads"] == 1  # held back
+        wake = w.controller.next_wakeup
+        assert wake is not None and wake <= T0 + QUEUE_STATUS_INTERVAL_S
+        await w.cycle(wake - w.clock.now)
+        assert w.server.get("clusterqueues", "cq", None)["status"]["pendingWorkloads"] == 2
+
+    run(scenario)
+
+
+def test_usage_metric_goes_to_zero_when_the_queue_empties_and_goes_away_with_the_queue() -> None:
+    async def scenario() -> None:
+        from queue_controller.operator.metrics import REGISTRY
+
+        def usage() -> float | None:
+            return REGISTRY.get_sample_value("ckq_cluster_queue_usage", {
+                "cluster_queue": "cq", "flavor": "h100", "resource": "nvidia.com/gpu"})
+
+        w = make_world("kueue")
+        w.submit("a", runtime_s=10)
+        await w.cycle()
+        assert usage() == 8
+        w.server.run_pods("a")
+        await w.cycle(1)
+        w.server.finish_pods("a")
+        await w.cycle(10)
+        assert w.phase("a") == "Succeeded" and usage() == 0
+        w.server.delete("clusterqueues", None, "cq")
+        await w.cycle(1)
+        assert usage() is None
 
     run(scenario)
 
