@@ -39,7 +39,7 @@ from queue_controller.operator.kube import Kube
 from queue_controller.operator.records import JobRecord
 from queue_controller.operator.runs import Runs
 from queue_controller.operator.settings import SettingsSource
-from queue_controller.operator.snapshot import build
+from queue_controller.operator.snapshot import JobMemo, build
 from queue_controller.operator.status import StatusWriter
 from queue_controller.operator.waiting import Waiting
 
@@ -65,6 +65,7 @@ class Controller:
         self.on_cycle: Callable[[], None] | None = None
         self.cycles = 0
         self.last_cycle_at = 0.0
+        self.memo = JobMemo()  # waiting jobs' engine records, kept between cycles
         self.job_backends = JobBackends(self.backends["Simulated"], cache, kube, self.settings.current)
         self.writer = StatusWriter(cache, kube)
         self.waiting = Waiting(cache, self.writer)
@@ -109,7 +110,8 @@ class Controller:
             self.job_backends.configure(self.settings.current)
         await self.checkpoints.reconcile(now)
         await self.jobs.reconcile(now)
-        snap, unqueued = build(self.cache, self.estimate, self.job_backends.admissible)
+        snap, unqueued = build(self.cache, self.estimate, self.job_backends.admissible, self.memo,
+                               (self.job_backends.settings, self.cache.present_kinds()))
         priorities = {j.key: j.priority for j in snap.jobs}
         decisions = decide(snap, now, self.policy)
         # Each decision concerns a different job, so they are carried out concurrently (bounded).

@@ -92,9 +92,10 @@ class JobLifecycle:
 
     async def reconcile(self, now: float) -> None:
         for job in list(self.cache.jobs.values()):
-            if job.spec is None or job.phase in TERMINAL_PHASES:
+            phase = job.status.get("phase") or "Pending"
+            if job.spec is None or phase in TERMINAL_PHASES:
                 continue
-            if job.phase not in ACTIVE_PHASES:
+            if phase not in ACTIVE_PHASES:
                 if job.spec.suspend and job.phase != "Suspended":
                     await self.writer.job(job, suspended_by_user(job, now))
                     self.waiting.forget(job.key)

@@ -1,8 +1,16 @@
-"""Turn the cache into the engine's snapshot: Kubernetes objects in, plain integer-milli records out."""
+"""Turn the cache into the engine's snapshot: Kubernetes objects in, plain integer-milli records out.
+
+The snapshot is rebuilt every cycle, but a waiting job's engine record is not: with thousands waiting,
+converting each of them every cycle was most of the cycle. `JobMemo` keeps each waiting job's record
+(and whether its checkpoint mode can be served) between cycles, and reuses it while its inputs are the
+very same objects: the cache replaces a job's record or status object on every change, and its
+checkpoints' records likewise, so identity is the change test; the queue, the priority and the cluster's
+checkpoint settings and node kinds are compared by value. Jobs holding quota are converted afresh every
+cycle (their backend depends on their pods)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from queue_controller.api.quantity import to_milli
@@ -177,11 +185,54 @@ def engine_job(cache: Cache, rec: JobRecord, cq_name: str, priority: int, estima
     )
 
 
-def build(cache: Cache, estimator: Estimator, fitter: Fitter | None = None) -> tuple[Snapshot, Unqueued]:
+@dataclass(slots=True)
+class _Memo:
+    rec: JobRecord
+    status: dict[str, object]
+    fit: Fit
+    cq_name: str = ""
+    priority: int = 0
+    checkpoints: tuple[object, ...] = ()
+    job: Job | None = None
+
+
+class JobMemo:
+    """Waiting jobs' engine records, kept between cycles while their inputs stay the same objects."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Memo] = {}
+        self._env: object = None
+
+    def begin(self, env: object) -> None:
+        """A new build; `env` (the cluster's checkpoint settings and node kinds) changed: forget all."""
+        if env != self._env:
+            self._entries.clear()
+            self._env = env
+
+    def fit(self, rec: JobRecord, fitter: Fitter | None) -> tuple[Fit, _Memo]:
+        m = self._entries.get(rec.key)
+        if m is None or m.rec is not rec or m.status is not rec.status:
+            m = _Memo(rec, rec.status, fitter(rec) if fitter is not None else Fit())
+            self._entries[rec.key] = m
+        return m.fit, m
+
+    def prune(self, live: int, jobs: Mapping[str, JobRecord]) -> None:
+        if len(self._entries) > 2 * live + 64:  # jobs that left the queue or were deleted
+            self._entries = {k: m for k, m in self._entries.items() if jobs.get(k) is m.rec}
+
+
+def build(cache: Cache, estimator: Estimator, fitter: Fitter | None = None, memo: JobMemo | None = None,
+          env: object = None) -> tuple[Snapshot, Unqueued]:
+    """The engine's snapshot of the cache, and the jobs the engine does not see (with why). `memo`: the
+    waiting jobs' records from earlier builds, valid while `env` is equal."""
     unq = Unqueued()
     jobs: list[Job] = []
+    if memo is not None:
+        memo.begin(env)
+    waiting = 0
+    admits: dict[tuple[str, str], bool] = {}  # (ClusterQueue, namespace) -> admitted by its selector
     for rec in cache.jobs.values():
-        phase = rec.phase
+        phase = rec.status.get("phase") or "Pending"
         if phase in TERMINAL_PHASES:
             continue
         if rec.spec is None:
@@ -196,9 +247,13 @@ def build(cache: Cache, estimator: Estimator, fitter: Fitter | None = None) -> t
                                     f"LocalQueue {rec.spec.queue_name!r} does not exist in namespace {rec.namespace!r}")
             continue
         if lq is not None and not active:
-            cq_rec = cache.cluster_queues.get(lq.cluster_queue)
-            ns_labels = cache.namespaces.get(rec.namespace, {"kubernetes.io/metadata.name": rec.namespace})
-            if cq_rec is not None and cq_rec.spec is not None and not cq_rec.spec.admits_namespace(ns_labels):
+            allowed = admits.get((lq.cluster_queue, rec.namespace))
+            if allowed is None:
+                cq_rec = cache.cluster_queues.get(lq.cluster_queue)
+                ns_labels = cache.namespaces.get(rec.namespace, {"kubernetes.io/metadata.name": rec.namespace})
+                allowed = cq_rec is None or cq_rec.spec is None or cq_rec.spec.admits_namespace(ns_labels)
+                admits[(lq.cluster_queue, rec.namespace)] = allowed
+            if not allowed:
                 unq.reasons[rec.key] = ("NamespaceNotAllowed",
                                         f"ClusterQueue {lq.cluster_queue!r} does not admit namespace "
                                         f"{rec.namespace!r} (spec.namespaceSelector; unset admits none, {{}} all)")
@@ -214,14 +269,32 @@ def build(cache: Cache, estimator: Estimator, fitter: Fitter | None = None) -> t
             priority = value or 0
         else:
             priority = 0
-        fit = fitter(rec) if fitter is not None and not active else Fit()
+        entry = None
+        if active:
+            fit = Fit()
+        elif memo is not None:
+            fit, entry = memo.fit(rec, fitter)
+        else:
+            fit = fitter(rec) if fitter is not None else Fit()
         if fit.refused is not None:
             reason, message = fit.refused
             unq.reasons[rec.key] = (MODE_CONDITION, message)
             unq.refused[rec.key] = reason
             continue
         cq_name = lq.cluster_queue if lq is not None else str((rec.status.get("admission") or {}).get("clusterQueue"))
-        jobs.append(engine_job(cache, rec, cq_name, priority, estimator, fit.only_kind))
+        if entry is None:
+            jobs.append(engine_job(cache, rec, cq_name, priority, estimator, fit.only_kind))
+            continue
+        waiting += 1
+        ckpts = tuple(cache.job_checkpoints(rec.key)) if rec.key in cache.checkpoints_by_job else ()
+        if (entry.job is None or entry.cq_name != cq_name or entry.priority != priority
+                or len(entry.checkpoints) != len(ckpts)
+                or any(a is not b for a, b in zip(entry.checkpoints, ckpts, strict=True))):
+            entry.job = engine_job(cache, rec, cq_name, priority, estimator, fit.only_kind)
+            entry.cq_name, entry.priority, entry.checkpoints = cq_name, priority, ckpts
+        jobs.append(entry.job)
+    if memo is not None:
+        memo.prune(waiting, cache.jobs)
 
     accounted: set[str] = set()
     for j in jobs:

@@ -27,7 +27,7 @@ usage went away is set to 0.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -168,9 +168,9 @@ class Waiting:
         stored = self._checkpoint_bytes()
         admitted = {a.job: a.placement for a in (decisions.actions if decisions is not None else ())
                     if isinstance(a, Admit | Resume)}
-        by_cq = _tally(snap.jobs, lambda j: j.cluster_queue, stored, admitted)
-        by_lq = _tally(snap.jobs, lambda j: self._local_queue(j.key), stored, admitted)
-        heads_cq, heads_lq = self._heads(decisions, priorities or {})
+        local_queue = {j.key: self._local_queue(j.key) for j in snap.jobs}
+        by_cq, by_lq = _tally(snap.jobs, local_queue, stored, admitted)
+        heads_cq, heads_lq = self._heads(decisions, priorities or {}, local_queue)
         for name in self.cache.cluster_queues:
             tally = by_cq.get(name, _Tally())
             self._metrics(name, tally)
@@ -184,25 +184,26 @@ class Waiting:
             patch_lq.pending_jobs = heads_lq.get(key, [])
             await self._write_queue(lq.namespace, lq.name, patch_lq, now)
 
-    def _heads(self, decisions: Decisions | None, priorities: Mapping[str, int]
+    def _heads(self, decisions: Decisions | None, priorities: Mapping[str, int], local_queue: Mapping[str, str | None]
                ) -> tuple[dict[str, list[PendingJob]], dict[str, list[PendingJob]]]:
-        """The first MAX_PENDING_HEAD waiting jobs of each ClusterQueue and LocalQueue, in queue order."""
+        """The first MAX_PENDING_HEAD waiting jobs of each ClusterQueue and LocalQueue, in queue order
+        (the engine lists its waiting jobs in queue order: positions rise within each ClusterQueue)."""
         by_cq: dict[str, list[PendingJob]] = {}
         by_lq: dict[str, list[PendingJob]] = {}
         lq_count: dict[str, int] = {}
         if decisions is None:
             return by_cq, by_lq
-        for w in sorted(decisions.waiting.values(), key=lambda w: w.position):
-            rec = self.cache.jobs.get(w.job)
-            lq = self._local_queue(w.job)
-            if rec is None or lq is None or rec.spec is None:
+        for w in decisions.waiting.values():
+            lq = local_queue.get(w.job)
+            if lq is None:
                 continue
             lq_count[lq] = lq_pos = lq_count.get(lq, 0) + 1
+            lq_head = by_lq.setdefault(lq, [])
             cq = self.cache.local_queues[lq].cluster_queue if lq in self.cache.local_queues else None
             cq_head = by_cq.setdefault(cq, []) if cq is not None else []
-            lq_head = by_lq.setdefault(lq, [])
             if len(cq_head) >= MAX_PENDING_HEAD and len(lq_head) >= MAX_PENDING_HEAD:
                 continue
+            rec = self.cache.jobs[w.job]
             entry = PendingJob(namespace=rec.namespace, name=rec.name, priority=priorities.get(w.job, 0),
                                position=w.position, local_queue_position=lq_pos, reason=str(w.reason),
                                message=w.message[:1024])
@@ -269,30 +270,35 @@ class _Tally:
                     flavors_usage=[FlavorUsage(name=f, resources=rs) for f, rs in flavors.items()])
 
 
-def _tally(jobs: Iterable[Job], key: Callable[[Job], str | None], stored: Mapping[str, int] | None = None,
-           admitted: Mapping[str, Sequence[PodSetPlacement]] | None = None) -> dict[str, _Tally]:
-    """Jobs per state, quota in use and checkpoint bytes kept, grouped by `key` (a queue name);
-    `admitted`: jobs this cycle admitted, with their placements (the snapshot was taken before)."""
-    out: dict[str, _Tally] = {}
-    admitted = admitted or {}
+def _tally(jobs: Iterable[Job], local_queue: Mapping[str, str | None], stored: Mapping[str, int],
+           admitted: Mapping[str, Sequence[PodSetPlacement]]) -> tuple[dict[str, _Tally], dict[str, _Tally]]:
+    """Jobs per state, quota in use and checkpoint bytes kept, per ClusterQueue and per LocalQueue (one
+    pass); `admitted`: jobs this cycle admitted, with their placements (the snapshot was taken before)."""
+    by_cq: dict[str, _Tally] = {}
+    by_lq: dict[str, _Tally] = {}
     for j in jobs:
-        k = key(j)
-        if k is None:
-            continue
-        t = out.setdefault(k, _Tally())
-        t.checkpoint_bytes += (stored or {}).get(j.key, 0)
+        lq = local_queue.get(j.key)
+        tallies = [by_cq.get(j.cluster_queue) or by_cq.setdefault(j.cluster_queue, _Tally())]
+        if lq is not None:
+            tallies.append(by_lq.get(lq) or by_lq.setdefault(lq, _Tally()))
+        kept = stored.get(j.key, 0)
         placement = admitted.get(j.key)
         if j.state is JobState.ADMITTED or placement is not None:
-            t.counts["admitted"] += 1
+            state = "admitted"
             reqs = {ps.name: ps.requests for ps in j.pod_sets}
+            use: dict[tuple[str, str], int] = {}
             for pl in (j.placement if placement is None else placement):
                 for r, q in reqs.get(pl.name, {}).items():
-                    t.usage[(pl.flavor, r)] = t.usage.get((pl.flavor, r), 0) + q * len(pl.nodes)
-        elif j.checkpoint:
-            t.counts["suspended"] += 1
+                    use[(pl.flavor, r)] = use.get((pl.flavor, r), 0) + q * len(pl.nodes)
         else:
-            t.counts["pending"] += 1
-    return out
+            state = "suspended" if j.checkpoint else "pending"
+            use = {}
+        for t in tallies:
+            t.counts[state] += 1
+            t.checkpoint_bytes += kept
+            for k, q in use.items():
+                t.usage[k] = t.usage.get(k, 0) + q
+    return by_cq, by_lq
 
 
 def _fmt(resource: str, milli: int) -> str:
