@@ -1,11 +1,18 @@
 """The controller's in-memory picture of the cluster, fed by watch events and by the controller's own
 writes. It keeps slim records (`records.py`, never whole bodies with managedFields); `snapshot.py`
-turns it into the engine's snapshot."""
+turns it into the engine's snapshot.
+
+A parsed job spec is the largest part of a record (a tree of pydantic models, ~4 KiB), and the jobs of
+a sweep or an array share one spec but for their names. Specs are therefore pooled: jobs whose spec
+bodies are equal share one parsed spec, its requests and its pod templates (never mutated), counted
+so that the last job to go takes it with it."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -69,9 +76,34 @@ def _finished(status: Mapping[str, Any]) -> float | None:
     return max(done) if done else None
 
 
+@dataclass(slots=True)
+class _Parsed:
+    spec: CheckpointableJobSpec | None
+    error: str
+    templates: dict[str, dict[str, Any]]
+    requests: dict[str, dict[str, int]]
+    key: str = ""  # its key in the pool (one string, shared by its jobs)
+    refs: int = 0
+
+
+def _parse_spec(raw: Mapping[str, Any]) -> _Parsed:
+    spec: CheckpointableJobSpec | None = None
+    error = ""
+    try:
+        spec = CheckpointableJobSpec.model_validate(raw)
+    except (ValidationError, QuantityError) as e:
+        error = str(e).splitlines()[0] if str(e) else "invalid spec"
+    requests = {ps.name: ps.template.pod_requests_milli() for ps in spec.pod_sets} if spec is not None else {}
+    templates = {ps.get("name", ""): ps.get("template") or {}
+                 for ps in raw.get("podSets") or () if isinstance(ps, dict)}
+    return _Parsed(spec, error, templates, requests)
+
+
 class Cache:
     def __init__(self) -> None:
         self.jobs: dict[str, JobRecord] = {}
+        self._specs: dict[str, _Parsed] = {}  # canonical spec JSON -> the parsed spec its jobs share
+        self._spec_of: dict[str, str] = {}  # job key -> its spec's pool key
         self.pods: dict[str, PodRecord] = {}
         self.pods_by_job: dict[str, set[str]] = {}
         self.nodes: dict[str, NodeRecord] = {}
@@ -110,40 +142,52 @@ class Cache:
 
     def upsert_job(self, body: Mapping[str, Any]) -> JobRecord:
         meta = _meta(body)
-        spec: CheckpointableJobSpec | None = None
-        error = ""
-        old = self.jobs.get(f"{meta.get('namespace', '')}/{meta['name']}")
+        key = f"{meta.get('namespace', '')}/{meta['name']}"
+        old = self.jobs.get(key)
         generation = int(meta.get("generation") or 0)
         if old is not None and old.uid == meta.get("uid") and generation and old.generation == generation:
             # Only status or metadata changed (the API server bumps generation on spec changes): the
             # parsed spec still holds, and parsing it is the costliest part of an event.
-            spec, error = old.spec, old.spec_error
+            spec, error, templates, requests = old.spec, old.spec_error, old.templates, old.requests
         else:
-            try:
-                spec = CheckpointableJobSpec.model_validate(body.get("spec") or {})
-            except (ValidationError, QuantityError) as e:
-                error = str(e).splitlines()[0] if str(e) else "invalid spec"
-        requests: dict[str, dict[str, int]] = {}
-        if spec is not None:
-            if old is not None and old.spec == spec:
-                requests = old.requests
-            else:
-                requests = {ps.name: ps.template.pod_requests_milli() for ps in spec.pod_sets}
+            parsed = self._pooled_spec(key, body.get("spec") or {})
+            spec, error, templates, requests = parsed.spec, parsed.error, parsed.templates, parsed.requests
         rec = JobRecord(
             namespace=meta.get("namespace", ""), name=meta["name"], uid=meta.get("uid", ""),
             created=parse_time(meta.get("creationTimestamp")) or 0.0, spec=spec, spec_error=error,
             status=dict(body.get("status") or {}), annotations=dict(meta.get("annotations") or {}),
-            generation=int(meta.get("generation") or 0),
-            templates={ps.get("name", ""): ps.get("template") or {}
-                       for ps in (body.get("spec") or {}).get("podSets") or () if isinstance(ps, dict)},
-            requests=requests,
+            generation=generation, templates=templates, requests=requests,
         )
         self.jobs[rec.key] = rec
         self._changed()
         return rec
 
+    def _pooled_spec(self, key: str, raw: Mapping[str, Any]) -> _Parsed:
+        """The parsed spec for `raw`, shared with every job whose spec body is equal; `key`'s job now
+        uses it (and lets go of the one it used before)."""
+        pool_key = json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+        parsed = self._specs.get(pool_key)
+        if parsed is None:
+            parsed = self._specs[pool_key] = _parse_spec(raw)
+            parsed.key = pool_key
+        if self._spec_of.get(key) != pool_key:
+            self._release_spec(key)
+            parsed.refs += 1
+            self._spec_of[key] = parsed.key
+        return parsed
+
+    def _release_spec(self, key: str) -> None:
+        pool_key = self._spec_of.pop(key, None)
+        parsed = self._specs.get(pool_key) if pool_key is not None else None
+        if parsed is not None:
+            parsed.refs -= 1
+            if parsed.refs <= 0:
+                del self._specs[pool_key]  # type: ignore[arg-type]
+
     def delete_job(self, namespace: str, name: str) -> None:
-        if self.jobs.pop(f"{namespace}/{name}", None) is not None:
+        key = f"{namespace}/{name}"
+        self._release_spec(key)
+        if self.jobs.pop(key, None) is not None:
             self._changed()
 
     def set_job_status(self, key: str, status: Mapping[str, Any]) -> None:

@@ -164,3 +164,24 @@ def test_pods_are_pinned_to_the_engines_node_and_carry_flavor_and_restore_info(c
     assert {"key": "gpu", "operator": "Exists"} in pod["spec"]["tolerations"]
     env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
     assert env["CKQ_RESTORE_ID"] == "g-ckpt"
+
+
+def test_jobs_with_equal_specs_share_one_parsed_spec_until_the_last_goes() -> None:
+    """A sweep of jobs that differ only in name keeps one parsed spec (memory at 15,000 jobs), and a job
+    whose spec changes gets its own; the pool lets a spec go with its last job."""
+    cache = Cache()
+
+    def body(name: str, gpus: str = "8", generation: int = 1) -> dict[str, object]:
+        return {"metadata": {"name": name, "namespace": "team", "uid": f"u-{name}", "generation": generation},
+                "spec": {"queueName": "main", "podSets": [{"name": "w", "count": 1, "template": {"spec": {
+                    "containers": [{"name": "c", "image": "x", "command": ["run"],
+                                    "resources": {"requests": {"nvidia.com/gpu": gpus}}}]}}}]}}
+
+    a, b = cache.upsert_job(body("a")), cache.upsert_job(body("b"))
+    assert a.spec is b.spec and a.templates is b.templates and a.requests is b.requests
+    b2 = cache.upsert_job(body("b", gpus="4", generation=2))
+    assert b2.spec is not a.spec and b2.requests["w"]["nvidia.com/gpu"] == 4000
+    assert a.requests["w"]["nvidia.com/gpu"] == 8000  # the other job's spec is untouched
+    cache.delete_job("team", "a")
+    cache.delete_job("team", "b")
+    assert cache._specs == {} and cache._spec_of == {}
