@@ -72,6 +72,9 @@ class CheckpointStatus(ApiModel):
     """Pending, Running, Completed or Failed."""
     start_time: Time | None = None
     """When the dump started."""
+    job_run_time_seconds: Annotated[float | None, Field(ge=0)] = None
+    """The job's progress (run time, in seconds) this checkpoint keeps: the job resumes from it with this
+    much done. Set by the controller when it begins the checkpoint, also for a Checkpoint a user created."""
     completion_time: Time | None = None
     """When it completed or failed."""
     duration_seconds: Annotated[float | None, Field(ge=0)] = None

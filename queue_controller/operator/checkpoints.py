@@ -97,7 +97,7 @@ def job_checkpointed(job: JobRecord, ckpt: CheckpointRecord, result: CheckpointR
             job.status, {"Checkpointing": ("False", "Completed", f"checkpoint {ckpt.name} completed")}, now))
         return patch, (f"{ckpt.reason} checkpoint {ckpt.name} completed "
                        f"({result.size_bytes} bytes in {result.duration_s:.1f}s)")
-    kept = float(ckpt.annotations.get(CHECKPOINT_RUNTIME_ANNOTATION, "0") or 0)
+    kept = ckpt.kept_run_time
     reason = "SuspendedByUser" if ckpt.reason == "User" else "Preempted"
     msg = f"checkpointed to {ckpt.name} and suspended; resumes from it"
     patch = JobStatusPatch(
@@ -156,7 +156,11 @@ class Checkpoints:
         return name
 
     async def _begin(self, ckpt: CheckpointRecord, job: JobRecord, now: float) -> None:
-        ckpt = await self.writer.checkpoint(ckpt, CheckpointStatusPatch(phase="Running", start_time=to_datetime(now)))
+        # The progress it keeps: what the controller noted when it created it, or (a Checkpoint its user
+        # created) the job's run time now, as the dump begins.
+        kept = ckpt.kept_run_time if CHECKPOINT_RUNTIME_ANNOTATION in ckpt.annotations else run_time_now(job, now)
+        ckpt = await self.writer.checkpoint(ckpt, CheckpointStatusPatch(
+            phase="Running", start_time=to_datetime(now), job_run_time_seconds=round(kept, 3)))
         await self.backends.for_job(job).begin(self.backends.request(ckpt, job, now), api=self.backends.api)
 
     async def reconcile(self, now: float) -> None:

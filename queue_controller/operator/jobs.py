@@ -22,7 +22,14 @@ from queue_controller.operator.runs import Runs
 from queue_controller.operator.snapshot import latest_completed_checkpoint
 from queue_controller.operator.status import JobStatusPatch, StatusWriter, job_conditions
 from queue_controller.operator.waiting import Waiting
-from queue_controller.wire import ACTIVE_PHASES, STARTING_PHASES, TERMINAL_PHASES, parse_time, to_datetime
+from queue_controller.wire import (
+    ACTIVE_PHASES,
+    STARTING_PHASES,
+    TERMINAL_PHASES,
+    parse_time,
+    pod_name,
+    to_datetime,
+)
 
 USER_SUSPEND: tuple[ConditionStatus, str, str] = ("True", "SuspendedByUser", "spec.suspend is true")
 
@@ -138,6 +145,13 @@ class JobLifecycle:
             await self._suspend(job, now)
             return
         missing = [k for k in expected if k not in pods]
+        if missing and phase == "Running":
+            # A pod of a running gang is gone (deleted, evicted and removed, its node's pods cleaned up)
+            # while the rest run on: the gang cannot go on without it. It restarts whole, from its
+            # newest checkpoint, counted as a restart — never left holding its quota forever.
+            pod_set, index = missing[0]
+            await self._fail_run(job, now, f"pod {pod_name(job.name, attempt, pod_set, index)} is gone")
+            return
         if missing and phase in STARTING_PHASES:
             # Pods not created yet (or a restart between the status write and the pods): create them.
             ckpt = (job.status.get("lastCheckpoint") or {}).get("name") if phase == "Restoring" else None

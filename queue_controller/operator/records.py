@@ -9,6 +9,7 @@ from typing import Any
 
 from queue_controller.api.job import CheckpointableJobSpec
 from queue_controller.api.queues import ClusterQueueSpec
+from queue_controller.wire import CHECKPOINT_RUNTIME_ANNOTATION
 
 
 @dataclass(slots=True)
@@ -97,6 +98,15 @@ class CheckpointRecord:
     @property
     def phase(self) -> str:
         return str(self.status.get("phase") or "Pending")
+
+    @property
+    def kept_run_time(self) -> float:
+        """The job's progress this checkpoint keeps: its status says (set when it began); before that, the
+        annotation the controller puts on the Checkpoints it creates; else nothing yet."""
+        value = self.status.get("jobRunTimeSeconds")
+        if value is None:
+            value = self.annotations.get(CHECKPOINT_RUNTIME_ANNOTATION) or 0
+        return float(value)
 
 
 @dataclass(slots=True)

@@ -36,7 +36,6 @@ from queue_controller.operator.cache import Cache
 from queue_controller.operator.records import JobRecord
 from queue_controller.wire import (
     ACTIVE_PHASES,
-    CHECKPOINT_RUNTIME_ANNOTATION,
     IN_FLIGHT_CHECKPOINT_PHASES,
     NODE_KIND_LABEL,
     POD_DONE_PHASES,
@@ -127,7 +126,7 @@ def latest_completed_checkpoint(cache: Cache, job_key: str) -> tuple[str, float,
         return None
     c = max(done, key=lambda c: (parse_time(c.status.get("completionTime")) or c.created, c.name))
     constraints = (c.status.get("restoreConstraints") or {}).get("nodeLabels") or {}
-    kept = float(c.annotations.get(CHECKPOINT_RUNTIME_ANNOTATION, "0") or 0)
+    kept = c.kept_run_time
     return c.name, parse_time(c.status.get("completionTime")) or c.created, kept, dict(constraints)
 
 
@@ -323,4 +322,4 @@ def checkpoint_runtime(cache: Cache, name_key: str) -> float:
     rec = cache.checkpoints.get(name_key)
     if rec is None:
         return 0.0
-    return float(rec.annotations.get(CHECKPOINT_RUNTIME_ANNOTATION, "0") or 0)
+    return rec.kept_run_time

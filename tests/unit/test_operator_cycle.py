@@ -267,6 +267,61 @@ def test_user_suspend_checkpoints_and_resume_restores() -> None:
     run(scenario)
 
 
+def test_a_checkpoint_its_user_creates_keeps_the_progress_made() -> None:
+    """Issue 12: a Checkpoint a user creates (leaveRunning: false) stopped the job and reset its
+    runTimeSeconds to 0, because only Checkpoints the controller creates noted the progress they keep."""
+    async def scenario() -> None:
+        w = make_world("iass")
+        w.submit("trainer")
+        await running(w, "trainer")  # its pods started at T0; the clock reads T0 + 1
+        w.clock.advance(29)
+        w.server.create("checkpoints", {"apiVersion": "ckq.io/v1alpha1", "kind": "Checkpoint",
+                                        "metadata": {"name": "mine"},
+                                        "spec": {"jobName": "trainer", "reason": "User", "leaveRunning": False}},
+                        "team")
+        await w.cycle()
+        ckpt = w.server.get("checkpoints", "mine")["status"]
+        assert ckpt["phase"] == "Running" and ckpt["jobRunTimeSeconds"] == 30.0
+        for _ in range(10):
+            await w.cycle(1)
+            if w.server.get("checkpoints", "mine")["status"]["phase"] == "Completed":
+                break
+        st = w.server.status("trainer")
+        assert st["lastCheckpoint"]["name"] == "mine" and st["runTimeSeconds"] == 30.0
+        assert st.get("lostRunTimeSeconds", 0) == 0
+
+    run(scenario)
+
+
+def test_a_running_gang_that_loses_a_pod_restarts_whole_from_its_checkpoint() -> None:
+    """Issues 12 and 14: a running job whose pod is deleted stayed Running forever, holding its quota."""
+    async def scenario() -> None:
+        w = make_world("iass", nodes=2, quota_gpus=16)
+        w.submit("gang", pods=2, checkpoint={"interval": "10s"})
+        await running(w, "gang")
+        for _ in range(15):  # a periodic checkpoint completes
+            await w.cycle(1)
+            if w.server.status("gang").get("lastCheckpoint"):
+                break
+        kept = w.server.status("gang")["lastCheckpoint"]["name"]
+        lost = w.server.pods("gang")[1]["metadata"]["name"]
+        w.server.delete("pods", "team", lost)
+        await w.cycle(1)
+        st = w.server.status("gang")
+        assert st["restarts"] == 1 and st["phase"] in ("Pending", "Restoring", "Admitted")
+        (restarting,) = [e["message"] for e in w.server.events if e["reason"] == "Restarting"]
+        assert restarting == f"pod {lost} is gone; restarts from checkpoint {kept}"
+        assert all(p["metadata"]["name"].startswith("gang-2-") for p in w.server.pods("gang"))
+        for _ in range(5):  # the whole gang comes back, restored from that checkpoint
+            await w.cycle(1)
+            if w.phase("gang") == "Restoring":
+                break
+        assert w.phase("gang") == "Restoring" and w.server.status("gang")["runTimeSeconds"] > 0
+        assert len(w.server.pods("gang")) == 2
+
+    run(scenario)
+
+
 def test_suspending_a_job_that_cannot_checkpoint_stops_it() -> None:
     async def scenario() -> None:
         w = make_world("iass")
