@@ -144,7 +144,14 @@ class Checkpoints:
         # Counters from status, not the number of objects (pruning deletes some): a restarted controller
         # computes the same name, so creating it again is a harmless 409.
         n = int(job.status.get("checkpoints") or 0) + int(job.status.get("checkpointFailures") or 0) + 1
-        name = checkpoint_name(job.name, int(job.status.get("attempt") or 0), reason, n)
+        attempt = int(job.status.get("attempt") or 0)
+        name = checkpoint_name(job.name, attempt, reason, n)
+        # A controller stopped between finishing a checkpoint and counting it in the job's status finds
+        # that one under the next name: it is done (and applied by `reconcile`), so the next number is
+        # free. One in flight keeps its name: creating it again is a harmless 409.
+        while (done := self.cache.checkpoints.get(f"{job.namespace}/{name}")) is not None and not needs_result(done):
+            n += 1
+            name = checkpoint_name(job.name, attempt, reason, n)
         body = checkpoint_object(job, name, reason, leave_running, run_time_now(job, now))
         try:
             created = await self.kube.create(self.kube.path(Checkpoint, job.namespace), body)
@@ -171,8 +178,13 @@ class Checkpoints:
             if not needs_result(ckpt):
                 continue
             job = self.cache.jobs.get(ckpt.job_key)
-            if job is None or job.spec is None:
-                continue  # garbage-collected with its job
+            if job is None:
+                if ckpt.phase in IN_FLIGHT_CHECKPOINT_PHASES and not ckpt.status.get("startTime"):
+                    # Never begun and no such job (a user's typo; ours are garbage-collected with theirs).
+                    await self._no_job(ckpt, now)
+                continue
+            if job.spec is None:
+                continue
             if job.phase not in ACTIVE_PHASES or not job.status.get("admission"):
                 # Its job was requeued or failed meanwhile: there is nothing left to checkpoint. The
                 # backend is told first, so the reason written here is the one that stays.
@@ -184,6 +196,8 @@ class Checkpoints:
                 else:
                     await self.writer.checkpoint(ckpt, CheckpointStatusPatch(completion_time=to_datetime(now)))
                 continue
+            if not ckpt.leave_running and self.runs.all_succeeded(job):
+                continue  # the job finished meanwhile: completion wins (the job lifecycle ends it)
             if ckpt.phase == "Failed":  # a node agent failed it
                 await self._failed(ckpt, job, recorded(ckpt), now)
                 continue
@@ -204,6 +218,31 @@ class Checkpoints:
                 await self._completed(ckpt, job, result, now)
             else:
                 await self._failed(ckpt, job, result, now)
+
+    async def _no_job(self, ckpt: CheckpointRecord, now: float) -> None:
+        msg = f"job {ckpt.job!r} does not exist in namespace {ckpt.namespace!r}: nothing to checkpoint"
+        await self.writer.checkpoint(ckpt, CheckpointStatusPatch(phase="Failed", completion_time=to_datetime(now),
+                                                                 message=msg))
+        self.writer.checkpoint_event(ckpt, "JobNotFound", msg, now)
+
+    async def catch_up(self, now: float) -> None:
+        """Apply the completed leave-running checkpoints a job's status does not count yet: the controller
+        stopped between writing a checkpoint's result and applying it to the job."""
+        for ckpt in list(self.cache.checkpoints.values()):
+            if not ckpt.leave_running or ckpt.phase != "Completed" or not ckpt.status.get("completionTime"):
+                continue
+            job = self.cache.jobs.get(ckpt.job_key)
+            if job is None or job.spec is None or job.phase not in ACTIVE_PHASES:
+                continue
+            last = job.status.get("lastCheckpoint") or {}
+            done = parse_time(ckpt.status.get("completionTime")) or 0.0
+            if last.get("name") == ckpt.name or (parse_time(last.get("time")) or 0.0) >= done:
+                continue
+            await self._apply_completed(job, ckpt, recorded(ckpt), now)
+
+    def vacating(self, job: JobRecord) -> bool:
+        """A checkpoint that is to stop the job (not leaveRunning) is in flight."""
+        return any(needs_result(c) and not c.leave_running for c in self.cache.job_checkpoints(job.key))
 
     async def resume_interrupted(self, job: JobRecord, now: float) -> None:
         """A job Checkpointing with no checkpoint left to wait for: the controller stopped between writing
@@ -237,6 +276,10 @@ class Checkpoints:
     async def _apply_completed(self, job: JobRecord, ckpt: CheckpointRecord, result: CheckpointResult,
                                now: float) -> None:
         patch, message = job_checkpointed(job, ckpt, result, now)
+        if ckpt.reason == "Preemption" and job.phase != "Checkpointing":
+            # The controller stopped between creating the preemption's checkpoint and marking the job
+            # Checkpointing (which counts the preemption): count it now.
+            patch.preemptions = int(job.status.get("preemptions") or 0) + 1
         if not ckpt.leave_running:
             # Without a grace period only when the dump stopped the processes (ckq-run exited 75).
             await self.runs.stop(job, 0 if self.backends.for_job(job).stops_workload else None)

@@ -109,6 +109,7 @@ class Controller:
         if await self.settings.refresh(now):
             self.job_backends.configure(self.settings.current)
         await self.checkpoints.reconcile(now)
+        await self.checkpoints.catch_up(now)
         await self.jobs.reconcile(now)
         snap, unqueued = build(self.cache, self.estimate, self.job_backends.admissible, self.memo,
                                (self.job_backends.settings, self.cache.present_kinds()))

@@ -113,15 +113,24 @@ class JobLifecycle:
     async def _active(self, job: JobRecord, now: float) -> None:
         assert job.spec is not None
         attempt = int(job.status.get("attempt") or 0)
-        expected = {(a["name"], i): node for a in job.status["admission"].get("podSetAssignments") or ()
-                    for i, node in enumerate(a.get("nodes") or ())}
-        pods = {(p.pod_set, p.index): p for p in self.cache.job_pods(job.key) if p.attempt == attempt}
+        expected, pods = self.runs.current_pods(job)
         phase = job.phase
+        if pods and self.runs.all_succeeded(job):
+            # Every pod finished its work: that wins over a checkpoint in flight (the API server may have
+            # been away while they finished), which is then failed as having nothing left to checkpoint.
+            patch, total = succeeded(job, pods.values(), now)
+            await self.writer.job(job, patch)
+            if attempt > 1:
+                # The common path (admitted once, ran, succeeded) is told by its conditions and the
+                # Admitted Event; one Event more per job is an API write per job at scale. A job that
+                # was preempted, suspended or restarted has a story its Events tell, and its end is part.
+                self.writer.event(job, "Succeeded", f"all pods succeeded after {total:.0f}s of run time", now)
+            return
         # Node failure: a node the job runs on is gone or NotReady.
         lost_nodes = sorted({n for n in expected.values()
                              if n not in self.cache.nodes or not self.cache.nodes[n].ready})
         failed_pods = [p for p in pods.values() if p.phase == "Failed"]
-        if phase == "Checkpointing":
+        if phase == "Checkpointing" or self.checkpoints.vacating(job):
             # The checkpoint in flight decides what happens next. A pod that exits EXIT_CHECKPOINTED now
             # is the expected end of a dump without leaveRunning (ckq-run stopped the workload), not a
             # failure; a pod that dies otherwise fails the dump, which the node agents report.
@@ -159,15 +168,7 @@ class JobLifecycle:
             return
         if not pods or len(pods) != len(expected):
             return
-        if all(p.phase == "Succeeded" for p in pods.values()):
-            patch, total = succeeded(job, pods.values(), now)
-            await self.writer.job(job, patch)
-            if int(job.status.get("attempt") or 0) > 1:
-                # The common path (admitted once, ran, succeeded) is told by its conditions and the
-                # Admitted Event; one Event more per job is an API write per job at scale. A job that
-                # was preempted, suspended or restarted has a story its Events tell, and its end is part.
-                self.writer.event(job, "Succeeded", f"all pods succeeded after {total:.0f}s of run time", now)
-        elif phase in STARTING_PHASES and all(p.phase in ("Running", "Succeeded") for p in pods.values()):
+        if phase in STARTING_PHASES and all(p.phase in ("Running", "Succeeded") for p in pods.values()):
             placed = self.runs.backends.resolve(job, expected.values())
             await self.writer.job(job, running(job, pods.values(), now, placed.message if placed.available else ""))
 

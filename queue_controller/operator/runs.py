@@ -162,6 +162,20 @@ class Runs:
             return None
         return self.backends.settings.delete_grace_seconds
 
+    def current_pods(self, job: JobRecord) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], PodRecord]]:
+        """The pods the job's admission expects ((pod set, index) -> node) and those of its current
+        attempt that exist."""
+        attempt = int(job.status.get("attempt") or 0)
+        expected = {(a["name"], i): node for a in (job.status.get("admission") or {}).get("podSetAssignments") or ()
+                    for i, node in enumerate(a.get("nodes") or ())}
+        pods = {(p.pod_set, p.index): p for p in self.cache.job_pods(job.key) if p.attempt == attempt}
+        return expected, pods
+
+    def all_succeeded(self, job: JobRecord) -> bool:
+        """Every pod of the job's current run exists and succeeded: its work is done."""
+        expected, pods = self.current_pods(job)
+        return bool(expected) and len(pods) == len(expected) and all(p.phase == "Succeeded" for p in pods.values())
+
     async def stop(self, job: JobRecord, grace: int | None = None, *, keep_finished: bool = False) -> None:
         """Delete the job's pods (those not already terminating) with their grace period, so workloads and
         ckq-run get SIGTERM (`grace` 0: only when a dump has stopped them). `keep_finished`: leave the pods

@@ -157,23 +157,33 @@ class StatusWriter:
 
     def event(self, job: JobRecord, reason: str, message: str, now: float, warning: bool = False) -> None:
         """Record a Kubernetes Event about the job, in the background."""
-        task = asyncio.create_task(self._post_event(job, reason, message, now, warning))
+        self._emit(CheckpointableJob.KIND, job.namespace, job.name, job.uid, reason, message, now, warning)
+
+    def checkpoint_event(self, ckpt: CheckpointRecord, reason: str, message: str, now: float,
+                         warning: bool = True) -> None:
+        """Record a Kubernetes Event about a Checkpoint, in the background."""
+        self._emit(Checkpoint.KIND, ckpt.namespace, ckpt.name, ckpt.uid, reason, message, now, warning)
+
+    def _emit(self, kind: str, namespace: str, name: str, uid: str, reason: str, message: str, now: float,
+              warning: bool) -> None:
+        task = asyncio.create_task(self._post_event(kind, namespace, name, uid, reason, message, now, warning))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _post_event(self, job: JobRecord, reason: str, message: str, now: float, warning: bool) -> None:
+    async def _post_event(self, kind: str, namespace: str, name: str, uid: str, reason: str, message: str,
+                          now: float, warning: bool) -> None:
         at = format_time(now)
         body = {
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{job.name}.", "namespace": job.namespace},
-            "involvedObject": {"apiVersion": API_VERSION, "kind": CheckpointableJob.KIND, "name": job.name,
-                               "namespace": job.namespace, "uid": job.uid},
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": kind, "name": name, "namespace": namespace,
+                               "uid": uid},
             "reason": reason, "message": message[:1000], "type": "Warning" if warning else "Normal",
             "firstTimestamp": at, "lastTimestamp": at, "count": 1,
             "source": {"component": "ckq-controller"}, "reportingComponent": "ckq-controller",
         }
         try:
-            await self.kube.create(self.kube.core_path("events", job.namespace), body)
+            await self.kube.create(self.kube.core_path("events", namespace), body)
         except ApiError as e:  # events are best effort
             log.debug("event not recorded: %s", e)
 

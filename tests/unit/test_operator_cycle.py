@@ -535,3 +535,103 @@ def test_a_job_deleted_behind_the_caches_back_is_forgotten_on_the_404() -> None:
         assert ("PATCH", "/apis/ckq.io/v1alpha1/namespaces/team/checkpointablejobs/gone/status") in w.server.log
 
     run(scenario)
+
+
+def _restart(w: World) -> None:
+    """The controller dies; a new one will prime a fresh cache from the API server."""
+    w.cache = Cache()
+    w.controller = Controller(w.cache, w.kube, w.controller.policy, w.controller.backends, clock=w.clock)
+
+
+def test_periodic_checkpoints_go_on_after_a_restart_between_result_and_count() -> None:
+    """Issue 14: killed right after a periodic checkpoint completed (before the job's status counted it),
+    the restarted controller tried the same name again forever: no more periodic checkpoints."""
+    async def scenario() -> None:
+        w = make_world("iass")
+        w.submit("steady", checkpoint={"interval": "10s", "retain": 3})
+        await running(w, "steady")
+        await w.cycle(10)
+        await w.cycle(5)
+        st = w.server.status("steady")
+        assert st["checkpoints"] == 1 and st["lastCheckpoint"]["name"] == "steady-1-periodic-1"
+        # As if the controller had died between writing the Checkpoint's result and the job's status.
+        w.server.patch_status("checkpointablejobs", "team", "steady", {"checkpoints": 0, "lastCheckpoint": None})
+        _restart(w)
+        await prime(w.cache, w.kube)
+        w.server.pending.clear()
+        await w.cycle(1)
+        st = w.server.status("steady")
+        assert st["checkpoints"] == 1 and st["lastCheckpoint"]["name"] == "steady-1-periodic-1"  # caught up
+        for _ in range(30):
+            await w.cycle(1)
+        names = sorted(c["metadata"]["name"] for c in w.server.checkpoints("steady"))
+        assert names[:2] == ["steady-1-periodic-1", "steady-1-periodic-2"]
+        assert w.server.status("steady")["checkpoints"] >= 2
+        assert "CheckpointRefused" not in w.server.event_reasons("steady")
+
+    run(scenario)
+
+
+def test_a_preemption_checkpoint_found_after_a_restart_is_counted() -> None:
+    """Issue 14: killed between creating a preemption's Checkpoint and marking its job Checkpointing, the
+    restarted controller finished the preemption without counting it in `preemptions`."""
+    async def scenario() -> None:
+        from queue_controller.operator.checkpoints import checkpoint_object
+
+        w = make_world("iass")
+        w.submit("victim")
+        await running(w, "victim")
+        job = w.cache.jobs["team/victim"]
+        w.server.create("checkpoints", checkpoint_object(job, "victim-1-preemption-1", "Preemption", False, 1.0),
+                        "team")
+        _restart(w)
+        await prime(w.cache, w.kube)
+        w.server.pending.clear()
+        for _ in range(10):
+            await w.cycle(1)
+            if w.phase("victim") == "Suspended":
+                break
+        st = w.server.status("victim")
+        assert st["phase"] == "Suspended" and st["preemptions"] == 1 and st.get("restarts", 0) == 0
+
+    run(scenario)
+
+
+def test_pods_that_finish_during_a_preemption_checkpoint_finish_the_job() -> None:
+    """Issue 14: the job's pods completed while its preemption checkpoint ran (the API server was away),
+    yet it was suspended and its finished work run again. Completion wins."""
+    async def scenario() -> None:
+        w = make_world("iass")
+        w.submit("big", memory="64Gi")  # 65 s to checkpoint
+        await running(w, "big")
+        w.submit("urgent", priority=100)
+        await w.cycle(10)
+        assert w.phase("big") == "Checkpointing"
+        w.server.finish_pods("big")
+        await w.cycle(1)
+        assert w.phase("big") == "Succeeded"
+        await w.cycle(70)  # the checkpoint's time passes: it has nothing left to checkpoint
+        (ckpt,) = w.server.checkpoints("big")
+        assert ckpt["status"]["phase"] == "Failed" and "nothing to checkpoint" in ckpt["status"]["message"]
+        assert w.phase("big") == "Succeeded" and w.server.status("big").get("lostRunTimeSeconds", 0) == 0
+        assert w.phase("urgent") in ("Admitted", "Running")
+
+    run(scenario)
+
+
+def test_a_checkpoint_of_a_job_that_does_not_exist_fails_saying_so() -> None:
+    """Issue 14: a Checkpoint naming a job that does not exist was silently ignored."""
+    async def scenario() -> None:
+        w = make_world("iass")
+        w.server.create("checkpoints", {"apiVersion": "ckq.io/v1alpha1", "kind": "Checkpoint",
+                                        "metadata": {"name": "typo"},
+                                        "spec": {"jobName": "trainr", "reason": "User", "leaveRunning": True}},
+                        "team")
+        await w.cycle()
+        st = w.server.get("checkpoints", "typo")["status"]
+        assert st["phase"] == "Failed"
+        assert st["message"] == "job 'trainr' does not exist in namespace 'team': nothing to checkpoint"
+        (event,) = [e for e in w.server.events if e["involvedObject"]["name"] == "typo"]
+        assert event["reason"] == "JobNotFound" and event["involvedObject"]["kind"] == "Checkpoint"
+
+    run(scenario)
