@@ -97,6 +97,13 @@ CONFIG_MAP = "ckq-config"
 CONFIG_RUNTIME_IMAGE = "runtimeImage"  # e.g. ckq.local/runtime:0.1.0: the init container's image
 CONFIG_STORE_HOST_PATH = "storeHostPath"  # a directory on every node (shared: NFS/PVC; dev: one host)
 CONFIG_DELETE_GRACE = "deleteGraceSeconds"  # pods' deletion grace when no dump just stopped them
+# waitForPodsReady (Kueue's semantics): an admitted job whose pods are not all running within this long
+# gives its quota back and is requeued with exponential backoff (base * 2^(n-1), at most max); after
+# `requeueBackoffLimit` such requeues (unset: no limit) it fails.
+CONFIG_PODS_READY_TIMEOUT = "podsReadyTimeout"  # a duration, e.g. "10m"
+CONFIG_REQUEUE_BACKOFF_BASE = "requeueBackoffBase"  # a duration, e.g. "60s"
+CONFIG_REQUEUE_BACKOFF_MAX = "requeueBackoffMax"  # a duration, e.g. "1h"
+CONFIG_REQUEUE_BACKOFF_LIMIT = "requeueBackoffLimit"  # a whole number of requeues
 
 # In a checkpointed pod (what the controller injects).
 RUNTIME_VOLUME = "ckq-runtime"  # emptyDir the init container fills with /ckq-runtime

@@ -222,6 +222,15 @@ class PodSetAssignment(ApiModel):
     """Node of each pod, by pod index."""
 
 
+class RequeueState(ApiModel):
+    """Requeues after the job's pods were not all running in time (Kueue's waitForPodsReady)."""
+
+    count: Annotated[int, Field(ge=0)] = 0
+    """Requeues so far."""
+    requeue_at: Time | None = None
+    """Not admitted again before this time (exponential backoff)."""
+
+
 class Admission(ApiModel):
     """The quota reservation of an admitted job."""
 
@@ -291,6 +300,9 @@ class CheckpointableJobStatus(ApiModel):
     """Run time thrown away by kills and failures (progress after the newest checkpoint)."""
     checkpoint_failures: Annotated[int, Field(ge=0)] = 0
     """Checkpoints that failed or timed out."""
+    requeue_state: RequeueState | None = None
+    """Set once the job was requeued because its pods were not all running within the cluster's
+    `podsReadyTimeout`; back in the queue after `requeueAt`."""
     preempted_for: Annotated[str | None, Field(max_length=317)] = None
     """While being vacated by a preemption: the job (`namespace/name`) its room is reserved for."""
 

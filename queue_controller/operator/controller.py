@@ -112,14 +112,15 @@ class Controller:
         await self.checkpoints.catch_up(now)
         await self.jobs.reconcile(now)
         snap, unqueued = build(self.cache, self.estimate, self.job_backends.admissible, self.memo,
-                               (self.job_backends.settings, self.cache.present_kinds()))
+                               (self.job_backends.settings, self.cache.present_kinds()), now)
         priorities = {j.key: j.priority for j in snap.jobs}
         decisions = decide(snap, now, self.policy)
         # Each decision concerns a different job, so they are carried out concurrently (bounded).
         await self.writer.bounded([self.actuators.act(a, now, priorities) for a in decisions.actions])
         await self.waiting.publish(decisions, unqueued, now, priorities)
         await self.waiting.publish_queues(snap, decisions, now, priorities)
-        self.next_wakeup = self._wakeup(decisions, now, bool(unqueued.refused))
+        self.next_wakeup = self._wakeup(decisions, now, bool(unqueued.refused),
+                                        *(t for t in (unqueued.wake, self.jobs.due) if t is not None))
         self.cycles += 1
         self.last_cycle_at = now
         if self.on_cycle is not None:
@@ -127,16 +128,19 @@ class Controller:
         metrics.CYCLE_SECONDS.observe(time.perf_counter() - started)
         return decisions
 
-    def _wakeup(self, decisions: Decisions, now: float, refused: bool = False) -> float | None:
+    def _wakeup(self, decisions: Decisions, now: float, refused: bool = False, *due: float) -> float | None:
         """When the next cycle is due without any change: the engine's due date, or soon while a
         checkpoint is in flight (backends are polled, but not in a busy loop), or when the cluster's
-        settings are read again while a job waits for its checkpoint mode to be served."""
+        settings are read again while a job waits for its checkpoint mode to be served, or a `due` time
+        (a pods-ready timeout, the end of a requeue backoff)."""
         wake = decisions.next_wakeup
+        for t in due:
+            wake = min(wake or t, max(t, now))
         if self.checkpoints.in_flight():
             wake = min(wake or now + POLL_S, now + POLL_S)
         if refused:
-            due = max(self.settings.next_refresh(), now + POLL_S)
-            wake = min(wake or due, due)
+            reread = max(self.settings.next_refresh(), now + POLL_S)
+            wake = min(wake or reread, reread)
         held = self.waiting.take_due(now)  # a queue status the rate limit held back
         if held is not None:
             wake = min(wake or held, held)

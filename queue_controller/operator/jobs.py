@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from queue_controller.api.common import ConditionStatus
+from queue_controller.api.job import RequeueState
 from queue_controller.checkpoint.injection import EXIT_CHECKPOINTED, EXIT_RESTORE_REFUSED
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.checkpoints import Checkpoints
@@ -70,7 +71,8 @@ def running(job: JobRecord, pods: Iterable[PodRecord], now: float, checkpoints: 
     if checkpoints:
         msg += f"; {checkpoints}"
     return JobStatusPatch(phase="Running", run_start_time=to_datetime(max(starts) if starts else now), message=msg,
-                          conditions=job_conditions(job.status, {"Running": ("True", "PodsRunning", msg)}, now))
+                          conditions=job_conditions(job.status, {"Running": ("True", "PodsRunning", msg),
+                                                                 "PodsReady": ("True", "PodsRunning", msg)}, now))
 
 
 def _exit(pod: PodRecord) -> str:
@@ -96,8 +98,10 @@ class JobLifecycle:
         self.runs = runs
         self.checkpoints = checkpoints
         self.waiting = waiting
+        self.due: float | None = None  # the next pods-ready timeout of a starting job
 
     async def reconcile(self, now: float) -> None:
+        self.due = None
         for job in list(self.cache.jobs.values()):
             phase = job.status.get("phase") or "Pending"
             if job.spec is None or phase in TERMINAL_PHASES:
@@ -153,6 +157,8 @@ class JobLifecycle:
         if job.spec.suspend:
             await self._suspend(job, now)
             return
+        if phase in STARTING_PHASES and await self._pods_ready_timeout(job, pods.values(), now):
+            return
         missing = [k for k in expected if k not in pods]
         if missing and phase == "Running":
             # A pod of a running gang is gone (deleted, evicted and removed, its node's pods cleaned up)
@@ -171,6 +177,38 @@ class JobLifecycle:
         if phase in STARTING_PHASES and all(p.phase in ("Running", "Succeeded") for p in pods.values()):
             placed = self.runs.backends.resolve(job, expected.values())
             await self.writer.job(job, running(job, pods.values(), now, placed.message if placed.available else ""))
+
+    async def _pods_ready_timeout(self, job: JobRecord, pods: Iterable[PodRecord], now: float) -> bool:
+        """Kueue's waitForPodsReady: an admitted job whose pods are not all running `podsReadyTimeout`
+        after its admission (an image that does not exist, an affinity no node meets) gives its quota
+        back and is requeued with exponential backoff; after `requeueBackoffLimit` requeues it fails.
+        True when it timed out."""
+        settings = self.runs.backends.settings
+        admitted = parse_time((job.status.get("admission") or {}).get("time"))
+        if admitted is None:
+            return False
+        deadline = admitted + settings.pods_ready_timeout_s
+        if now < deadline:
+            self.due = deadline if self.due is None else min(self.due, deadline)
+            return False
+        waiting_for = sorted(p.name for p in pods if p.phase != "Running")
+        count = int((job.status.get("requeueState") or {}).get("count") or 0) + 1
+        why = (f"its pods were not all running {settings.pods_ready_timeout_s:.0f}s after admission"
+               + (f" (not running: {', '.join(waiting_for[:3])}{' …' if len(waiting_for) > 3 else ''})"
+                  if waiting_for else ""))
+        if settings.backoff_limit is not None and count > settings.backoff_limit:
+            await self.runs.stop(job, keep_finished=True)
+            msg = f"{why}; requeued {count - 1} time(s), the limit (requeueBackoffLimit {settings.backoff_limit})"
+            await self.writer.job(job, failed(job, int(job.status.get("restarts") or 0), msg, now))
+            self.writer.event(job, "PodsReadyTimeout", msg, now, warning=True)
+            return True
+        at = now + settings.requeue_delay(count)
+        msg = f"{why}; requeued, back in the queue in {at - now:.0f}s"
+        await self.runs.requeue(job, now, msg, cause="pods-ready-timeout", counters=JobStatusPatch(
+            requeue_state=RequeueState(count=count, requeue_at=to_datetime(at))),
+            conditions={"PodsReady": ("False", "PodsReadyTimeout", msg)})
+        self.writer.event(job, "PodsReadyTimeout", msg, now, warning=True)
+        return True
 
     async def _suspend(self, job: JobRecord, now: float) -> None:
         """The user suspends a running job: checkpoint it out, or stop it when it cannot be checkpointed."""

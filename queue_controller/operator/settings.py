@@ -3,7 +3,9 @@
 `ckq dev up --real-nodes` writes it and the Helm chart templates it from its values, so a plain
 `ckq controller` needs no flags. It names the runtime image injected into checkpointed pods
 (`runtimeImage`), the store every node mounts (`storeHostPath`) and the pods' deletion grace
-(`deleteGraceSeconds`). Without the first two the CRIU backend is unavailable: a job that needs it is
+(`deleteGraceSeconds`), and how long an admitted job's pods may take to run before it gives its quota back
+(`podsReadyTimeout`, with `requeueBackoffBase`, `requeueBackoffMax`, `requeueBackoffLimit`: Kueue's
+waitForPodsReady). Without the first two the CRIU backend is unavailable: a job that needs it is
 refused with the CheckpointModeUnavailable condition, never simulated instead. kwok-only clusters need
 no ConfigMap.
 
@@ -22,11 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from queue_controller.checkpoint.base import ApiClient
+from queue_controller.duration import parse_duration
 from queue_controller.operator.kube import ApiError
 from queue_controller.wire import (
     CONFIG_DELETE_GRACE,
     CONFIG_MAP,
     CONFIG_NAMESPACE,
+    CONFIG_PODS_READY_TIMEOUT,
+    CONFIG_REQUEUE_BACKOFF_BASE,
+    CONFIG_REQUEUE_BACKOFF_LIMIT,
+    CONFIG_REQUEUE_BACKOFF_MAX,
     CONFIG_RUNTIME_IMAGE,
     CONFIG_STORE_HOST_PATH,
 )
@@ -34,6 +41,11 @@ from queue_controller.wire import (
 log = logging.getLogger("ckq.controller")
 REFRESH_S = 30.0
 DEFAULT_DELETE_GRACE_S = 30
+# Kueue's defaults are 30 min, 60 s and 1 h; pods here are pinned to nodes the engine chose, so a pod that
+# is not running after 10 minutes is stuck (an image that does not exist, an affinity no node meets).
+DEFAULT_PODS_READY_TIMEOUT_S = 600.0
+DEFAULT_BACKOFF_BASE_S = 60.0
+DEFAULT_BACKOFF_MAX_S = 3600.0
 CONFIG_REF = f"ConfigMap {CONFIG_NAMESPACE}/{CONFIG_MAP}"
 
 
@@ -42,7 +54,15 @@ class ClusterSettings:
     runtime_image: str = ""
     store_host_path: str = ""
     delete_grace_seconds: int = DEFAULT_DELETE_GRACE_S
+    pods_ready_timeout_s: float = DEFAULT_PODS_READY_TIMEOUT_S
+    backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
+    backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
+    backoff_limit: int | None = None
     problem: str = ""  # why the ConfigMap is absent, unreadable or partly invalid ("" when fine)
+
+    def requeue_delay(self, count: int) -> float:
+        """Seconds a job waits before its `count`-th requeue after a pods-ready timeout may be admitted."""
+        return min(self.backoff_base_s * 2.0 ** max(count - 1, 0), self.backoff_max_s)
 
     @classmethod
     def from_config_map(cls, data: Mapping[str, Any]) -> ClusterSettings:
@@ -63,7 +83,29 @@ class ClusterSettings:
             except ValueError:
                 bad.append(f"{CONFIG_DELETE_GRACE} {raw!r} is not a whole number of seconds >= 0")
                 grace = DEFAULT_DELETE_GRACE_S
-        return cls(image, store, grace, "; ".join(bad))
+        durations = {}
+        for key, default in ((CONFIG_PODS_READY_TIMEOUT, DEFAULT_PODS_READY_TIMEOUT_S),
+                             (CONFIG_REQUEUE_BACKOFF_BASE, DEFAULT_BACKOFF_BASE_S),
+                             (CONFIG_REQUEUE_BACKOFF_MAX, DEFAULT_BACKOFF_MAX_S)):
+            raw = data.get(key)
+            durations[key] = default
+            if raw not in (None, ""):
+                try:
+                    durations[key] = parse_duration(str(raw).strip())
+                except ValueError as e:
+                    bad.append(f"{key}: {e}")
+        limit = None
+        raw = data.get(CONFIG_REQUEUE_BACKOFF_LIMIT)
+        if raw not in (None, ""):
+            try:
+                limit = int(str(raw))
+                if limit < 0:
+                    raise ValueError
+            except ValueError:
+                bad.append(f"{CONFIG_REQUEUE_BACKOFF_LIMIT} {raw!r} is not a whole number >= 0")
+                limit = None
+        return cls(image, store, grace, durations[CONFIG_PODS_READY_TIMEOUT], durations[CONFIG_REQUEUE_BACKOFF_BASE],
+                   durations[CONFIG_REQUEUE_BACKOFF_MAX], limit, "; ".join(bad))
 
     def criu_unavailable(self) -> str:
         """Why the CRIU backend cannot run here ("" when it can)."""

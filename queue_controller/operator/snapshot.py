@@ -69,6 +69,7 @@ class Unqueued:
     """Jobs the engine never sees, and why (reported in their status)."""
 
     reasons: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (reason, message)
+    wake: float | None = None  # when the first job backing off after a pods-ready timeout is queued again
     # key -> the CheckpointModeUnavailable condition's reason, for jobs refused for their checkpoint mode
     refused: dict[str, str] = field(default_factory=dict)
 
@@ -220,10 +221,14 @@ class JobMemo:
             self._entries = {k: m for k, m in self._entries.items() if jobs.get(k) is m.rec}
 
 
+BACKOFF_REASON = "PodsReadyBackoff"
+
+
 def build(cache: Cache, estimator: Estimator, fitter: Fitter | None = None, memo: JobMemo | None = None,
-          env: object = None) -> tuple[Snapshot, Unqueued]:
+          env: object = None, now: float | None = None) -> tuple[Snapshot, Unqueued]:
     """The engine's snapshot of the cache, and the jobs the engine does not see (with why). `memo`: the
-    waiting jobs' records from earlier builds, valid while `env` is equal."""
+    waiting jobs' records from earlier builds, valid while `env` is equal. `now`: jobs backing off after
+    a pods-ready timeout stay out of the queue until their `requeueAt` (None: no one backs off)."""
     unq = Unqueued()
     jobs: list[Job] = []
     if memo is not None:
@@ -240,6 +245,14 @@ def build(cache: Cache, estimator: Estimator, fitter: Fitter | None = None, memo
         active = phase in ACTIVE_PHASES
         if rec.spec.suspend and not active:
             continue  # suspended by its user: not queued until resumed
+        if not active and now is not None and (state := rec.status.get("requeueState")):
+            at = parse_time(state.get("requeueAt"))
+            if at is not None and at > now:
+                unq.reasons[rec.key] = (BACKOFF_REASON, f"its pods were not all running in time after "
+                                        f"{state.get('count', 1)} admission(s); back in the queue at "
+                                        f"{state.get('requeueAt')}")
+                unq.wake = at if unq.wake is None else min(unq.wake, at)
+                continue
         lq = cache.local_queues.get(f"{rec.namespace}/{rec.spec.queue_name}")
         if lq is None and not active:
             unq.reasons[rec.key] = ("LocalQueueNotFound",

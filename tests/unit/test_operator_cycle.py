@@ -635,3 +635,51 @@ def test_a_checkpoint_of_a_job_that_does_not_exist_fails_saying_so() -> None:
         assert event["reason"] == "JobNotFound" and event["involvedObject"]["kind"] == "Checkpoint"
 
     run(scenario)
+
+
+def test_pods_that_never_run_give_the_quota_back_with_backoff_then_fail() -> None:
+    """Issue 14, Kueue's waitForPodsReady: a job whose pods never run (an affinity no node meets, an image
+    that does not exist) was Admitted and held its quota forever."""
+    async def scenario() -> None:
+        w = make_world("kueue", config={"podsReadyTimeout": "5m", "requeueBackoffBase": "30s",
+                                        "requeueBackoffLimit": "1"})
+        w.submit("stuck")
+        w.submit("other", priority=-1)
+        await w.cycle()
+        assert w.phase("stuck") == "Admitted" and w.phase("other") == "Pending"
+        await w.cycle(100)
+        assert w.phase("stuck") == "Admitted"
+        assert w.controller.next_wakeup == T0 + 300  # the deadline is planned, not polled
+        await w.cycle(200)
+        st = w.server.status("stuck")
+        assert st["requeueState"]["count"] == 1 and st["requeueState"]["requeueAt"] == wire_time(T0 + 330)
+        assert w.server.conditions("stuck")["PodsReady"]["reason"] == "PodsReadyTimeout"
+        assert "PodsReadyTimeout" in w.server.event_reasons("stuck")
+        assert w.server.pods("stuck") == []
+        await w.cycle(1)  # its pods are gone: the quota goes to the next job
+        assert w.phase("other") == "Admitted" and w.server.status("stuck")["pendingReason"] == "PodsReadyBackoff"
+        w.server.run_pods("other")
+        w.server.finish_pods("other")
+        await w.cycle(1)
+        assert w.phase("stuck") == "Pending"  # backing off, though the quota is free
+        assert w.controller.next_wakeup == T0 + 330
+        await w.cycle(28)
+        assert w.phase("stuck") == "Admitted" and w.server.status("stuck")["attempt"] == 2
+        await w.cycle(300)  # not running again: the limit (1 requeue) is spent
+        st = w.server.status("stuck")
+        assert st["phase"] == "Failed" and "requeueBackoffLimit 1" in st["message"]
+        assert "admission" not in st
+
+    run(scenario)
+
+
+def test_a_job_whose_pods_run_in_time_is_marked_pods_ready() -> None:
+    async def scenario() -> None:
+        w = make_world("kueue", config={"podsReadyTimeout": "5m"})
+        w.submit("quick")
+        await running(w, "quick")
+        await w.cycle(400)
+        assert w.phase("quick") == "Running" and w.server.conditions("quick")["PodsReady"]["status"] == "True"
+        assert "requeueState" not in w.server.status("quick")
+
+    run(scenario)

@@ -465,7 +465,16 @@ def test_a_failed_job_keeps_its_finished_pods_for_their_logs() -> None:
 
 def test_the_configmap_is_read_with_its_problems_named() -> None:
     ok = ClusterSettings.from_config_map({**CONFIG, "deleteGraceSeconds": "10"})
-    assert ok == ClusterSettings("ckq.local/runtime:0.1.0", "/var/lib/ckq/store", 10, "") and not ok.criu_unavailable()
+    assert ok == ClusterSettings("ckq.local/runtime:0.1.0", "/var/lib/ckq/store", 10) and not ok.criu_unavailable()
+    ready = ClusterSettings.from_config_map({"podsReadyTimeout": "2m", "requeueBackoffBase": "10s",
+                                             "requeueBackoffMax": "35s", "requeueBackoffLimit": "3"})
+    assert (ready.pods_ready_timeout_s, ready.backoff_limit, ready.problem) == (120.0, 3, "")
+    assert [ready.requeue_delay(n) for n in (1, 2, 3, 4)] == [10.0, 20.0, 35.0, 35.0]
+    wrong = ClusterSettings.from_config_map({"podsReadyTimeout": "ten minutes", "requeueBackoffLimit": "-2"})
+    assert wrong.pods_ready_timeout_s == 600.0 and wrong.backoff_limit is None
+    assert wrong.problem == ("podsReadyTimeout: 'ten minutes' is not a duration: use a number and a unit (h, m, s, "
+                             "ms), such as '30m', '1h30m', '90s' or '500ms'; requeueBackoffLimit '-2' is not a whole "
+                             "number >= 0")
     bad = ClusterSettings.from_config_map({"runtimeImage": "img", "storeHostPath": "relative/x",
                                            "deleteGraceSeconds": "-1"})
     assert bad.delete_grace_seconds == 30 and bad.store_host_path == ""
