@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,13 +24,16 @@ from queue_controller.operator.metrics import REGISTRY
 
 log = logging.getLogger("ckq.controller")
 
-async def prime(cache: Cache, kube: Kube) -> None:
+async def prime(cache: Cache, kube: Kube, namespaces: Collection[str] = ()) -> None:
     """LIST everything once before the first cycle, so the loop never decides on a half-filled cache
-    (kopf's watches start concurrently and keep it fresh afterwards)."""
+    (kopf's watches start concurrently and keep it fresh afterwards). `namespaces`: only the namespaced
+    objects of these (as kopf then watches only them), so nothing of another namespace is admitted."""
     for w in handlers.WATCHED:
         listing = await kube.request("GET", w.list_path)
         api_version, list_kind = listing.get("apiVersion"), listing.get("kind", "List").removesuffix("List")
         for item in listing.get("items") or ():
+            if namespaces and w.namespaced and (item.get("metadata") or {}).get("namespace") not in namespaces:
+                continue
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", list_kind)
             if cache.fresh(w.cache_kind, item):
@@ -127,7 +131,7 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
     tasks: list[asyncio.Task[Any]] = []
 
     async def startup() -> None:
-        await prime(cache, kube)
+        await prime(cache, kube, namespaces or ())
         wakeups.start()
         controller.on_cycle = wakeups.plan
         tasks.append(asyncio.create_task(controller.run(), name="ckq-scheduling-loop"))

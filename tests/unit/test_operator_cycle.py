@@ -683,3 +683,24 @@ def test_a_job_whose_pods_run_in_time_is_marked_pods_ready() -> None:
         assert "requeueState" not in w.server.status("quick")
 
     run(scenario)
+
+
+def test_a_controller_limited_to_namespaces_primes_only_their_jobs() -> None:
+    """Issue 14: `--namespace A` still admitted the jobs of other namespaces it found at start (kopf then
+    watched only A, so they stayed Admitted forever)."""
+    async def scenario() -> None:
+        w = make_world("kueue", quota_gpus=16)
+        w.server.create("namespaces", {"metadata": {"name": "other"}})
+        w.server.create("localqueues", {"metadata": {"name": "main"}, "spec": {"clusterQueue": "cq"}}, "other")
+        w.submit("mine")
+        w.server.create("checkpointablejobs", _body("theirs"), "other")
+        _restart(w)
+        await prime(w.cache, w.kube, ["team"])
+        w.server.pending.clear()
+        await w.controller.cycle()
+        assert set(w.cache.jobs) == {"team/mine"} and "team/main" in w.cache.local_queues
+        assert "other/main" not in w.cache.local_queues and "cq" in w.cache.cluster_queues
+        assert w.phase("mine") == "Admitted"
+        assert "phase" not in (w.server.get("checkpointablejobs", "theirs", "other").get("status") or {})
+
+    run(scenario)
