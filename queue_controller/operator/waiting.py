@@ -18,10 +18,11 @@ Positions and the ordered pending list are served on demand, as Kueue's visibili
 LocalQueue carries a bounded head of its queue (the first MAX_PENDING_HEAD jobs with their position and
 the engine's current reason, message included) in `status.pendingJobs`.
 
-Queue status (counts, usage, the head) is written at most every QUEUE_STATUS_INTERVAL_S per queue and
-only when it changed: O(queues), not O(jobs). Usage counts the jobs this cycle admitted, so a queue of
-jobs shorter than a cycle does not read empty; the metrics are set every cycle, and a series whose
-usage went away is set to 0.
+Queues are tallied (counts, usage, the head) at most every QUEUE_STATUS_INTERVAL_S, and their status
+written only when it changed: O(queues) writes, not O(jobs), and the O(jobs) tally not every cycle; a
+cycle that saw a change in between plans the one that catches up. Usage counts the jobs the cycle
+admitted, so a queue of jobs shorter than a cycle does not read empty. The metrics are set with the
+status; a series whose usage went away is set to 0, and a deleted ClusterQueue's series go.
 """
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ class Waiting:
         self.cache = cache
         self.writer = writer
         self._published: dict[str, _Published] = {}
-        self._queue_written: dict[str, float] = {}  # queue key -> when its status was last written
+        self._queues_at = -float("inf")  # when the queues were last tallied
+        self._queues_generation = -1  # the cache's generation then
         self._usage_series: dict[str, set[tuple[str, str]]] = {}  # ClusterQueue -> (flavor, resource) set
-        self.due: float | None = None  # when a queue status held back by the rate limit may be written
+        self.due: float | None = None  # when the queues' tally held back by the rate limit is due
 
     def forget(self, key: str) -> None:
         """The job left the queue (admitted, suspended): its next wait is written afresh."""
@@ -164,7 +166,15 @@ class Waiting:
                              priorities: Mapping[str, int] | None = None) -> None:
         """Counts, usage and the head of every ClusterQueue and LocalQueue: metrics every cycle; status
         when it changed, at most every QUEUE_STATUS_INTERVAL_S per queue. `decisions`: this cycle's, whose
-        admissions count as quota in use already (their jobs may finish before the next cycle)."""
+        admissions count as quota in use already (their jobs may finish before the next cycle).
+
+        Tallying every job is O(jobs), so it runs at most every QUEUE_STATUS_INTERVAL_S; a cycle in
+        between that saw a change plans the cycle that catches up."""
+        if now - self._queues_at < QUEUE_STATUS_INTERVAL_S:
+            if self.cache.generation != self._queues_generation:
+                self.due = self._queues_at + QUEUE_STATUS_INTERVAL_S
+            return
+        self._queues_at, self._queues_generation = now, self.cache.generation
         stored = self._checkpoint_bytes()
         admitted = {a.job: a.placement for a in (decisions.actions if decisions is not None else ())
                     if isinstance(a, Admit | Resume)}
@@ -214,15 +224,7 @@ class Waiting:
 
     async def _write_queue(self, namespace: str | None, name: str,
                            patch: ClusterQueueStatusPatch | LocalQueueStatusPatch, now: float) -> None:
-        key = f"{namespace or ''}/{name}"
-        last = self._queue_written.get(key)
-        if last is not None and now - last < QUEUE_STATUS_INTERVAL_S:
-            if self.writer.queue_changed(namespace, name, patch):
-                due = last + QUEUE_STATUS_INTERVAL_S
-                self.due = due if self.due is None else min(self.due, due)
-            return
-        if await self.writer.queue(namespace, name, patch):
-            self._queue_written[key] = now
+        await self.writer.queue(namespace, name, patch)  # only when it changed
 
     def take_due(self, now: float) -> float | None:
         """When the next cycle must run to write a queue status held back by the rate limit (None: none is)."""

@@ -470,7 +470,7 @@ def test_usage_metric_goes_to_zero_when_the_queue_empties_and_goes_away_with_the
         await w.cycle(10)
         assert w.phase("a") == "Succeeded" and usage() == 0
         w.server.delete("clusterqueues", None, "cq")
-        await w.cycle(1)
+        await w.cycle(QUEUE_STATUS_INTERVAL_S)
         assert usage() is None
 
     run(scenario)
