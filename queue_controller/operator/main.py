@@ -18,6 +18,7 @@ from queue_controller.engine import Policy
 from queue_controller.operator import handlers
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.controller import Controller
+from queue_controller.operator.health import DEFAULT_STUCK_AFTER_S, Health, HealthServer
 from queue_controller.operator.kube import Kube, load_configuration
 from queue_controller.operator.metrics import REGISTRY
 
@@ -118,16 +119,24 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
 
 def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] | None = None,
         metrics_port: int | None = 9090, liveness_port: int | None = 8080, peering: str | None = None,
-        checkpoint_bandwidth: float = 2 * 2**30) -> None:
+        checkpoint_bandwidth: float = 2 * 2**30, stuck_after_s: float = DEFAULT_STUCK_AFTER_S) -> None:
     cfg = preflight(kubeconfig)
     kube = Kube(cfg)
     cache = handlers.RUNTIME.cache
     controller = Controller(cache, kube, policy, {"Simulated": SimulatedBackend(checkpoint_bandwidth)})
+    # /healthz fails when the loop stops completing cycles while work waits; /readyz once primed.
+    health = Health(stuck_after_s, clock=controller.clock)
+    controller.kick = health.watch_kick(controller.kick)  # type: ignore[method-assign]
+    controller.cycle = health.watch_cycle(controller.cycle)  # type: ignore[method-assign]
+    probes = HealthServer(health, liveness_port) if liveness_port else None
     wakeups = Wakeups(controller)
     tasks: list[asyncio.Task[Any]] = []
 
     async def startup() -> None:
+        if probes is not None:
+            await probes.start()
         await prime(cache, kube)
+        health.synced()
         wakeups.start()
         controller.on_cycle = wakeups.plan
         tasks.append(asyncio.create_task(controller.run(), name="ckq-scheduling-loop"))
@@ -136,10 +145,13 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
                  len(cache.nodes))
 
     async def cleanup() -> None:
+        health.stopping()
         wakeups.stop()
         for t in tasks:
             t.cancel()
         await kube.close()
+        if probes is not None:
+            await probes.stop()
 
     @kopf.on.login()
     def _login(**_: Any) -> kopf.ConnectionInfo:
@@ -154,5 +166,4 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
     kopf.run(
         clusterwide=not namespaces, namespaces=namespaces or (),
         standalone=peering is None, peering_name=peering,
-        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
     )
