@@ -104,8 +104,15 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
     """kopf's credentials from the configuration the controller itself loaded (`--kubeconfig`, else
     $KUBECONFIG, else in-cluster): one source, so kopf's watches and the controller's writes always go
     to the same cluster as the same user (kopf's own login would read $KUBECONFIG again)."""
-    auth = (getattr(cfg, "api_key", None) or {}).get("authorization") or ""
+    # The kubernetes client keeps a token under "BearerToken" (kubeconfig tokens, in-cluster service
+    # accounts) or "authorization", with its scheme in the value or in api_key_prefix. Missing it here
+    # sent kopf's watches anonymously (403) while the controller's own writes were authenticated.
+    keys = getattr(cfg, "api_key", None) or {}
+    key = "BearerToken" if keys.get("BearerToken") else "authorization"
+    auth = str(keys.get(key) or "")
     scheme, _, token = auth.partition(" ")
+    if auth and not token:  # the scheme, if any, is kept apart
+        scheme, token = (getattr(cfg, "api_key_prefix", None) or {}).get(key) or "Bearer", auth
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert or None,
