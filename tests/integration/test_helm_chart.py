@@ -9,12 +9,19 @@
 - the whole rendered chart passes a server-side dry-run apply;
 - the controller, run with nothing but a token the API server issued to the chart's ServiceAccount,
   goes through a preemption by checkpoint with zero Forbidden answers; and with one needed rule
-  taken out of the chart, the same check does see a refusal.
+  taken out of the chart, the same check does see a refusal;
+- the controller image the project builds runs as the chart runs it: read-only root, the chart's
+  non-root uid, env and args (root needed: a mount namespace and chroot stand in for the container).
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import subprocess
+import tarfile
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,8 +32,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from queue_controller import access, wire
+from queue_controller.devcluster.images import controller_image
 from queue_controller.operator.settings import ClusterSettings
-from tests.plugins.controller import ROOT, ControllerProcess, Kube, cjob
+from tests.plugins.controller import ROOT, ControllerProcess, Kube, cjob, free_port, job_status
 from tests.plugins.helm import CHART, helm_run, render
 
 pytestmark = pytest.mark.integration
@@ -124,6 +132,7 @@ def test_controller_deployment(helm: Path) -> None:
     assert c["image"] == "ckq.local/controller:0.1.0"
     assert c["args"] == ["controller", "--policy=kueue", "--metrics-port=9090", "--liveness-port=8080",
                          "--stuck-after-seconds=45", "--namespace=a", "--namespace=b"]
+    assert {e["name"]: e for e in c["env"]}["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert pod["serviceAccountName"] == "ckq-controller"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -347,3 +356,96 @@ def test_agent_identity_can_do_what_the_agent_does(helm: Path, kube: Kube, kube_
             agent.close()
     finally:
         kube_cluster.kubectl("delete", "--ignore-not-found", "-f", str(manifest))
+
+
+# ---- the image under the chart's pod settings ------------------------------------------------------
+
+RUN_AS = """\
+#!/bin/bash
+# The image's root read-only, a tmpfs at /tmp (the chart's emptyDir), the chart's uid, env and args:
+# the controller's container as the chart's Deployment has the kubelet start it.
+set -euo pipefail
+R="$1"; shift
+mount --bind "$R" "$R"
+mount -o remount,bind,ro "$R"
+mount -t proc proc "$R/proc"
+mount --rbind /dev "$R/dev"
+mount -t tmpfs -o size=64m,mode=1777 tmpfs "$R/tmp"
+mkdir "$R/tmp/cfg"
+cp "$KUBECONFIG_FILE" "$R/tmp/cfg/kubeconfig"
+chmod 0444 "$R/tmp/cfg/kubeconfig"
+exec chroot --userspec="$RUN_UID:$RUN_GID" "$R" env -i "$@"
+"""
+
+
+def test_controller_image_runs_as_the_chart_runs_it(helm: Path, kube: Kube, kube_cluster: Any, namespace: str,
+                                                    queues: Any, system_namespace: str, tmp_path: Path) -> None:
+    """The image the project builds (ckq.local/controller) starts under the chart's securityContext —
+    read-only root, the non-root uid, no /etc/passwd entry for it — with the chart's env and args and
+    the chart's ServiceAccount token, reports ready, and admits a job without a refusal."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (mount namespaces and chroot), as the real-node tier does")
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    with tarfile.open(controller_image().archive) as oci:
+        def blob(digest: str) -> Any:
+            return oci.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
+        index = yaml.safe_load(oci.extractfile("index.json"))  # type: ignore[arg-type]
+        manifest = yaml.safe_load(blob(index["manifests"][0]["digest"]))
+        for layer in manifest["layers"]:
+            with tarfile.open(fileobj=blob(layer["digest"])) as t:
+                t.extractall(rootfs, filter="tar")
+
+    release = f"h{uuid.uuid4().hex[:6]}"
+    manifest_path = install_rbac(helm, kube_cluster, tmp_path, release)
+    proc = None
+    log = tmp_path / "image-controller.log"
+    try:
+        sa_config = service_account_kubeconfig(kube, kube_cluster.kubeconfig, f"{release}-controller",
+                                               tmp_path / "sa.kubeconfig")
+        pod = one(render(helm, release=release), "Deployment")["spec"]["template"]
+        spec, (container,) = pod["spec"], pod["spec"]["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env |= {e["name"]: f"{release}-controller-0" for e in container["env"] if "valueFrom" in e}  # the pod's name
+        probes, metrics = free_port(), free_port()
+        args = [a for a in container["args"] if not a.startswith(("--liveness-port", "--metrics-port"))]
+        argv = [*(f"{k}={v}" for k, v in env.items()), "PATH=/usr/sbin:/usr/bin", "python3", "-m",
+                "queue_controller.cli", *args, "--kubeconfig=/tmp/cfg/kubeconfig", f"--liveness-port={probes}",
+                f"--metrics-port={metrics}"]
+        script = tmp_path / "run-as.sh"
+        script.write_text(RUN_AS)
+        uid = str(spec["securityContext"]["runAsUser"])
+        gid = str(spec["securityContext"]["runAsGroup"])
+        assert uid != "0" and spec["securityContext"]["runAsNonRoot"] is True
+        with log.open("wb") as out:
+            proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "bash", str(script), str(rootfs),
+                                     *argv], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={"KUBECONFIG_FILE": str(sa_config), "RUN_UID": uid, "RUN_GID": gid,
+                                         "PATH": os.environ["PATH"]})
+
+        def probe(path: str) -> int:
+            assert proc is not None and proc.poll() is None, f"the controller exited:\n{log.read_text()}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{probes}{path}", timeout=2) as r:
+                    return int(r.status)
+            except OSError:
+                return 0
+
+        kube.wait("the image's controller ready", lambda: probe("/readyz") == 200, timeout=60)
+        assert probe("/healthz") == 200
+        q = queues(gpus=8)
+        kube.create("checkpointablejobs", cjob("imaged", q, gpus=8, runtime_s=600), namespace)
+        kube.wait_phase(namespace, "imaged", "Running")
+        text = log.read_text(errors="replace")
+        assert refusals(text) == [] and "Traceback" not in text, text
+        assert job_status(kube, namespace, "imaged")["admission"]["clusterQueue"] == f"{namespace}-main"
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        kube_cluster.kubectl("delete", "--ignore-not-found", "-f", str(manifest_path))
