@@ -32,7 +32,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from queue_controller import access, wire
-from queue_controller.devcluster.images import controller_image
+from queue_controller.devcluster.images import archive_refs, controller_image
 from queue_controller.operator.settings import ClusterSettings
 from tests.plugins.controller import ROOT, ControllerProcess, Kube, cjob, free_port, job_status
 from tests.plugins.helm import CHART, helm_run, render
@@ -385,9 +385,13 @@ def test_controller_image_runs_as_the_chart_runs_it(helm: Path, kube: Kube, kube
     the chart's ServiceAccount token, reports ready, and admits a job without a refusal."""
     if os.geteuid() != 0:
         pytest.fail("this test needs root (mount namespaces and chroot), as the real-node tier does")
+    image = controller_image()
+    # `ckq dev image import` loads the archive under the name its index carries: the chart's default image.
+    chart_image = one(render(helm), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert archive_refs(image.archive) == [image.ref] == [chart_image]
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
-    with tarfile.open(controller_image().archive) as oci:
+    with tarfile.open(image.archive) as oci:
         def blob(digest: str) -> Any:
             return oci.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
         index = yaml.safe_load(oci.extractfile("index.json"))  # type: ignore[arg-type]
