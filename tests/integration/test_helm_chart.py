@@ -31,8 +31,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+import queue_controller
 from queue_controller import access, wire
-from queue_controller.devcluster.images import archive_refs, controller_image
+from queue_controller.devcluster.images import CONTROLLER_IMAGE_NAME, archive_refs, controller_image
 from queue_controller.operator.settings import ClusterSettings
 from tests.plugins.controller import ROOT, ControllerProcess, Kube, cjob, free_port, job_status
 from tests.plugins.helm import CHART, helm_run, render
@@ -129,7 +130,7 @@ def test_controller_deployment(helm: Path) -> None:
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["image"] == "ckq.local/controller:0.1.0"
+    assert c["image"] == f"{CONTROLLER_IMAGE_NAME}:{queue_controller.__version__}"  # appVersion follows ckq's
     assert c["args"] == ["controller", "--policy=kueue", "--metrics-port=9090", "--liveness-port=8080",
                          "--stuck-after-seconds=45", "--namespace=a", "--namespace=b"]
     assert {e["name"]: e for e in c["env"]}["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
