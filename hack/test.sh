@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every test tier (unit, integration, criu, e2e) the way CI does.
 # It first provisions, idempotently and from caches outside the repo, what the tiers need:
-# the Python environment, CRIU >= 4 (ckq criu install) and the Kubernetes binaries (ckq dev build).
+# the Python environment, CRIU >= 4 (ckq criu install), the Kubernetes binaries and helm (ckq dev build --helm).
 # Extra arguments go to pytest, e.g. `hack/test.sh -m unit` or `hack/test.sh tests/unit -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ mypy
 
 echo "== provisioning CRIU and the Kubernetes binaries (cached)"
 ckq criu install
-ckq dev build
+ckq dev build --helm
 
 echo "== tests"
 exec python -m pytest "$@"

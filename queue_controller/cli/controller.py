@@ -18,7 +18,10 @@ def controller(
     namespace: list[str] = typer.Option([], "--namespace", "-n", help="Only these namespaces (repeatable); "
                                         "default: cluster-wide."),
     metrics_port: int = typer.Option(9090, min=0, max=65535, help="Prometheus metrics port (0: off)."),
-    liveness_port: int = typer.Option(8080, min=0, max=65535, help="Liveness endpoint /healthz port (0: off)."),
+    liveness_port: int = typer.Option(8080, min=0, max=65535, help="Probe port: /healthz (liveness) and /readyz "
+                                      "(readiness) (0: off)."),
+    stuck_after_seconds: float = typer.Option(120.0, min=1.0, help="/healthz fails when work has waited this long "
+                                              "without a scheduling cycle completing."),
     peering: str | None = typer.Option(None, help="kopf peering name: only one replica of a peering is active. "
                                        "Default: standalone."),
     checkpoint_bandwidth_mib: float = typer.Option(2048.0, min=1.0, help="Simulated backend: write bandwidth "
@@ -50,7 +53,7 @@ def controller(
     try:
         run(pol, kubeconfig=kubeconfig, namespaces=list(namespace) or None, metrics_port=metrics_port or None,
             liveness_port=liveness_port or None, peering=peering,
-            checkpoint_bandwidth=checkpoint_bandwidth_mib * 2**20)
+            checkpoint_bandwidth=checkpoint_bandwidth_mib * 2**20, stuck_after_s=stuck_after_seconds)
     except FileNotFoundError as e:
         raise typer.BadParameter(f"kubeconfig not found: {e.filename}", param_hint="--kubeconfig") from None
     except StartupError as e:

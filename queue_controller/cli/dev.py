@@ -57,8 +57,11 @@ def build(
     real_nodes: Annotated[
         bool, typer.Option(help="Also provision what real nodes need: containerd, runc, CNI, local images.")
     ] = True,
+    helm: Annotated[bool, typer.Option(help="Also build helm from Go modules (for helm/ckq and its tests).")] = False,
 ) -> None:
     """Build (or reuse) etcd, kube-*, kubelet, kubectl and kwok from Go modules; print their directory.
+
+    With --helm it also builds helm (hack/build-helm.sh) and prints its path on stderr.
 
     With --real-nodes (the default) it also unpacks Debian's containerd, runc and CNI plugins into the
     cache and builds the local images (ckq.local/pause, ckq.local/python:3, ckq.local/runtime): all that `ckq dev up
@@ -73,6 +76,8 @@ def build(
         for image in dc.all_images(log=say):
             err.print(f"image {image.ref}: {image.archive}")
         err.print(f"real-node containerd seed (images preloaded): {dc.seed_root(rt, images)}")
+    if helm:
+        err.print(f"helm: {dc.ensure_helm(force=force)}")
     typer.echo(str(bin_dir))
 
 

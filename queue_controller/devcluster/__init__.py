@@ -8,7 +8,14 @@ See docs/dev-cluster.md.
 
 from __future__ import annotations
 
-from queue_controller.devcluster.binaries import BIN_DIR_ENV, BINARIES, cached_bin_dir, ensure_binaries
+from queue_controller.devcluster.binaries import (
+    BIN_DIR_ENV,
+    BINARIES,
+    cached_bin_dir,
+    cached_helm,
+    ensure_binaries,
+    ensure_helm,
+)
 from queue_controller.devcluster.cluster import ComponentStatus, down, import_image, load, status, up
 from queue_controller.devcluster.constants import (
     DEFAULT_CLUSTER_NAME,
@@ -51,9 +58,11 @@ __all__ = [
     "NodeGroup",
     "all_images",
     "cached_bin_dir",
+    "cached_helm",
     "delete_node",
     "down",
     "ensure_binaries",
+    "ensure_helm",
     "ensure_runtime",
     "import_image",
     "load",

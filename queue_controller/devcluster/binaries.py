@@ -91,3 +91,42 @@ def ensure_binaries(*, force: bool = False, quiet: bool = False) -> Path:
     if missing:
         raise DevClusterError(f"{script} reported {bin_dir}, which lacks: {', '.join(missing)}")
     return bin_dir
+
+
+# ---- helm: built like the cluster binaries, by hack/build-helm.sh, only when asked for --------------
+# (`ckq dev build --helm`, or the chart tests): nothing in `ckq dev up` needs it.
+
+HELM_ENV = "CKQ_HELM"
+
+
+def helm_build_script() -> Path:
+    return Path(__file__).resolve().parents[2] / "hack" / "build-helm.sh"
+
+
+def _helm_script() -> Path:
+    script = helm_build_script()
+    if not script.is_file():
+        raise DevClusterError(f"no build script at {script} (ckq is not running from a source checkout).\n"
+                              f"Set {HELM_ENV} to a helm v3 executable.")
+    return script
+
+
+def cached_helm() -> Path | None:
+    """The helm executable when built (or given by $CKQ_HELM), else None. Never builds."""
+    script = _helm_script()
+    proc = subprocess.run(["bash", str(script), "--check", "--quiet"], capture_output=True, text=True, check=False)
+    if proc.returncode == _NOT_BUILT:
+        return None
+    if proc.returncode != 0:
+        raise DevClusterError(proc.stderr.strip() or f"{script} --check failed ({proc.returncode})")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def ensure_helm(*, force: bool = False, quiet: bool = False) -> Path:
+    """The helm executable, built from Go modules first when needed (minutes, once)."""
+    script = _helm_script()
+    args = ["bash", str(script), *(["--force"] if force else []), *(["--quiet"] if quiet else [])]
+    proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=sys.stderr, text=True, check=False)
+    if proc.returncode != 0:
+        raise DevClusterError(f"building helm failed (exit {proc.returncode}); see the messages above.")
+    return Path(proc.stdout.strip().splitlines()[-1])

@@ -19,6 +19,7 @@ from queue_controller.engine import Policy
 from queue_controller.operator import handlers
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.controller import Controller
+from queue_controller.operator.health import DEFAULT_STUCK_AFTER_S, Health, HealthServer
 from queue_controller.operator.kube import Kube, load_configuration
 from queue_controller.operator.metrics import REGISTRY
 
@@ -107,8 +108,15 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
     """kopf's credentials from the configuration the controller itself loaded (`--kubeconfig`, else
     $KUBECONFIG, else in-cluster): one source, so kopf's watches and the controller's writes always go
     to the same cluster as the same user (kopf's own login would read $KUBECONFIG again)."""
-    auth = (getattr(cfg, "api_key", None) or {}).get("authorization") or ""
+    # The kubernetes client keeps a token under "BearerToken" (kubeconfig tokens, in-cluster service
+    # accounts) or "authorization", with its scheme in the value or in api_key_prefix. Missing it here
+    # sent kopf's watches anonymously (403) while the controller's own writes were authenticated.
+    keys = getattr(cfg, "api_key", None) or {}
+    key = "BearerToken" if keys.get("BearerToken") else "authorization"
+    auth = str(keys.get(key) or "")
     scheme, _, token = auth.partition(" ")
+    if auth and not token:  # the scheme, if any, is kept apart
+        scheme, token = (getattr(cfg, "api_key_prefix", None) or {}).get(key) or "Bearer", auth
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert or None,
@@ -122,16 +130,24 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
 
 def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] | None = None,
         metrics_port: int | None = 9090, liveness_port: int | None = 8080, peering: str | None = None,
-        checkpoint_bandwidth: float = 2 * 2**30) -> None:
+        checkpoint_bandwidth: float = 2 * 2**30, stuck_after_s: float = DEFAULT_STUCK_AFTER_S) -> None:
     cfg = preflight(kubeconfig)
     kube = Kube(cfg)
     cache = handlers.RUNTIME.cache
     controller = Controller(cache, kube, policy, {"Simulated": SimulatedBackend(checkpoint_bandwidth)})
+    # /healthz fails when the loop stops completing cycles while work waits; /readyz once primed.
+    health = Health(stuck_after_s, clock=controller.clock)
+    controller.kick = health.watch_kick(controller.kick)  # type: ignore[method-assign]
+    controller.cycle = health.watch_cycle(controller.cycle)  # type: ignore[method-assign]
+    probes = HealthServer(health, liveness_port) if liveness_port else None
     wakeups = Wakeups(controller)
     tasks: list[asyncio.Task[Any]] = []
 
     async def startup() -> None:
+        if probes is not None:
+            await probes.start()
         await prime(cache, kube, namespaces or ())
+        health.synced()
         wakeups.start()
         controller.on_cycle = wakeups.plan
         tasks.append(asyncio.create_task(controller.run(), name="ckq-scheduling-loop"))
@@ -140,10 +156,13 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
                  len(cache.nodes))
 
     async def cleanup() -> None:
+        health.stopping()
         wakeups.stop()
         for t in tasks:
             t.cancel()
         await kube.close()
+        if probes is not None:
+            await probes.stop()
 
     @kopf.on.login()
     def _login(**_: Any) -> kopf.ConnectionInfo:
@@ -158,5 +177,4 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
     kopf.run(
         clusterwide=not namespaces, namespaces=namespaces or (),
         standalone=peering is None, peering_name=peering,
-        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
     )

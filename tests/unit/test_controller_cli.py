@@ -53,3 +53,28 @@ def test_kopf_logs_in_with_the_configuration_the_controller_loaded() -> None:
     cfg.verify_ssl = False
     info = connection_info(cfg)
     assert (info.scheme, info.token, info.insecure, info.certificate_path) == ("Bearer", "abc.def", True, None)
+
+
+def test_kopf_logs_in_with_a_token_kubeconfig_and_in_cluster(tmp_path: Path) -> None:
+    """A token from a kubeconfig (a ServiceAccount's, as the Helm tests use) or from the in-cluster
+    service account reaches kopf: the kubernetes client keeps it under "BearerToken", and kopf once
+    watched anonymously (403 on /api) because only "authorization" was read."""
+    import yaml
+    from kubernetes.client import Configuration
+
+    from queue_controller.operator.kube import load_configuration
+    from queue_controller.operator.main import connection_info
+
+    path = tmp_path / "sa.kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "sa", "user": {"token": "tok.en"}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}]}))
+    info = connection_info(load_configuration(str(path)))
+    assert (info.scheme, info.token) == ("Bearer", "tok.en")
+    cfg = Configuration()
+    cfg.host = "https://kubernetes.default.svc"
+    cfg.api_key = {"authorization": "abc"}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    assert (connection_info(cfg).scheme, connection_info(cfg).token) == ("Bearer", "abc")
