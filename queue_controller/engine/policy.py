@@ -21,6 +21,18 @@ def young_interval(checkpoint_cost_s: float, mtbf_s: float) -> float:
     return math.sqrt(2.0 * max(checkpoint_cost_s, 0.0) * mtbf_s)
 
 
+def daly_interval(checkpoint_cost_s: float, mtbf_s: float) -> float:
+    """Daly's higher-order optimum checkpoint interval (J. T. Daly, "A higher order estimate of the
+    optimum checkpoint interval for restart dumps", FGCS 22(3), 2006, eq. 37): for a checkpoint cost
+    C < 2M, sqrt(2CM) * (1 + sqrt(C/2M)/3 + (C/2M)/9) - C; else M. Young's sqrt(2CM) is its first term;
+    Daly's stays right where C is not small against M (big images, failure-prone gangs)."""
+    c, m = max(checkpoint_cost_s, 0.0), mtbf_s
+    if c >= 2.0 * m:
+        return m
+    x = c / (2.0 * m)
+    return math.sqrt(2.0 * c * m) * (1.0 + math.sqrt(x) / 3.0 + x / 9.0) - c
+
+
 class PreemptionMode(StrEnum):
     NEVER = "Never"  # nothing is ever preempted
     KILL = "Kill"  # victims are killed and requeued; progress since their last checkpoint is lost
@@ -90,15 +102,35 @@ class Policy(_Model):
     preemption_attempts_per_queue: Annotated[int, Field(ge=1, le=1000)] = 4
 
     def interval_for(self, explicit_s: float | None, auto: bool, checkpoint_cost_s: float,
-                     mtbf_s: float | None = None) -> float | None:
-        """The periodic checkpoint interval for one job, or None when it takes none. `mtbf_s` (measured
-        on the cluster) overrides the policy's node MTBF."""
-        if not self.checkpoints.periodic:
-            return None
+                     mtbf_s: float | None = None, nodes: int = 1) -> float | None:
+        """The periodic checkpoint interval for one job, or None when it takes none (see `interval_choice`)."""
+        return self.interval_choice(explicit_s, auto, checkpoint_cost_s, mtbf_s, nodes)[0]
+
+    def interval_choice(self, explicit_s: float | None, auto: bool, checkpoint_cost_s: float,
+                        mtbf_s: float | None = None, nodes: int = 1) -> tuple[float | None, str]:
+        """The periodic checkpoint interval for one job, and why it is that one.
+
+        A job's own interval (`explicit_s`, or `auto`) is honoured under every policy. Otherwise the
+        policy decides: none unless its checkpoints are periodic, else its default interval. `auto` is
+        Daly's interval from the job's checkpoint cost and the mean time between failures of the nodes it
+        runs on (`mtbf_s`, measured on the cluster; else the policy's; divided by its `nodes`: a gang
+        stops when any of its nodes fails), clamped to the policy's bounds."""
         if explicit_s is not None and not auto:
-            return explicit_s
-        if not auto and self.checkpoints.default_interval != "auto":
-            return parse_duration(self.checkpoints.default_interval)
+            return explicit_s, "spec.checkpoint.interval"
         c = self.checkpoints
-        mtbf = mtbf_s if mtbf_s is not None else c.node_mtbf_seconds
-        return min(max(young_interval(checkpoint_cost_s, mtbf), c.min_interval_seconds), c.max_interval_seconds)
+        if not auto:
+            if not c.periodic:
+                return None, f"policy {self.name} takes no periodic checkpoints and the job sets no interval"
+            if c.default_interval != "auto":
+                return parse_duration(c.default_interval), f"policy {self.name}'s default interval"
+        measured = mtbf_s is not None
+        node_mtbf = mtbf_s if mtbf_s is not None else c.node_mtbf_seconds
+        job_mtbf = node_mtbf / max(nodes, 1)
+        raw = daly_interval(checkpoint_cost_s, job_mtbf)
+        interval = min(max(raw, c.min_interval_seconds), c.max_interval_seconds)
+        why = (f"auto: Daly's interval for a {checkpoint_cost_s:.1f}s checkpoint and a {job_mtbf / 3600:.1f}h "
+               f"mean time between failures ({'measured' if measured else 'assumed'} node MTBF "
+               f"{node_mtbf / 3600:.1f}h over {max(nodes, 1)} node(s))")
+        if interval != raw:
+            why += f", clamped to [{c.min_interval_seconds:.0f}s, {c.max_interval_seconds:.0f}s]"
+        return interval, why
