@@ -248,6 +248,16 @@ class Admission(ApiModel):
     """When the quota was reserved."""
 
 
+class CheckpointInterval(ApiModel):
+    """The periodic checkpoint interval in force for the job, and why."""
+
+    seconds: Annotated[float | None, Field(ge=0)] = None
+    """Seconds between periodic checkpoints (unset: the job takes none)."""
+    reason: Annotated[str, Field(max_length=1024)] = ""
+    """Where it comes from: the job's spec, the policy's default, or `auto` (Daly's interval, with the
+    checkpoint cost and the failure rate it used)."""
+
+
 class LastCheckpoint(ApiModel):
     """The newest completed checkpoint."""
 
@@ -300,6 +310,9 @@ class CheckpointableJobStatus(ApiModel):
     """Run time thrown away by kills and failures (progress after the newest checkpoint)."""
     checkpoint_failures: Annotated[int, Field(ge=0)] = 0
     """Checkpoints that failed or timed out."""
+    checkpoint_interval: CheckpointInterval | None = None
+    """The periodic checkpoint interval in force and why; written when a run starts and when a periodic
+    checkpoint completes."""
     requeue_state: RequeueState | None = None
     """Set once the job was requeued because its pods were not all running within the cluster's
     `podsReadyTimeout`; back in the queue after `requeueAt`."""

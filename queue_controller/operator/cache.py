@@ -116,6 +116,7 @@ class Cache:
         self.priority_classes: dict[str, int] = {}
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels, for namespaceSelector
         self.generation = 0  # bumped on every change: the loop skips work when nothing moved
+        self.node_failures = 0  # Ready nodes seen turning NotReady
         # Newest resourceVersion seen per object. The controller feeds its own write responses in as
         # they return, so a late watch event carrying an older state must not roll the cache back
         # (that is how a controller admits a job twice).
@@ -262,6 +263,8 @@ class Cache:
                          bool(spec.get("unschedulable")), node_kind(labels, meta.get("annotations") or {}),
                          str((status.get("nodeInfo") or {}).get("containerRuntimeVersion") or ""))
         old = self.nodes.get(rec.name)
+        if old is not None and old.ready and not rec.ready:
+            self.node_failures += 1  # a failure, for the measured MTBF (operator/failures.py)
         if old is not None:
             self.node_kinds[old.kind] -= 1
         self.node_kinds[rec.kind] = self.node_kinds.get(rec.kind, 0) + 1

@@ -28,6 +28,7 @@ from queue_controller.engine.policy import OnCheckpointFailure
 from queue_controller.operator import metrics
 from queue_controller.operator.backends import JobBackends, artifacts, observed
 from queue_controller.operator.cache import Cache
+from queue_controller.operator.failures import Intervals
 from queue_controller.operator.kube import ApiError, Kube
 from queue_controller.operator.records import CheckpointRecord, JobRecord, NodeRecord
 from queue_controller.operator.runs import Runs, run_time_now
@@ -128,7 +129,8 @@ def recorded(ckpt: CheckpointRecord) -> CheckpointResult:
 
 class Checkpoints:
     def __init__(self, cache: Cache, kube: Kube, writer: StatusWriter, backends: JobBackends, runs: Runs,
-                 policy: Policy) -> None:
+                 policy: Policy, intervals: Intervals | None = None) -> None:
+        self.intervals = intervals
         self.cache = cache
         self.kube = kube
         self.writer = writer
@@ -276,6 +278,11 @@ class Checkpoints:
     async def _apply_completed(self, job: JobRecord, ckpt: CheckpointRecord, result: CheckpointResult,
                                now: float) -> None:
         patch, message = job_checkpointed(job, ckpt, result, now)
+        if ckpt.leave_running and self.intervals is not None:
+            # Its cost is measured now: the interval its next checkpoints follow may have moved.
+            interval = self.intervals.of(job.key)
+            if interval is not None:
+                patch.checkpoint_interval = interval
         if ckpt.reason == "Preemption" and job.phase != "Checkpointing":
             # The controller stopped between creating the preemption's checkpoint and marking the job
             # Checkpointing (which counts the preemption): count it now.

@@ -17,6 +17,7 @@ cache and carries on without creating anything twice. The steps live in their ow
     waiting.py      waiting jobs' reasons, queue status and the head of each queue
     backends.py     the backend registry: each job's checkpoint backend, or why none can serve it
     settings.py     the cluster's checkpoint settings (the ConfigMap ckq-system/ckq-config)
+    failures.py     the failure rate observed (the measured MTBF) and each job's checkpoint interval
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from queue_controller.checkpoint.base import CheckpointBackend
 from queue_controller.engine import Decisions, Policy, decide
@@ -34,6 +36,7 @@ from queue_controller.operator.actuators import Actuators
 from queue_controller.operator.backends import JobBackends
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.checkpoints import Checkpoints
+from queue_controller.operator.failures import FailureRate, Intervals
 from queue_controller.operator.jobs import JobLifecycle
 from queue_controller.operator.kube import Kube
 from queue_controller.operator.records import JobRecord
@@ -70,8 +73,10 @@ class Controller:
         self.writer = StatusWriter(cache, kube)
         self.waiting = Waiting(cache, self.writer)
         self.runs = Runs(cache, kube, self.writer, self.job_backends)
-        self.checkpoints = Checkpoints(cache, kube, self.writer, self.job_backends, self.runs, policy)
-        self.jobs = JobLifecycle(cache, self.writer, self.runs, self.checkpoints, self.waiting)
+        self.failures = FailureRate(policy.checkpoints.node_mtbf_seconds)
+        self.intervals = Intervals(policy, self.failures)
+        self.checkpoints = Checkpoints(cache, kube, self.writer, self.job_backends, self.runs, policy, self.intervals)
+        self.jobs = JobLifecycle(cache, self.writer, self.runs, self.checkpoints, self.waiting, self.intervals)
         self.actuators = Actuators(cache, self.writer, self.runs, self.checkpoints, self.waiting)
 
     @property
@@ -108,11 +113,14 @@ class Controller:
         now = self.clock()
         if await self.settings.refresh(now):
             self.job_backends.configure(self.settings.current)
+        self.failures.observe(self.cache, now)
         await self.checkpoints.reconcile(now)
         await self.checkpoints.catch_up(now)
         await self.jobs.reconcile(now)
         snap, unqueued = build(self.cache, self.estimate, self.job_backends.admissible, self.memo,
                                (self.job_backends.settings, self.cache.present_kinds()), now)
+        snap = replace(snap, node_mtbf_s=self.failures.mtbf_s)
+        self.intervals.update(snap.jobs)
         priorities = {j.key: j.priority for j in snap.jobs}
         decisions = decide(snap, now, self.policy)
         # Each decision concerns a different job, so they are carried out concurrently (bounded).

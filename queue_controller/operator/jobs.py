@@ -18,6 +18,7 @@ from queue_controller.api.job import RequeueState
 from queue_controller.checkpoint.injection import EXIT_CHECKPOINTED, EXIT_RESTORE_REFUSED
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.checkpoints import Checkpoints
+from queue_controller.operator.failures import Intervals
 from queue_controller.operator.records import JobRecord, PodRecord
 from queue_controller.operator.runs import Runs
 from queue_controller.operator.snapshot import latest_completed_checkpoint
@@ -92,7 +93,8 @@ def failed(job: JobRecord, restarts: int, message: str, now: float) -> JobStatus
 
 class JobLifecycle:
     def __init__(self, cache: Cache, writer: StatusWriter, runs: Runs, checkpoints: Checkpoints,
-                 waiting: Waiting) -> None:
+                 waiting: Waiting, intervals: Intervals | None = None) -> None:
+        self.intervals = intervals
         self.cache = cache
         self.writer = writer
         self.runs = runs
@@ -152,6 +154,8 @@ class JobLifecycle:
         if lost_nodes or failed_pods:
             why = (f"node {', '.join(lost_nodes)} is NotReady or gone" if lost_nodes
                    else f"pod {failed_pods[0].name} failed" + _exit(failed_pods[0]))
+            if not lost_nodes and self.intervals is not None:
+                self.intervals.rate.pod_failed()  # a node's failure is counted once, as the node's
             await self._fail_run(job, now, why)
             return
         if job.spec.suspend:
@@ -176,7 +180,11 @@ class JobLifecycle:
             return
         if phase in STARTING_PHASES and all(p.phase in ("Running", "Succeeded") for p in pods.values()):
             placed = self.runs.backends.resolve(job, expected.values())
-            await self.writer.job(job, running(job, pods.values(), now, placed.message if placed.available else ""))
+            patch = running(job, pods.values(), now, placed.message if placed.available else "")
+            interval = self.intervals.of(job.key, len(set(expected.values()))) if self.intervals is not None else None
+            if interval is not None:
+                patch.checkpoint_interval = interval
+            await self.writer.job(job, patch)
 
     async def _pods_ready_timeout(self, job: JobRecord, pods: Iterable[PodRecord], now: float) -> bool:
         """Kueue's waitForPodsReady: an admitted job whose pods are not all running `podsReadyTimeout`
