@@ -20,7 +20,7 @@ from typing import Any
 
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from queue_controller.api.common import GROUP, VERSION
@@ -117,7 +117,7 @@ class Client:
 
     # ---- reads ------------------------------------------------------------------------------------
 
-    def list(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    def objects(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """Objects of a ckq.io kind: in `namespace`, or everywhere (None), or cluster-scoped ones."""
         where = f"in namespace {namespace}" if namespace else "in all namespaces"
         with self._call(f"list {plural} {where}", missing=""):
@@ -130,7 +130,7 @@ class Client:
             else:
                 out = self.custom.list_cluster_custom_object(GROUP, VERSION, plural,
                                                              _request_timeout=REQUEST_TIMEOUT_S)
-        return list(out.get("items") or [])
+        return list(_as_dict(out).get("items") or [])
 
     def get(self, plural: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         """One object; `UserError("job team-a/x not found")` when it does not exist."""
@@ -143,7 +143,7 @@ class Client:
             else:
                 out = self.custom.get_cluster_custom_object(GROUP, VERSION, plural, name,
                                                             _request_timeout=REQUEST_TIMEOUT_S)
-        return dict(out)
+        return _as_dict(out)
 
     def namespace_labels(self, names: set[str]) -> dict[str, dict[str, str]]:
         """Labels of each namespace; one we may not read gets only its `kubernetes.io/metadata.name`,
@@ -153,7 +153,7 @@ class Client:
             try:
                 with self._call(f"get namespace {name}"):
                     ns = self.core.read_namespace(name, _request_timeout=REQUEST_TIMEOUT_S)
-                out[name] = dict(ns.metadata.labels or {})
+                out[name] = dict((ns.metadata.labels if ns.metadata else None) or {})
             except UserError:
                 out[name] = {"kubernetes.io/metadata.name": name}
         return out
@@ -165,7 +165,7 @@ class Client:
                 items = self.scheduling.list_priority_class(_request_timeout=REQUEST_TIMEOUT_S).items
         except UserError:
             return None
-        return {pc.metadata.name: int(pc.value) for pc in items}
+        return {str(pc.metadata.name): int(pc.value or 0) for pc in items if pc.metadata is not None}
 
     def job_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         """The Events the controller recorded on a job (best effort: [] when not readable)."""
@@ -176,7 +176,7 @@ class Client:
                                                         _request_timeout=REQUEST_TIMEOUT_S).items
         except UserError:
             return []
-        return [self.api.sanitize_for_serialization(e) for e in items]
+        return [_as_dict(self.api.sanitize_for_serialization(e)) for e in items]  # type: ignore[no-untyped-call]
 
     # ---- writes -----------------------------------------------------------------------------------
 
@@ -184,14 +184,19 @@ class Client:
         with self._call(f"patch job {namespace}/{name}", f"job {namespace}/{name} not found"):
             out = self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, JOBS, name, body,
                                                              _request_timeout=REQUEST_TIMEOUT_S)
-        return dict(out)
+        return _as_dict(out)
 
     def create_checkpoint(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         job = (body.get("spec") or {}).get("jobName")
         with self._call(f"create a checkpoint of job {namespace}/{job}", f"job {namespace}/{job} not found"):
             out = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, CHECKPOINTS, body,
                                                               _request_timeout=REQUEST_TIMEOUT_S)
-        return dict(out)
+        return _as_dict(out)
+
+
+def _as_dict(value: object) -> dict[str, Any]:
+    """A response body as a dict (the generic client returns JSON objects, typed as `object`)."""
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _in_cluster_namespace() -> str:

@@ -20,7 +20,6 @@ from queue_controller.cli.views import human_bytes, human_duration, progress
 from queue_controller.wire import parse_time
 
 
-
 class Format(StrEnum):
     """`-o`: a table for people, or the view as JSON or YAML for scripts."""
 

@@ -81,11 +81,11 @@ def _split(job: str, client: Client) -> tuple[str, str]:
 
 def _queue_entries(client: Client, jobs: list[dict[str, Any]] | None = None) -> dict[str, views.QueueEntry]:
     """Positions and reasons of every waiting job, from every job, LocalQueue and ClusterQueue."""
-    jobs = client.list(JOBS) if jobs is None else jobs
+    jobs = client.objects(JOBS) if jobs is None else jobs
     waiting = [j for j in jobs if views.is_waiting(j)]
     pcs = client.priority_classes() if any((j.get("spec") or {}).get("priorityClassName") for j in waiting) else {}
     labels = client.namespace_labels({str(j["metadata"].get("namespace")) for j in waiting})
-    return views.queue_entries(jobs, client.list(LOCAL_QUEUES), client.list(CLUSTER_QUEUES), labels, pcs)
+    return views.queue_entries(jobs, client.objects(LOCAL_QUEUES), client.objects(CLUSTER_QUEUES), labels, pcs)
 
 
 def _entries_or_none(client: Client, all_jobs: list[dict[str, Any]] | None) -> dict[str, views.QueueEntry] | None:
@@ -116,10 +116,10 @@ def get_jobs(kubeconfig: Kubeconfig = None, context: Context = None, namespace: 
     client = _client(kubeconfig, context, namespace, all_namespaces)
     all_jobs = None
     if all_namespaces:
-        all_jobs = client.list(JOBS)
+        all_jobs = client.objects(JOBS)
         shown = all_jobs
     else:
-        shown = client.list(JOBS, client.namespace)
+        shown = client.objects(JOBS, client.namespace)
     entries = _entries_or_none(client, all_jobs) if any(views.is_waiting(j) for j in shown) else {}
     now = time.time()
     render.emit(_console(), views.job_rows(shown, entries, now, all_namespaces), output, render.jobs_table, now)
@@ -130,9 +130,9 @@ def get_queues(kubeconfig: Kubeconfig = None, context: Context = None, namespace
                all_namespaces: AllNamespaces = False, output: Output = render.Format.TABLE) -> None:
     """ClusterQueues and the LocalQueues of the namespace: pending, admitted, suspended, usage vs quota."""
     client = _client(kubeconfig, context, namespace, all_namespaces)
-    lqs = client.list(LOCAL_QUEUES, None if all_namespaces else client.namespace)
+    lqs = client.objects(LOCAL_QUEUES, None if all_namespaces else client.namespace)
     now = time.time()
-    render.emit(_console(), views.queues_view(client.list(CLUSTER_QUEUES), lqs), output, render.queues_table, now)
+    render.emit(_console(), views.queues_view(client.objects(CLUSTER_QUEUES), lqs), output, render.queues_table, now)
 
 
 for _name, _fn, _hidden in (("jobs", get_jobs, False), ("job", get_jobs, True), ("cjob", get_jobs, True),
@@ -154,7 +154,7 @@ def describe_job(name: Annotated[str, typer.Argument(help="The job: NAME or NAME
     ns, job_name = _split(name, client)
     job = client.get(JOBS, job_name, ns)
     entries = _entries_or_none(client, None) if views.is_waiting(job) else {}
-    view = views.describe_view(job, client.list(CHECKPOINTS, ns), entries, client.job_events(ns, job_name),
+    view = views.describe_view(job, client.objects(CHECKPOINTS, ns), entries, client.job_events(ns, job_name),
                                time.time())
     render.emit(_console(), view, output, render.describe_text, time.time())
 
@@ -171,7 +171,7 @@ def pending(cluster_queue: Annotated[str, typer.Argument(metavar="CLUSTERQUEUE",
     """A ClusterQueue's pending jobs in the order it will admit them, each with why it waits."""
     client = _client(kubeconfig, context)
     cq = client.get(CLUSTER_QUEUES, cluster_queue)
-    jobs = client.list(JOBS)
+    jobs = client.objects(JOBS)
     view = views.pending_view(cq, jobs, _queue_entries(client, jobs))
     render.emit(_console(), view, output, render.pending_table, time.time())
 
@@ -249,7 +249,7 @@ def top_queues(kubeconfig: Kubeconfig = None, context: Context = None, output: O
     """Per ClusterQueue, flavor and resource: usage against nominal quota, borrowed, lent, limits."""
     client = _client(kubeconfig, context)
     now = time.time()
-    render.emit(_console(), views.top_view(client.list(CLUSTER_QUEUES)), output, render.top_table, now)
+    render.emit(_console(), views.top_view(client.objects(CLUSTER_QUEUES)), output, render.top_table, now)
 
 
 top_app.command("queues")(top_queues)
