@@ -36,7 +36,7 @@ from queue_controller.cli.client import (
     Target,
     UserError,
 )
-from queue_controller.wire import ATTEMPT_LABEL, JOB_LABEL
+from queue_controller.wire import ACTIVE_PHASES, ATTEMPT_LABEL, JOB_LABEL
 
 F = TypeVar("F", bound=Callable[..., Any])
 PIPE_WIDTH = 250
@@ -186,8 +186,11 @@ def _set_suspend(job: str, kubeconfig: str | None, context: str | None, namespac
         typer.echo(f"job {ns}/{name} is already {'suspended' if value else 'not suspended'}")
         return
     client.patch_job(ns, name, {"spec": {"suspend": value}})
-    if value:
-        typer.echo(f"job {ns}/{name} suspended: a running job is checkpointed and releases its resources")
+    if value and (current.get("status") or {}).get("phase") in ACTIVE_PHASES:
+        typer.echo(f"job {ns}/{name} suspended: it is checkpointed (stopped, if not checkpointable) and "
+                   "releases its resources")
+    elif value:
+        typer.echo(f"job {ns}/{name} suspended: it leaves the queue until resumed")
     else:
         typer.echo(f"job {ns}/{name} resumed: it queues again (from its last checkpoint, if it has one)")
 
