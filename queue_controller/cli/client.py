@@ -12,6 +12,7 @@ generic `CustomObjectsApi` rather than the controller's async writer.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,7 +80,9 @@ class Client:
             self.in_cluster = True
             self.source = "the in-cluster service account"
             default_ns = _in_cluster_namespace()
-        cfg.retries = 1  # a dead server is reported at once, not after urllib3's retries
+        # A dead server is reported at once, in one line: no urllib3 retries, and none of its warnings.
+        cfg.retries = 0
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
         self.server = str(cfg.host)
         self.namespace = target.namespace or default_ns
         self.api = k8s_client.ApiClient(cfg)

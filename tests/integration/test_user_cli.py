@@ -47,7 +47,8 @@ def test_user_commands_on_a_live_queue(kube: Kube, kube_cluster: Any, namespace:
     run_controller("iass")
     kube.wait_phase(namespace, "big", "Running")
     for name, prio in (("low-1", 1), ("high", 3), ("low-2", 1)):
-        kube.create("checkpointablejobs", cjob(name, lq, priority=prio, runtime_s=5, memory="1Gi"), namespace)
+        # Long runs: once admitted, a job stays, so the queue behind it holds still while it is read.
+        kube.create("checkpointablejobs", cjob(name, lq, priority=prio, runtime_s=600, memory="1Gi"), namespace)
     kube.wait("the controller's reasons", lambda: all(
         job_status(kube, namespace, n).get("pendingReason") for n in ("low-1", "high", "low-2")))
 
@@ -77,10 +78,15 @@ def test_user_commands_on_a_live_queue(kube: Kube, kube_cluster: Any, namespace:
     # ckq checkpoint --leave-running: a User Checkpoint the controller takes; describe shows it.
     out = ckq(kube, "checkpoint", "big", "-n", namespace, "--leave-running").stdout
     assert "checkpoint" in out and "created" in out
-    kube.wait("the user checkpoint", lambda: job_status(kube, namespace, "big").get("checkpoints", 0) >= 1)
+
+    def user_checkpoints() -> list[dict[str, Any]]:
+        described = ckq_json(kube, "describe", "job", "big", "-n", namespace)
+        return [c for c in described["checkpointHistory"] if c["reason"] == "User"]
+
+    kube.wait("the user checkpoint completed", lambda: [c for c in user_checkpoints() if c["phase"] == "Completed"])
     described = ckq_json(kube, "describe", "job", "big", "-n", namespace)
-    user = [c for c in described["checkpointHistory"] if c["reason"] == "User"]
-    assert len(user) == 1 and user[0]["phase"] == "Completed" and user[0]["leaveRunning"] is True
+    user = user_checkpoints()
+    assert len(user) == 1 and user[0]["leaveRunning"] is True
     assert user[0]["sizeBytes"] > 0 and user[0]["durationSeconds"] is not None
     assert described["phase"] == "Running" and described["admission"]["podSets"][0]["nodes"]
     assert "Checkpoints" in ckq(kube, "describe", "job", "big", "-n", namespace).stdout
@@ -88,7 +94,7 @@ def test_user_commands_on_a_live_queue(kube: Kube, kube_cluster: Any, namespace:
     # ckq suspend: checkpointed out; the queue moves up and "high" is admitted.
     ckq(kube, "suspend", "big", "-n", namespace)
     kube.wait_phase(namespace, "big", "Suspended")
-    kube.wait_phase(namespace, "high", ("Running", "Succeeded"))
+    kube.wait_phase(namespace, "high", "Running")
     kube.wait("low-1 at the head", lambda: pending_order(kube, cq)[:2] == [
         ("low-1", 1, job_status(kube, namespace, "low-1").get("pendingReason")),
         ("low-2", 2, job_status(kube, namespace, "low-2").get("pendingReason"))])
