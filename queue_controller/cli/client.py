@@ -152,7 +152,16 @@ class Client:
         """Labels of each namespace; one we may not read gets only its `kubernetes.io/metadata.name`,
         which the API server sets on every namespace (the controller's fallback too)."""
         out: dict[str, dict[str, str]] = {}
-        for name in sorted(names):
+        if len(names) > 1:  # one list beats a get per namespace, where the user may list them
+            try:
+                with self._call("list namespaces"):
+                    listed = self.core.list_namespace(_request_timeout=REQUEST_TIMEOUT_S).items
+                for ns in listed:
+                    if ns.metadata is not None and ns.metadata.name in names:
+                        out[str(ns.metadata.name)] = dict(ns.metadata.labels or {})
+            except UserError:
+                pass
+        for name in sorted(names - set(out)):
             try:
                 with self._call(f"get namespace {name}"):
                     ns = self.core.read_namespace(name, _request_timeout=REQUEST_TIMEOUT_S)
