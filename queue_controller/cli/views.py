@@ -4,8 +4,9 @@ Each view is a JSON-ready dict: `-o json|yaml` prints it as it is, and `cli/rend
 dict as tables, so the machine output and the table never disagree.
 
 Queue positions are computed here, on demand, from the jobs the API server holds — the way Kueue's
-visibility API serves them — instead of being read from `status.queuePosition` (which the controller
-would otherwise have to rewrite for every waiting job on every cycle). A ClusterQueue's queue is the
+visibility API serves them. The controller does not store them per job (a position moves with every
+admission ahead of it, and rewriting every waiting job each cycle made its API writes grow with the
+backlog); it keeps only a bounded head of each queue in the queue's `status.pendingJobs`. A ClusterQueue's queue is the
 set of waiting jobs of its LocalQueues that the controller actually queues (the same rules as
 `operator/snapshot.build`: a LocalQueue that exists, a namespace the ClusterQueue admits, a known
 PriorityClass, a checkpoint mode that can be served, not suspended by its user), ranked by

@@ -58,6 +58,11 @@ def test_user_commands_on_a_live_queue(kube: Kube, kube_cluster: Any, namespace:
     for name, _, reason in order:
         assert reason == job_status(kube, namespace, name)["pendingReason"]
     assert "high" in ckq(kube, "pending", cq).stdout
+    # The controller's own sample of the queue's head (the engine's positions) says the same.
+    kube.wait("the ClusterQueue's pendingJobs", lambda: [
+        (p["name"], p["position"], p.get("localQueuePosition"))
+        for p in (kube.get("clusterqueues", cq).get("status") or {}).get("pendingJobs") or ()
+    ] == [(i["name"], i["position"], i["positionInLocalQueue"]) for i in ckq_json(kube, "pending", cq)["items"]])
 
     # ckq get jobs: the same positions; the running job has none.
     rows = {r["name"]: r for r in ckq_json(kube, "get", "jobs", "-n", namespace)["items"]}

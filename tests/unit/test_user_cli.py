@@ -91,7 +91,7 @@ def test_positions_follow_priority_then_creation_then_key_per_cluster_queue() ->
 
 def test_reason_and_message_come_from_the_jobs_status() -> None:
     waiting = job("w", status={"pendingReason": "InsufficientQuota", "message": "needs 8 GPUs",
-                               "queuePosition": 42})  # a stale queuePosition is never read
+                               "queuePosition": 42})  # a stale stored position (older controllers) is never read
     e = views.queue_entries([waiting], [lq("main", "team-a", "q")], [cq("q")])["team-a/w"]
     assert (e.position, e.reason, e.message) == (1, "InsufficientQuota", "needs 8 GPUs")
 
