@@ -412,3 +412,20 @@ def test_kubectl_plugin_entry_point_runs_the_same_user_commands() -> None:
     assert names <= ckq_names
     result = CliRunner().invoke(user.kubectl_app, ["--help"], prog_name="kubectl ckq")
     assert result.exit_code == 0 and "kubectl ckq" in result.output
+
+
+def test_without_access_to_every_namespace_positions_are_unknown_not_wrong(fake: FakeClient,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    own = fake.objects
+
+    def namespaced_only(plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        if plural == JOBS and namespace is None:
+            raise UserError("forbidden: cannot list checkpointablejobs in all namespaces (RBAC)")
+        return own(plural, namespace)
+
+    monkeypatch.setattr(fake, "objects", namespaced_only)
+    result = invoke("get", "jobs", "-o", "json")
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.stdout)
+    assert view["positionsKnown"] is False and all(r["position"] is None for r in view["items"])
+    assert "warning: positions unknown (forbidden: cannot list checkpointablejobs in all namespaces" in result.output
