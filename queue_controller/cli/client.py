@@ -36,6 +36,10 @@ class UserError(Exception):
     """A failure a user can act on, as one line (no traceback)."""
 
 
+class Forbidden(UserError):
+    """The API server refused the request for this user (401/403): RBAC, or bad credentials."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where the commands talk to: `--kubeconfig` / `--context` and the namespace flags."""
@@ -99,7 +103,7 @@ class Client:
         try:
             yield
         except ApiException as e:
-            raise UserError(self._api_message(e, what, missing)) from None
+            raise (Forbidden if e.status in (401, 403) else UserError)(self._api_message(e, what, missing)) from None
         except (HTTPError, OSError) as e:
             raise UserError(f"cannot reach the API server {self.server} (kubeconfig {self.source}"
                             + (f", context {self.target.context}" if self.target.context else "")

@@ -33,6 +33,7 @@ from queue_controller.cli.client import (
     JOBS,
     LOCAL_QUEUES,
     Client,
+    Forbidden,
     Target,
     UserError,
 )
@@ -92,11 +93,9 @@ def _entries_or_none(client: Client, all_jobs: list[dict[str, Any]] | None) -> d
     """Positions need every namespace's jobs; without the right to list them, positions are unknown."""
     try:
         return _queue_entries(client, all_jobs)
-    except UserError as e:
-        if str(e).startswith("forbidden"):
-            typer.echo(f"warning: positions unknown ({e})", err=True)
-            return None
-        raise
+    except Forbidden as e:
+        typer.echo(f"warning: positions unknown ({e})", err=True)
+        return None
 
 
 def _console() -> Console:

@@ -19,7 +19,16 @@ from typer.testing import CliRunner
 
 from queue_controller.api import Checkpoint
 from queue_controller.cli import app, render, user, views
-from queue_controller.cli.client import CHECKPOINTS, CLUSTER_QUEUES, JOBS, LOCAL_QUEUES, Client, Target, UserError
+from queue_controller.cli.client import (
+    CHECKPOINTS,
+    CLUSTER_QUEUES,
+    JOBS,
+    LOCAL_QUEUES,
+    Client,
+    Forbidden,
+    Target,
+    UserError,
+)
 from queue_controller.wire import JOB_LABEL
 
 pytestmark = pytest.mark.unit
@@ -420,7 +429,7 @@ def test_without_access_to_every_namespace_positions_are_unknown_not_wrong(fake:
 
     def namespaced_only(plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         if plural == JOBS and namespace is None:
-            raise UserError("forbidden: cannot list checkpointablejobs in all namespaces (RBAC)")
+            raise Forbidden("forbidden: cannot list checkpointablejobs in all namespaces (RBAC)")
         return own(plural, namespace)
 
     monkeypatch.setattr(fake, "objects", namespaced_only)
