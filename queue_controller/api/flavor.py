@@ -40,7 +40,11 @@ class ResourceFlavor(KubeObject):
     SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Cluster"
     SHORT_NAMES: ClassVar[tuple[str, ...]] = ("rf", "flavor", "flavors")
     HAS_STATUS: ClassVar[bool] = False
-    PRINTER_COLUMNS: ClassVar[tuple[PrinterColumn, ...]] = (AGE_COLUMN,)
+    PRINTER_COLUMNS: ClassVar[tuple[PrinterColumn, ...]] = (
+        PrinterColumn(name="NodeLabels", type="string", json_path=".spec.nodeLabels",
+                      description="Labels that select the flavor's nodes"),
+        AGE_COLUMN,
+    )
 
     kind: Literal["ResourceFlavor"] = "ResourceFlavor"
     spec: ResourceFlavorSpec = Field(default_factory=ResourceFlavorSpec)

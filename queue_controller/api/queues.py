@@ -363,6 +363,8 @@ class ClusterQueue(KubeObject):
         PrinterColumn(name="Suspended", type="integer", json_path=".status.suspendedWorkloads",
                       description="Checkpointed jobs waiting to resume"),
         AGE_COLUMN,
+        PrinterColumn(name="CheckpointBytes", type="integer", json_path=".status.checkpointBytes",
+                      description="Checkpoint images its jobs keep in the store", priority=1),
     )
 
     kind: Literal["ClusterQueue"] = "ClusterQueue"

@@ -23,7 +23,7 @@ def version() -> None:
 
 def _register() -> None:
     # Imported here so `ckq version` stays fast and one broken group cannot hide the others' help.
-    from queue_controller.cli import agent, controller, crds, criu, demo, dev, simulate
+    from queue_controller.cli import agent, controller, crds, criu, demo, dev, simulate, user
 
     app.add_typer(dev.app, name="dev")
     app.add_typer(criu.app, name="criu")
@@ -32,6 +32,7 @@ def _register() -> None:
     app.command(name="simulate")(simulate.simulate)
     app.command(name="controller")(controller.controller)
     app.command(name="agent")(agent.agent)
+    user.register(app)  # get, describe, pending, suspend, resume, checkpoint, top (also `kubectl ckq`)
 
 
 _register()

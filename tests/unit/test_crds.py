@@ -68,8 +68,16 @@ def test_short_names_and_scopes() -> None:
 def test_cjob_printer_columns() -> None:
     version = crd(KINDS[3])["spec"]["versions"][0]
     default_cols = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert default_cols == ["Queue", "Phase", "Priority", "Checkpoints", "Age"]
+    assert default_cols == ["Queue", "Phase", "Priority", "Reason", "Checkpoints", "Age"]
     assert version["subresources"] == {"status": {}}
+
+
+def test_every_kind_has_printer_columns_beyond_age() -> None:
+    # `kubectl get cjob,ckpt,cq,lq,rf` is useful without the CLI: every kind shows more than its age.
+    for kind in KINDS:
+        cols = crd(kind)["spec"]["versions"][0]["additionalPrinterColumns"]
+        assert [c["name"] for c in cols if not c.get("priority")][-1] == "Age", kind.KIND
+        assert len([c for c in cols if not c.get("priority")]) >= 2, kind.KIND
 
 
 def _schema_path_exists(schema: dict[str, Any], json_path: str) -> bool:

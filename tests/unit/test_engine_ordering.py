@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from queue_controller.engine import PendingReason, Resume, decide
+from queue_controller.engine.ordering import order_key, positions, queue_order_key
 from tests.unit.engine_factory import IASS, KUEUE, admitted, job, node, queue, snapshot
 
 pytestmark = pytest.mark.unit
@@ -34,3 +35,22 @@ def test_preempted_job_keeps_its_original_place() -> None:
     d = decide(snap, 100, IASS)
     assert [a.job for a in d.of_type(Resume)] == ["ns/old"]
     assert d.of_type(Resume)[0].checkpoint == "old-ckpt-1"
+
+
+def test_positions_from_plain_values_follow_the_engine_order() -> None:
+    # The on-demand ranking (`ckq pending`) and the engine's must agree: same key, same positions.
+    waiting = [(1, 30.0, "ns/c"), (5, 50.0, "ns/b"), (1, 10.0, "ns/a"), (1, 10.0, "aa/a"), (-3, 0.0, "ns/z")]
+    assert positions(waiting) == {"ns/b": 1, "aa/a": 2, "ns/a": 3, "ns/c": 4, "ns/z": 5}
+    assert positions([]) == {}
+    jobs = [job("low", priority=1, t=0), job("high", priority=5, t=10), job("mid", priority=1, t=5)]
+    assert sorted(jobs, key=order_key) == sorted(jobs, key=lambda j: queue_order_key(j.priority, j.queue_order, j.key))
+
+
+def test_engine_positions_match_positions_helper() -> None:
+    snap = snapshot([node("n0")], [queue(gpus=8)],
+                    [job("run", priority=9, t=0), job("b", priority=1, t=20), job("a", priority=1, t=20),
+                     job("c", priority=3, t=40)])
+    d = decide(snap, 100, KUEUE)
+    assert admitted(d) == ["ns/run"]
+    waiting = [(j.priority, j.queue_order, j.key) for j in snap.jobs if j.key in d.waiting]
+    assert {k: w.position for k, w in d.waiting.items()} == positions(waiting)
