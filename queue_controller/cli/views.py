@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from queue_controller.api.common import LabelSelector
 from queue_controller.api.quantity import QuantityError, format_milli, to_milli
 from queue_controller.engine.ordering import positions
-from queue_controller.operator.snapshot import MODE_CONDITION
+from queue_controller.operator.snapshot import BACKOFF_REASON, MODE_CONDITION
 from queue_controller.wire import ACTIVE_PHASES, TERMINAL_PHASES, parse_time
 
 # Phases in which a job runs (its progress grows).
@@ -143,6 +143,10 @@ def queue_entries(jobs: Iterable[Mapping[str, Any]], local_queues: Iterable[Mapp
                                        "(spec.namespaceSelector)")
         elif priority is None:
             refusal = (PC_NOT_FOUND, f"PriorityClass {spec.get('priorityClassName')!r} does not exist")
+        elif (status := job.get("status") or {}).get("pendingReason") == BACKOFF_REASON:
+            # Backing off after a pods-ready timeout: out of the queue until status.requeueState.requeueAt
+            # (the controller re-queues it then; its message says when).
+            refusal = (BACKOFF_REASON, str(status.get("message") or ""))
         else:
             refusal = _mode_refusal(job)
         drafts.append((f"{ns}/{name}", lq, cq_name, priority, at, refusal, job))

@@ -113,6 +113,7 @@ def test_reason_and_message_come_from_the_jobs_status() -> None:
     (job("s", status={"conditions": [{"type": "CheckpointModeUnavailable", "status": "True",
                                       "reason": "NoNodeAgent", "message": "no agent"}]}),
      "CheckpointModeUnavailable"),
+    (job("s", status={"pendingReason": "PodsReadyBackoff", "requeueState": {"count": 1}}), "PodsReadyBackoff"),
 ])
 def test_jobs_the_controller_does_not_queue_have_no_position_and_say_why(body: dict[str, Any], reason: str) -> None:
     lqs = [lq("main", "team-a", "q"), lq("main", "locked", "q")]
