@@ -16,6 +16,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     WithJsonSchema,
     model_serializer,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
@@ -373,6 +374,16 @@ class KubeObject(ApiModel):
     CATEGORIES: ClassVar[tuple[str, ...]] = ("ckq",)
     PRINTER_COLUMNS: ClassVar[tuple[PrinterColumn, ...]] = ()
     HAS_STATUS: ClassVar[bool] = True
+    # A bound on metadata.name tighter than the API server's (253), with why: checked by a CEL rule at the
+    # root of the CRD (only metadata.name is visible there) and by the model.
+    MAX_NAME_LENGTH: ClassVar[tuple[int, str] | None] = None
+
+    @model_validator(mode="after")
+    def _name_length(self) -> KubeObject:
+        bound = type(self).MAX_NAME_LENGTH
+        if bound is not None and self.metadata.name is not None and len(self.metadata.name) > bound[0]:
+            raise ValueError(name_length_message(type(self).KIND, *bound))
+        return self
 
     api_version: str = API_VERSION
     """`ckq.io/v1alpha1`."""
@@ -396,6 +407,11 @@ class KubeObject(ApiModel):
             raise ValueError(f"{self.kind} needs metadata.name and metadata.uid to be an owner")
         return OwnerReference(api_version=self.api_version, kind=self.kind, name=self.metadata.name,
                               uid=self.metadata.uid, controller=True, block_owner_deletion=True)
+
+
+def name_length_message(kind: str, bound: int, why: str) -> str:
+    """The message of a kind's name-length rule (the CRD's CEL rule and the model say the same)."""
+    return f"metadata.name of a {kind} must be at most {bound} characters: {why}"
 
 
 AGE_COLUMN = PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp")

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from queue_controller.api.checkpoint import Checkpoint
-from queue_controller.api.common import GROUP, VERSION, KubeObject
+from queue_controller.api.common import GROUP, VERSION, KubeObject, name_length_message
 from queue_controller.api.flavor import ResourceFlavor
 from queue_controller.api.job import CheckpointableJob
 from queue_controller.api.queues import ClusterQueue, LocalQueue
@@ -119,6 +119,11 @@ def openapi_schema(kind: type[KubeObject]) -> dict[str, Any]:
     props["kind"] = {"description": f"`{kind.KIND}`.", "type": "string"}
     # The API server owns metadata's schema; a CRD may only say it is an object.
     props["metadata"] = {"type": "object"}
+    if kind.MAX_NAME_LENGTH is not None:
+        bound, why = kind.MAX_NAME_LENGTH
+        schema.setdefault("x-kubernetes-validations", []).append({
+            "rule": f"!has(self.metadata.name) || size(self.metadata.name) <= {bound}",
+            "message": name_length_message(kind.KIND, bound, why)})
     schema["required"] = [r for r in schema.get("required", []) if r not in ("apiVersion", "kind")]
     if not schema["required"]:
         del schema["required"]

@@ -327,6 +327,8 @@ class CheckpointableJob(KubeObject):
     PLURAL: ClassVar[str] = "checkpointablejobs"
     SCOPE: ClassVar[Literal["Namespaced", "Cluster"]] = "Namespaced"
     SHORT_NAMES: ClassVar[tuple[str, ...]] = ("cjob", "cjobs")
+    MAX_NAME_LENGTH: ClassVar[tuple[int, str] | None] = (
+        63, "it is the value of the label ckq.io/job-name on its pods and Checkpoints")
     PRINTER_COLUMNS: ClassVar[tuple[PrinterColumn, ...]] = (
         PrinterColumn(name="Queue", type="string", json_path=".spec.queueName", description="LocalQueue"),
         PrinterColumn(name="Phase", type="string", json_path=".status.phase", description="Phase"),

@@ -166,3 +166,8 @@ def test_invalid_objects_are_refused_with_the_field_named(kube: Kube, namespace:
     with pytest.raises(ApiException) as e3:
         kube.create("checkpointablejobs", bad_interval, namespace)
     assert "interval" in e3.value.body
+    # Issue 14: a name the job's pods cannot carry as a label value is refused up front, not later.
+    with pytest.raises(ApiException) as e4:
+        kube.create("checkpointablejobs", cjob("x" * 64, "main"), namespace)
+    assert e4.value.status == 422 and "metadata.name of a CheckpointableJob must be at most 63" in e4.value.body
+    kube.create("checkpointablejobs", cjob("x" * 63, "main"), namespace)  # the longest allowed

@@ -305,3 +305,16 @@ def test_lending_limit_compares_values_not_strings(nominal: object, lending: obj
     else:
         with pytest.raises(InvalidObject, match="less than or equal to nominalQuota"):
             validate_object(obj)
+
+
+def test_a_job_name_longer_than_a_label_value_is_refused() -> None:
+    """Issue 14: names of 64+ characters were accepted, and only the job's pods (labelled with the name)
+    failed later. The CRD's root CEL rule and the model say the same."""
+    long = {**job(), "metadata": {**job()["metadata"], "name": "x" * 64}}
+    with pytest.raises(InvalidObject, match=r"metadata\.name of a CheckpointableJob must be at most 63 characters"):
+        validate_object(long)
+    assert isinstance(validate_object({**job(), "metadata": {**job()["metadata"], "name": "x" * 63}}),
+                      CheckpointableJob)
+    from queue_controller.api.crdgen import openapi_schema
+    (rule,) = openapi_schema(CheckpointableJob)["x-kubernetes-validations"]
+    assert rule["rule"] == "!has(self.metadata.name) || size(self.metadata.name) <= 63"

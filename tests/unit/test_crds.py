@@ -154,6 +154,9 @@ def test_lists_under_cel_rules_are_bounded(kind: Any) -> None:
     for path, node in _walk(schema):
         if "x-kubernetes-validations" not in node:
             continue
+        if path == "" and all(r["rule"].replace("self.metadata.name", "").find("self.") < 0
+                              for r in node["x-kubernetes-validations"]):
+            continue  # root rules on metadata.name alone: the estimator costs what a rule reads, O(1) here
         for sub_path, sub in _walk(node, path):
             if sub.get("type") == "array":
                 assert "maxItems" in sub, sub_path
