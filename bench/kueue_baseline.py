@@ -417,7 +417,9 @@ def run_ckq(sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
     per_node = max(64, math.ceil(2 * nodes_cpu / args.nodes))
     groups = [dc.NodeGroup(name="cpu", count=args.nodes, gpus=0, cpu=str(per_node), memory="4Ti", pods=2000)]
     t0 = time.time()
-    state, _ = dc.up(args.cluster, groups, audit_log=args.audit, timeout=180)
+    state, started = dc.up(args.cluster, groups, audit_log=args.audit, timeout=180)
+    if not started:  # a cluster left by --keep: its jobs and queues would be counted with ours
+        raise SystemExit(f"cluster '{args.cluster}' is already running: `ckq dev down --name {args.cluster}` first")
     up_s = time.time() - t0
     paths = paths_for(args.cluster)
     ctl: subprocess.Popen[bytes] | None = None
