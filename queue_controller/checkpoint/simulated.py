@@ -8,12 +8,15 @@ Checkpoint's start time, it continues correctly across controller restarts.
 It also owns the simulated world's annotations. A job declares the run time it needs
 (`ckq.io/simulated-runtime-seconds`); each pod of a run is told how much of it is left
 (`kwok.ckq.io/run-seconds`, which kwok's pod stage turns into the pod finishing), so a restored job
-finishes sooner than a restarted one. Restored pods name their checkpoint (`ckq.io/restore-from`).
+finishes sooner than a restarted one. Both are seconds and may be fractional: they are honoured to the
+millisecond ("0.2" is 200 ms; whole seconds are written as before, "42"). Restored pods name their
+checkpoint (`ckq.io/restore-from`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 
 from queue_controller.api.job import CheckpointPolicy
@@ -41,8 +44,16 @@ SIMULATED_RUNTIME_ANNOTATION = "ckq.io/simulated-runtime-seconds"
 RUN_SECONDS_ANNOTATION = "kwok.ckq.io/run-seconds"
 
 
+# The finest run time a pod is given: kwok's stage delay is honoured to the millisecond.
+RUN_TIME_RESOLUTION_S = 0.001
+
+
 def remaining_run_time(job_annotations: Mapping[str, str], run_time_s: float) -> float | None:
-    """Seconds of simulated work a job has left (at least 1), or None when it declares none."""
+    """Seconds of simulated work a job has left, or None when it declares none.
+
+    A job that has run most of its time still gets at least 1 s (a resumed run does some work), or its
+    whole declared time when that is shorter: a 200 ms job runs 200 ms, not a rounded-up second.
+    """
     needed = job_annotations.get(SIMULATED_RUNTIME_ANNOTATION)
     if needed is None:
         return None
@@ -50,7 +61,16 @@ def remaining_run_time(job_annotations: Mapping[str, str], run_time_s: float) ->
         total = float(needed)
     except ValueError:
         return None
-    return max(total - run_time_s, 1.0)
+    if not math.isfinite(total):
+        return None
+    return max(total - run_time_s, min(total, 1.0), RUN_TIME_RESOLUTION_S)
+
+
+def format_run_seconds(seconds: float) -> str:
+    """The pod annotation's value: seconds to the millisecond, whole seconds without a fraction ("42", "0.2")."""
+    ms = max(round(seconds * 1000), 1)
+    whole, frac = divmod(ms, 1000)
+    return str(whole) if frac == 0 else f"{whole}.{frac:03d}".rstrip("0")
 
 
 class SimulatedBackend:
@@ -117,5 +137,5 @@ class SimulatedBackend:
             env.update(info.env)
         remaining = remaining_run_time(request.job_annotations, request.run_time_s)
         if remaining is not None:
-            annotations[RUN_SECONDS_ANNOTATION] = str(max(round(remaining), 1))
+            annotations[RUN_SECONDS_ANNOTATION] = format_run_seconds(remaining)
         return PodInfo(annotations, env)

@@ -168,6 +168,9 @@ def up(
     port: Annotated[int | None, typer.Option(help="API server port (default: a free one).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each step.", min=5)] = 90.0,
     build: Annotated[bool, typer.Option(help="Build the binaries when missing (else fail).")] = True,
+    audit_log: Annotated[
+        bool, typer.Option(help="The API server logs every request's metadata to logs/audit.log (JSON lines).")
+    ] = False,
 ) -> None:
     """Start the cluster (or report it running): etcd, kube-apiserver, KCM, scheduler, kwok, nodes."""
     groups = _node_groups(
@@ -193,6 +196,7 @@ def up(
         build=build,
         say=lambda line: out.print(line),
         real_nodes=real_nodes,
+        audit_log=audit_log,
     )
     if not started:
         out.print(f"Cluster '{name}' is already up.")

@@ -21,6 +21,7 @@ from queue_controller.devcluster import processes, realnode
 from queue_controller.devcluster.binaries import cached_bin_dir, ensure_binaries
 from queue_controller.devcluster.components import (
     ADVERTISE_IP,
+    AUDIT_POLICY,
     PORT_NAMES,
     SERVICE_IP,
     Component,
@@ -179,10 +180,12 @@ def up(
     say: Say = _quiet,
     real_nodes: int = 0,
     real_node_labels: dict[str, str] | None = None,
+    audit_log: bool = False,
 ) -> tuple[ClusterState, bool]:
     """Start cluster `name`, or find it already running. Returns (state, started_now).
 
     `real_nodes` real worker nodes (kubelet + containerd) run beside the kwok node groups.
+    `audit_log`: the API server writes every request's metadata to `logs/audit.log` (JSON lines).
     On any failure everything started here is stopped and its state removed before raising.
     """
     if not node_groups and not real_nodes:
@@ -215,7 +218,8 @@ def up(
             require_free(api_port, "API server")
         bin_dir = _binaries(build, say)
         real = _RealSetup.provision(real_nodes, real_node_labels or {}, build, say) if real_nodes else None
-        state = _fresh_up(name, node_groups, paths, bin_dir, api_port, timeout, die_with_parent, say, real)
+        state = _fresh_up(name, node_groups, paths, bin_dir, api_port, timeout, die_with_parent, say, real,
+                          audit_log)
         return state, True
 
 
@@ -239,6 +243,7 @@ def _fresh_up(
     die_with_parent: bool,
     say: Say,
     real: _RealSetup | None,
+    audit_log: bool = False,
 ) -> ClusterState:
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     if api_port is not None:
@@ -256,8 +261,11 @@ def _fresh_up(
     t0 = time.monotonic()
     try:
         _write_configs(paths, name, server)
+        if audit_log:
+            paths.logs.mkdir(parents=True, exist_ok=True)
+            (paths.configs / "audit-policy.yaml").write_text(AUDIT_POLICY)
         state.save()
-        for comp in components(bin_dir, paths, ports, name):
+        for comp in components(bin_dir, paths, ports, name, audit_log=audit_log):
             _start(comp, state, timeout, die_with_parent, say)
         if real is not None:
             real.start(state, timeout, die_with_parent, say)

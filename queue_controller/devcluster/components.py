@@ -22,6 +22,17 @@ ADVERTISE_IP = "127.0.0.1"
 PORT_NAMES = ("etcd", "etcd-peer", "apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 _HEALTH_PATHS = "/healthz,/readyz,/livez,/metrics"
 
+# The optional audit log (`up(audit_log=True)`): one JSON line per finished request, at Metadata level
+# (who, user agent, verb, resource, subresource, status; no bodies), so a bench can tell which client
+# sent what. Off by default: it costs the API server CPU and disk.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+"""
+
 
 @dataclass(frozen=True)
 class Component:
@@ -67,7 +78,20 @@ def _http_ok(port: int) -> bool:
     return _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
 
 
-def components(bin_dir: Path, paths: ClusterPaths, ports: dict[str, int], cluster: str) -> list[Component]:
+def audit_flags(paths: ClusterPaths) -> list[str]:
+    """The API server's audit flags: the policy in config/, the log in logs/audit.log, written as it goes."""
+    return [
+        f"--audit-policy-file={paths.configs / 'audit-policy.yaml'}",
+        f"--audit-log-path={paths.logs / 'audit.log'}",
+        "--audit-log-format=json",
+        "--audit-log-mode=blocking",  # each line is written before its response: a count read later is complete
+        "--audit-log-maxsize=0",  # never rotated: the bench reads one file
+    ]
+
+
+def components(
+    bin_dir: Path, paths: ClusterPaths, ports: dict[str, int], cluster: str, *, audit_log: bool = False
+) -> list[Component]:
     b = bin_dir
     pki = paths.pki
     etcd, peer, api = ports["etcd"], ports["etcd-peer"], ports["apiserver"]
@@ -127,6 +151,7 @@ def components(bin_dir: Path, paths: ClusterPaths, ports: dict[str, int], cluste
                 f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
                 f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
                 "--kubelet-preferred-address-types=InternalIP,Hostname",
+                *(audit_flags(paths) if audit_log else []),
             ],
             lambda: apiserver_ready(paths, api),
         ),

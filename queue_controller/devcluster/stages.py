@@ -278,8 +278,19 @@ _POD_FINISHED = """\
       phase: {{ if eq $code "0" }}Succeeded{{ else }}Failed{{ end }}
 """.replace("@EXIT_CODE_ANNOTATION@", EXIT_CODE_ANNOTATION)
 
-# A running pod with the run-seconds annotation finishes that many seconds after its startTime.
-# The deadline is absolute (startTime + N), so it holds across kwok restarts.
+# A running pod with the run-seconds annotation finishes N seconds (fractional: "0.2") after it started
+# running, to the millisecond. kwok reads durationFrom's jq result as an RFC 3339 deadline or as a Go
+# duration ("200ms") counted from when the stage matched the pod, i.e. when kwok saw it Running; a
+# deadline cannot be sub-second here, because .status.startTime has 1 s resolution. So the delay is
+# the duration N, capped by the absolute deadline startTime + N + 1 s (startTime is truncated, so the
+# true start lies within that second): on a fresh Running pod the cap is never below N, while after a
+# kwok restart, or an update that makes kwok match the pod again, the pod still finishes on time, at
+# most 1 s late, instead of running N seconds more.
+RUN_SECONDS_DELAY_JQ = (
+    f'(.metadata.annotations["{RUN_SECONDS_ANNOTATION}"] | tonumber) as $run'
+    ' | ((.status.startTime | fromdate) + $run + 1 - now) as $cap'
+    ' | ([$run, $cap] | min) * 1000 | floor | tostring + "ms"'
+)
 POD_COMPLETE_AFTER = f"""\
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -304,7 +315,7 @@ spec:
     durationMilliseconds: 0
     durationFrom:
       jq:
-        expression: '(.status.startTime | fromdate) + (.metadata.annotations["{RUN_SECONDS_ANNOTATION}"] | tonumber) | floor | todate'
+        expression: '{RUN_SECONDS_DELAY_JQ}'
   next:
     statusTemplate: |
 {_POD_FINISHED}"""

@@ -215,6 +215,46 @@ def test_batch_job_completes_after_run_seconds(batch: client.BatchV1Api, core: c
         assert _seconds(pod.status.start_time, term.finished_at) >= 3
 
 
+def test_sub_second_run_seconds_are_a_duration_not_a_rounded_deadline(core: client.CoreV1Api, ns: str) -> None:
+    # "0.3" finishes (it is not rounded down to "finish at once" nor up to a second, which only the
+    # bench's timings can show); "60", started at the same time, is still running then. Were kwok
+    # unable to evaluate the stage's delay, it would fall back to 0 and finish both at once.
+    core.create_namespaced_pod(ns, pod_body("short", annotations={dc.RUN_SECONDS_ANNOTATION: "0.3"}))
+    core.create_namespaced_pod(ns, pod_body("minute", annotations={dc.RUN_SECONDS_ANNOTATION: "60"}))
+    wait_until(lambda: phase(core, ns, "short") == "Succeeded", what="the 0.3 s pod Succeeded")
+    wait_until(lambda: phase(core, ns, "minute") == "Running", what="the 60 s pod Running")
+    assert phase(core, ns, "minute") == "Running"
+
+
+def test_run_seconds_delay_expression() -> None:
+    """The stage's jq, evaluated by jq itself: a duration in ms, capped by startTime + N + 1 s."""
+    import json
+    import shutil
+    from datetime import UTC, datetime, timedelta
+
+    from queue_controller.devcluster.stages import RUN_SECONDS_DELAY_JQ
+
+    jq = shutil.which("jq")
+    if jq is None:
+        pytest.skip("jq is not installed (kwok evaluates the expression with gojq; jq is only this check)")
+
+    def delay(run: str, started: timedelta) -> int:
+        start = (datetime.now(UTC) + started).strftime("%Y-%m-%dT%H:%M:%SZ")
+        pod = {"metadata": {"annotations": {dc.RUN_SECONDS_ANNOTATION: run}}, "status": {"startTime": start}}
+        out = subprocess.run([jq, "-r", RUN_SECONDS_DELAY_JQ], input=json.dumps(pod), capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert out.endswith("ms"), out
+        return int(out[:-2])
+
+    # A pod kwok has just seen running (its startTime is this second): exactly N.
+    ahead = timedelta(seconds=5)  # keeps the cap out of reach however slow this test runs
+    assert delay("0.2", ahead) == 200
+    assert delay("42", ahead) == 42_000
+    # Matched again long after it started (a kwok restart): what is left, or a past deadline (< 0: at once).
+    assert 6_500 <= delay("10", timedelta(seconds=-3)) <= 8_000
+    assert delay("10", timedelta(hours=-1)) < 0
+
+
 def test_exit_code_annotation_fails_pod(core: client.CoreV1Api, ns: str) -> None:
     core.create_namespaced_pod(
         ns, pod_body("fails", annotations={dc.RUN_SECONDS_ANNOTATION: "1", dc.EXIT_CODE_ANNOTATION: "3"})

@@ -64,3 +64,45 @@ def test_the_backend_and_the_simulator_share_one_cost_model() -> None:
     pods = [PodRef(f"j-{i}", "w", i, "n", ("c",), 4 * GIB) for i in range(2)]
     assert sim.checkpoint_s(job) == backend.estimate(pods)[0] == 5.0
     assert sim.restore_s(job) == backend.estimate(pods)[1] == 5.0
+
+
+def test_remaining_run_time_keeps_sub_second_jobs_exact() -> None:
+    from queue_controller.checkpoint.simulated import remaining_run_time
+
+    def left(declared: str, ran: float = 0.0) -> float | None:
+        return remaining_run_time({"ckq.io/simulated-runtime-seconds": declared}, ran)
+
+    assert left("0.2") == 0.2  # not rounded up to a second
+    assert left("100", 31.0) == 69.0
+    assert left("100", 99.5) == 1.0  # a resumed run still does at least a second of work
+    assert left("0.5", 0.4) == 0.5  # ... or its whole declared time when that is shorter
+    assert left("0") == 0.001  # the finest resolution kwok honours, never zero
+    assert left("soon") is None and left("nan") is None
+    assert remaining_run_time({}, 0.0) is None
+
+
+def test_run_seconds_annotation_is_written_to_the_millisecond() -> None:
+    from queue_controller.checkpoint.simulated import format_run_seconds
+
+    assert format_run_seconds(42.0) == "42"  # whole seconds read as before
+    assert format_run_seconds(69.0) == "69"
+    assert format_run_seconds(0.2) == "0.2"
+    assert format_run_seconds(1.25) == "1.25"
+    assert format_run_seconds(68.6004) == "68.6"
+    assert format_run_seconds(0.0001) == "0.001"  # never "0": the pod always runs
+
+
+def test_pods_get_the_exact_sub_second_run_time() -> None:
+    from queue_controller.api.job import CheckpointPolicy
+    from queue_controller.checkpoint.base import LaunchRequest
+
+    pod = PodRef("j-1-main-0", "main", 0, "n0", ("c",), GIB)
+    policy = CheckpointPolicy.model_validate({"mode": "Simulated"})
+
+    def annotation(declared: str, ran: float) -> str:
+        request = LaunchRequest("ns", "j", pod, policy, ran, {"ckq.io/simulated-runtime-seconds": declared})
+        return SimulatedBackend().pod_info(request).annotations["kwok.ckq.io/run-seconds"]
+
+    assert annotation("0.2", 0.0) == "0.2"
+    assert annotation("100", 31.0) == "69"
+    assert annotation("100", 31.4) == "68.6"

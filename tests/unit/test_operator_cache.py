@@ -157,7 +157,7 @@ def test_pods_are_pinned_to_the_engines_node_and_carry_flavor_and_restore_info(c
     assert pod["metadata"]["labels"]["ckq.io/attempt"] == "3"
     assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-g"
     assert pod["metadata"]["annotations"]["ckq.io/restore-from"] == "g-ckpt"
-    assert pod["metadata"]["annotations"]["kwok.ckq.io/run-seconds"] == "42"
+    assert pod["metadata"]["annotations"]["kwok.ckq.io/run-seconds"] == "42.4"  # to the millisecond
     terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["n0"]
     assert pod["spec"]["nodeSelector"] == {"ckq.io/flavor": "h100"}
