@@ -181,7 +181,8 @@ class Waiting:
         local_queue = {j.key: self._local_queue(j.key) for j in snap.jobs}
         by_cq, by_lq = _tally(snap.jobs, local_queue, stored, admitted)
         heads_cq, heads_lq = self._heads(decisions, priorities or {}, local_queue)
-        for name in self.cache.cluster_queues:
+        # Copies: the writes below yield to the event loop, where watch events change the cache.
+        for name in list(self.cache.cluster_queues):
             tally = by_cq.get(name, _Tally())
             self._metrics(name, tally)
             patch = tally.status(ClusterQueueStatusPatch)
@@ -189,7 +190,7 @@ class Waiting:
             await self._write_queue(None, name, patch, now)
         for gone in set(self._usage_series) - set(self.cache.cluster_queues):
             self._forget_metrics(gone)
-        for key, lq in self.cache.local_queues.items():
+        for key, lq in list(self.cache.local_queues.items()):
             patch_lq = by_lq.get(key, _Tally()).status(LocalQueueStatusPatch)
             patch_lq.pending_jobs = heads_lq.get(key, [])
             await self._write_queue(lq.namespace, lq.name, patch_lq, now)
