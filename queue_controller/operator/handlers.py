@@ -140,7 +140,3 @@ def register() -> None:
             result = fn()
             if asyncio.iscoroutine(result):
                 await result
-
-    @kopf.on.probe(id="scheduling_loop")
-    def _probe(**_: Any) -> str:
-        return "ok"
