@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from queue_controller.api import Checkpoint, CheckpointableJob, ClusterQueue, LocalQueue, ResourceFlavor
 from queue_controller.api.common import GROUP
+from queue_controller.operator.leader import LEASE_NAME
 from queue_controller.wire import CONFIG_MAP, CONFIG_NAMESPACE
 
 CORE = ""
@@ -74,6 +75,12 @@ CONTROLLER: tuple[Access, ...] = (
            "kopf watches CRDs to notice the watched kinds appear, change or go"),
     Access(CORE, "configmaps", ("get",), "operator/settings.py SettingsSource.refresh",
            "the cluster's checkpoint settings, read every 30 s", CONFIG_NAMESPACE, CONFIG_MAP),
+    # Leader election between replicas (`--leader-election`): read and renew one Lease; create it the
+    # first time (create cannot be limited to a name, so it is a row of its own).
+    Access("coordination.k8s.io", "leases", ("get", "update"), "operator/leader.py LeaderElection",
+           "which replica decides: renew or take over the Lease", CONFIG_NAMESPACE, LEASE_NAME),
+    Access("coordination.k8s.io", "leases", ("create",), "operator/leader.py LeaderElection",
+           "the Lease, the first time a replica runs", CONFIG_NAMESPACE),
 )
 
 AGENT: tuple[Access, ...] = (

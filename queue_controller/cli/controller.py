@@ -24,6 +24,9 @@ def controller(
                                               "without a scheduling cycle completing."),
     peering: str | None = typer.Option(None, help="kopf peering name: only one replica of a peering is active. "
                                        "Default: standalone."),
+    leader_election: bool = typer.Option(False, "--leader-election/--no-leader-election",
+                                         help="Run as one of several replicas: only the holder of the Lease "
+                                         "ckq-system/ckq-controller decides (the Helm chart turns it on)."),
     checkpoint_bandwidth_mib: float = typer.Option(2048.0, min=1.0, help="Simulated backend: write bandwidth "
                                                    "per pod (MiB/s) that models checkpoint duration."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
@@ -53,7 +56,8 @@ def controller(
     try:
         run(pol, kubeconfig=kubeconfig, namespaces=list(namespace) or None, metrics_port=metrics_port or None,
             liveness_port=liveness_port or None, peering=peering,
-            checkpoint_bandwidth=checkpoint_bandwidth_mib * 2**20, stuck_after_s=stuck_after_seconds)
+            checkpoint_bandwidth=checkpoint_bandwidth_mib * 2**20, stuck_after_s=stuck_after_seconds,
+            leader_election=leader_election)
     except FileNotFoundError as e:
         raise typer.BadParameter(f"kubeconfig not found: {e.filename}", param_hint="--kubeconfig") from None
     except StartupError as e:

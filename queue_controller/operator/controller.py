@@ -68,6 +68,8 @@ class Controller:
         self.on_cycle: Callable[[], None] | None = None
         self.cycles = 0
         self.last_cycle_at = 0.0
+        # Whether this replica may decide now (leader election; always, when it runs alone).
+        self.leading: Callable[[], bool] = lambda: True
         self.memo = JobMemo()  # waiting jobs' engine records, kept between cycles
         self.job_backends = JobBackends(self.backends["Simulated"], cache, kube, self.settings.current)
         self.writer = StatusWriter(cache, kube)
@@ -101,6 +103,8 @@ class Controller:
                 await asyncio.wait_for(self.kicked.wait(), timeout)
             await asyncio.sleep(debounce_s)  # let a burst of events land in the cache first
             self.kicked.clear()
+            if not self.leading():
+                continue  # the standby keeps its cache warm and decides nothing; taking over kicks it
             try:
                 await self.cycle()
             except Exception:  # one bad cycle must not stop the loop; the next one retries

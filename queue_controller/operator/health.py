@@ -43,12 +43,15 @@ class Health:
         self.pending_since: float | None = None  # the oldest wake-up no cycle has started to serve yet
         self.cycle_started_at: float | None = None  # the cycle in progress, if any
         self.serving_since: float | None = None  # the oldest work the cycle in progress serves
+        # Whether this replica leads (a standby serves no work, so it is never stuck).
+        self.active: Callable[[], bool] = lambda: True
 
     # ---- what the controller tells us ---------------------------------------------------------------
 
     def kicked(self) -> None:
-        """The loop was woken: work is pending from now on, unless older work is already pending."""
-        if self.pending_since is None:
+        """The loop was woken: work is pending from now on, unless older work is already pending (a
+        standby's wake-ups are no work: only the leader decides)."""
+        if self.pending_since is None and self.active():
             self.pending_since = self.clock()
 
     def cycle_started(self) -> None:
@@ -90,7 +93,7 @@ class Health:
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """(alive, the report shown at /healthz)."""
         report: dict[str, Any] = {"cycles": self.cycles, "lastCycleAt": self.last_cycle_at,
-                                  "stuckAfterSeconds": self.stuck_after_s}
+                                  "stuckAfterSeconds": self.stuck_after_s, "leading": self.active()}
         stuck = self.stuck_for()
         if stuck is None:
             return True, {"status": "ok", **report}

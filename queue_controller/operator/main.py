@@ -21,6 +21,7 @@ from queue_controller.operator.cache import Cache
 from queue_controller.operator.controller import Controller
 from queue_controller.operator.health import DEFAULT_STUCK_AFTER_S, Health, HealthServer
 from queue_controller.operator.kube import Kube, load_configuration
+from queue_controller.operator.leader import LeaderElection, default_identity
 from queue_controller.operator.metrics import REGISTRY
 
 log = logging.getLogger("ckq.controller")
@@ -130,7 +131,8 @@ def connection_info(cfg: Any) -> kopf.ConnectionInfo:
 
 def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] | None = None,
         metrics_port: int | None = 9090, liveness_port: int | None = 8080, peering: str | None = None,
-        checkpoint_bandwidth: float = 2 * 2**30, stuck_after_s: float = DEFAULT_STUCK_AFTER_S) -> None:
+        checkpoint_bandwidth: float = 2 * 2**30, stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
+        leader_election: bool = False) -> None:
     cfg = preflight(kubeconfig)
     kube = Kube(cfg)
     cache = handlers.RUNTIME.cache
@@ -142,6 +144,11 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
     probes = HealthServer(health, liveness_port) if liveness_port else None
     wakeups = Wakeups(controller)
     tasks: list[asyncio.Task[Any]] = []
+    elector = LeaderElection(kube, default_identity()) if leader_election else None
+    if elector is not None:
+        # Only the leader decides; taking over kicks the loop (its cache is warm: kopf watches in both).
+        controller.leading = health.active = lambda: elector.leading
+        elector.on_change = lambda leading: controller.kick() if leading else None
 
     async def startup() -> None:
         if probes is not None:
@@ -151,6 +158,8 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
         wakeups.start()
         controller.on_cycle = wakeups.plan
         tasks.append(asyncio.create_task(controller.run(), name="ckq-scheduling-loop"))
+        if elector is not None:
+            tasks.append(asyncio.create_task(elector.run(), name="ckq-leader-election"))
         controller.kick()
         log.info("ckq controller started: policy %s, %d jobs, %d nodes", policy.name, len(cache.jobs),
                  len(cache.nodes))
@@ -160,6 +169,7 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
         wakeups.stop()
         for t in tasks:
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # the elector gives its Lease up
         await kube.close()
         if probes is not None:
             await probes.stop()

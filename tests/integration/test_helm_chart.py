@@ -127,12 +127,16 @@ def test_chart_crds_are_the_generated_ones(helm: Path) -> None:
 def test_controller_deployment(helm: Path) -> None:
     objs = render(helm, {"controller": {"policy": "kueue", "stuckAfterSeconds": 45, "namespaces": ["a", "b"]}})
     dep = one(objs, "Deployment")
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas, one active through the Lease; without leader election one replica, Recreate.
+    assert dep["spec"]["replicas"] == 2 and "strategy" not in dep["spec"]
+    single = one(render(helm, {"controller": {"leaderElection": False}}), "Deployment")
+    assert single["spec"]["replicas"] == 1 and single["spec"]["strategy"] == {"type": "Recreate"}
+    assert "--leader-election" not in single["spec"]["template"]["spec"]["containers"][0]["args"]
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["image"] == f"{CONTROLLER_IMAGE_NAME}:{queue_controller.__version__}"  # appVersion follows ckq's
     assert c["args"] == ["controller", "--policy=kueue", "--metrics-port=9090", "--liveness-port=8080",
-                         "--stuck-after-seconds=45", "--namespace=a", "--namespace=b"]
+                         "--stuck-after-seconds=45", "--leader-election", "--namespace=a", "--namespace=b"]
     assert {e["name"]: e for e in c["env"]}["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert pod["serviceAccountName"] == "ckq-controller"
@@ -254,7 +258,8 @@ def start_as(sa_kubeconfig: Path, log: Path, monkeypatch: pytest.MonkeyPatch, po
              ) -> ControllerProcess:
     # KUBECONFIG too, so nothing in the process could fall back to the admin's file.
     monkeypatch.setenv("KUBECONFIG", str(sa_kubeconfig))
-    ctl = ControllerProcess(str(sa_kubeconfig), policy, log)
+    # As the chart runs it: one of its replicas, electing a leader over the Lease (RBAC included).
+    ctl = ControllerProcess(str(sa_kubeconfig), policy, log, extra=["--leader-election"])
     ctl.start()
     return ctl
 

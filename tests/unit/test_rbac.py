@@ -85,9 +85,29 @@ def controller_requests() -> set[tuple[str | None, str, str, str | None, str]]:
         assert w.phase("victim") == "Pending"
         return w
 
+    async def elect() -> list[tuple[str, str]]:
+        """Two replicas electing a leader: create the Lease, renew it, take it over, give it up."""
+        from tests.unit.test_operator_leader import Clock, LeaseStore, replica
+
+        store, clock, log = LeaseStore(), Clock(), []
+        request = store.request
+
+        async def logged(method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+            log.append((method, path))
+            return await request(method, path, body, **kw)
+
+        store.request = logged  # type: ignore[method-assign]
+        a, b = replica(store, "a", clock), replica(store, "b", clock)
+        await a.step()
+        await b.step()
+        await a.release()
+        await b.step()
+        return log
+
     seen = set()
     for world in (asyncio.run(scenario()), asyncio.run(kill())):
         seen |= {request_of(m, p) for m, p in world.server.log}
+    seen |= {request_of(m, p) for m, p in asyncio.run(elect())}
     return seen
 
 
