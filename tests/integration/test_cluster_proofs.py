@@ -13,6 +13,9 @@ nodes are all in the loop.
   running job's `runtimeEstimateSeconds`; a job that ends before the reservation is backfilled now, one
   that would delay it waits with `WouldDelayReservation`; the wide job starts when the running job
   ends, at or before its reserved time.
+- **Inadmissible gangs**: a gang bigger than its queue can ever hold waits as `NeverFitsQuota` with the
+  numbers, holds nothing (a job behind it in a StrictFIFO queue is admitted), and is admitted once the
+  queue's nominal quota is raised.
 
 Each scenario asserts outcomes, never timings: it polls with a deadline for the positive event it
 expects, and checks that something did *not* happen only after an event that proves the controller
@@ -28,8 +31,9 @@ from typing import Any
 
 import pytest
 
+from queue_controller.engine import PendingReason
 from queue_controller.wire import parse_time
-from tests.plugins.controller import Kube, cjob, job_status, running_pods
+from tests.plugins.controller import Kube, cjob, cluster_queue, job_status, running_pods
 
 pytestmark = pytest.mark.integration
 
@@ -240,3 +244,40 @@ def test_easy_reserves_a_start_and_backfills_only_what_ends_before_it(
     assert job_status(kube, namespace, "j2-long")["phase"] == "Pending"  # wide holds every node
     long = kube.wait_phase(namespace, "j2-long", ("Running", "Succeeded"), timeout=60)["status"]
     assert admitted_at(long) >= admitted_at(wide)
+
+
+# ---- 4. a gang bigger than its queue can ever hold -------------------------------------------------
+
+@pytest.mark.xfail(not hasattr(PendingReason, "NEVER_FITS_QUOTA"), strict=True,
+                   reason="issue 12: this engine has no NeverFitsQuota; a gang larger than its queue's "
+                          "nominal quota waits as InsufficientQuota forever and, as a StrictFIFO head, blocks "
+                          "the queue")
+def test_a_gang_bigger_than_its_queue_is_inadmissible_holds_nothing_and_is_admitted_when_quota_grows(
+        kube: Kube, namespace: str, queues: Any, run_controller: Any) -> None:
+    # 16 GPUs of nominal quota and no cohort: a gang of three 8-GPU pods can never be admitted as the
+    # queue stands. StrictFIFO, so an inadmissible head that held its place would block the job behind it.
+    q = queues(gpus=16, queueingStrategy="StrictFIFO")
+    cq = f"{namespace}-{q}"
+    # Names in creation order (ties in whole-second creation times go by name).
+    kube.create("checkpointablejobs", cjob("j1-huge", q, gpus=8, pods=3, runtime_s=600), namespace)
+    kube.create("checkpointablejobs", cjob("j2-small", q, gpus=8, runtime_s=600), namespace)
+    run_controller("kueue")
+
+    huge = wait_reason(kube, namespace, "j1-huge", "NeverFitsQuota")
+    assert huge["phase"] == "Pending"
+    assert "24 nvidia.com/gpu" in huge["message"] and "at most 16" in huge["message"], huge["message"]
+    # It holds nothing: the job behind it in the StrictFIFO queue is admitted, and it has no pod.
+    kube.wait_phase(namespace, "j2-small", "Running")
+    wait_head(kube, cq, [("j1-huge", 1, "NeverFitsQuota")])
+    assert kube.pods(namespace, "j1-huge") == []
+    usage = {r["name"]: r["total"] for f in kube.get("clusterqueues", cq)["status"]["flavorsUsage"]
+             for r in f["resources"]}
+    assert usage["nvidia.com/gpu"] == "8"  # small's GPUs only
+
+    # Raising the nominal quota to 32 makes room for both (24 + 8): the gang is admitted whole.
+    groups = cluster_queue(cq, 32)["spec"]["resourceGroups"]
+    kube.patch("clusterqueues", cq, {"spec": {"resourceGroups": groups}})
+    st = kube.wait_phase(namespace, "j1-huge", "Running", timeout=60)["status"]
+    assert len(set(assignments(st)["worker"]["nodes"])) == 3
+    assert len(running_pods(kube, namespace, "j1-huge")) == 3
+    assert job_status(kube, namespace, "j2-small")["phase"] == "Running"  # nothing was preempted for it
