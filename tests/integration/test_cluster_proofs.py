@@ -113,7 +113,7 @@ def test_multi_pod_set_gang_starts_whole_or_not_at_all(kube: Kube, namespace: st
     cq = f"{namespace}-{q}"
     # The blocker holds 8 of the 16 GPUs of quota; the gang's two workers need all 16, so it waits,
     # although its launcher alone would fit on the CPU node right now.
-    kube.create("checkpointablejobs", cjob("blocker", q, gpus=8, runtime_s=10), namespace)
+    kube.create("checkpointablejobs", cjob("blocker", q, gpus=8, runtime_s=15), namespace)
     run_controller("kueue")
     kube.wait_phase(namespace, "blocker", "Running")
     kube.create("checkpointablejobs", launcher_and_workers("gang", q, workers=2, runtime_s=600), namespace)
@@ -165,7 +165,7 @@ def test_strict_fifo_head_blocks_a_smaller_job_that_best_effort_lets_pass(
     # priorities: under `kueue` nothing is preempted, so only the queueing strategy differs.
     strict = queues(gpus=16, lq="strict", queueingStrategy="StrictFIFO")
     best = queues(gpus=16, lq="best", queueingStrategy="BestEffortFIFO")
-    kube.create("checkpointablejobs", cjob("running-s", strict, gpus=8, runtime_s=12), namespace)
+    kube.create("checkpointablejobs", cjob("running-s", strict, gpus=8, runtime_s=15), namespace)
     kube.create("checkpointablejobs", cjob("running-b", best, gpus=8, runtime_s=600), namespace)
     run_controller("kueue")
     kube.wait_phase(namespace, "running-s", "Running")
