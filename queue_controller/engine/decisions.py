@@ -71,7 +71,10 @@ class Checkpoint:
     reason: CheckpointReason
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike the actions: a cycle makes one record per waiting job (10,000 and more), and a frozen
+# dataclass's constructor costs several times a plain one's. Still hashable and compared by value; treat
+# it as read-only.
+@dataclass(slots=True, unsafe_hash=True)
 class Waiting:
     """Why a job is not running, and where it stands."""
 

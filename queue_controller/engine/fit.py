@@ -134,11 +134,14 @@ def pool_free(ws: Workspace, job: Job, cq: ClusterQueue, resource: str) -> int:
             pool = ws.cap.pools.get(f)
             if pool is not None:
                 found.update(pool.nodes)
-        names = ws.pool_nodes[key] = sorted(found)
+        names = ws.pool_nodes[key] = frozenset(found)
     free = ws.cap.free
     total = 0
-    for n in names:
-        q = free[n].get(resource, 0)
-        if q > 0:
-            total += q
+    # Only nodes with some of it free count: walk whichever of them and the pools' nodes is smaller.
+    holders = ws.cap.holders(resource)
+    for n in (holders if len(holders) < len(names) else names):
+        if n in names:
+            q = free[n].get(resource, 0)
+            if q > 0:
+                total += q
     return total

@@ -26,6 +26,14 @@ def dominant_resource(requests: Resources) -> str:
     return "cpu" if requests.get("cpu", 0) > 0 else next(iter(sorted(requests)), "cpu")
 
 
+class Candidates(list[str]):
+    """The nodes a pod set may use, in pool order, with the same names as a set for membership tests."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        super().__init__(names)
+        self.members = frozenset(self)
+
+
 @dataclass(slots=True)
 class Pool:
     """The nodes of one flavor that are Ready and schedulable."""
@@ -64,25 +72,43 @@ class Capacity:
         # rollback never revives a shape recorded as failed.
         self._failed: set[tuple[object, ...]] = set()
         self.speculative = 0  # >0 while a what-if (preemption search) has capacity added back
-        self._candidates: dict[tuple[object, ...], list[str]] = {}
+        self._candidates: dict[tuple[object, ...], Candidates] = {}
+        # Per resource, the nodes with some of it free. On a busy cluster these are few, and a gang
+        # placement or a pool's free total need only look at them instead of at every node. Built on
+        # first use for a resource (after the running jobs are accounted), then kept by `consume`.
+        self._holders: dict[str, set[str]] = {}
 
     def consume(self, node: str, requests: Resources, sign: int = 1) -> None:
         free = self.free[node]
+        holders = self._holders
         for r, q in requests.items():
-            free[r] = free.get(r, 0) - sign * q
+            left = free[r] = free.get(r, 0) - sign * q
+            index = holders.get(r)
+            if index is not None:
+                if left > 0:
+                    index.add(node)
+                else:
+                    index.discard(node)
+
+    def holders(self, resource: str) -> set[str]:
+        """The nodes with some of `resource` free now."""
+        index = self._holders.get(resource)
+        if index is None:
+            index = self._holders[resource] = {n for n, f in self.free.items() if f.get(resource, 0) > 0}
+        return index
 
     def release(self, node: str, requests: Resources) -> None:
         self.consume(node, requests, -1)
 
     def candidates(self, pool: Pool, pod_set: PodSet, extra_tolerations: tuple[Toleration, ...],
-                   restore_labels: Mapping[str, str]) -> list[str]:
+                   restore_labels: Mapping[str, str]) -> Candidates:
         """The pool's nodes this pod set may use (selector, restore labels, taints). Cached: most jobs
         share the same few combinations."""
         key = (pool.flavor.name, tuple(pod_set.node_selector.items()), pod_set.tolerations, extra_tolerations,
                tuple(restore_labels.items()))
         hit = self._candidates.get(key)
         if hit is None:
-            hit = self._candidates[key] = self._filter(pool, pod_set, extra_tolerations, restore_labels)
+            hit = self._candidates[key] = Candidates(self._filter(pool, pod_set, extra_tolerations, restore_labels))
         return hit
 
     def _filter(self, pool: Pool, pod_set: PodSet, extra_tolerations: tuple[Toleration, ...],
@@ -119,23 +145,34 @@ class Capacity:
                 return None
         dom = dominant_resource(requests)
         need_dom = requests.get(dom, 0)
+        asks = [(r, q) for r, q in requests.items() if q > 0]
         free = self.free
+        names: Iterable[str] = candidates
+        if need_dom > 0:
+            # Only nodes with some of the dominant resource free can take a pod: when they are fewer
+            # than the candidates, walk them instead. The order does not matter: `fitting` is sorted.
+            holders = self.holders(dom)
+            if len(holders) < len(candidates):
+                members = candidates.members if isinstance(candidates, Candidates) else frozenset(candidates)
+                names = [n for n in holders if n in members]
         fitting: list[tuple[int, str, int]] = []
         total = 0
-        for name in candidates:
+        # The hot loop of a cycle: most nodes fail on the dominant resource, so that is checked first.
+        for name in names:
             f = free[name]
-            if f.get(dom, 0) < need_dom:
+            have = f.get(dom, 0)
+            if have < need_dom:
                 continue
             k = count
-            for r, q in requests.items():
-                if q > 0:
-                    avail = f.get(r, 0)
-                    if avail < q:
-                        k = 0
-                        break
-                    k = min(k, avail // q)
+            for r, q in asks:
+                avail = f.get(r, 0)
+                if avail < q:
+                    k = 0
+                    break
+                if avail < k * q:
+                    k = avail // q
             if k > 0:
-                fitting.append((f.get(dom, 0), name, k))
+                fitting.append((have, name, k))
                 total += k
         if total < count:
             if key is not None:

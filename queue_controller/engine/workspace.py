@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
 
 from queue_controller.engine.decisions import Decisions, PendingReason
 from queue_controller.engine.ordering import dominant_share, order_key
@@ -68,12 +70,16 @@ class Running:
 
 @dataclass(slots=True)
 class QueueState:
-    """What the walk has learned about one ClusterQueue so far."""
+    """What the walk has learned about one ClusterQueue so far, and its policy settings, looked up once."""
 
+    strict: bool = False  # StrictFIFO (`Workspace.strict`)
+    backfill: bool = False  # reservations and backfill (`Workspace.backfill_enabled`)
+    depth: int = 1  # reservations per cycle (`Workspace.reservation_depth`)
     hard_blocked: bool = False  # StrictFIFO head blocked without a reservation
     deferred: bool = False  # a job was set aside for the borrowing pass: the rest of the queue follows it
     reservations: int = 0
     preemption_attempts: int = 0
+    blocked_why: WaitReason | None = None  # what every job behind a hard-blocked head waits for
 
 
 class Workspace:
@@ -87,7 +93,11 @@ class Workspace:
         self.flavors = {f.name: f for f in snapshot.flavors}
         self.cap = Capacity(snapshot.nodes, snapshot.flavors)
         self.ledger = QuotaLedger(snapshot.cluster_queues)
-        self.qstate: dict[str, QueueState] = {name: QueueState() for name in self.queues}
+        self.qstate: dict[str, QueueState] = {
+            name: QueueState(self.strict(q), self.backfill_enabled(q), self.reservation_depth(q))
+            for name, q in self.queues.items()
+        }
+        self.preemption_budget = policy.preemption_attempts_per_queue
         self.profiles: dict[str, Profile] = {}  # per flavor, built on first use (backfill.profile)
         self.running: dict[str, Running] = {}  # admitted before this cycle, by job key
         self.claimed: set[str] = set()  # victims (new or in flight) that some beneficiary counts on
@@ -101,13 +111,20 @@ class Workspace:
         # priority for which a shape found no victims.
         self.failed_fit: dict[tuple[object, ...], PendingReason] = {}
         self.failed_preemption: dict[tuple[object, ...], int] = {}
-        self.pool_nodes: dict[tuple[str, ...], list[str]] = {}  # flavors -> their pools' nodes
+        self.pool_nodes: dict[tuple[str, ...], frozenset[str]] = {}  # flavors -> their pools' nodes
+        # Per share group, its running jobs in victim order (the preemption rule's, kept here so that it
+        # is computed once per cycle: the order does not depend on the preemptor).
+        self.victim_ranking: dict[str, Any] = {}
         self._group_cache: dict[tuple[str, tuple[str, ...]], ResourceGroup | None] = {}
         self._shapes: dict[str, tuple[object, ...]] = {}
 
-        for job in sorted(snapshot.jobs, key=order_key):
-            if job.state is JobState.ADMITTED:
-                self._account_running(job)
+        pending: list[Job] = []
+        admitted: list[Job] = []
+        for job in snapshot.jobs:
+            (pending if job.state is JobState.PENDING else admitted).append(job)
+        admitted.sort(key=order_key)
+        for job in admitted:
+            self._account_running(job)
         # Preemption candidates: running jobs by the group they may be preempted within, and the jobs
         # already being vacated (free room soon, at no extra cost).
         self.by_group: dict[str, list[Running]] = {}
@@ -120,9 +137,16 @@ class Workspace:
                     self.owners.add(run.job.preempted_for)
             else:
                 self.by_group.setdefault(self.share_group(run.job.cluster_queue), []).append(run)
-        pending = [j for j in snapshot.jobs if j.state is JobState.PENDING]
         self.waiting: set[str] = {j.key for j in pending}
-        self.pending = sorted(pending, key=self._sort_key if policy.fair_sharing else order_key)
+        if policy.fair_sharing:
+            pending.sort(key=self._sort_key)
+        else:
+            # `order_key` in two stable sorts with C key functions: by (queue order, key), then by
+            # priority, highest first (a reverse sort keeps equal elements in their order). A third of
+            # the time of calling `order_key` for each of 10,000 jobs.
+            pending.sort(key=attrgetter("queue_order", "key"))
+            pending.sort(key=attrgetter("priority"), reverse=True)
+        self.pending = pending
 
     # ---- setup ------------------------------------------------------------------------------------
 
@@ -134,23 +158,33 @@ class Workspace:
         delta: dict[FR, int] = {}
         nodes: list[tuple[str, Mapping[str, int]]] = []
         by_flavor: dict[str, dict[str, int]] = {}
-        ps_by_name = {ps.name: ps for ps in job.pod_sets}
+        sets = job.pod_sets
         cq = job.cluster_queue
+        known = cq in self.queues
+        covered = self.ledger.limits_of(cq) if known else {}
+        free = self.cap.free
         for pl in job.placement:
-            ps = ps_by_name.get(pl.name)
+            # Almost every job has one pod set: find it without building a dict.
+            ps = sets[0] if len(sets) == 1 and sets[0].name == pl.name else next(
+                (p for p in sets if p.name == pl.name), None)
             if ps is None:
                 continue
+            requests = ps.requests
             agg = by_flavor.setdefault(pl.flavor, {})
-            for r, q in ps.requests.items():
+            for r, q in requests.items():
                 total = q * len(pl.nodes)
                 agg[r] = agg.get(r, 0) + total
-                if cq in self.queues and self.ledger.covers(cq, pl.flavor, r):
-                    delta[(pl.flavor, r)] = delta.get((pl.flavor, r), 0) + total
+                fr = (pl.flavor, r)
+                if fr in covered:
+                    delta[fr] = delta.get(fr, 0) + total
+            # `cap.consume`, inlined: nothing has asked the capacity for its holders index yet.
             for node in pl.nodes:
-                if node in self.cap.free:
-                    self.cap.consume(node, ps.requests)
-                    nodes.append((node, ps.requests))
-        if cq in self.queues:
+                f = free.get(node)
+                if f is not None:
+                    for r, q in requests.items():
+                        f[r] = f.get(r, 0) - q
+                    nodes.append((node, requests))
+        if known:
             self.ledger.add(cq, delta)
         if job.vacating:
             end = self.now + job.checkpoint_cost_s
@@ -186,6 +220,13 @@ class Workspace:
 
     def shape(self, job: Job) -> tuple[object, ...]:
         """What decides whether a job fits, without its identity: equal shapes fit (or fail) alike."""
+        # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
+        # Cheaper to compute again than to look up, in the common case.
+        sets = job.pod_sets
+        if len(sets) == 1 and not job.restore_node_labels:
+            ps = sets[0]
+            if not ps.node_selector and not ps.tolerations:
+                return (ps.count, *ps.requests.items())  # the common case, cheaply
         shape = self._shapes.get(job.key)
         if shape is None:
             shape = self._shapes[job.key] = self._compute_shape(job)
@@ -193,12 +234,6 @@ class Workspace:
 
     @staticmethod
     def _compute_shape(job: Job) -> tuple[object, ...]:
-        # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
-        sets = job.pod_sets
-        if len(sets) == 1 and not job.restore_node_labels:
-            ps = sets[0]
-            if not ps.node_selector and not ps.tolerations:
-                return (ps.count, *ps.requests.items())  # the common case, cheaply
         return (
             tuple((ps.count, tuple(ps.requests.items()),
                    tuple(ps.node_selector.items()) if ps.node_selector else (), ps.tolerations)
