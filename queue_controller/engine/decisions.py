@@ -35,6 +35,9 @@ class PendingReason(StrEnum):
     UNKNOWN_QUEUE = "ClusterQueueNotFound"
     QUEUE_STOPPED = "ClusterQueueStopped"
     UNSATISFIABLE = "NeverFits"
+    # Inadmissible (fit.py, `inadmissible`): the queue can never admit the job as it is configured.
+    RESOURCE_NOT_COVERED = "ResourceNotCovered"  # asks for a resource the ClusterQueue has no quota for
+    NEVER_FITS_QUOTA = "NeverFitsQuota"  # asks more than the ClusterQueue can ever hold, even borrowing
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,19 @@ quota but no set of nodes with room (`InsufficientCapacity`), some flavor had no
 
 Capacity and quota only shrink while the cycle walks the queue, so a shape that failed once in a queue
 fails again: failures are memoized per (queue, shape), outside preemption's what-ifs.
+
+Inadmissible jobs (`inadmissible`, asked before anything else): a job its queue can never admit as the
+queue is configured, whatever runs or leaves. As Kueue's flavor assigner:
+- a pod asks for a resource that no resource group of the ClusterQueue covers (`ResourceNotCovered`).
+  Quota is charged only for covered resources, so such a job would otherwise take, say, GPUs from a queue
+  that has quota for cpu and memory only, and never be charged for them;
+- a pod set asks, in all, more of some resource than the queue could ever hold in *every* flavor it
+  could use (`NeverFitsQuota`): more than its nominal quota without a cohort, or than its guaranteed
+  part plus the cohort's whole pool, within its borrowing limit (`QuotaLedger.ceiling`). Waiting as
+  `InsufficientQuota` it would wait forever, and would hold a reservation that delays other jobs.
+Either way the job holds nothing: it does not preempt, reserve, or block a StrictFIFO queue. It is
+asked again each cycle, so a queue given more quota admits it. (Pod sets are checked one by one: two
+that each fit the ceiling but not together still wait as `InsufficientQuota`.)
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from dataclasses import dataclass
 from queue_controller.engine.decisions import PendingReason
 from queue_controller.engine.quota import FR
 from queue_controller.engine.snapshot import ClusterQueue, Job, PodSet, PodSetPlacement
-from queue_controller.engine.workspace import Workspace
+from queue_controller.engine.workspace import WaitReason, Workspace
 
 
 @dataclass(slots=True)
@@ -33,6 +46,58 @@ class Fit:
     placement: tuple[PodSetPlacement, ...]
     delta: dict[FR, int]  # quota usage
     by_flavor: dict[str, dict[str, int]]  # aggregate requests per flavor, for backfill profiles
+
+
+def inadmissible(ws: Workspace, job: Job, cq: ClusterQueue) -> WaitReason | None:
+    """Why `cq` can never admit `job` as configured, or None. Depends only on the job's shape and the
+    queue, so it is worked out once per (queue, shape) and cycle."""
+    key = (cq.name, ws.shape(job))
+    known = ws.inadmissible.get(key, _UNSEEN)
+    if known is _UNSEEN:
+        known = ws.inadmissible[key] = _inadmissible(ws, job, cq)
+    return known
+
+
+_UNSEEN: WaitReason = (PendingReason.QUOTA, "not looked at yet", None)  # compared by identity
+
+
+def _inadmissible(ws: Workspace, job: Job, cq: ClusterQueue) -> WaitReason | None:
+    covered = {r for g in cq.resource_groups for r in g.covered_resources}
+    for ps in job.pod_sets:
+        for r in requested(ps):
+            if r not in covered:
+                return (PendingReason.RESOURCE_NOT_COVERED,
+                        f"pod set {ps.name!r} asks for {r}, and ClusterQueue {cq.name!r} has no quota for it", None)
+    ledger = ws.ledger
+    for ps in job.pod_sets:
+        group = ws.group_for(cq, requested(ps))
+        if group is None:
+            continue
+        short: list[str] = []
+        for fq in group.flavors:
+            # The resources this flavor charges (as `_fit_uncached`), the first the queue cannot hold.
+            for r in requested(ps):
+                fr = (fq.name, r)
+                if not ledger.covers(cq.name, fq.name, r):
+                    continue
+                total = ps.requests[r] * ps.count
+                most = ledger.ceiling(cq.name, fr)
+                if total > most:
+                    short.append(f"asks {_amount(total)} {r}, the queue can hold at most {_amount(most)} "
+                                 f"of it in flavor {fq.name}")
+                    break
+            else:
+                break  # this flavor could hold the pod set
+        else:
+            if short:
+                return (PendingReason.NEVER_FITS_QUOTA,
+                        f"pod set {ps.name!r} never fits ClusterQueue {cq.name!r}: " + "; ".join(short), None)
+    return None
+
+
+def _amount(milli: int) -> str:
+    """An amount in whole units (bytes for memory), as a person would read it."""
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli / 1000:g}"
 
 
 def requested(ps: PodSet) -> tuple[str, ...]:

@@ -126,6 +126,19 @@ class QuotaLedger:
     def remove(self, cq: str, delta: Mapping[FR, int]) -> None:
         self.add(cq, delta, -1)
 
+    def ceiling(self, cq: str, fr: FR) -> int:
+        """The most `cq` can ever use of a flavor/resource, whatever the others use: its nominal quota
+        without a cohort; in a cohort, its guaranteed part plus the whole pool (every member's lendable
+        quota, its own included), within its borrowing limit. 0 when it has no quota for it."""
+        lim = self._limits[cq].get(fr)
+        if lim is None:
+            return 0
+        cohort = self._cohort_of[cq]
+        if cohort is None:
+            return lim.nominal
+        most = lim.guaranteed + self._pool[cohort].get(fr, 0)
+        return most if lim.max_usage is None else min(most, lim.max_usage)
+
     def nominal(self, cq: str, fr: FR) -> int:
         lim = self._limits[cq].get(fr)
         return 0 if lim is None else lim.nominal

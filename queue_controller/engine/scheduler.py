@@ -17,7 +17,7 @@ import gc
 
 from queue_controller.engine.backfill import hold_in_profiles, may_start_now, reserve, run_length
 from queue_controller.engine.decisions import Admit, Decisions, PendingReason, Resume, Waiting
-from queue_controller.engine.fit import Fit, find_fit, release
+from queue_controller.engine.fit import Fit, find_fit, inadmissible, release
 from queue_controller.engine.periodic_checkpoints import periodic_checkpoints
 from queue_controller.engine.policy import Policy
 from queue_controller.engine.preemption.victim_set import preempt_for
@@ -77,6 +77,11 @@ def _consider(ws: Workspace, job: Job, deferred: list[Job] | None) -> None:
         return
     if cq.stopped:
         _wait(ws, job, PendingReason.QUEUE_STOPPED, f"ClusterQueue {cq.name!r} is stopped")
+        return
+    # A job its queue can never admit says why, whatever else holds the queue, and holds nothing.
+    never = inadmissible(ws, job, cq)
+    if never is not None:
+        ws.why[job.key] = never
         return
     state = ws.qstate[cq.name]
     if state.hard_blocked:

@@ -111,6 +111,8 @@ class Workspace:
         # priority for which a shape found no victims.
         self.failed_fit: dict[tuple[object, ...], PendingReason] = {}
         self.failed_preemption: dict[tuple[object, ...], int] = {}
+        # (queue, shape) -> why the queue can never admit such a job, or None (fit.inadmissible).
+        self.inadmissible: dict[tuple[object, ...], WaitReason | None] = {}
         self.pool_nodes: dict[tuple[str, ...], frozenset[str]] = {}  # flavors -> their pools' nodes
         # Per share group, its running jobs in victim order (the preemption rule's, kept here so that it
         # is computed once per cycle: the order does not depend on the preemptor).
