@@ -203,9 +203,13 @@ def pool_free(ws: Workspace, job: Job, cq: ClusterQueue, resource: str) -> int:
     free = ws.cap.free
     total = 0
     # Only nodes with some of it free count: walk whichever of them and the pools' nodes is smaller.
-    holders = ws.cap.holders(resource)
-    for n in (holders if len(holders) < len(names) else names):
-        if n in names:
+    order = ws.cap.by_free(resource)
+    if len(order) < len(names):
+        for q, n in order:
+            if n in names:
+                total += q
+    else:
+        for n in names:
             q = free[n].get(resource, 0)
             if q > 0:
                 total += q

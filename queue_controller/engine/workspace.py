@@ -125,8 +125,12 @@ class Workspace:
         for job in snapshot.jobs:
             (pending if job.state is JobState.PENDING else admitted).append(job)
         admitted.sort(key=order_key)
+        usage: dict[str, dict[FR, int]] = {}
         for job in admitted:
-            self._account_running(job)
+            self._account_running(job, usage)
+        # Charged once per queue: the cohort's pool accounting telescopes, so the sum is the same.
+        for name, total in usage.items():
+            self.ledger.add(name, total)
         # Preemption candidates: running jobs by the group they may be preempted within, and the jobs
         # already being vacated (free room soon, at no extra cost).
         self.by_group: dict[str, list[Running]] = {}
@@ -156,7 +160,9 @@ class Workspace:
         share = dominant_share(self.ledger, job.cluster_queue) if job.cluster_queue in self.queues else 0.0
         return (share, -job.priority, job.queue_order, job.key)
 
-    def _account_running(self, job: Job) -> None:
+    def _account_running(self, job: Job, usage: dict[str, dict[FR, int]]) -> None:
+        """Account a job admitted before this cycle: its pods on their nodes, its quota usage added to
+        `usage` (per queue, for the ledger), and a `Running` entry with its estimated end."""
         delta: dict[FR, int] = {}
         nodes: list[tuple[str, Mapping[str, int]]] = []
         by_flavor: dict[str, dict[str, int]] = {}
@@ -186,8 +192,10 @@ class Workspace:
                     for r, q in requests.items():
                         f[r] = f.get(r, 0) - q
                     nodes.append((node, requests))
-        if known:
-            self.ledger.add(cq, delta)
+        if known and delta:
+            acc = usage.setdefault(cq, {})
+            for fr, q in delta.items():
+                acc[fr] = acc.get(fr, 0) + q
         if job.vacating:
             end = self.now + job.checkpoint_cost_s
         else:
