@@ -52,13 +52,14 @@ def inadmissible(ws: Workspace, job: Job, cq: ClusterQueue) -> WaitReason | None
     """Why `cq` can never admit `job` as configured, or None. Depends only on the job's shape and the
     queue, so it is worked out once per (queue, shape) and cycle."""
     key = (cq.name, ws.shape(job))
-    known = ws.inadmissible.get(key, _UNSEEN)
-    if known is _UNSEEN:
+    known = ws.inadmissible.get(key, UNSEEN)
+    if known is UNSEEN:
         known = ws.inadmissible[key] = _inadmissible(ws, job, cq)
     return known
 
 
-_UNSEEN: WaitReason = (PendingReason.QUOTA, "not looked at yet", None)  # compared by identity
+# Not in the memo yet (compared by identity).
+UNSEEN: WaitReason = (PendingReason.QUOTA, "not looked at yet", None)
 
 
 def _inadmissible(ws: Workspace, job: Job, cq: ClusterQueue) -> WaitReason | None:

@@ -17,7 +17,7 @@ import gc
 
 from queue_controller.engine.backfill import hold_in_profiles, may_start_now, reserve, run_length
 from queue_controller.engine.decisions import Admit, Decisions, PendingReason, Resume, Waiting
-from queue_controller.engine.fit import Fit, find_fit, inadmissible, release
+from queue_controller.engine.fit import UNSEEN, Fit, find_fit, inadmissible, release
 from queue_controller.engine.periodic_checkpoints import periodic_checkpoints
 from queue_controller.engine.policy import Policy
 from queue_controller.engine.preemption.victim_set import preempt_for
@@ -79,7 +79,11 @@ def _consider(ws: Workspace, job: Job, deferred: list[Job] | None) -> None:
         _wait(ws, job, PendingReason.QUEUE_STOPPED, f"ClusterQueue {cq.name!r} is stopped")
         return
     # A job its queue can never admit says why, whatever else holds the queue, and holds nothing.
-    never = inadmissible(ws, job, cq)
+    # (queue, shape) keys the memos of this cycle: inadmissibility and failed fits (equivalence).
+    memo = (cq.name, ws.shape(job))
+    never = ws.inadmissible.get(memo, UNSEEN)
+    if never is UNSEEN:
+        never = inadmissible(ws, job, cq)
     if never is not None:
         ws.why[job.key] = never
         return
@@ -96,7 +100,7 @@ def _consider(ws: Workspace, job: Job, deferred: list[Job] | None) -> None:
         return
     # A shape that already failed in this queue this cycle fails again (`find_fit`'s memo, looked up
     # here first because most of a large queue is decided by it).
-    known = ws.failed_fit.get((cq.name, ws.shape(job)))
+    known = ws.failed_fit.get(memo)
     if known is not None and (known not in NEEDS_ROOM or (
             (not ws.preempting or state.preemption_attempts >= ws.preemption_budget)
             and (not state.backfill or state.reservations >= state.depth)
