@@ -186,13 +186,33 @@ def release(ws: Workspace, job: Job, fit: Fit) -> None:
     ws.ledger.remove(job.cluster_queue, fit.delta)
 
 
-def pool_free(ws: Workspace, job: Job, cq: ClusterQueue, resource: str) -> int:
-    """Free amount of `resource` over the nodes of every flavor the job's pod sets could use."""
-    flavors: set[str] = set()
-    for ps in job.pod_sets:
-        group = ws.group_for(cq, requested(ps))
-        flavors.update(fq.name for fq in (group.flavors if group is not None else ()))
-    key = tuple(sorted(flavors))
+@dataclass(slots=True)
+class Room:
+    """Some nodes a job could be placed on, and how much of one resource is free there."""
+
+    nodes: frozenset[str]
+    free: int
+
+
+def pool_free(ws: Workspace, job: Job, cq: ClusterQueue, resource: str) -> list[Room]:
+    """Free amount of `resource` where the job could go: one entry per flavor for a job of one pod set
+    (it is placed in one flavor, whole), one over every flavor's nodes otherwise. The job fits only if
+    some entry has its whole request of the resource free."""
+    keys: list[tuple[str, ...]]
+    if len(job.pod_sets) == 1:
+        group = ws.group_for(cq, requested(job.pod_sets[0]))
+        keys = [(fq.name,) for fq in (group.flavors if group is not None else ())]
+    else:
+        flavors: set[str] = set()
+        for ps in job.pod_sets:
+            group = ws.group_for(cq, requested(ps))
+            flavors.update(fq.name for fq in (group.flavors if group is not None else ()))
+        keys = [tuple(sorted(flavors))]
+    return [Room(names, _free_in(ws, names, resource)) for names in (_nodes_of(ws, key) for key in keys)]
+
+
+def _nodes_of(ws: Workspace, key: tuple[str, ...]) -> frozenset[str]:
+    """The nodes of these flavors' pools."""
     names = ws.pool_nodes.get(key)
     if names is None:
         found: set[str] = set()
@@ -201,6 +221,10 @@ def pool_free(ws: Workspace, job: Job, cq: ClusterQueue, resource: str) -> int:
             if pool is not None:
                 found.update(pool.nodes)
         names = ws.pool_nodes[key] = frozenset(found)
+    return names
+
+
+def _free_in(ws: Workspace, names: frozenset[str], resource: str) -> int:
     free = ws.cap.free
     total = 0
     # Only nodes with some of it free count: walk whichever of them and the pools' nodes is smaller.

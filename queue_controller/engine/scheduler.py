@@ -61,9 +61,9 @@ def _decide(snapshot: Snapshot, now: float, policy: Policy) -> Decisions:
         key = job.key
         why = whys.get(key)
         if why is not None:
-            positions[job.cluster_queue] = pos = positions.get(job.cluster_queue, 0) + 1
-            reason, message, start = why
-            waiting[key] = Waiting(key, pos, reason, message, start)
+            q = job.cluster_queue
+            pos = positions[q] = positions.get(q, 0) + 1
+            waiting[key] = Waiting(key, pos, *why)
     periodic_checkpoints(ws)
     return ws.out
 

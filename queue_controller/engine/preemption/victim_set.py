@@ -16,7 +16,7 @@ victims are gone), and one `Preempt` decision per new victim goes out, in victim
 Cost bounds: a queue gets `preemptionAttemptsPerQueue` searches per cycle (a job waiting for its own
 victims is always looked at, outside that budget), a shape that found no victims is not searched again
 at the same or a lower priority, and the full fit per added victim is skipped while the job's dominant
-resource cannot be free yet even in total.
+resource cannot be free yet even in total in any flavor it could use.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def _ranked(ws: Workspace, group: str) -> list[tuple[VictimOrder, Running, Preem
         for run in ws.by_group.get(group, ()):
             mode, cost = lost_work(run.job, ws.now, ws.policy)
             ranked.append((VictimOrder.running(run.job, cost), run, mode, cost))
-        ranked.sort(key=lambda entry: entry[0])
+        # `VictimOrder`'s fields, as a tuple: compared in C, the same order as the dataclass's.
+        ranked.sort(key=lambda e: (e[0].new_victim, e[0].for_another_job, e[0].lost_work, e[0].priority,
+                                   e[0].newest, e[0].key))
         ws.victim_ranking[group] = ranked
     return ranked
 
@@ -123,10 +125,10 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
         return False
 
     # A full fit (quota, then every node) per added victim is the costly part. Skip it while the
-    # job's dominant resource cannot be free yet in its flavors' pools even in total.
+    # job's dominant resource cannot be free yet, even in total, in any flavor's pool it could use.
     dom = dominant_resource(job.total_requests())
     need = job.total_requests().get(dom, 0)
-    avail = pool_free(ws, job, cq, dom)
+    rooms = pool_free(ws, job, cq, dom)
 
     ws.cap.speculative += 1
     chosen: list[Candidate] = []
@@ -135,8 +137,13 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
         for cand in chain((first,), cands):
             ws.lift(cand.run)
             chosen.append(cand)
-            avail += sum(req.get(dom, 0) for _, req in cand.run.nodes)
-            if avail < need:
+            for node, req in cand.run.nodes:
+                q = req.get(dom, 0)
+                if q:
+                    for room in rooms:
+                        if node in room.nodes:
+                            room.free += q
+            if all(room.free < need for room in rooms):
                 continue
             verdict = _fits_after(ws, job, cq, chosen)
             if verdict is None:
