@@ -15,6 +15,11 @@ exactly. These are Kueue's cache snapshot `RemoveWorkload` / `AddWorkload`. Whil
 `cap.speculative` is above zero so that nothing learned then (failed shapes) is remembered as a fact
 of the cycle.
 
+Carried accounting. Accounting every running job is a fixed cost of every cycle. When a snapshot
+carries the very same node, flavor and queue tuples as the last cycle's (the simulator's case), the
+accounting starts from the last cycle's and redoes only the jobs whose Job object changed, started or
+left (`_Carried`). Nothing else is carried; a snapshot built anew (the controller's) accounts afresh.
+
 Per-queue policy lookups. A policy profile gives defaults; a ClusterQueue's own fields (queueing
 strategy, backfill, reservation depth, preemption rules) refine them. The lookups here are the one place
 that merges the two.
@@ -25,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, ClassVar
 
 from queue_controller.engine.decisions import Decisions, PendingReason
 from queue_controller.engine.ordering import dominant_share, order_key
@@ -67,6 +72,30 @@ class Running:
     nodes: list[tuple[str, Mapping[str, int]]]  # (node, per-pod requests), one entry per pod
     end: float  # estimated end, INF when unknown
     by_flavor: dict[str, dict[str, int]] = field(default_factory=dict)  # aggregate requests per flavor
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    """What one running job holds: its quota usage, its pods on nodes, its requests per flavor."""
+
+    job: Job
+    delta: dict[FR, int]
+    nodes: list[tuple[str, Mapping[str, int]]]
+    by_flavor: dict[str, dict[str, int]]
+
+
+@dataclass(slots=True)
+class _Carried:
+    """The running jobs' accounting at the start of the last cycle, for the next cycle on the same node,
+    flavor and queue tuples (the simulator's case: it passes the same tuples until one changes, and the
+    same Job objects until a job changes). The controller builds every snapshot anew: nothing carries."""
+
+    source: tuple[object, object, object]  # the snapshot's nodes, flavors and cluster_queues
+    accounts: dict[str, _Account]  # by job key; valid for that very Job object only
+    free: dict[str, dict[str, int]]  # every node's free resources after accounting them
+    usage: dict[str, dict[FR, int]]  # every queue's usage after accounting them
+
+    last: ClassVar[_Carried | None] = None
 
 
 @dataclass(slots=True)
@@ -126,12 +155,7 @@ class Workspace:
         for job in snapshot.jobs:
             (pending if job.state is JobState.PENDING else admitted).append(job)
         admitted.sort(key=order_key)
-        usage: dict[str, dict[FR, int]] = {}
-        for job in admitted:
-            self._account_running(job, usage)
-        # Charged once per queue: the cohort's pool accounting telescopes, so the sum is the same.
-        for name, total in usage.items():
-            self.ledger.add(name, total)
+        self._account_all(snapshot, admitted)
         # Preemption candidates: running jobs by the group they may be preempted within, and the jobs
         # already being vacated (free room soon, at no extra cost).
         self.by_group: dict[str, list[Running]] = {}
@@ -161,10 +185,54 @@ class Workspace:
         share = dominant_share(self.ledger, job.cluster_queue) if job.cluster_queue in self.queues else 0.0
         return (share, -job.priority, job.queue_order, job.key)
 
-    def _account_running(self, job: Job, usage: dict[str, dict[FR, int]]) -> None:
+    def _account_all(self, snapshot: Snapshot, admitted: list[Job]) -> None:
+        """Account every job admitted before this cycle (in queue order), starting from what the last
+        cycle accounted when it ran on the very same nodes, flavors and queues: then only the jobs that
+        changed (started, left, or were replaced by another object) are worked out again."""
+        source = (snapshot.nodes, snapshot.flavors, snapshot.cluster_queues)
+        last = _Carried.last
+        carried = last if last is not None and all(a is b for a, b in zip(last.source, source, strict=True)) else None
+        free = self.cap.free
+        usage: dict[str, dict[FR, int]] = {}
+        accounts: dict[str, _Account] = {}
+        by_key = {job.key: job for job in admitted}
+        if carried is not None and len(by_key) == len(admitted):
+            # Start from the free capacity and usage after the last cycle's accounting; take out the jobs
+            # that are gone or changed.
+            for name, f in carried.free.items():
+                free[name] = dict(f)
+            usage = {q: dict(u) for q, u in carried.usage.items()}
+            for key, kept in carried.accounts.items():
+                if by_key.get(key) is not kept.job:
+                    for node, req in kept.nodes:
+                        f = free[node]
+                        for r, q in req.items():
+                            f[r] = f.get(r, 0) + q
+                    if kept.delta:
+                        u = usage[kept.job.cluster_queue]
+                        for fr, q in kept.delta.items():
+                            u[fr] -= q
+                else:
+                    accounts[key] = kept
+        else:
+            carried = None
+        for job in admitted:
+            acct = accounts.get(job.key) if carried is not None else None
+            if acct is None:
+                acct = accounts[job.key] = self._account_running(job, usage)
+            self.running[job.key] = Running(job, acct.delta, acct.nodes, self._end(job), acct.by_flavor)
+        if len(by_key) == len(admitted):
+            _Carried.last = _Carried(source, accounts, {n: dict(f) for n, f in free.items()},
+                                     {q: dict(u) for q, u in usage.items()})
+        # Charged once per queue: the cohort's pool accounting telescopes, so the sum is the same.
+        for name, total in usage.items():
+            if name in self.queues:
+                self.ledger.add(name, total)
+
+    def _account_running(self, job: Job, usage: dict[str, dict[FR, int]]) -> _Account:
         """Account a job admitted before this cycle: its pods on their nodes, its quota usage added to
-        `usage` (per queue, for the ledger), and a `Running` entry with its estimated end. Runs for every
-        running job of every cycle, hence written for speed."""
+        `usage` (per queue, for the ledger). Written for speed: it runs for every job that started since
+        the last cycle, and for every running job when nothing is carried over."""
         delta: dict[FR, int] = {}
         nodes: list[tuple[str, Mapping[str, int]]] = []
         by_flavor: dict[str, dict[str, int]] = {}
@@ -205,18 +273,18 @@ class Workspace:
                 acc = usage[cq] = {}
             for fr, q in delta.items():
                 acc[fr] = acc.get(fr, 0) + q
+        return _Account(job, delta, nodes, by_flavor)
+
+    def _end(self, job: Job) -> float:
+        """A running job's estimated end: INF when unknown, a grace period from now once overrun."""
         now = self.now
         if job.vacating:
-            end = now + job.checkpoint_cost_s
-        else:
-            rem = self.remaining(job)
-            if rem is None:
-                end = INF
-            else:
-                end = (job.started_at if job.started_at is not None else now) + rem
-                if end <= now:
-                    end = now + OVERRUN_GRACE_S
-        self.running[job.key] = Running(job, delta, nodes, end, by_flavor)
+            return now + job.checkpoint_cost_s
+        rem = self.remaining(job)
+        if rem is None:
+            return INF
+        end = (job.started_at if job.started_at is not None else now) + rem
+        return now + OVERRUN_GRACE_S if end <= now else end
 
     # ---- facts about jobs -------------------------------------------------------------------------
 
