@@ -35,6 +35,9 @@ class PendingReason(StrEnum):
     UNKNOWN_QUEUE = "ClusterQueueNotFound"
     QUEUE_STOPPED = "ClusterQueueStopped"
     UNSATISFIABLE = "NeverFits"
+    # Inadmissible (fit.py, `inadmissible`): the queue can never admit the job as it is configured.
+    RESOURCE_NOT_COVERED = "ResourceNotCovered"  # asks for a resource the ClusterQueue has no quota for
+    NEVER_FITS_QUOTA = "NeverFitsQuota"  # asks more than the ClusterQueue can ever hold, even borrowing
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,10 @@ class Checkpoint:
     reason: CheckpointReason
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike the actions: a cycle makes one record per waiting job (10,000 and more), and a frozen
+# dataclass's constructor costs several times a plain one's. Still hashable and compared by value; treat
+# it as read-only.
+@dataclass(slots=True, unsafe_hash=True)
 class Waiting:
     """Why a job is not running, and where it stands."""
 

@@ -13,6 +13,19 @@ quota but no set of nodes with room (`InsufficientCapacity`), some flavor had no
 
 Capacity and quota only shrink while the cycle walks the queue, so a shape that failed once in a queue
 fails again: failures are memoized per (queue, shape), outside preemption's what-ifs.
+
+Inadmissible jobs (`inadmissible`, asked before anything else): a job its queue can never admit as the
+queue is configured, whatever runs or leaves. As Kueue's flavor assigner:
+- a pod asks for a resource that no resource group of the ClusterQueue covers (`ResourceNotCovered`).
+  Quota is charged only for covered resources, so such a job would otherwise take, say, GPUs from a queue
+  that has quota for cpu and memory only, and never be charged for them;
+- a pod set asks, in all, more of some resource than the queue could ever hold in *every* flavor it
+  could use (`NeverFitsQuota`): more than its nominal quota without a cohort, or than its guaranteed
+  part plus the cohort's whole pool, within its borrowing limit (`QuotaLedger.ceiling`). Waiting as
+  `InsufficientQuota` it would wait forever, and would hold a reservation that delays other jobs.
+Either way the job holds nothing: it does not preempt, reserve, or block a StrictFIFO queue. It is
+asked again each cycle, so a queue given more quota admits it. (Pod sets are checked one by one: two
+that each fit the ceiling but not together still wait as `InsufficientQuota`.)
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from dataclasses import dataclass
 from queue_controller.engine.decisions import PendingReason
 from queue_controller.engine.quota import FR
 from queue_controller.engine.snapshot import ClusterQueue, Job, PodSet, PodSetPlacement
-from queue_controller.engine.workspace import Workspace
+from queue_controller.engine.workspace import WaitReason, Workspace
 
 
 @dataclass(slots=True)
@@ -33,6 +46,59 @@ class Fit:
     placement: tuple[PodSetPlacement, ...]
     delta: dict[FR, int]  # quota usage
     by_flavor: dict[str, dict[str, int]]  # aggregate requests per flavor, for backfill profiles
+
+
+def inadmissible(ws: Workspace, job: Job, cq: ClusterQueue) -> WaitReason | None:
+    """Why `cq` can never admit `job` as configured, or None. Depends only on the job's shape and the
+    queue, so it is worked out once per (queue, shape) and cycle."""
+    key = (cq.name, ws.shape(job))
+    known = ws.inadmissible.get(key, UNSEEN)
+    if known is UNSEEN:
+        known = ws.inadmissible[key] = _inadmissible(ws, job, cq)
+    return known
+
+
+# Not in the memo yet (compared by identity).
+UNSEEN: WaitReason = (PendingReason.QUOTA, "not looked at yet", None)
+
+
+def _inadmissible(ws: Workspace, job: Job, cq: ClusterQueue) -> WaitReason | None:
+    covered = {r for g in cq.resource_groups for r in g.covered_resources}
+    for ps in job.pod_sets:
+        for r in requested(ps):
+            if r not in covered:
+                return (PendingReason.RESOURCE_NOT_COVERED,
+                        f"pod set {ps.name!r} asks for {r}, and ClusterQueue {cq.name!r} has no quota for it", None)
+    ledger = ws.ledger
+    for ps in job.pod_sets:
+        group = ws.group_for(cq, requested(ps))
+        if group is None:
+            continue
+        short: list[str] = []
+        for fq in group.flavors:
+            # The resources this flavor charges (as `_fit_uncached`), the first the queue cannot hold.
+            for r in requested(ps):
+                fr = (fq.name, r)
+                if not ledger.covers(cq.name, fq.name, r):
+                    continue
+                total = ps.requests[r] * ps.count
+                most = ledger.ceiling(cq.name, fr)
+                if total > most:
+                    short.append(f"asks {_amount(total)} {r}, the queue can hold at most {_amount(most)} "
+                                 f"of it in flavor {fq.name}")
+                    break
+            else:
+                break  # this flavor could hold the pod set
+        else:
+            if short:
+                return (PendingReason.NEVER_FITS_QUOTA,
+                        f"pod set {ps.name!r} never fits ClusterQueue {cq.name!r}: " + "; ".join(short), None)
+    return None
+
+
+def _amount(milli: int) -> str:
+    """An amount in whole units (bytes for memory), as a person would read it."""
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli / 1000:g}"
 
 
 def requested(ps: PodSet) -> tuple[str, ...]:
@@ -120,13 +186,33 @@ def release(ws: Workspace, job: Job, fit: Fit) -> None:
     ws.ledger.remove(job.cluster_queue, fit.delta)
 
 
-def pool_free(ws: Workspace, job: Job, cq: ClusterQueue, resource: str) -> int:
-    """Free amount of `resource` over the nodes of every flavor the job's pod sets could use."""
-    flavors: set[str] = set()
-    for ps in job.pod_sets:
-        group = ws.group_for(cq, requested(ps))
-        flavors.update(fq.name for fq in (group.flavors if group is not None else ()))
-    key = tuple(sorted(flavors))
+@dataclass(slots=True)
+class Room:
+    """Some nodes a job could be placed on, and how much of one resource is free there."""
+
+    nodes: frozenset[str]
+    free: int
+
+
+def pool_free(ws: Workspace, job: Job, cq: ClusterQueue, resource: str) -> list[Room]:
+    """Free amount of `resource` where the job could go: one entry per flavor for a job of one pod set
+    (it is placed in one flavor, whole), one over every flavor's nodes otherwise. The job fits only if
+    some entry has its whole request of the resource free."""
+    keys: list[tuple[str, ...]]
+    if len(job.pod_sets) == 1:
+        group = ws.group_for(cq, requested(job.pod_sets[0]))
+        keys = [(fq.name,) for fq in (group.flavors if group is not None else ())]
+    else:
+        flavors: set[str] = set()
+        for ps in job.pod_sets:
+            group = ws.group_for(cq, requested(ps))
+            flavors.update(fq.name for fq in (group.flavors if group is not None else ()))
+        keys = [tuple(sorted(flavors))]
+    return [Room(names, _free_in(ws, names, resource)) for names in (_nodes_of(ws, key) for key in keys)]
+
+
+def _nodes_of(ws: Workspace, key: tuple[str, ...]) -> frozenset[str]:
+    """The nodes of these flavors' pools."""
     names = ws.pool_nodes.get(key)
     if names is None:
         found: set[str] = set()
@@ -134,11 +220,22 @@ def pool_free(ws: Workspace, job: Job, cq: ClusterQueue, resource: str) -> int:
             pool = ws.cap.pools.get(f)
             if pool is not None:
                 found.update(pool.nodes)
-        names = ws.pool_nodes[key] = sorted(found)
+        names = ws.pool_nodes[key] = frozenset(found)
+    return names
+
+
+def _free_in(ws: Workspace, names: frozenset[str], resource: str) -> int:
     free = ws.cap.free
     total = 0
-    for n in names:
-        q = free[n].get(resource, 0)
-        if q > 0:
-            total += q
+    # Only nodes with some of it free count: walk whichever of them and the pools' nodes is smaller.
+    order = ws.cap.by_free(resource)
+    if len(order) < len(names):
+        for q, n in order:
+            if n in names:
+                total += q
+    else:
+        for n in names:
+            q = free[n].get(resource, 0)
+            if q > 0:
+                total += q
     return total

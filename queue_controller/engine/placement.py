@@ -6,6 +6,7 @@ still fits is filled first, which keeps whole nodes free for large gangs.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -20,10 +21,30 @@ from queue_controller.engine.snapshot import (
 )
 
 
+def _pods_that_fit(free: Mapping[str, int], asks: list[tuple[str, int]], most: int) -> int:
+    """How many pods asking `asks` (each > 0) fit into `free`, up to `most`."""
+    k = most
+    for r, q in asks:
+        avail = free.get(r, 0)
+        if avail < q:
+            return 0
+        if avail < k * q:
+            k = avail // q
+    return k
+
+
 def dominant_resource(requests: Resources) -> str:
     if requests.get(GPU, 0) > 0:
         return GPU
     return "cpu" if requests.get("cpu", 0) > 0 else next(iter(sorted(requests)), "cpu")
+
+
+class Candidates(list[str]):
+    """The nodes a pod set may use, in pool order, with the same names as a set for membership tests."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        super().__init__(names)
+        self.members = frozenset(self)
 
 
 @dataclass(slots=True)
@@ -35,17 +56,17 @@ class Pool:
     max_allocatable: dict[str, int] = field(default_factory=dict)
 
 
-class Capacity:
-    """Free resources of every node, changed as the cycle admits, preempts and rolls back."""
+class NodeIndex:
+    """What the nodes and flavors alone decide: each flavor's pool, and which of its nodes a pod set's
+    selector and tolerations allow (filled on use). It reads nothing that a cycle changes, so it is kept
+    from one cycle to the next while the snapshot carries the very same nodes and flavors (the simulator
+    reuses its tuples until a node changes; a snapshot built anew gets a new index)."""
 
-    def __init__(self, nodes: Sequence[Node], flavors: Iterable[Flavor]) -> None:
+    _last: NodeIndex | None = None
+
+    def __init__(self, nodes: tuple[Node, ...], flavors: tuple[Flavor, ...]) -> None:
+        self.source = (nodes, flavors)
         self.nodes: dict[str, Node] = {n.name: n for n in nodes}
-        self.free: dict[str, dict[str, int]] = {}
-        for n in nodes:
-            free = dict(n.allocatable)
-            for r, q in n.other_usage.items():
-                free[r] = free.get(r, 0) - q
-            self.free[n.name] = free
         self.pools: dict[str, Pool] = {}
         usable = [n for n in nodes if n.ready and not n.unschedulable]
         for fl in flavors:
@@ -58,31 +79,79 @@ class Capacity:
                     if q > pool.max_allocatable.get(r, 0):
                         pool.max_allocatable[r] = q
             self.pools[fl.name] = pool
+        self.candidates: dict[tuple[object, ...], Candidates] = {}
+
+    @classmethod
+    def of(cls, nodes: Sequence[Node], flavors: Iterable[Flavor]) -> NodeIndex:
+        """The index of these nodes and flavors: the last one when they are the same objects."""
+        nodes_t = nodes if isinstance(nodes, tuple) else tuple(nodes)
+        flavors_t = flavors if isinstance(flavors, tuple) else tuple(flavors)
+        last = cls._last
+        if last is not None and last.source[0] is nodes_t and last.source[1] is flavors_t:
+            return last
+        index = cls._last = cls(nodes_t, flavors_t)
+        return index
+
+
+class Capacity:
+    """Free resources of every node, changed as the cycle admits, preempts and rolls back."""
+
+    def __init__(self, nodes: Sequence[Node], flavors: Iterable[Flavor]) -> None:
+        index = NodeIndex.of(nodes, flavors)
+        self.nodes = index.nodes
+        self.pools = index.pools
+        self.free: dict[str, dict[str, int]] = {}
+        for n in nodes:
+            free = dict(n.allocatable)
+            for r, q in n.other_usage.items():
+                free[r] = free.get(r, 0) - q
+            self.free[n.name] = free
         # Shapes that did not fit. Outside what-ifs, capacity only shrinks during a cycle (preemptions free
         # nothing until the victims are gone), so a failed shape stays failed: Kueue's equivalence idea.
         # Callers pass a shape key only when nothing of the current attempt is consumed yet, so a
         # rollback never revives a shape recorded as failed.
         self._failed: set[tuple[object, ...]] = set()
         self.speculative = 0  # >0 while a what-if (preemption search) has capacity added back
-        self._candidates: dict[tuple[object, ...], list[str]] = {}
+        self._candidates = index.candidates
+        # Per resource, the nodes with some of it free, as (free, name) in ascending order: best fit is
+        # the first entry that fits, and on a busy cluster there are few entries. A gang placement or a
+        # pool's free total walks this instead of every node. Built on first use for a resource (after
+        # the running jobs are accounted), then kept by `consume`.
+        self._by_free: dict[str, list[tuple[int, str]]] = {}
 
     def consume(self, node: str, requests: Resources, sign: int = 1) -> None:
         free = self.free[node]
+        index = self._by_free
         for r, q in requests.items():
-            free[r] = free.get(r, 0) - sign * q
+            old = free.get(r, 0)
+            new = free[r] = old - sign * q
+            order = index.get(r)
+            if order is not None and new != old:
+                if old > 0:
+                    del order[bisect_left(order, (old, node))]
+                if new > 0:
+                    insort(order, (new, node))
+
+    def by_free(self, resource: str) -> list[tuple[int, str]]:
+        """The nodes with some of `resource` free now, as (free, name), least free first."""
+        order = self._by_free.get(resource)
+        if order is None:
+            order = self._by_free[resource] = sorted(
+                (f[resource], n) for n, f in self.free.items() if f.get(resource, 0) > 0)
+        return order
 
     def release(self, node: str, requests: Resources) -> None:
         self.consume(node, requests, -1)
 
     def candidates(self, pool: Pool, pod_set: PodSet, extra_tolerations: tuple[Toleration, ...],
-                   restore_labels: Mapping[str, str]) -> list[str]:
+                   restore_labels: Mapping[str, str]) -> Candidates:
         """The pool's nodes this pod set may use (selector, restore labels, taints). Cached: most jobs
         share the same few combinations."""
         key = (pool.flavor.name, tuple(pod_set.node_selector.items()), pod_set.tolerations, extra_tolerations,
                tuple(restore_labels.items()))
         hit = self._candidates.get(key)
         if hit is None:
-            hit = self._candidates[key] = self._filter(pool, pod_set, extra_tolerations, restore_labels)
+            hit = self._candidates[key] = Candidates(self._filter(pool, pod_set, extra_tolerations, restore_labels))
         return hit
 
     def _filter(self, pool: Pool, pod_set: PodSet, extra_tolerations: tuple[Toleration, ...],
@@ -119,35 +188,43 @@ class Capacity:
                 return None
         dom = dominant_resource(requests)
         need_dom = requests.get(dom, 0)
+        asks = [(r, q) for r, q in requests.items() if q > 0]
         free = self.free
-        fitting: list[tuple[int, str, int]] = []
-        total = 0
-        for name in candidates:
-            f = free[name]
-            if f.get(dom, 0) < need_dom:
-                continue
-            k = count
-            for r, q in requests.items():
-                if q > 0:
-                    avail = f.get(r, 0)
-                    if avail < q:
-                        k = 0
+        chosen: list[str] = []
+        if need_dom > 0:
+            # Best fit: the candidates with enough of the dominant resource free, least free first (then
+            # by name), each taking as many pods as it can hold. The index is in that order already, so
+            # the walk stops as soon as every pod has a node; only a failure walks all of it.
+            members = candidates.members if isinstance(candidates, Candidates) else frozenset(candidates)
+            order = self.by_free(dom)
+            for i in range(bisect_left(order, (need_dom, "")), len(order)):
+                name = order[i][1]
+                if name not in members:
+                    continue
+                k = _pods_that_fit(free[name], asks, count - len(chosen))
+                if k:
+                    chosen.extend([name] * k)
+                    if len(chosen) == count:
                         break
-                    k = min(k, avail // q)
-            if k > 0:
-                fitting.append((f.get(dom, 0), name, k))
-                total += k
-        if total < count:
+        else:
+            fitting: list[tuple[int, str, int]] = []
+            for name in candidates:
+                f = free[name]
+                have = f.get(dom, 0)
+                if have < need_dom:
+                    continue
+                k = _pods_that_fit(f, asks, count)
+                if k:
+                    fitting.append((have, name, k))
+            fitting.sort()
+            for _, name, k in fitting:
+                chosen.extend([name] * min(k, count - len(chosen)))
+                if len(chosen) == count:
+                    break
+        if len(chosen) < count:
             if key is not None:
                 self._failed.add(key)
             return None
-        fitting.sort()
-        chosen: list[str] = []
-        for _, name, k in fitting:
-            take = min(k, count - len(chosen))
-            chosen.extend([name] * take)
-            if len(chosen) == count:
-                break
         for name in chosen:
             self.consume(name, requests)
         return chosen

@@ -59,6 +59,10 @@ class QuotaLedger:
         max_usage = None if q.borrowing_limit is None else q.nominal + q.borrowing_limit
         return _Limits(q.nominal, q.nominal - lendable, max_usage)
 
+    def limits_of(self, cq: str) -> Mapping[FR, object]:
+        """The (flavor, resource) pairs `cq` has quota for (keys of its limits)."""
+        return self._limits[cq]
+
     def covers(self, cq: str, flavor: str, resource: str) -> bool:
         return (flavor, resource) in self._limits[cq]
 
@@ -105,17 +109,35 @@ class QuotaLedger:
         limits = self._limits[cq]
         usage = self.usage[cq]
         cohort = self._cohort_of[cq]
+        pu = self._pool_used[cohort] if cohort is not None else None
         for fr, q in delta.items():
             old = usage.get(fr, 0)
             new = old + sign * q
             usage[fr] = new
-            lim = limits.get(fr)
-            if cohort is not None and lim is not None:
-                pu = self._pool_used[cohort]
-                pu[fr] = pu.get(fr, 0) + self._contribution(lim, new) - self._contribution(lim, old)
+            if pu is not None:
+                lim = limits.get(fr)
+                if lim is not None:
+                    # `_contribution`, inlined: this runs for every lift and restore of a what-if.
+                    g = lim.guaranteed
+                    change = (new - g if new > g else 0) - (old - g if old > g else 0)
+                    if change:
+                        pu[fr] = pu.get(fr, 0) + change
 
     def remove(self, cq: str, delta: Mapping[FR, int]) -> None:
         self.add(cq, delta, -1)
+
+    def ceiling(self, cq: str, fr: FR) -> int:
+        """The most `cq` can ever use of a flavor/resource, whatever the others use: its nominal quota
+        without a cohort; in a cohort, its guaranteed part plus the whole pool (every member's lendable
+        quota, its own included), within its borrowing limit. 0 when it has no quota for it."""
+        lim = self._limits[cq].get(fr)
+        if lim is None:
+            return 0
+        cohort = self._cohort_of[cq]
+        if cohort is None:
+            return lim.nominal
+        most = lim.guaranteed + self._pool[cohort].get(fr, 0)
+        return most if lim.max_usage is None else min(most, lim.max_usage)
 
     def nominal(self, cq: str, fr: FR) -> int:
         lim = self._limits[cq].get(fr)

@@ -15,6 +15,11 @@ exactly. These are Kueue's cache snapshot `RemoveWorkload` / `AddWorkload`. Whil
 `cap.speculative` is above zero so that nothing learned then (failed shapes) is remembered as a fact
 of the cycle.
 
+Carried accounting. Accounting every running job is a fixed cost of every cycle. When a snapshot
+carries the very same node, flavor and queue tuples as the last cycle's (the simulator's case), the
+accounting starts from the last cycle's and redoes only the jobs whose Job object changed, started or
+left (`_Carried`). Nothing else is carried; a snapshot built anew (the controller's) accounts afresh.
+
 Per-queue policy lookups. A policy profile gives defaults; a ClusterQueue's own fields (queueing
 strategy, backfill, reservation depth, preemption rules) refine them. The lookups here are the one place
 that merges the two.
@@ -24,6 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any, ClassVar
 
 from queue_controller.engine.decisions import Decisions, PendingReason
 from queue_controller.engine.ordering import dominant_share, order_key
@@ -35,6 +42,7 @@ from queue_controller.engine.snapshot import (
     ClusterQueue,
     Job,
     JobState,
+    PodSet,
     QueueingStrategy,
     ReclaimWithinCohort,
     ResourceGroup,
@@ -66,14 +74,42 @@ class Running:
     by_flavor: dict[str, dict[str, int]] = field(default_factory=dict)  # aggregate requests per flavor
 
 
+@dataclass(frozen=True, slots=True)
+class _Account:
+    """What one running job holds: its quota usage, its pods on nodes, its requests per flavor."""
+
+    job: Job
+    delta: dict[FR, int]
+    nodes: list[tuple[str, Mapping[str, int]]]
+    by_flavor: dict[str, dict[str, int]]
+
+
+@dataclass(slots=True)
+class _Carried:
+    """The running jobs' accounting at the start of the last cycle, for the next cycle on the same node,
+    flavor and queue tuples (the simulator's case: it passes the same tuples until one changes, and the
+    same Job objects until a job changes). The controller builds every snapshot anew: nothing carries."""
+
+    source: tuple[object, object, object]  # the snapshot's nodes, flavors and cluster_queues
+    accounts: dict[str, _Account]  # by job key; valid for that very Job object only
+    free: dict[str, dict[str, int]]  # every node's free resources after accounting them
+    usage: dict[str, dict[FR, int]]  # every queue's usage after accounting them
+
+    last: ClassVar[_Carried | None] = None
+
+
 @dataclass(slots=True)
 class QueueState:
-    """What the walk has learned about one ClusterQueue so far."""
+    """What the walk has learned about one ClusterQueue so far, and its policy settings, looked up once."""
 
+    strict: bool = False  # StrictFIFO (`Workspace.strict`)
+    backfill: bool = False  # reservations and backfill (`Workspace.backfill_enabled`)
+    depth: int = 1  # reservations per cycle (`Workspace.reservation_depth`)
     hard_blocked: bool = False  # StrictFIFO head blocked without a reservation
     deferred: bool = False  # a job was set aside for the borrowing pass: the rest of the queue follows it
     reservations: int = 0
     preemption_attempts: int = 0
+    blocked_why: WaitReason | None = None  # what every job behind a hard-blocked head waits for
 
 
 class Workspace:
@@ -87,7 +123,11 @@ class Workspace:
         self.flavors = {f.name: f for f in snapshot.flavors}
         self.cap = Capacity(snapshot.nodes, snapshot.flavors)
         self.ledger = QuotaLedger(snapshot.cluster_queues)
-        self.qstate: dict[str, QueueState] = {name: QueueState() for name in self.queues}
+        self.qstate: dict[str, QueueState] = {
+            name: QueueState(self.strict(q), self.backfill_enabled(q), self.reservation_depth(q))
+            for name, q in self.queues.items()
+        }
+        self.preemption_budget = policy.preemption_attempts_per_queue
         self.profiles: dict[str, Profile] = {}  # per flavor, built on first use (backfill.profile)
         self.running: dict[str, Running] = {}  # admitted before this cycle, by job key
         self.claimed: set[str] = set()  # victims (new or in flight) that some beneficiary counts on
@@ -101,13 +141,21 @@ class Workspace:
         # priority for which a shape found no victims.
         self.failed_fit: dict[tuple[object, ...], PendingReason] = {}
         self.failed_preemption: dict[tuple[object, ...], int] = {}
-        self.pool_nodes: dict[tuple[str, ...], list[str]] = {}  # flavors -> their pools' nodes
+        # (queue, shape) -> why the queue can never admit such a job, or None (fit.inadmissible).
+        self.inadmissible: dict[tuple[object, ...], WaitReason | None] = {}
+        self.pool_nodes: dict[tuple[str, ...], frozenset[str]] = {}  # flavors -> their pools' nodes
+        # Per share group, its running jobs in victim order (the preemption rule's, kept here so that it
+        # is computed once per cycle: the order does not depend on the preemptor).
+        self.victim_ranking: dict[str, Any] = {}
         self._group_cache: dict[tuple[str, tuple[str, ...]], ResourceGroup | None] = {}
         self._shapes: dict[str, tuple[object, ...]] = {}
 
-        for job in sorted(snapshot.jobs, key=order_key):
-            if job.state is JobState.ADMITTED:
-                self._account_running(job)
+        pending: list[Job] = []
+        admitted: list[Job] = []
+        for job in snapshot.jobs:
+            (pending if job.state is JobState.PENDING else admitted).append(job)
+        admitted.sort(key=order_key)
+        self._account_all(snapshot, admitted)
         # Preemption candidates: running jobs by the group they may be preempted within, and the jobs
         # already being vacated (free room soon, at no extra cost).
         self.by_group: dict[str, list[Running]] = {}
@@ -120,9 +168,16 @@ class Workspace:
                     self.owners.add(run.job.preempted_for)
             else:
                 self.by_group.setdefault(self.share_group(run.job.cluster_queue), []).append(run)
-        pending = [j for j in snapshot.jobs if j.state is JobState.PENDING]
         self.waiting: set[str] = {j.key for j in pending}
-        self.pending = sorted(pending, key=self._sort_key if policy.fair_sharing else order_key)
+        if policy.fair_sharing:
+            pending.sort(key=self._sort_key)
+        else:
+            # `order_key` in two stable sorts with C key functions: by (queue order, key), then by
+            # priority, highest first (a reverse sort keeps equal elements in their order). A third of
+            # the time of calling `order_key` for each of 10,000 jobs.
+            pending.sort(key=attrgetter("queue_order", "key"))
+            pending.sort(key=attrgetter("priority"), reverse=True)
+        self.pending = pending
 
     # ---- setup ------------------------------------------------------------------------------------
 
@@ -130,40 +185,106 @@ class Workspace:
         share = dominant_share(self.ledger, job.cluster_queue) if job.cluster_queue in self.queues else 0.0
         return (share, -job.priority, job.queue_order, job.key)
 
-    def _account_running(self, job: Job) -> None:
+    def _account_all(self, snapshot: Snapshot, admitted: list[Job]) -> None:
+        """Account every job admitted before this cycle (in queue order), starting from what the last
+        cycle accounted when it ran on the very same nodes, flavors and queues: then only the jobs that
+        changed (started, left, or were replaced by another object) are worked out again."""
+        source = (snapshot.nodes, snapshot.flavors, snapshot.cluster_queues)
+        last = _Carried.last
+        carried = last if last is not None and all(a is b for a, b in zip(last.source, source, strict=True)) else None
+        free = self.cap.free
+        usage: dict[str, dict[FR, int]] = {}
+        accounts: dict[str, _Account] = {}
+        by_key = {job.key: job for job in admitted}
+        if carried is not None and len(by_key) == len(admitted):
+            # Start from the free capacity and usage after the last cycle's accounting; take out the jobs
+            # that are gone or changed.
+            for name, f in carried.free.items():
+                free[name] = dict(f)
+            usage = {q: dict(u) for q, u in carried.usage.items()}
+            for key, kept in carried.accounts.items():
+                if by_key.get(key) is not kept.job:
+                    for node, req in kept.nodes:
+                        f = free[node]
+                        for r, q in req.items():
+                            f[r] = f.get(r, 0) + q
+                    if kept.delta:
+                        u = usage[kept.job.cluster_queue]
+                        for fr, q in kept.delta.items():
+                            u[fr] -= q
+                else:
+                    accounts[key] = kept
+        else:
+            carried = None
+        for job in admitted:
+            acct = accounts.get(job.key) if carried is not None else None
+            if acct is None:
+                acct = accounts[job.key] = self._account_running(job, usage)
+            self.running[job.key] = Running(job, acct.delta, acct.nodes, self._end(job), acct.by_flavor)
+        if len(by_key) == len(admitted):
+            _Carried.last = _Carried(source, accounts, {n: dict(f) for n, f in free.items()},
+                                     {q: dict(u) for q, u in usage.items()})
+        # Charged once per queue: the cohort's pool accounting telescopes, so the sum is the same.
+        for name, total in usage.items():
+            if name in self.queues:
+                self.ledger.add(name, total)
+
+    def _account_running(self, job: Job, usage: dict[str, dict[FR, int]]) -> _Account:
+        """Account a job admitted before this cycle: its pods on their nodes, its quota usage added to
+        `usage` (per queue, for the ledger). Written for speed: it runs for every job that started since
+        the last cycle, and for every running job when nothing is carried over."""
         delta: dict[FR, int] = {}
         nodes: list[tuple[str, Mapping[str, int]]] = []
         by_flavor: dict[str, dict[str, int]] = {}
-        ps_by_name = {ps.name: ps for ps in job.pod_sets}
+        sets = job.pod_sets
         cq = job.cluster_queue
+        known = cq in self.queues
+        covered = self.ledger.limits_of(cq) if known else {}
+        free = self.cap.free
         for pl in job.placement:
-            ps = ps_by_name.get(pl.name)
-            if ps is None:
-                continue
-            agg = by_flavor.setdefault(pl.flavor, {})
-            for r, q in ps.requests.items():
-                total = q * len(pl.nodes)
+            # Almost every job has one pod set: find it without building a dict.
+            ps: PodSet | None = sets[0] if sets else None
+            if ps is None or ps.name != pl.name:
+                ps = next((p for p in sets if p.name == pl.name), None)
+                if ps is None:
+                    continue
+            requests = ps.requests
+            flavor = pl.flavor
+            pods = len(pl.nodes)
+            agg = by_flavor.get(flavor)
+            if agg is None:
+                agg = by_flavor[flavor] = {}
+            for r, q in requests.items():
+                total = q * pods
                 agg[r] = agg.get(r, 0) + total
-                if cq in self.queues and self.ledger.covers(cq, pl.flavor, r):
-                    delta[(pl.flavor, r)] = delta.get((pl.flavor, r), 0) + total
+                fr = (flavor, r)
+                if fr in covered:
+                    delta[fr] = delta.get(fr, 0) + total
+            # `cap.consume`, inlined: nothing has asked the capacity for its index yet.
             for node in pl.nodes:
-                if node in self.cap.free:
-                    self.cap.consume(node, ps.requests)
-                    nodes.append((node, ps.requests))
-        if cq in self.queues:
-            self.ledger.add(cq, delta)
+                f = free.get(node)
+                if f is not None:
+                    for r, q in requests.items():
+                        f[r] = f.get(r, 0) - q
+                    nodes.append((node, requests))
+        if delta:
+            acc = usage.get(cq)
+            if acc is None:
+                acc = usage[cq] = {}
+            for fr, q in delta.items():
+                acc[fr] = acc.get(fr, 0) + q
+        return _Account(job, delta, nodes, by_flavor)
+
+    def _end(self, job: Job) -> float:
+        """A running job's estimated end: INF when unknown, a grace period from now once overrun."""
+        now = self.now
         if job.vacating:
-            end = self.now + job.checkpoint_cost_s
-        else:
-            rem = self.remaining(job)
-            if rem is None:
-                end = INF
-            else:
-                start = job.started_at if job.started_at is not None else self.now
-                end = start + rem
-                if end <= self.now:
-                    end = self.now + OVERRUN_GRACE_S
-        self.running[job.key] = Running(job, delta, nodes, end, by_flavor)
+            return now + job.checkpoint_cost_s
+        rem = self.remaining(job)
+        if rem is None:
+            return INF
+        end = (job.started_at if job.started_at is not None else now) + rem
+        return now + OVERRUN_GRACE_S if end <= now else end
 
     # ---- facts about jobs -------------------------------------------------------------------------
 
@@ -186,6 +307,13 @@ class Workspace:
 
     def shape(self, job: Job) -> tuple[object, ...]:
         """What decides whether a job fits, without its identity: equal shapes fit (or fail) alike."""
+        # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
+        # Cheaper to compute again than to look up, in the common case.
+        sets = job.pod_sets
+        if len(sets) == 1 and not job.restore_node_labels:
+            ps = sets[0]
+            if not ps.node_selector and not ps.tolerations:
+                return (ps.count, *ps.requests.items())  # the common case, cheaply
         shape = self._shapes.get(job.key)
         if shape is None:
             shape = self._shapes[job.key] = self._compute_shape(job)
@@ -193,12 +321,6 @@ class Workspace:
 
     @staticmethod
     def _compute_shape(job: Job) -> tuple[object, ...]:
-        # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
-        sets = job.pod_sets
-        if len(sets) == 1 and not job.restore_node_labels:
-            ps = sets[0]
-            if not ps.node_selector and not ps.tolerations:
-                return (ps.count, *ps.requests.items())  # the common case, cheaply
         return (
             tuple((ps.count, tuple(ps.requests.items()),
                    tuple(ps.node_selector.items()) if ps.node_selector else (), ps.tolerations)

@@ -16,12 +16,14 @@ victims are gone), and one `Preempt` decision per new victim goes out, in victim
 Cost bounds: a queue gets `preemptionAttemptsPerQueue` searches per cycle (a job waiting for its own
 victims is always looked at, outside that budget), a shape that found no victims is not searched again
 at the same or a lower priority, and the full fit per added victim is skipped while the job's dominant
-resource cannot be free yet even in total.
+resource cannot be free yet even in total in any flavor it could use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 from queue_controller.engine.backfill import hold_in_profiles, may_start_now
 from queue_controller.engine.decisions import PendingReason, Preempt, PreemptMode, PreemptReason
@@ -47,29 +49,58 @@ class Candidate:
     order: VictimOrder
 
 
+def _ranked(ws: Workspace, group: str) -> list[tuple[VictimOrder, Running, PreemptMode, float]]:
+    """The running jobs of a share group in victim order, with how each would be preempted and what
+    that would cost. None of it depends on the preemptor, so it is computed once per cycle and group;
+    `candidates` only filters it."""
+    ranked: list[tuple[VictimOrder, Running, PreemptMode, float]] | None = ws.victim_ranking.get(group)
+    if ranked is None:
+        ranked = []
+        for run in ws.by_group.get(group, ()):
+            mode, cost = lost_work(run.job, ws.now, ws.policy)
+            ranked.append((VictimOrder.running(run.job, cost), run, mode, cost))
+        # `VictimOrder`'s fields, as a tuple: compared in C, the same order as the dataclass's.
+        ranked.sort(key=lambda e: (e[0].new_victim, e[0].for_another_job, e[0].lost_work, e[0].priority,
+                                   e[0].newest, e[0].key))
+        ws.victim_ranking[group] = ranked
+    return ranked
+
+
 def candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> list[Candidate]:
     """Every candidate victim for `job`, in victim order."""
-    out: list[Candidate] = []
+    return list(_iter_candidates(ws, job, cq))
+
+
+def _iter_candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> Iterator[Candidate]:
+    """The candidates in victim order, produced lazily: a search usually stops after a few, and asking
+    every running job of a cohort whether it is eligible is most of the cost of an attempt. Nothing
+    eligibility reads changes during the what-if (which queues borrow is taken here, before it)."""
+    leaving: list[Candidate] = []
     for run in ws.vacating:
         # Already leaving: free room at no extra cost, for the job it was preempted for while that job
         # still waits (or for anyone once it no longer does), and ahead of all other candidates.
         owner = run.job.preempted_for
         if run.job.key in ws.claimed or (owner is not None and owner != job.key and owner in ws.waiting):
             continue
-        out.append(Candidate(run, None, PreemptMode.KILL, 0.0, VictimOrder.leaving(run.job, job.key)))
-    borrowing = {name: ws.ledger.borrowing(name) for name in ws.queues}
-    for run in ws.by_group.get(ws.share_group(cq.name), ()):
+        leaving.append(Candidate(run, None, PreemptMode.KILL, 0.0, VictimOrder.leaving(run.job, job.key)))
+    group = ws.share_group(cq.name)
+    members = ws.ledger.cohort_members(cq.cohort) if cq.cohort is not None else [cq.name]
+    borrowing = {name: ws.ledger.borrowing(name) for name in members}
+    # Jobs already leaving order before every new victim (`VictimOrder.new_victim`), so they go first,
+    # sorted, and the running ones follow in their precomputed order: that is the whole victim order.
+    leaving.sort(key=lambda c: c.order)
+    yield from leaving
+    claimed = ws.claimed
+    victims = ws.victims
+    for order, run, mode, cost in _ranked(ws, group):
         v = run.job
         key = v.key
-        if key in ws.claimed or key in ws.victims or v.checkpointing:
+        if key in claimed or key in victims or v.checkpointing:
             continue
         reason = eligible(ws, job, cq, v, borrowing)
         if reason is None:
             continue
-        mode, cost = lost_work(v, ws.now, ws.policy)
-        out.append(Candidate(run, reason, mode, cost, VictimOrder.running(v, cost)))
-    out.sort(key=lambda c: c.order)
-    return out
+        yield Candidate(run, reason, mode, cost, order)
 
 
 def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason) -> bool:
@@ -87,26 +118,32 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
     if not own:
         state.preemption_attempts += 1
 
-    cands = candidates(ws, job, cq)
-    if not cands:
+    cands = _iter_candidates(ws, job, cq)
+    first = next(cands, None)
+    if first is None:
         ws.failed_preemption[shape] = max(ws.failed_preemption.get(shape, _NEVER), job.priority)
         return False
 
     # A full fit (quota, then every node) per added victim is the costly part. Skip it while the
-    # job's dominant resource cannot be free yet in its flavors' pools even in total.
+    # job's dominant resource cannot be free yet, even in total, in any flavor's pool it could use.
     dom = dominant_resource(job.total_requests())
     need = job.total_requests().get(dom, 0)
-    avail = pool_free(ws, job, cq, dom)
+    rooms = pool_free(ws, job, cq, dom)
 
     ws.cap.speculative += 1
     chosen: list[Candidate] = []
     try:
         fits = False
-        for cand in cands:
+        for cand in chain((first,), cands):
             ws.lift(cand.run)
             chosen.append(cand)
-            avail += sum(req.get(dom, 0) for _, req in cand.run.nodes)
-            if avail < need:
+            for node, req in cand.run.nodes:
+                q = req.get(dom, 0)
+                if q:
+                    for room in rooms:
+                        if node in room.nodes:
+                            room.free += q
+            if all(room.free < need for room in rooms):
                 continue
             verdict = _fits_after(ws, job, cq, chosen)
             if verdict is None:

@@ -1,0 +1,245 @@
+"""Golden decisions: the engine's fast paths decide exactly what the straightforward engine decided.
+
+The engine answers most of a long queue through memos and indexes (equivalence per queue and shape, the
+victim order computed once per group, nodes indexed by free amount, pools kept across cycles). None of
+that may change a decision. These scenarios (random but fixed: clusters with taints, selectors, several
+flavors, cohorts with borrowing and lending limits, StrictFIFO, stopped and missing queues, multi-pod-set
+gangs) run four cycles under each shipped policy, applying the decisions between cycles (admit, preempt,
+checkpoint, victims leaving, jobs finishing, new arrivals), and the decisions of every cycle are hashed.
+
+The digests were recorded with the engine before its fast paths (main at 966fa7e, plus the inadmissible
+jobs of fit.py), and were equal for 2,800 scenarios of this kind and the bench snapshots. A change that
+means to change decisions re-records them: `python tests/unit/test_engine_golden.py` prints the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import replace
+
+import pytest
+
+from queue_controller.engine import (
+    GPU,
+    Admit,
+    Checkpoint,
+    ClusterQueue,
+    Decisions,
+    Flavor,
+    FlavorQuotas,
+    Job,
+    JobState,
+    Node,
+    PodSet,
+    Preempt,
+    QueueingStrategy,
+    Quota,
+    ReclaimWithinCohort,
+    ResourceGroup,
+    Resume,
+    Snapshot,
+    Taint,
+    Toleration,
+    WithinClusterQueue,
+    decide,
+)
+from queue_controller.policies import load_policy
+
+pytestmark = pytest.mark.unit
+
+M = 1000
+POLICIES = ("fifo", "kueue", "easy", "iass")
+FLAVORS = (Flavor("h100", {"f": "h100"}), Flavor("a100", {"f": "a100"}, (), (Toleration("gpu", "Exists"),)),
+           Flavor("cpu", {"f": "cpu"}))
+
+
+def scenario(rng: random.Random, big: bool) -> tuple[tuple[Node, ...], tuple[ClusterQueue, ...], list[Job]]:
+    nodes = []
+    for i in range(rng.randint(1, 60 if big else 8)):
+        fl = rng.choice(("h100", "a100", "cpu"))
+        taints = (Taint("gpu", "x"),) if fl == "a100" and rng.random() < 0.5 else ()
+        if rng.random() < 0.1:
+            taints += (Taint("special", "y"),)
+        gpus = rng.choice((4, 8)) if fl != "cpu" else 0
+        nodes.append(Node(f"n{i}", {"cpu": 32 * M, "memory": 256 * M, GPU: gpus * M},
+                          {"f": fl, "zone": rng.choice("ab")}, taints,
+                          ready=rng.random() < 0.9 or i == 0, unschedulable=rng.random() < 0.05,
+                          other_usage={GPU: rng.choice((0, 0, 0, 1)) * M} if gpus else {}))
+    queues = []
+    for q in range(rng.randint(1, 6 if big else 3)):
+        cohort = rng.choice((None, "c", "d"))
+        groups = []
+        if rng.random() < 0.2:
+            fqs = [FlavorQuotas(fl, {GPU: Quota(rng.randint(0, 40 if big else 16) * M,
+                                                None if cohort is None else rng.choice((None, 0, 4 * M)))})
+                   for fl in ("h100", "a100")]
+            groups.append(ResourceGroup((GPU,), tuple(fqs)))
+            groups.append(ResourceGroup(("cpu", "memory"), (FlavorQuotas("cpu", {
+                "cpu": Quota(rng.randint(0, 200) * M), "memory": Quota(rng.randint(0, 2000) * M)}),)))
+        else:
+            order = ["h100", "a100", "cpu"]
+            rng.shuffle(order)
+            fqs = []
+            for fl in order[:rng.randint(1, 3)]:
+                res = {}
+                for r in ("cpu", "memory", GPU):
+                    nominal = rng.randint(0, 60 if big else 16) * (4 if r != GPU else 1)
+                    borrow = None if cohort is None else rng.choice((None, 0, 4))
+                    lend = None if cohort is None else rng.choice((None, 0, nominal // 2))
+                    res[r] = Quota(nominal * M, None if borrow is None else borrow * M,
+                                   None if lend is None else lend * M)
+                fqs.append(FlavorQuotas(fl, res))
+            groups.append(ResourceGroup(("cpu", "memory", GPU), tuple(fqs)))
+        queues.append(ClusterQueue(
+            f"q{q}", tuple(groups), cohort=cohort,
+            queueing_strategy=rng.choice((QueueingStrategy.BEST_EFFORT_FIFO,) * 3 + (QueueingStrategy.STRICT_FIFO,)),
+            within_cluster_queue=rng.choice((None, *WithinClusterQueue)),
+            reclaim_within_cohort=rng.choice((None, *ReclaimWithinCohort)),
+            backfill_enabled=rng.choice((None, None, True, False)), reservation_depth=rng.choice((None, None, 2)),
+            fair_weight=rng.choice((1.0, 1.0, 2.0, 0.0)), stopped=rng.random() < 0.05))
+    jobs = []
+    shapes = [(rng.randint(1, 4), rng.randint(1, 8), rng.choice((0, 1, 2, 4, 8))) for _ in range(rng.randint(1, 6))]
+    for j in range(rng.randint(1, 300 if big else 14)):
+        pods, cpu, gpus = (rng.choice(shapes) if rng.random() < 0.8
+                           else (rng.randint(1, 5), rng.randint(1, 16), rng.randint(0, 9)))
+        sel = {"zone": rng.choice("ab")} if rng.random() < 0.1 else {}
+        tol = (Toleration("gpu", "Exists"),) if rng.random() < 0.2 else ()
+        sets = [PodSet("main", pods, {"cpu": cpu * M, "memory": cpu * 4 * M, GPU: gpus * M}, sel, tol)]
+        if rng.random() < 0.1:
+            sets.append(PodSet("side", rng.randint(1, 2), {"cpu": rng.randint(1, 4) * M}))
+        queue_names = [q.name for q in queues] + (["q-missing"] if rng.random() < 0.05 else [])
+        jobs.append(Job(
+            f"ns/j{j}", rng.choice(queue_names), rng.choice((0, 0, 1, 2, 3)), float(rng.randint(0, 50)),
+            tuple(sets), checkpointable=rng.random() < 0.6, checkpoint_cost_s=float(rng.randint(0, 30)),
+            restore_cost_s=5.0, runtime_estimate_s=rng.choice((None, 50.0, 300.0, 1000.0)),
+            checkpoint_interval_s=rng.choice((None, 60.0)), checkpoint_interval_auto=rng.random() < 0.2,
+            restore_node_labels={"zone": "a"} if rng.random() < 0.05 else {}))
+    return tuple(nodes), tuple(queues), jobs
+
+
+def _apply(jobs: dict[str, Job], d: Decisions, now: float) -> None:
+    for a in d.actions:
+        if isinstance(a, Admit | Resume):
+            jobs[a.job] = replace(jobs[a.job], state=JobState.ADMITTED, placement=a.placement, started_at=now,
+                                  admitted_at=now, backfilled=a.backfill)
+        elif isinstance(a, Preempt):
+            jobs[a.victim] = replace(jobs[a.victim], vacating=True, preempted_for=a.beneficiary)
+        elif isinstance(a, Checkpoint):
+            jobs[a.job] = replace(jobs[a.job], last_checkpoint_at=now, checkpoint=f"{a.job}-{now}")
+
+
+def _settle(jobs: dict[str, Job], rng: random.Random, now: float) -> None:
+    for key, j in list(jobs.items()):
+        if j.state is not JobState.ADMITTED:
+            continue
+        if j.vacating:
+            if rng.random() < 0.7:
+                jobs[key] = replace(j, state=JobState.PENDING, placement=(), vacating=False, backfilled=False,
+                                    preempted_for=None, started_at=None,
+                                    checkpoint=f"{key}-{now}" if j.checkpointable else j.checkpoint,
+                                    run_time_s=j.run_time_s + now - (j.started_at or now))
+        elif rng.random() < 0.2:
+            del jobs[key]
+        elif rng.random() < 0.05:
+            jobs[key] = replace(j, checkpointing=True)
+
+
+def cycles(seed: int, fresh: bool = False) -> list[tuple[object, ...]]:
+    """The decisions of four cycles of scenario `seed` under every policy. The same node, flavor and
+    queue tuples every cycle, as the simulator passes them (what the engine carries between cycles),
+    unless `fresh`: new tuples every cycle, as the controller builds them (nothing carried)."""
+    rng = random.Random(seed)
+    nodes, queues, initial = scenario(rng, big=seed % 4 == 0)
+    out: list[tuple[object, ...]] = []
+    for name in POLICIES:
+        policy = load_policy(name)
+        steps = random.Random(seed * 7 + 1)
+        jobs = {j.key: j for j in initial}
+        now = 100.0
+        for step in range(4):
+            snap = Snapshot(nodes, FLAVORS, queues, tuple(jobs.values()))
+            if fresh:
+                snap = Snapshot(tuple(list(nodes)), tuple(list(FLAVORS)), tuple(list(queues)), snap.jobs)
+            d = decide(snap, now, policy)
+            out.append((name, d.actions, sorted(d.waiting.items()), d.next_wakeup))
+            _apply(jobs, d, now)
+            now += steps.choice((0, 10, 60, 400))
+            _settle(jobs, steps, now)
+            for k in range(steps.randint(0, 3)):
+                src = steps.choice(initial)
+                key = f"{src.key}-s{step}-{k}"
+                jobs[key] = replace(src, key=key, queue_order=now + k, state=JobState.PENDING, placement=())
+    return out
+
+
+def digest(seed: int) -> str:
+    """The decisions of `cycles(seed)`, hashed."""
+    return hashlib.sha256(repr(cycles(seed)).encode()).hexdigest()[:16]
+
+
+GOLDEN = {
+    0: '7e2d87708c11cc0b',
+    1: '3cb808122d81820b',
+    2: '7036917e5784c8b1',
+    3: '01a9a628848097fc',
+    4: '8b833d9f695da37c',
+    5: '0568e9253e6b2617',
+    6: '4e6a26f21abd45bb',
+    7: 'ed49755c423f96ce',
+    8: '9ce7040064acafe3',
+    9: '3bc7e91c6c82599e',
+    10: '0941e39ae48e81a9',
+    11: '20bfb72932dfc636',
+    12: '58730a86b6aa61e9',
+    13: 'c4b20163c5998cb7',
+    14: '0bf3a53b307edda2',
+    15: 'bdfe96714f5c21b6',
+    16: 'fa1e5d349c8979d7',
+    17: '732568dccabe77af',
+    18: 'e2372cd9ccf31474',
+    19: '0524b562cafa8fe2',
+    20: '23b1ee3663d22be5',
+    21: 'b6bc3d6b93ce3174',
+    22: 'e7d7b704d762ef98',
+    23: '76e4d71dbf1138c5',
+    24: '2db6ab0056d0292b',
+    25: '78b61f20c8a5c414',
+    26: '7f61d8b7dfc365b4',
+    27: 'b5605b23803b60ca',
+    28: '36a64d579f518860',
+    29: '924a5b78a7a1d5ce',
+    30: '62afb4962f70c3a6',
+    31: '0237eac065fa5862',
+    32: '51fa02cc585817d9',
+    33: '646e01dd05fa9b33',
+    34: 'a31bff331b546eab',
+    35: '6a08a56f250d107e',
+    36: '9d361c82e5408ace',
+    37: 'e9878c0228c1cb72',
+    38: '04cac5601623b5cb',
+    39: '3623c2d2fa33a9de',
+    40: '1657d6885a7597dd',
+    41: '5c7a019e026b0250',
+    42: '143bb54ce5c8b40b',
+    43: '8e4f178e4a034755',
+    44: '44d18a7ffe1a407e',
+    45: '82fa3d8024d9986f',
+    46: '1b0ab4c4d6c3c81a',
+    47: '4b1044eaecdd3185',
+}
+
+
+@pytest.mark.parametrize("seed", sorted(GOLDEN))
+def test_decisions_are_the_recorded_ones(seed: int) -> None:
+    assert digest(seed) == GOLDEN[seed]
+
+
+@pytest.mark.parametrize("seed", range(0, 48, 5))
+def test_what_is_carried_between_cycles_changes_nothing(seed: int) -> None:
+    assert cycles(seed) == cycles(seed, fresh=True)
+
+
+if __name__ == "__main__":
+    for seed in range(48):
+        print(f"    {seed}: {digest(seed)!r},")
