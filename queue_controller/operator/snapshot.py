@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
 
 from queue_controller.api.quantity import to_milli
 from queue_controller.engine import (
@@ -33,7 +35,7 @@ from queue_controller.engine import (
 )
 from queue_controller.engine.snapshot import QueueingStrategy
 from queue_controller.operator.cache import Cache
-from queue_controller.operator.records import JobRecord
+from queue_controller.operator.records import FlavorRecord, JobRecord, NodeRecord
 from queue_controller.wire import (
     ACTIVE_PHASES,
     IN_FLIGHT_CHECKPOINT_PHASES,
@@ -42,6 +44,8 @@ from queue_controller.wire import (
     TERMINAL_PHASES,
     parse_time,
 )
+
+T = TypeVar("T")
 
 # (checkpoint seconds, restore seconds) a backend expects for a job, before any is measured.
 Estimator = Callable[[JobRecord], tuple[float, float]]
@@ -202,6 +206,7 @@ class JobMemo:
     def __init__(self) -> None:
         self._entries: dict[str, _Memo] = {}
         self._env: object = None
+        self.parts = _Parts()  # nodes, flavors and queues, kept the same way
 
     def begin(self, env: object) -> None:
         """A new build; `env` (the cluster's checkpoint settings and node kinds) changed: forget all."""
@@ -320,15 +325,54 @@ def build(cache: Cache, estimator: Estimator, fitter: Fitter | None = None, memo
         use = other.setdefault(pod.node, {})
         for r, q in pod.requests.items():
             use[r] = use.get(r, 0) + q
-    nodes = tuple(
-        Node(n.name, n.allocatable, n.labels if n.labels.get(NODE_KIND_LABEL) == n.kind else
-             {**n.labels, NODE_KIND_LABEL: n.kind}, _taints(n.taints), n.ready, n.unschedulable, other.get(n.name, {}))
-        for n in sorted(cache.nodes.values(), key=lambda n: n.name)
-    )
-    flavors = tuple(Flavor(f.name, f.node_labels, _taints(f.node_taints), _tolerations(f.tolerations))
-                    for f in sorted(cache.flavors.values(), key=lambda f: f.name))
-    queues = tuple(q for q in (cluster_queue(cache, name) for name in sorted(cache.cluster_queues)) if q is not None)
+    parts = memo.parts if memo is not None else _Parts()
+
+    def node(n: NodeRecord) -> Node:
+        labels = n.labels if n.labels.get(NODE_KIND_LABEL) == n.kind else {**n.labels, NODE_KIND_LABEL: n.kind}
+        return Node(n.name, n.allocatable, labels, _taints(n.taints), n.ready, n.unschedulable, other.get(n.name, {}))
+
+    def flavor(f: FlavorRecord) -> Flavor:
+        return Flavor(f.name, f.node_labels, _taints(f.node_taints), _tolerations(f.tolerations))
+
+    nodes = parts.tuple_of("nodes", [
+        parts.one(("node", n.name), (n, tuple(sorted(other.get(n.name, {}).items()))), partial(node, n))
+        for n in sorted(cache.nodes.values(), key=lambda n: n.name)])
+    flavors = parts.tuple_of("flavors", [parts.one(("flavor", f.name), (f,), partial(flavor, f))
+                                         for f in sorted(cache.flavors.values(), key=lambda f: f.name)])
+    queues = parts.tuple_of("queues", [
+        q for q in (parts.one(("queue", name), (cache.cluster_queues[name],), partial(cluster_queue, cache, name))
+                    for name in sorted(cache.cluster_queues)) if q is not None])
     return Snapshot(nodes, flavors, queues, tuple(jobs)), unq
+
+
+class _Parts:
+    """The snapshot's nodes, flavors and queues kept between builds: an object is rebuilt only when its
+    record (replaced by the cache on every change) or its inputs changed, and a tuple is the very same
+    tuple while its elements are — so the engine's per-cycle indexes and its accounting of running jobs
+    carry over from one cycle to the next (engine/placement.py NodeIndex, engine/workspace.py)."""
+
+    def __init__(self) -> None:
+        self._objects: dict[tuple[str, str], tuple[tuple[Any, ...], Any]] = {}
+        self._tuples: dict[str, tuple[Any, ...]] = {}
+
+    def one(self, key: tuple[str, str], inputs: tuple[Any, ...], make: Callable[[], T]) -> T:
+        kept = self._objects.get(key)
+        if kept is not None and len(kept[0]) == len(inputs) and all(
+                a is b or (type(a) is tuple and a == b) for a, b in zip(kept[0], inputs, strict=True)):
+            return kept[1]  # type: ignore[no-any-return]
+        made = make()
+        self._objects[key] = (inputs, made)
+        return made
+
+    def tuple_of(self, kind: str, items: list[T]) -> tuple[T, ...]:
+        last = self._tuples.get(kind)
+        if last is not None and len(last) == len(items) and all(a is b for a, b in zip(last, items, strict=True)):
+            return last
+        new = self._tuples[kind] = tuple(items)
+        if len(self._objects) > 4 * (sum(len(t) for t in self._tuples.values()) + 16):  # deleted objects
+            live = {id(o) for t in self._tuples.values() for o in t}
+            self._objects = {k: v for k, v in self._objects.items() if id(v[1]) in live}
+        return new
 
 
 def checkpoint_runtime(cache: Cache, name_key: str) -> float:

@@ -41,3 +41,27 @@ def test_waiting_jobs_are_converted_once_until_they_change() -> None:
         assert _jobs(w, None)["team/b"] is not other["team/b"]
 
     asyncio.run(scenario())
+
+
+def test_nodes_flavors_and_queues_are_the_same_objects_until_they_change() -> None:
+    """So the engine's node index and its accounting of running jobs carry over between cycles."""
+    async def scenario() -> None:
+        from tests.unit.operator_world import node_body
+
+        w = make_world("kueue", nodes=3)
+        await w.cycle()
+        memo = JobMemo()
+
+        def snap() -> object:
+            return build(w.cache, w.controller.estimate, w.controller.job_backends.admissible, memo, "env")[0]
+
+        a, b = snap(), snap()
+        assert a.nodes is b.nodes and a.flavors is b.flavors and a.cluster_queues is b.cluster_queues  # type: ignore[attr-defined]
+        w.server.delete("nodes", None, "n1")
+        w.server.create("nodes", node_body("n1", gpus=4))
+        w.server.deliver(w.cache)
+        c = snap()
+        assert c.nodes is not b.nodes and c.flavors is b.flavors  # type: ignore[attr-defined]
+        assert [x is y for x, y in zip(c.nodes, b.nodes, strict=True)] == [True, False, True]  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
