@@ -13,6 +13,10 @@ acts on changes, and not its position:
   all. A reason that asks the user to act (a missing queue, an invalid spec, a job that can never fit, a
   checkpoint mode no backend serves) is written at once, message included.
 
+At most WRITES_PER_CYCLE such writes go out per cycle, reasons to act on first and then in queue order,
+so that thousands of jobs created at once do not hold the cycle (and every admission) behind their first
+status writes; the rest follow in the cycles after, which come at once while any are left.
+
 Positions and the ordered pending list are served on demand, as Kueue's visibility API serves them:
 `ckq pending CQ` orders the queue's waiting jobs the engine's way when asked, and each ClusterQueue and
 LocalQueue carries a bounded head of its queue (the first MAX_PENDING_HEAD jobs with their position and
@@ -28,9 +32,9 @@ status; a series whose usage went away is set to 0, and a deleted ClusterQueue's
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import Gauge
 
@@ -53,6 +57,8 @@ from queue_controller.wire import WAITING_PHASES, to_datetime
 
 Q = TypeVar("Q", bound=QueueStatus)
 REASON_REFRESH_S = 30.0  # a change between contention reasons is written at most this often per job
+WRITES_PER_CYCLE = 128  # waiting jobs' status writes per cycle; the rest go to the cycles after (soon)
+BEHIND_RETRY_S = 0.2  # how soon the next cycle comes when waiting jobs' writes are left over
 QUEUE_STATUS_INTERVAL_S = 2.0  # each queue's status is written at most this often
 # Reasons that move with every admission around a job: nothing for its user to act on.
 CONTENTION = frozenset(str(r) for r in (
@@ -119,6 +125,7 @@ class Waiting:
         self._queues_generation = -1  # the cache's generation then
         self._usage_series: dict[str, set[tuple[str, str]]] = {}  # ClusterQueue -> (flavor, resource) set
         self.due: float | None = None  # when the queues' tally held back by the rate limit is due
+        self.behind = False  # waiting jobs' writes were left for the next cycle (WRITES_PER_CYCLE)
 
     def forget(self, key: str) -> None:
         """The job left the queue (admitted, suspended): its next wait is written afresh."""
@@ -127,11 +134,13 @@ class Waiting:
     async def publish(self, decisions: Decisions, unqueued: Unqueued, now: float,
                       priorities: Mapping[str, int]) -> None:
         """Write the status of every waiting job whose wait changed in a way its user acts on."""
+        # Reasons its user must act on first, then the engine's, in queue order (heads first).
         items: list[tuple[str, str, str]] = [
-            (w.job, str(w.reason), w.message) for w in decisions.waiting.values()
-        ] + [(key, reason, message) for key, (reason, message) in unqueued.reasons.items()]
+            (key, reason, message) for key, (reason, message) in unqueued.reasons.items()
+        ] + [(w.job, str(w.reason), w.message) for w in decisions.waiting.values()]
         refused = unqueued.refused
-        writes = []
+        writes: list[Coroutine[Any, Any, JobRecord | None]] = []
+        self.behind = False
         for key, reason, message in items:
             job = self.cache.jobs.get(key)
             if job is None:
@@ -140,6 +149,11 @@ class Waiting:
             if status.get("phase") in WAITING_PHASES and not needs_write(
                     status.get("pendingReason"), status.get("message"), self._published.get(key), reason, message, now):
                 continue
+            if len(writes) >= WRITES_PER_CYCLE:
+                # A burst of new jobs (thousands created at once) must not hold the cycle, and so every
+                # admission, behind their first status writes: the rest are written by the next cycles.
+                self.behind = True
+                break
             self._published[key] = _Published(reason, message, now)
             writes.append(self.writer.job(job, waiting(job, reason, message, priorities.get(key), now,
                                                        refused.get(key))))
@@ -228,8 +242,11 @@ class Waiting:
         await self.writer.queue(namespace, name, patch)  # only when it changed
 
     def take_due(self, now: float) -> float | None:
-        """When the next cycle must run to write a queue status held back by the rate limit (None: none is)."""
+        """When the next cycle must run to write what was held back: a queue status (rate limit) or
+        waiting jobs' statuses (the budget per cycle). None: nothing is."""
         due, self.due = self.due, None
+        if self.behind:
+            due = min(due, now + BEHIND_RETRY_S) if due is not None else now + BEHIND_RETRY_S
         return None if due is None else max(due, now)
 
     def _metrics(self, name: str, tally: _Tally) -> None:

@@ -704,3 +704,25 @@ def test_a_controller_limited_to_namespaces_primes_only_their_jobs() -> None:
         assert "phase" not in (w.server.get("checkpointablejobs", "theirs", "other").get("status") or {})
 
     run(scenario)
+
+
+def test_a_burst_of_new_jobs_does_not_hold_admissions_behind_their_status_writes() -> None:
+    """15,000 jobs created within a minute made one cycle write 11,000 Pending statuses before the next
+    admission (issue 13's bench): waiting writes are bounded per cycle, the rest follow at once."""
+    async def scenario() -> None:
+        from queue_controller.operator.waiting import WRITES_PER_CYCLE
+
+        w = make_world("kueue")
+        burst = WRITES_PER_CYCLE + 40
+        for i in range(burst):
+            w.submit(f"j{i:04}", runtime_s=10)
+        await w.cycle()
+        pending = [j for j in w.server.list("checkpointablejobs") if (j.get("status") or {}).get("phase") == "Pending"]
+        assert w.phase("j0000") == "Admitted" and len(pending) == WRITES_PER_CYCLE
+        wake = w.controller.next_wakeup
+        assert wake is not None and wake - w.clock.now <= 0.2 + 1e-6  # the rest soon, without any event
+        await w.cycle(wake - w.clock.now)
+        assert sum(1 for j in w.server.list("checkpointablejobs")
+                   if (j.get("status") or {}).get("phase") == "Pending") == burst - 1
+
+    run(scenario)
