@@ -76,6 +76,16 @@ class PodSet(ApiModel):
         return {k: v * self.count for k, v in self.pod_requests_milli().items()}
 
 
+class EncryptionKeyRef(ApiModel):
+    """A key in a Secret of the job's namespace: checkpoint images are encrypted with it (AES-256-GCM)."""
+
+    secret_name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+    """The Secret, in the job's own namespace (a pod can mount no other: images of one namespace can
+    never be restored with another's key)."""
+    key: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "key"
+    """The Secret's data key holding the 256-bit key: 32 raw bytes, 64 hex digits, or base64 of 32 bytes."""
+
+
 class CheckpointPolicy(ApiModel):
     """How and how often the job is checkpointed."""
 
@@ -115,6 +125,9 @@ class CheckpointPolicy(ApiModel):
     """A checkpoint that takes longer fails (the job is then killed and requeued, if it must go)."""
     signal: Annotated[str | None, Field(max_length=16, pattern=SIGNAL_PATTERN)] = None
     """For mode `Signal`: the signal that asks the application to save its state (e.g. `SIGUSR1`)."""
+    encryption_key: EncryptionKeyRef | None = None
+    """Encrypt the job's checkpoint images at rest (mode `CRIU`): a checkpoint image is a copy of the
+    process's memory — weights, data, tokens, credentials. Unset: images are stored unencrypted."""
 
     @model_validator(mode="after")
     def _check(self) -> CheckpointPolicy:

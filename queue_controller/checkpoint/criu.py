@@ -115,8 +115,10 @@ class CriuBackend:
 
     def _rewrite(self, request: LaunchRequest, restore: Mapping[str, str] | None,
                  spec: Mapping[str, Any]) -> dict[str, Any]:
+        key = request.policy.encryption_key
         try:
             return inject(spec, image=self.runtime_image, store_root=self.store_root, namespace=request.namespace,
-                          job=request.job, pod_set=request.pod.pod_set, index=request.pod.index, restore=restore)
+                          job=request.job, pod_set=request.pod.pod_set, index=request.pod.index, restore=restore,
+                          encryption_key=(key.secret_name, key.key) if key is not None else None)
         except InjectionError as e:
             raise LaunchRefused("PodTemplateNotCheckpointable", str(e)) from None

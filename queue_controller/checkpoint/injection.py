@@ -43,6 +43,11 @@ INSTALL_PATH = "/ckq-install"
 RUNTIME_MOUNT = "/ckq-runtime"
 INSTALL_COMMAND = (f"{IMAGE_ROOT}/bin/ckq-runtime-install", INSTALL_PATH)
 CKQ_RUN = f"{RUNTIME_MOUNT}/bin/ckq-run"
+# The job's encryption key (spec.checkpoint.encryptionKey), mounted from its Secret, readable by the
+# container's user only; ckq-run reads it to encrypt each dump and to decrypt a restore.
+KEY_VOLUME = "ckq-encryption-key"
+KEY_MOUNT = "/var/run/ckq/encryption"
+KEY_FILE = "key"
 
 # ckq-run's exit code after a dump that stopped the workload (runtime.supervisor.EXIT_CHECKPOINTED,
 # sysexits EX_TEMPFAIL): the expected end of a pod checkpointed out, not a failure.
@@ -140,10 +145,12 @@ def secured(sc: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def wrapped_command(command: Sequence[str], args: Sequence[str], restore_id: str | None = None) -> list[str]:
-    """`ckq-run --dir <mount> [--restore <id>] -- <command> <args>`."""
+def wrapped_command(command: Sequence[str], args: Sequence[str], restore_id: str | None = None,
+                    encrypted: bool = False) -> list[str]:
+    """`ckq-run --dir <mount> [--encrypt-key-file <key>] [--restore <id>] -- <command> <args>`."""
     restore = ["--restore", restore_id] if restore_id else []
-    return [CKQ_RUN, "--dir", CHECKPOINT_MOUNT, *restore, "--", *command, *args]
+    key = ["--encrypt-key-file", f"{KEY_MOUNT}/{KEY_FILE}"] if encrypted else []
+    return [CKQ_RUN, "--dir", CHECKPOINT_MOUNT, *key, *restore, "--", *command, *args]
 
 
 def checkpoint_volume(container: str) -> str:
@@ -151,9 +158,11 @@ def checkpoint_volume(container: str) -> str:
 
 
 def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: str, job: str, pod_set: str,
-           index: int, restore: Mapping[str, str] | None = None) -> dict[str, Any]:
+           index: int, restore: Mapping[str, str] | None = None,
+           encryption_key: tuple[str, str] | None = None) -> dict[str, Any]:
     """The pod spec `spec` runs as under ckq-run; `restore` maps each container to the ckq-run checkpoint id
-    it resumes from (None: a fresh start). Raises InjectionError with every problem of the template."""
+    it resumes from (None: a fresh start); `encryption_key`: (Secret, data key) of the key its images are
+    encrypted with. Raises InjectionError with every problem of the template."""
     found = problems(spec)
     if restore is not None:
         missing = [str(c.get("name")) for c in spec.get("containers") or () if c.get("name") not in restore]
@@ -168,6 +177,10 @@ def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: s
         "volumeMounts": [{"name": RUNTIME_VOLUME, "mountPath": INSTALL_PATH}],
     }, *(out.get("initContainers") or [])]
     volumes = [*(out.get("volumes") or []), {"name": RUNTIME_VOLUME, "emptyDir": {}}]
+    if encryption_key is not None:
+        secret, key = encryption_key
+        volumes.append({"name": KEY_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400,
+                                                       "items": [{"key": key, "path": KEY_FILE}]}})
     for c in out.get("containers") or []:
         name = str(c["name"])
         volumes.append({"name": checkpoint_volume(name), "hostPath": {
@@ -176,8 +189,11 @@ def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: s
         c["volumeMounts"] = [*(c.get("volumeMounts") or []),
                              {"name": RUNTIME_VOLUME, "mountPath": RUNTIME_MOUNT, "readOnly": True},
                              {"name": checkpoint_volume(name), "mountPath": CHECKPOINT_MOUNT}]
+        if encryption_key is not None:
+            c["volumeMounts"].append({"name": KEY_VOLUME, "mountPath": KEY_MOUNT, "readOnly": True})
         c["command"] = wrapped_command(c.get("command") or [], c.pop("args", None) or [],
-                                       restore.get(name) if restore is not None else None)
+                                       restore.get(name) if restore is not None else None,
+                                       encrypted=encryption_key is not None)
         c["securityContext"] = secured(c.get("securityContext"))
     out["volumes"] = volumes
     return out

@@ -308,3 +308,43 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(
         assert _final_of(kube, ns, last.metadata.name) == (nonce, expected_digest(nonce))
     finally:
         kube.delete("clusterqueues", cq)
+
+
+def test_an_encrypted_job_is_stored_as_ciphertext_and_resumes_with_its_memory(
+    real_kube: Kube, real_ns: str, controller: ControllerProcess, real_cluster: RealCluster
+) -> None:
+    """spec.checkpoint.encryptionKey (issues 10 and 14): the images of a preempted job hold process
+    memory, so with a key they are stored encrypted — the nonce the process holds appears in none of the
+    stored files, and the manifest records the key's id — and the job still resumes with its memory."""
+    import base64
+    import json
+
+    from kubernetes import client
+
+    kube, ns = real_kube, real_ns
+    cq = _queue(kube, ns, "2")
+    key = os.urandom(32)
+    kube.core.create_namespaced_secret(ns, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="ckpt-key"), data={"key": base64.b64encode(key).decode()}))
+    try:
+        kube.create("checkpointablejobs", real_job("sealed", "main", pods=1, cpu="1",
+                                                   checkpoint={"encryptionKey": {"secretName": "ckpt-key"}}), ns)
+        kube.wait_phase(ns, "sealed", "Running", timeout=120)
+        pod = kube.wait("the first pod", lambda: _only_pod(kube, ns, "sealed", "1"), timeout=30)
+        nonce = kube.wait("the nonce", lambda: _nonce_of(kube, ns, pod.metadata.name), timeout=60)
+        kube.create("checkpointablejobs", real_job("urgent", "main", pods=1, cpu="2", priority=100,
+                                                   script="import time; time.sleep(4)"), ns)
+        suspended = kube.wait_phase(ns, "sealed", "Suspended", timeout=180)["status"]
+        ckpt = kube.get("checkpoints", suspended["lastCheckpoint"]["name"], ns)
+        for art in ckpt["status"]["artifacts"]:
+            root = Path(art["uri"].removeprefix("file://"))
+            files = [p for p in root.rglob("*") if p.is_file()]
+            assert files and Path(real_cluster.state.store) in root.parents
+            manifest = json.loads(next(p for p in files if p.name == "manifest.json").read_text())
+            assert (manifest.get("encryption") or {}).get("keyId"), manifest
+            assert not [p for p in files if nonce.encode() in p.read_bytes()], "process memory stored in clear"
+        kube.wait_phase(ns, "sealed", "Succeeded", timeout=300)
+        resumed = _only_pod(kube, ns, "sealed", "2")
+        assert resumed is not None and _final_of(kube, ns, resumed.metadata.name) == (nonce, expected_digest(nonce))
+    finally:
+        kube.delete("clusterqueues", cq)

@@ -89,6 +89,28 @@ def test_a_restored_pod_starts_each_container_from_its_own_checkpoint() -> None:
         injected(spec, restore={"train": "x"})
 
 
+def test_an_encrypted_job_mounts_its_key_from_its_secret_and_ckq_run_uses_it_to_dump_and_restore() -> None:
+    for restore in (None, {"train": "20260921T000000-0001"}):
+        out = inject(template(), image="ckq.local/runtime:0.1.0", store_root=STORE, namespace="team", job="train",
+                     pod_set="worker", index=1, restore=restore, encryption_key=("train-key", "aes"))
+        secret = {"secretName": "train-key", "defaultMode": 0o400, "items": [{"key": "aes", "path": "key"}]}
+        assert {"name": "ckq-encryption-key", "secret": secret} in out["volumes"]
+        (c,) = out["containers"]
+        assert {"name": "ckq-encryption-key", "mountPath": "/var/run/ckq/encryption", "readOnly": True} in c[
+            "volumeMounts"]
+        resumed = ["--restore", "20260921T000000-0001"] if restore else []
+        assert c["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--encrypt-key-file",
+                                "/var/run/ckq/encryption/key", *resumed, "--", "python", "train.py", "--epochs", "3"]
+    plain = injected(template())
+    assert all(v["name"] != "ckq-encryption-key" for v in plain["volumes"])
+    # ckq-run takes the flag by that name (its own parser), so the pod's command is one it accepts.
+    from queue_controller.runtime.cli import _run_parser
+
+    command = out["containers"][0]["command"]
+    args = _run_parser().parse_args(command[1:command.index("--")])
+    assert args.encrypt_key_file == "/var/run/ckq/encryption/key" and args.restore == "20260921T000000-0001"
+
+
 def test_the_users_security_settings_are_kept_and_added_to() -> None:
     sc = {"capabilities": {"add": ["NET_ADMIN", "cap_sys_ptrace"], "drop": ["ALL"]},
           "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsUser": 0}
