@@ -348,3 +348,40 @@ def test_an_encrypted_job_is_stored_as_ciphertext_and_resumes_with_its_memory(
         assert resumed is not None and _final_of(kube, ns, resumed.metadata.name) == (nonce, expected_digest(nonce))
     finally:
         kube.delete("clusterqueues", cq)
+
+
+def test_a_controller_killed_mid_checkpoint_carries_on_and_nothing_runs_twice(
+    real_kube: Kube, real_ns: str, controller: ControllerProcess
+) -> None:
+    """Issue 10: the controller SIGKILLed while the node agent dumps a preempted job on a real node; a new
+    controller carries the checkpoint on from the objects alone. The job resumes once (attempt 2, no
+    third), with its memory: the nonce and digest of an uninterrupted run."""
+    import signal
+
+    kube, ns = real_kube, real_ns
+    cq = _queue(kube, ns, "2")
+    try:
+        kube.create("checkpointablejobs", real_job("steady", "main", pods=1, cpu="1"), ns)
+        kube.wait_phase(ns, "steady", "Running", timeout=120)
+        pod = kube.wait("the first pod", lambda: _only_pod(kube, ns, "steady", "1"), timeout=30)
+        nonce = kube.wait("the nonce", lambda: _nonce_of(kube, ns, pod.metadata.name), timeout=60)
+        kube.create("checkpointablejobs", real_job("urgent", "main", pods=1, cpu="2", priority=100,
+                                                   script="import time; time.sleep(4)"), ns)
+        kube.wait_phase(ns, "steady", "Checkpointing", timeout=60)
+        controller.kill(signal.SIGKILL)  # mid-checkpoint: the agent goes on dumping meanwhile
+        controller.start()
+        kube.wait_phase(ns, "steady", "Succeeded", timeout=300)
+        attempts = sorted({p.metadata.labels["ckq.io/attempt"] for p in kube.pods(ns, "steady")})
+        assert attempts == ["2"], attempts  # the checkpointed run's pods are gone; resumed once, no third run
+        st = job_status_of(kube, ns, "steady")
+        assert st["preemptions"] == 1 and st.get("restarts", 0) == 0
+        preemption = [c for c in kube.list("checkpoints", ns) if c["spec"]["jobName"] == "steady"
+                      and c["spec"]["reason"] == "Preemption"]
+        assert len(preemption) == 1 and preemption[0]["status"]["phase"] == "Completed"
+        assert _final_of(kube, ns, _only_pod(kube, ns, "steady", "2").metadata.name) == (nonce, expected_digest(nonce))
+    finally:
+        kube.delete("clusterqueues", cq)
+
+
+def job_status_of(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    return kube.job(ns, name).get("status") or {}
