@@ -10,17 +10,22 @@ Admission (this module). Kueue's scheduler takes one head job per ClusterQueue a
 each cohort: the head whose queue would have the lowest share *with that job admitted* goes first. ckq
 walks every pending job each cycle, so `fair_order` is that tournament repeated: each queue's jobs stay
 in queue order (priority, then time), and the next job considered is the head that wins on, in order:
-1. whether admitting it keeps its queue within nominal quota on what it charges (Kueue's
+1. heads that cannot start now (quota and nodes, `can_start`) go first: they only wait, or preempt if
+   the fair-share strategies allow it, and then the job behind them in their queue competes with its
+   own share. Otherwise a queue whose big head cannot start would lose its turn to another queue's job
+   when its smaller job behind would be the fairer use of the room — and a job that preempted for a fair
+   share could see the room it made taken by its victim coming back, and preempt again, forever;
+2. whether admitting it keeps its queue within nominal quota on what it charges (Kueue's
    FairSharingPrioritizeNonBorrowing: taking one's own quota never waits behind a borrower; this is also
    what the two passes of the loop do without fair sharing);
-2. its queue's share with it admitted, lowest first;
-3. priority, queue-order time and key, as everywhere.
+3. its queue's share with it admitted, lowest first;
+4. priority, queue-order time and key, as everywhere.
 After each job the shares move (an admission, room held by preemption, victims claimed), and the heads
 of the queues whose usage moved are ranked again. Queues without a cohort have no share: their heads
 compete at share 0, by priority and time. So a team of weight 3 admits three GPUs for every one of a
 team of weight 1 while both borrow, and their shares meet.
 
-The share a head is ranked with charges the job to the first flavor of its resource group whose quota
+The share a head is ranked with charges it to the first flavor of its resource group whose quota
 (cohort included) can hold it now, else the first that ever could (Kueue ranks by the flavors its
 assigner picked); placement on nodes is not looked at, so a head may still fail to fit.
 
@@ -33,14 +38,15 @@ import heapq
 from collections import deque
 from collections.abc import Iterable, Iterator
 
-from queue_controller.engine.fit import requested
+from queue_controller.engine.fit import Fit, find_fit, requested
 from queue_controller.engine.ordering import NO_SHARE, Share
 from queue_controller.engine.quota import FR
 from queue_controller.engine.snapshot import ClusterQueue, Job
 from queue_controller.engine.workspace import Workspace
 
-# A head's rank in the tournament: (borrows with it admitted, share with it admitted, -priority, time, key).
-Rank = tuple[bool, Share, int, float, str]
+# A head's rank in the tournament: (it can start now, it borrows with it admitted, its queue's share then,
+# -priority, time, key).
+Rank = tuple[bool, bool, Share, int, float, str]
 
 
 def charge_estimate(ws: Workspace, job: Job, cq: ClusterQueue) -> dict[FR, int]:
@@ -79,14 +85,25 @@ def borrows_with(ws: Workspace, cq: str, delta: dict[FR, int]) -> bool:
     return any(usage.get(fr, 0) + q > ws.ledger.nominal(cq, fr) for fr, q in delta.items() if q > 0)
 
 
+def can_start(ws: Workspace, job: Job, cq: ClusterQueue) -> bool:
+    """Whether `job` fits now, quota and nodes (a what-if: nothing is consumed)."""
+    if ws.failed_fit.get((cq.name, ws.shape(job))) is not None:
+        return False  # its shape failed in this queue this cycle: capacity and quota only shrink
+    return isinstance(find_fit(ws, job, cq, commit=False), Fit)
+
+
 def rank(ws: Workspace, job: Job) -> Rank:
     """A head job's rank in the tournament: lower goes first."""
     cq = ws.queues.get(job.cluster_queue)
-    if cq is None or cq.cohort is None:
-        return (False, NO_SHARE, -job.priority, job.queue_order, job.key)
+    if cq is None or cq.stopped or cq.cohort is None:
+        return (False, False, NO_SHARE, -job.priority, job.queue_order, job.key)
+    if not can_start(ws, job, cq):
+        # It can only wait or preempt (the fair-share strategies judge that): out of the way first, so that
+        # its queue's next job competes with its own share.
+        return (False, False, NO_SHARE, -job.priority, job.queue_order, job.key)
     delta = charge_estimate(ws, job, cq)
-    return (borrows_with(ws, cq.name, delta), ws.share(cq.name, plus=delta), -job.priority, job.queue_order,
-            job.key)
+    return (True, borrows_with(ws, cq.name, delta), ws.share(cq.name, plus=delta), -job.priority,
+            job.queue_order, job.key)
 
 
 def fair_order(ws: Workspace, jobs: Iterable[Job]) -> Iterator[Job]:

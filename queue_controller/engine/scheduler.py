@@ -117,6 +117,8 @@ def _consider(ws: Workspace, job: Job, deferred: list[Job] | None) -> None:
         # waiting for victims of its own): it waits for the same reason as the job that failed first, as
         # the long way below would find. Equivalence hashing, as Kueue's, for most of a long queue.
         ws.why[job.key] = _WHY[known]
+        if known in NEEDS_ROOM:
+            state.unserved = True
         if state.strict:
             state.hard_blocked = True
         return
@@ -147,6 +149,7 @@ def _consider(ws: Workspace, job: Job, deferred: list[Job] | None) -> None:
         # "quota" first, and the capacity profile still tells when the running jobs free it.
         if state.backfill and state.reservations < state.depth:
             start = reserve(ws, job, cq)
+        state.unserved = True
         if start is not None:
             state.reservations += 1
             _wait(ws, job, PendingReason.RESERVATION, f"reserved start at t={start:.0f}", reserved_start=start)

@@ -109,6 +109,9 @@ class QueueState:
     deferred: bool = False  # a job was set aside for the borrowing pass: the rest of the queue follows it
     reservations: int = 0
     preemption_attempts: int = 0
+    # A job of the queue needed room and got none this cycle: under fair sharing the jobs behind it may not
+    # preempt other queues' jobs (the room would fit it first; fair_share.py).
+    unserved: bool = False
     blocked_why: WaitReason | None = None  # what every job behind a hard-blocked head waits for
 
 

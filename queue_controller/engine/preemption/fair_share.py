@@ -22,8 +22,18 @@ takes from them, as Kueue's `fairPreemptions` does:
 3. If the job still does not fit and a second strategy is configured (S2-b after S2-a), the candidates
    the first one refused get it: per queue, highest share first, its first candidate if pnew < told.
 
-Within each queue candidates keep ckq's victim order (checkpoint-first: least work lost), and the victims
-the search took are cut down to a minimal set by the usual reverse walk (`victim_set.py`).
+Only a queue's first job that needs room may take it from other queues in a cycle (Kueue considers
+only queue heads): once a job of the queue needed room and got none, the jobs behind it preempt only
+within the queue. Room made for a later job would fit the earlier one first, which would take it, and
+the later one would preempt again.
+
+A victim is never taken where its queue would fall so far below its nominal quota that one of its
+victims could come back within it (`would_return_within_nominal`): only the borrowed part of a queue is
+the cohort's to share, and such a victim would be admitted first (its own quota) and take the room back.
+Within each queue candidates keep ckq's victim order (checkpoint-first: least work lost), except that a
+victim on nodes whose room is all promised to another preemptor goes last (it would lower its queue's
+share without making room); the victims the search took are cut down to a minimal set by the usual
+reverse walk (`victim_set.py`).
 
 Why it cannot loop (Kueue's proof, site/content/en/docs/concepts/fair_sharing.md). Admitting a borrowing
 job raises its queue's share and preempting one lowers it. If A's job preempts B's, then
@@ -44,6 +54,7 @@ from collections.abc import Callable, Iterable, Mapping
 from queue_controller.engine.decisions import PreemptReason
 from queue_controller.engine.fair_sharing import borrows_with, charge_estimate
 from queue_controller.engine.ordering import Share, dominant_share
+from queue_controller.engine.placement import dominant_resource
 from queue_controller.engine.policy import FairSharingStrategy
 from queue_controller.engine.preemption.victim_order import Candidate
 from queue_controller.engine.quota import FR
@@ -70,6 +81,7 @@ class _Shares:
         self.cq = cq
         self.delta = delta
         self.removed: dict[str, dict[FR, int]] = {}
+        self.taken: dict[str, list[Candidate]] = {}  # the victims taken so far, per queue
 
     def usage(self, q: str, minus: Mapping[FR, int] | None = None) -> dict[FR, int]:
         usage = dict(self.ws.share_usage.get(q, {}))
@@ -93,9 +105,24 @@ class _Shares:
     def take(self, cand: Candidate) -> None:
         if cand.reason is None:
             return  # already out of the book
-        gone = self.removed.setdefault(cand.run.job.cluster_queue, {})
+        q = cand.run.job.cluster_queue
+        self.taken.setdefault(q, []).append(cand)
+        gone = self.removed.setdefault(q, {})
         for fr, n in cand.run.delta.items():
             gone[fr] = gone.get(fr, 0) + n
+
+    def would_return_within_nominal(self, cand: Candidate) -> bool:
+        """Whether taking `cand` would leave its queue so far below its nominal quota that one of its
+        victims could come back within it. Such a victim would be admitted first (its own quota), take
+        the room back, and the preemptor would preempt again: a loop. Only the borrowed part of a queue
+        is the cohort's to share."""
+        q = cand.run.job.cluster_queue
+        ledger = self.ws.ledger
+        usage = self.usage(q, cand.run.delta)
+        for v in (*self.taken.get(q, ()), cand):
+            if all(usage.get(fr, 0) + n <= ledger.nominal(q, fr) for fr, n in v.run.delta.items() if n > 0):
+                return True
+        return False
 
 
 def _target(shares: _Shares, pool: dict[str, list[Candidate]], dropped: set[str]) -> str | None:
@@ -115,9 +142,11 @@ def _target(shares: _Shares, pool: dict[str, list[Candidate]], dropped: set[str]
     return None if best is None else best[1]
 
 
-def fair_search(ws: Workspace, job: Job, cq: ClusterQueue, cands: Iterable[Candidate], add: Add) -> bool | None:
+def fair_search(ws: Workspace, job: Job, cq: ClusterQueue, cands: Iterable[Candidate], add: Add,
+                across: bool = True) -> bool | None:
     """Lift victims for `job` by the fair-sharing rules, through `add`, until it fits. True when it fits;
-    False or None when it does not (None: it may not start this way)."""
+    False or None when it does not (None: it may not start this way). Without `across`, only victims of
+    its own queue (and jobs already leaving)."""
     delta = charge_estimate(ws, job, cq)
     shares = _Shares(ws, cq.name, delta)
     strategies = ws.policy.fair_sharing.preemption_strategies
@@ -133,8 +162,16 @@ def fair_search(ws: Workspace, job: Job, cq: ClusterQueue, cands: Iterable[Candi
             verdict = take(cand)
             if verdict is not False:
                 return verdict
-        else:
+        elif across or cand.run.job.cluster_queue == cq.name:
             pool.setdefault(cand.run.job.cluster_queue, []).append(cand)
+
+    # Within each queue, victim order; but a victim whose nodes' room is all promised to another preemptor
+    # (held on top of the victims it waits for) frees nothing this job can use: it goes last. Taking it
+    # would lower its queue's share in the book without making room, and refuse the victims that would.
+    dom = dominant_resource(job.total_requests())
+    free = ws.cap.free
+    for queue in pool.values():
+        queue.sort(key=lambda c: not any(free[n].get(dom, 0) + req.get(dom, 0) > 0 for n, req in c.run.nodes))
 
     retry: dict[str, list[Candidate]] = {}
     dropped: set[str] = set()
@@ -142,6 +179,8 @@ def fair_search(ws: Workspace, job: Job, cq: ClusterQueue, cands: Iterable[Candi
         queue = pool[q]
         if q == cq.name or within_nominal:
             cand = queue.pop(0)
+            if q != cq.name and shares.would_return_within_nominal(cand):
+                continue
             if cand.reason is PreemptReason.IN_COHORT_FAIR_SHARING:
                 cand = dataclasses.replace(cand, reason=PreemptReason.IN_COHORT_RECLAMATION)
             verdict = take(cand)
@@ -157,6 +196,8 @@ def fair_search(ws: Workspace, job: Job, cq: ClusterQueue, cands: Iterable[Candi
             continue
         while queue:
             cand = queue.pop(0)
+            if shares.would_return_within_nominal(cand):
+                continue
             if passes(strategies[0], pnew, told, shares.share(q, cand.run.delta)):
                 verdict = take(cand)
                 if verdict is not False:
@@ -169,6 +210,8 @@ def fair_search(ws: Workspace, job: Job, cq: ClusterQueue, cands: Iterable[Candi
     while (q := _target(shares, retry, dropped)) is not None:
         pnew, told = shares.share(cq.name), shares.share(q)
         cand = retry[q].pop(0)
+        if shares.would_return_within_nominal(cand):
+            continue  # not this one: the queue's next candidate may do
         if passes(strategies[1], pnew, told, told):
             verdict = take(cand)
             if verdict is not False:

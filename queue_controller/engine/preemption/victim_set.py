@@ -146,7 +146,7 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
         fits = False
         if ws.fair and cq.cohort is not None:
             # Fair sharing: which queues' jobs may go, and in which order, is decided by the shares.
-            fits = fair_search(ws, job, cq, chain((first,), cands), add) is True
+            fits = fair_search(ws, job, cq, chain((first,), cands), add, across=own or not state.unserved) is True
         else:
             for cand in chain((first,), cands):
                 verdict = add(cand)
