@@ -336,8 +336,21 @@ class QueueStatus(ApiModel):
     """Conditions, e.g. `Active`."""
 
 
+class FairSharingStatus(ApiModel):
+    """Where the ClusterQueue stands in its cohort's fair sharing (Kueue's `status.fairSharing`)."""
+
+    weighted_share: Annotated[int, Field(ge=0)] = 0
+    """Its dominant resource share, per mille: over resources, the largest ratio of its usage above nominal
+    quota to the cohort's lendable quota, divided by `spec.fairSharing.weight`, rounded up. 0 while it uses
+    no more than its nominal quota; 9223372036854775807 for a weight of 0 while it borrows. Written under a
+    policy with fair sharing, for queues in a cohort."""
+
+
 class ClusterQueueStatus(QueueStatus):
     """ClusterQueue status: counts, usage per flavor/resource (total and borrowed), conditions."""
+
+    fair_sharing: FairSharingStatus | None = None
+    """Its weighted share of the cohort, under fair sharing."""
 
 
 class LocalQueueStatus(QueueStatus):
