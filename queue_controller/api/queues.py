@@ -183,7 +183,10 @@ class FairSharing(ApiModel):
     """Fair-sharing parameters (Kueue's)."""
 
     weight: NonNegativeQuantity = "1"
-    """Relative weight of this ClusterQueue's share of the cohort; 0 means it yields first."""
+    """Relative weight of this ClusterQueue's share of what the cohort lends, under a policy with fair
+    sharing: its share (usage above nominal quota over the cohort's lendable quota) is divided by it, so a
+    queue of weight 3 gets three times what one of weight 1 gets. 0: an infinite share while it borrows,
+    so it borrows only what no other queue wants."""
 
 
 _LIMITS_RULE = (
