@@ -27,7 +27,9 @@ team of weight 1 while both borrow, and their shares meet.
 
 The share a head is ranked with charges it to the first flavor of its resource group whose quota
 (cohort included) can hold it now, else the first that ever could (Kueue ranks by the flavors its
-assigner picked); placement on nodes is not looked at, so a head may still fail to fit.
+assigner picked), which is where `find_fit` puts it unless that flavor's nodes are full. Whether it can
+start is a what-if `find_fit`, once per head: a fair-sharing cycle costs about half as much again as
+another's.
 
 Preemption to restore fair shares is the preemption rule's (`preemption/fair_share.py`).
 """
@@ -95,8 +97,10 @@ def can_start(ws: Workspace, job: Job, cq: ClusterQueue) -> bool:
 def rank(ws: Workspace, job: Job) -> Rank:
     """A head job's rank in the tournament: lower goes first."""
     cq = ws.queues.get(job.cluster_queue)
-    if cq is None or cq.stopped or cq.cohort is None:
-        return (False, False, NO_SHARE, -job.priority, job.queue_order, job.key)
+    if cq is None or cq.stopped:
+        return (False, False, NO_SHARE, -job.priority, job.queue_order, job.key)  # it only waits
+    if cq.cohort is None:
+        return (True, False, NO_SHARE, -job.priority, job.queue_order, job.key)  # no share: by priority
     if not can_start(ws, job, cq):
         # It can only wait or preempt (the fair-share strategies judge that): out of the way first, so that
         # its queue's next job competes with its own share.
