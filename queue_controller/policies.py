@@ -1,6 +1,6 @@
 """Loading policy profiles: a name from the packaged profiles or a path to a YAML file.
 
-The profiles (fifo, kueue, easy, iass) are package data under `queue_controller/data/policies/`, read
+The profiles (fifo, kueue, easy, iass, fair) are package data under `queue_controller/data/policies/`, read
 through `importlib.resources`, so a wheel install finds them exactly as a source checkout does. The
 repository's top-level `policies/` is a link to that directory, for paths in docs and on command lines.
 """

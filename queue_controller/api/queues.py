@@ -183,7 +183,10 @@ class FairSharing(ApiModel):
     """Fair-sharing parameters (Kueue's)."""
 
     weight: NonNegativeQuantity = "1"
-    """Relative weight of this ClusterQueue's share of the cohort; 0 means it yields first."""
+    """Relative weight of this ClusterQueue's share of what the cohort lends, under a policy with fair
+    sharing: its share (usage above nominal quota over the cohort's lendable quota) is divided by it, so a
+    queue of weight 3 gets three times what one of weight 1 gets. 0: an infinite share while it borrows,
+    so it borrows only what no other queue wants."""
 
 
 _LIMITS_RULE = (
@@ -336,8 +339,21 @@ class QueueStatus(ApiModel):
     """Conditions, e.g. `Active`."""
 
 
+class FairSharingStatus(ApiModel):
+    """Where the ClusterQueue stands in its cohort's fair sharing (Kueue's `status.fairSharing`)."""
+
+    weighted_share: Annotated[int, Field(ge=0)] = 0
+    """Its dominant resource share, per mille: over resources, the largest ratio of its usage above nominal
+    quota to the cohort's lendable quota, divided by `spec.fairSharing.weight`, rounded up. 0 while it uses
+    no more than its nominal quota; 9223372036854775807 for a weight of 0 while it borrows. Written under a
+    policy with fair sharing, for queues in a cohort."""
+
+
 class ClusterQueueStatus(QueueStatus):
     """ClusterQueue status: counts, usage per flavor/resource (total and borrowed), conditions."""
+
+    fair_sharing: FairSharingStatus | None = None
+    """Its weighted share of the cohort, under fair sharing."""
 
 
 class LocalQueueStatus(QueueStatus):

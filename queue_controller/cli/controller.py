@@ -12,7 +12,7 @@ from queue_controller.policies import PolicyError, load_policy
 
 
 def controller(
-    policy: str = typer.Option("iass", help="Policy profile: fifo, kueue, easy, iass, or a path to a YAML file."),
+    policy: str = typer.Option("iass", help="Policy profile: fifo, kueue, easy, iass, fair, or a path to a YAML file."),
     kubeconfig: str | None = typer.Option(None, envvar="KUBECONFIG", help="Kubeconfig file (default: in-cluster "
                                           "service account, then ~/.kube/config)."),
     namespace: list[str] = typer.Option([], "--namespace", "-n", help="Only these namespaces (repeatable); "

@@ -70,7 +70,7 @@ def _scenario() -> tuple[Snapshot, dict[float, list[Job]], dict[str, float]]:
 
 
 def demo(
-    policy: str = typer.Option("iass", help="Policy profile: fifo, kueue, easy, iass, or a YAML file."),
+    policy: str = typer.Option("iass", help="Policy profile: fifo, kueue, easy, iass, fair, or a YAML file."),
     engine_only: bool = typer.Option(False, "--engine-only", help="No cluster: play the scenario through the "
                                      "engine alone and show every decision."),
     steps: int = typer.Option(30, min=1, max=200, help="--engine-only: scheduling cycles to show."),

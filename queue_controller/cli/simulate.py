@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-_POLICY_HELP = "Policy profile (fifo, kueue, easy, iass) or a path to a policy YAML file."
+_POLICY_HELP = "Policy profile (fifo, kueue, easy, iass, fair) or a path to a policy YAML file."
 
 
 def _policies(policy: str, compare: str | None) -> list[str]:

@@ -17,6 +17,7 @@ class PreemptMode(StrEnum):
 class PreemptReason(StrEnum):
     IN_CLUSTER_QUEUE = "InClusterQueue"
     IN_COHORT_RECLAMATION = "InCohortReclamation"
+    IN_COHORT_FAIR_SHARING = "InCohortFairSharing"  # restores fair shares within the cohort (fair sharing)
     RESERVATION_DUE = "ReservationDue"  # a backfilled job vacated for the job whose reservation it used
 
 

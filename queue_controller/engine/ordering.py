@@ -1,4 +1,4 @@
-"""Queue order and fair-sharing shares.
+"""Queue order and fair-sharing shares (the rules that use the shares: fair_sharing.py).
 
 Jobs are ordered by priority (high first), then queue-order timestamp (old first; a preempted job keeps
 its original timestamp and so its place), then key, which makes every ordering total and deterministic.
@@ -11,9 +11,10 @@ three plain values, so that ranking is this module's, not a copy of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 
-from queue_controller.engine.quota import QuotaLedger
+from queue_controller.engine.quota import FR, QuotaLedger
 from queue_controller.engine.snapshot import Job
 
 OrderKey = tuple[int, float, str]
@@ -39,19 +40,48 @@ def ahead_of(a: Job, b: Job) -> bool:
     return order_key(a) < order_key(b)
 
 
-def dominant_share(ledger: QuotaLedger, cq: str) -> float:
-    """Kueue's dominant resource share: the largest ratio, over flavor/resources, of usage above nominal
-    to the cohort's lendable capacity, divided by the queue's fair-sharing weight (weight 0: infinite).
-    This is the seam for fair sharing: the scheduler uses it to order queues when the policy asks."""
+# A dominant resource share, comparable: (a zero-weight queue that borrows, the ratio). Kueue's `CompareDRS`:
+# a queue of weight 0 that borrows has an infinite share, above every other; two of them compare by their
+# unweighted ratio. Otherwise the value is the ratio divided by the weight.
+Share = tuple[bool, float]
+NO_SHARE: Share = (False, 0.0)
+
+# Kueue's `status.fairSharing.weightedShare` of a zero-weight queue that borrows: the largest int64.
+MAX_WEIGHTED_SHARE = 2**63 - 1
+
+
+def dominant_share(ledger: QuotaLedger, cq: str, usage: Mapping[FR, int]) -> Share:
+    """Kueue's dominant resource share (DRS) of ClusterQueue `cq` with quota usage `usage`: over resources,
+    the largest ratio of usage above nominal quota (summed over flavors) to the cohort's lendable quota of
+    that resource (summed over flavors), divided by the queue's fair-sharing weight. 0 while the queue
+    uses no more than its nominal quota; a queue of weight 0 that borrows has an infinite share. Queues
+    without a cohort borrow nothing: 0."""
     queue = ledger.queues[cq]
-    if queue.cohort is None:
-        return 0.0
-    if queue.fair_weight <= 0:
-        return float("inf")
-    share = 0.0
-    for fr, used in ledger.usage[cq].items():
+    cohort = queue.cohort
+    if cohort is None:
+        return NO_SHARE
+    borrowed: dict[str, int] = {}
+    for fr, used in usage.items():
         above = used - ledger.nominal(cq, fr)
-        pool = ledger.pool_capacity(queue.cohort, fr)
-        if above > 0 and pool > 0:
-            share = max(share, above / pool)
-    return share / queue.fair_weight
+        if above > 0:
+            borrowed[fr[1]] = borrowed.get(fr[1], 0) + above
+    if not borrowed:
+        return NO_SHARE
+    lendable = ledger.lendable(cohort)
+    ratio = 0.0
+    for res, above in borrowed.items():
+        pool = lendable.get(res, 0)
+        if pool > 0:
+            ratio = max(ratio, above / pool)
+    if ratio == 0.0:
+        return NO_SHARE
+    if queue.fair_weight <= 0:
+        return (True, ratio)
+    return (False, ratio / queue.fair_weight)
+
+
+def weighted_share(share: Share) -> int:
+    """A share as Kueue writes it into `status.fairSharing.weightedShare`: per mille, rounded up; the
+    largest int64 for a zero-weight queue that borrows."""
+    infinite, value = share
+    return MAX_WEIGHTED_SHARE if infinite else math.ceil(value * 1000.0 - 1e-9)

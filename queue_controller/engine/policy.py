@@ -87,6 +87,36 @@ class CheckpointSettings(_Model):
         return v
 
 
+class FairSharingStrategy(StrEnum):
+    """Kueue's fair-sharing preemption strategies (KEP 1714, rules S2-a and S2-b)."""
+
+    # S2-a: the preemptor's queue's share with the preemptor admitted is at most the target queue's share
+    # with the victim gone.
+    LESS_THAN_OR_EQUAL_TO_FINAL_SHARE = "LessThanOrEqualToFinalShare"
+    # S2-b: the preemptor's queue's share with the preemptor admitted is below the target queue's share
+    # as it is now.
+    LESS_THAN_INITIAL_SHARE = "LessThanInitialShare"
+
+
+_S2A = FairSharingStrategy.LESS_THAN_OR_EQUAL_TO_FINAL_SHARE
+_S2B = FairSharingStrategy.LESS_THAN_INITIAL_SHARE
+
+
+class FairSharingSettings(_Model):
+    """Fair sharing within a cohort (Kueue's `fairSharing`; engine/fair_sharing.py has the rules)."""
+
+    enabled: bool = False
+    # Tried in order; Kueue accepts only these three lists, and so do we.
+    preemption_strategies: tuple[FairSharingStrategy, ...] = (_S2A, _S2B)
+
+    @field_validator("preemption_strategies")
+    @classmethod
+    def _strategies(cls, v: tuple[FairSharingStrategy, ...]) -> tuple[FairSharingStrategy, ...]:
+        if v not in ((_S2A,), (_S2B,), (_S2A, _S2B)):
+            raise ValueError(f"preemptionStrategies must be [{_S2A}], [{_S2B}] or [{_S2A}, {_S2B}]")
+        return v
+
+
 class Policy(_Model):
     name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
     description: str = ""
@@ -95,11 +125,17 @@ class Policy(_Model):
     checkpoints: CheckpointSettings = CheckpointSettings()
     # Treat every ClusterQueue as StrictFIFO (the head blocks the queue): plain FCFS.
     strict_fifo: bool = False
-    # Order queues by their dominant resource share (lowest first) before priority, as Kueue's fair sharing.
-    fair_sharing: bool = False
+    # Kueue's fair sharing: admit from the cohort's queue with the lowest dominant resource share, and
+    # preempt within the cohort to restore fair shares. `fairSharing: true` is short for `enabled: true`.
+    fair_sharing: FairSharingSettings = FairSharingSettings()
     # Blocked jobs per ClusterQueue per cycle that may search for preemption victims; the rest wait for
     # the next cycle. Bounds a cycle's cost the way Kueue only considers queue heads.
     preemption_attempts_per_queue: Annotated[int, Field(ge=1, le=1000)] = 4
+
+    @field_validator("fair_sharing", mode="before")
+    @classmethod
+    def _fair_sharing_flag(cls, v: object) -> object:
+        return {"enabled": v} if isinstance(v, bool) else v
 
     def interval_for(self, explicit_s: float | None, auto: bool, checkpoint_cost_s: float,
                      mtbf_s: float | None = None, nodes: int = 1) -> float | None:

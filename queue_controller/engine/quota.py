@@ -34,6 +34,7 @@ class QuotaLedger:
         self._cohort_of: dict[str, str | None] = {}
         self._pool: dict[str, dict[FR, int]] = {}  # cohort -> lendable capacity
         self._pool_used: dict[str, dict[FR, int]] = {}  # cohort -> usage above members' guaranteed parts
+        self._lendable: dict[str, dict[str, int]] = {}  # cohort -> resource -> lendable, over flavors
         for cq in queues:
             self.queues[cq.name] = cq
             self._cohort_of[cq.name] = cq.cohort
@@ -148,3 +149,13 @@ class QuotaLedger:
 
     def pool_capacity(self, cohort: str, fr: FR) -> int:
         return self._pool.get(cohort, {}).get(fr, 0)
+
+    def lendable(self, cohort: str) -> Mapping[str, int]:
+        """The cohort's lendable quota per resource, summed over flavors (Kueue's `calculateLendable`,
+        for a cohort without quota of its own): what fair shares are measured against."""
+        cached = self._lendable.get(cohort)
+        if cached is None:
+            cached = self._lendable[cohort] = {}
+            for (_, res), q in self._pool.get(cohort, {}).items():
+                cached[res] = cached.get(res, 0) + q
+        return cached

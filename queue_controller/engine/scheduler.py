@@ -8,7 +8,8 @@ admitted by a later cycle, so one cycle never over-commits a node or a quota.
 
 The rules live in their own modules, over the cycle's state in `workspace.py`: `fit.py` (flavors and
 gang placement within quota), `preemption/` (eligibility, victim order, minimal victim set),
-`backfill.py` (reservations, and whether a job may start ahead of them), `periodic_checkpoints.py`.
+`backfill.py` (reservations, and whether a job may start ahead of them), `periodic_checkpoints.py`,
+`fair_sharing.py` (the order in which queues take turns, under fair sharing).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gc
 
 from queue_controller.engine.backfill import hold_in_profiles, may_start_now, reserve, run_length
 from queue_controller.engine.decisions import Admit, Decisions, PendingReason, Resume, Waiting
+from queue_controller.engine.fair_sharing import fair_order
 from queue_controller.engine.fit import UNSEEN, Fit, find_fit, inadmissible, release
 from queue_controller.engine.periodic_checkpoints import periodic_checkpoints
 from queue_controller.engine.policy import Policy
@@ -48,11 +50,17 @@ def _decide(snapshot: Snapshot, now: float, policy: Policy) -> Decisions:
     # Like Kueue, jobs that fit within their queue's nominal quota go before jobs that would have to
     # borrow: the first pass defers borrowers, the second takes them in order. Otherwise a borrower
     # that was just reclaimed would be re-admitted ahead of the job that reclaimed it.
-    deferred: list[Job] = []
-    for job in ws.pending:
-        _consider(ws, job, deferred)
-    for job in deferred:
-        _consider(ws, job, None)
+    # Under fair sharing the heads of the queues take turns by share instead (fair_sharing.py), and its
+    # tournament puts the jobs that stay within nominal quota first by itself.
+    if ws.fair:
+        for job in fair_order(ws, ws.pending):
+            _consider(ws, job, None)
+    else:
+        deferred: list[Job] = []
+        for job in ws.pending:
+            _consider(ws, job, deferred)
+        for job in deferred:
+            _consider(ws, job, None)
     # Waiting records are made at the end, with positions in queue order.
     positions: dict[str, int] = {}
     waiting = ws.out.waiting
@@ -109,6 +117,8 @@ def _consider(ws: Workspace, job: Job, deferred: list[Job] | None) -> None:
         # waiting for victims of its own): it waits for the same reason as the job that failed first, as
         # the long way below would find. Equivalence hashing, as Kueue's, for most of a long queue.
         ws.why[job.key] = _WHY[known]
+        if known in NEEDS_ROOM:
+            state.unserved = True
         if state.strict:
             state.hard_blocked = True
         return
@@ -139,6 +149,7 @@ def _consider(ws: Workspace, job: Job, deferred: list[Job] | None) -> None:
         # "quota" first, and the capacity profile still tells when the running jobs free it.
         if state.backfill and state.reservations < state.depth:
             start = reserve(ws, job, cq)
+        state.unserved = True
         if start is not None:
             state.reservations += 1
             _wait(ws, job, PendingReason.RESERVATION, f"reserved start at t={start:.0f}", reserved_start=start)
@@ -159,6 +170,8 @@ def _admit(ws: Workspace, job: Job, cq: ClusterQueue, fit: Fit, opportunistic: b
     rem = ws.remaining(job)
     end = INF if rem is None else ws.now + rem
     ws.admitted_now.append(Running(job, fit.delta, [], end, fit.by_flavor))
+    if ws.fair:
+        ws.charge_share(cq.name, fit.delta)
 
 
 def _wait(ws: Workspace, job: Job, reason: PendingReason, message: str, reserved_start: float | None = None) -> None:

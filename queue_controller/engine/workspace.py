@@ -33,7 +33,7 @@ from operator import attrgetter
 from typing import Any, ClassVar
 
 from queue_controller.engine.decisions import Decisions, PendingReason
-from queue_controller.engine.ordering import dominant_share, order_key
+from queue_controller.engine.ordering import Share, dominant_share, order_key
 from queue_controller.engine.placement import Capacity
 from queue_controller.engine.policy import Policy, PreemptionMode
 from queue_controller.engine.profile import INF, Profile
@@ -109,6 +109,9 @@ class QueueState:
     deferred: bool = False  # a job was set aside for the borrowing pass: the rest of the queue follows it
     reservations: int = 0
     preemption_attempts: int = 0
+    # A job of the queue needed room and got none this cycle: under fair sharing the jobs behind it may not
+    # preempt other queues' jobs (the room would fit it first; fair_share.py).
+    unserved: bool = False
     blocked_why: WaitReason | None = None  # what every job behind a hard-blocked head waits for
 
 
@@ -169,21 +172,47 @@ class Workspace:
             else:
                 self.by_group.setdefault(self.share_group(run.job.cluster_queue), []).append(run)
         self.waiting: set[str] = {j.key for j in pending}
-        if policy.fair_sharing:
-            pending.sort(key=self._sort_key)
-        else:
-            # `order_key` in two stable sorts with C key functions: by (queue order, key), then by
-            # priority, highest first (a reverse sort keeps equal elements in their order). A third of
-            # the time of calling `order_key` for each of 10,000 jobs.
-            pending.sort(key=attrgetter("queue_order", "key"))
-            pending.sort(key=attrgetter("priority"), reverse=True)
+        # `order_key` in two stable sorts with C key functions: by (queue order, key), then by priority,
+        # highest first (a reverse sort keeps equal elements in their order). A third of the time of
+        # calling `order_key` for each of 10,000 jobs. (Under fair sharing the loop takes the queues'
+        # heads in share order: fair_sharing.py; each queue's jobs are still in this order.)
+        pending.sort(key=attrgetter("queue_order", "key"))
+        pending.sort(key=attrgetter("priority"), reverse=True)
         self.pending = pending
+        # Fair sharing's book: each queue's usage as its share sees it. The ledger's usage, less the jobs
+        # being vacated (their room is promised elsewhere), plus the jobs promised room by preemption
+        # (which the ledger only partly holds while their victims still do). Kept only under fair sharing.
+        self.fair = policy.fair_sharing.enabled
+        self.share_usage: dict[str, dict[FR, int]] = {}
+        self.share_touched: set[str] = set()  # queues whose book moved since the admission order looked
+        if self.fair:
+            self.share_usage = {name: dict(self.ledger.usage[name]) for name in self.queues}
+            for run in self.vacating:
+                self.charge_share(run.job.cluster_queue, run.delta, -1)
+
+    # ---- fair sharing -----------------------------------------------------------------------------
+
+    def charge_share(self, cq: str, delta: Mapping[FR, int], sign: int = 1) -> None:
+        """Add (or take away) usage in fair sharing's book (`share_usage`)."""
+        usage = self.share_usage.get(cq)
+        if usage is None:
+            return
+        self.share_touched.add(cq)
+        for fr, q in delta.items():
+            usage[fr] = usage.get(fr, 0) + sign * q
+
+    def share(self, cq: str, plus: Mapping[FR, int] | None = None, minus: Mapping[FR, int] | None = None) -> Share:
+        """`cq`'s dominant resource share now, or with `plus` admitted and `minus` gone."""
+        usage: Mapping[FR, int] = self.share_usage.get(cq, {})
+        if plus or minus:
+            changed = dict(usage)
+            for delta, sign in ((plus, 1), (minus, -1)):
+                for fr, q in (delta or {}).items():
+                    changed[fr] = changed.get(fr, 0) + sign * q
+            usage = changed
+        return dominant_share(self.ledger, cq, usage)
 
     # ---- setup ------------------------------------------------------------------------------------
-
-    def _sort_key(self, job: Job) -> tuple[float, int, float, str]:
-        share = dominant_share(self.ledger, job.cluster_queue) if job.cluster_queue in self.queues else 0.0
-        return (share, -job.priority, job.queue_order, job.key)
 
     def _account_all(self, snapshot: Snapshot, admitted: list[Job]) -> None:
         """Account every job admitted before this cycle (in queue order), starting from what the last

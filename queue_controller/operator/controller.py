@@ -130,7 +130,7 @@ class Controller:
         # Each decision concerns a different job, so they are carried out concurrently (bounded).
         await self.writer.bounded([self.actuators.act(a, now, priorities) for a in decisions.actions])
         await self.waiting.publish(decisions, unqueued, now, priorities)
-        await self.waiting.publish_queues(snap, decisions, now, priorities)
+        await self.waiting.publish_queues(snap, decisions, now, priorities, self.policy.fair_sharing.enabled)
         self.next_wakeup = self._wakeup(decisions, now, bool(unqueued.refused),
                                         *(t for t in (unqueued.wake, self.jobs.due) if t is not None))
         self.cycles += 1

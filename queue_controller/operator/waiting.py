@@ -40,8 +40,17 @@ from prometheus_client import Gauge
 
 from queue_controller.api.common import ConditionStatus
 from queue_controller.api.quantity import format_milli
-from queue_controller.api.queues import MAX_PENDING_HEAD, FlavorUsage, PendingJob, QueueStatus, ResourceUsage
+from queue_controller.api.queues import (
+    MAX_PENDING_HEAD,
+    FairSharingStatus,
+    FlavorUsage,
+    PendingJob,
+    QueueStatus,
+    ResourceUsage,
+)
 from queue_controller.engine import Admit, Decisions, Job, JobState, PendingReason, PodSetPlacement, Resume, Snapshot
+from queue_controller.engine.ordering import dominant_share, weighted_share
+from queue_controller.engine.quota import QuotaLedger
 from queue_controller.operator import metrics
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.records import JobRecord
@@ -177,7 +186,7 @@ class Waiting:
         return f"{rec.namespace}/{rec.spec.queue_name}" if rec is not None and rec.spec is not None else None
 
     async def publish_queues(self, snap: Snapshot, decisions: Decisions | None = None, now: float = 0.0,
-                             priorities: Mapping[str, int] | None = None) -> None:
+                             priorities: Mapping[str, int] | None = None, fair_sharing: bool = False) -> None:
         """Counts, usage and the head of every ClusterQueue and LocalQueue: metrics every cycle; status
         when it changed, at most every QUEUE_STATUS_INTERVAL_S per queue. `decisions`: this cycle's, whose
         admissions count as quota in use already (their jobs may finish before the next cycle).
@@ -195,12 +204,15 @@ class Waiting:
         local_queue = {j.key: self._local_queue(j.key) for j in snap.jobs}
         by_cq, by_lq = _tally(snap.jobs, local_queue, stored, admitted)
         heads_cq, heads_lq = self._heads(decisions, priorities or {}, local_queue)
+        shares = _weighted_shares(snap, by_cq) if fair_sharing else {}
         # Copies: the writes below yield to the event loop, where watch events change the cache.
         for name in list(self.cache.cluster_queues):
             tally = by_cq.get(name, _Tally())
             self._metrics(name, tally)
             patch = tally.status(ClusterQueueStatusPatch)
             patch.pending_jobs = heads_cq.get(name, [])
+            if name in shares:
+                patch.fair_sharing = FairSharingStatus(weighted_share=shares[name])
             await self._write_queue(None, name, patch, now)
         for gone in set(self._usage_series) - set(self.cache.cluster_queues):
             self._forget_metrics(gone)
@@ -319,6 +331,19 @@ def _tally(jobs: Iterable[Job], local_queue: Mapping[str, str | None], stored: M
             for k, q in use.items():
                 t.usage[k] = t.usage.get(k, 0) + q
     return by_cq, by_lq
+
+
+def _weighted_shares(snap: Snapshot, by_cq: Mapping[str, _Tally]) -> dict[str, int]:
+    """Fair sharing: each cohort member's weighted share (Kueue's `status.fairSharing.weightedShare`),
+    from the quota its jobs use (the engine's `dominant_share`)."""
+    ledger = QuotaLedger(snap.cluster_queues)
+    out: dict[str, int] = {}
+    for cq in snap.cluster_queues:
+        if cq.cohort is not None:
+            usage = by_cq[cq.name].usage if cq.name in by_cq else {}
+            covered = {fr: q for fr, q in usage.items() if ledger.covers(cq.name, *fr)}
+            out[cq.name] = weighted_share(dominant_share(ledger, cq.name, covered))
+    return out
 
 
 def _fmt(resource: str, milli: int) -> str:

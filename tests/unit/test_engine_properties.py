@@ -42,7 +42,7 @@ pytestmark = pytest.mark.unit
 
 M = 1000
 INADMISSIBLE = (PendingReason.RESOURCE_NOT_COVERED, PendingReason.NEVER_FITS_QUOTA)
-POLICIES = {name: load_policy(name) for name in ("fifo", "kueue", "easy", "iass")}
+POLICIES = {name: load_policy(name) for name in ("fifo", "kueue", "easy", "iass", "fair")}
 FLAVORS = (Flavor("h100", {"f": "h100"}), Flavor("a100", {"f": "a100"}))
 RES = ("cpu", GPU)
 

@@ -65,3 +65,20 @@ def test_conditions_move_their_transition_time_only_when_their_status_changes() 
     assert all(c.last_transition_time == datetime.fromtimestamp(T0 + 60, UTC) for c in flipped)
     with pytest.raises(ValidationError):  # a reason must be a CamelCase word, as metav1.Condition wants
         conditions_after([], {"Running": ("True", "pods running", "")}, T0)
+
+
+def test_weighted_share_in_cluster_queue_status_is_kueues() -> None:
+    # Two teams of weights 1 and 3 borrowing 8 and 24 of the 32 GPUs a third queue lends: 250 each.
+    from queue_controller.api.queues import ClusterQueueStatus
+    from queue_controller.engine import GPU, Snapshot
+    from queue_controller.operator.waiting import _Tally, _weighted_shares
+    from tests.unit.engine_factory import queue
+    from tests.unit.fair_world import pool_queues
+
+    qs = (*pool_queues(), queue("solo", gpus=8))
+    tallies = {"team-a": _Tally(usage={("h100", GPU): 8000}), "team-b": _Tally(usage={("h100", GPU): 24000}),
+               "zero": _Tally()}
+    shares = _weighted_shares(Snapshot((), (), qs, ()), tallies)
+    assert shares == {"team-a": 250, "team-b": 250, "pool": 0}  # no cohort, no share: "solo" gets none
+    status = ClusterQueueStatus.model_validate({"fairSharing": {"weightedShare": shares["team-a"]}})
+    assert status.model_dump(by_alias=True, exclude_unset=True) == {"fairSharing": {"weightedShare": 250}}

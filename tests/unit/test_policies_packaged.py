@@ -23,7 +23,7 @@ PACKAGE = Path(queue_controller.__file__).resolve().parent
 
 def test_profiles_resolve_inside_the_package() -> None:
     assert Path(str(POLICY_DIR)).resolve().is_relative_to(PACKAGE)
-    assert available() == ["easy", "fifo", "iass", "kueue"]
+    assert available() == ["easy", "fair", "fifo", "iass", "kueue"]
     assert [load_policy(name).name for name in available()] == available()
     # The repository's policies/ is the same directory, for paths on command lines and in docs.
     assert load_policy(str(ROOT / "policies" / "iass.yaml")) == load_policy("iass")
@@ -50,4 +50,4 @@ def test_an_installed_wheel_finds_the_profiles(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(site)}, check=True).stdout.splitlines()
     assert out[0].startswith(str(site))  # this copy, not the checkout
-    assert out[1:] == ["easy,fifo,iass,kueue", "iass"]
+    assert out[1:] == ["easy,fair,fifo,iass,kueue", "iass"]

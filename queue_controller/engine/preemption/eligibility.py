@@ -7,7 +7,9 @@
 - In the same ClusterQueue (`withinClusterQueue`): lower priority, or with `LowerOrNewerEqualPriority`
   also equal priority and later in queue order: `InClusterQueue`.
 - In the same cohort (`reclaimWithinCohort`): only a queue that is borrowing can be reclaimed from; `Any`
-  takes any of its jobs, `LowerPriority` only lower-priority ones: `InCohortReclamation`.
+  takes any of its jobs, `LowerPriority` only lower-priority ones: `InCohortReclamation`. Under fair
+  sharing these are only candidates (`InCohortFairSharing`): `fair_share.py` takes those that restore
+  fair shares, and those a preemptor that stays within its nominal quota reclaims.
 
 So a victim is never of equal or higher priority unless the policy allows it, and preemption edges always
 point down the queue order: they cannot form a cycle.
@@ -51,5 +53,8 @@ def eligible(ws: Workspace, b: Job, bq: ClusterQueue, v: Job, borrowing: Mapping
             return None
         if reclaim is ReclaimWithinCohort.LOWER_PRIORITY and v.priority >= b.priority:
             return None
+        if ws.fair:
+            # A candidate only: the fair-sharing search (fair_share.py) decides by the queues' shares.
+            return PreemptReason.IN_COHORT_FAIR_SHARING
         return PreemptReason.IN_COHORT_RECLAMATION
     return None

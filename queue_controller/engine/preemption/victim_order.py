@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from queue_controller.engine.decisions import PreemptMode
+from queue_controller.engine.decisions import PreemptMode, PreemptReason
 from queue_controller.engine.policy import Policy, PreemptionMode
 from queue_controller.engine.snapshot import Job
+from queue_controller.engine.workspace import Running
 
 
 def weight(job: Job) -> float:
@@ -64,3 +65,14 @@ class VictimOrder:
     def running(cls, victim: Job, lost: float) -> VictimOrder:
         """A running job that would lose `lost` GPU-seconds."""
         return cls(True, False, lost, victim.priority, -(victim.admitted_at or victim.started_at or 0.0), victim.key)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A running job that may be preempted for the job at hand, with its place in the victim order."""
+
+    run: Running
+    reason: PreemptReason | None  # None: already being vacated
+    mode: PreemptMode
+    lost_work: float
+    order: VictimOrder

@@ -17,36 +17,30 @@ Cost bounds: a queue gets `preemptionAttemptsPerQueue` searches per cycle (a job
 victims is always looked at, outside that budget), a shape that found no victims is not searched again
 at the same or a lower priority, and the full fit per added victim is skipped while the job's dominant
 resource cannot be free yet even in total in any flavor it could use.
+
+Under fair sharing, in a cohort, `fair_share.fair_search` picks the victims among the same candidates,
+in the same victim order within each queue, by the queues' shares; the minimal-set walk, holding the
+room and the decisions are the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import chain
 
 from queue_controller.engine.backfill import hold_in_profiles, may_start_now
 from queue_controller.engine.decisions import PendingReason, Preempt, PreemptMode, PreemptReason
+from queue_controller.engine.fair_sharing import charge_estimate
 from queue_controller.engine.fit import Fit, find_fit, pool_free
 from queue_controller.engine.placement import dominant_resource
 from queue_controller.engine.preemption.eligibility import eligible
-from queue_controller.engine.preemption.victim_order import VictimOrder, lost_work
+from queue_controller.engine.preemption.fair_share import fair_search
+from queue_controller.engine.preemption.victim_order import Candidate, VictimOrder, lost_work
 from queue_controller.engine.profile import INF
 from queue_controller.engine.snapshot import ClusterQueue, Job
 from queue_controller.engine.workspace import NEEDS_ROOM, Running, Workspace
 
 _NEVER = -(2**62)  # below every priority: no failed search recorded for a shape
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A running job that may be preempted for the job at hand."""
-
-    run: Running
-    reason: PreemptReason | None  # None: already being vacated
-    mode: PreemptMode
-    lost_work: float
-    order: VictimOrder
 
 
 def _ranked(ws: Workspace, group: str) -> list[tuple[VictimOrder, Running, PreemptMode, float]]:
@@ -132,25 +126,35 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
 
     ws.cap.speculative += 1
     chosen: list[Candidate] = []
+
+    def add(cand: Candidate) -> bool | None:
+        """Lift one more victim. True: the job fits now; False: not yet; None: it fits but may not start
+        this way, and more victims will not change that."""
+        ws.lift(cand.run)
+        chosen.append(cand)
+        for node, req in cand.run.nodes:
+            q = req.get(dom, 0)
+            if q:
+                for room in rooms:
+                    if node in room.nodes:
+                        room.free += q
+        if all(room.free < need for room in rooms):
+            return False
+        return _fits_after(ws, job, cq, chosen)
+
     try:
         fits = False
-        for cand in chain((first,), cands):
-            ws.lift(cand.run)
-            chosen.append(cand)
-            for node, req in cand.run.nodes:
-                q = req.get(dom, 0)
-                if q:
-                    for room in rooms:
-                        if node in room.nodes:
-                            room.free += q
-            if all(room.free < need for room in rooms):
-                continue
-            verdict = _fits_after(ws, job, cq, chosen)
-            if verdict is None:
-                break  # it fits, but may not start (reservation, or reclaim would borrow): more won't help
-            if verdict:
-                fits = True
-                break
+        if ws.fair and cq.cohort is not None:
+            # Fair sharing: which queues' jobs may go, and in which order, is decided by the shares.
+            fits = fair_search(ws, job, cq, chain((first,), cands), add, across=own or not state.unserved) is True
+        else:
+            for cand in chain((first,), cands):
+                verdict = add(cand)
+                if verdict is None:
+                    break  # it fits, but may not start (reservation, or reclaim would borrow): more won't help
+                if verdict:
+                    fits = True
+                    break
         hold: Fit | PendingReason | None = None
         if fits:
             # Drop victims that turn out unnecessary, most expensive first (Kueue's reverse walk).
@@ -171,6 +175,13 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
     if not fits:
         ws.failed_preemption[shape] = max(ws.failed_preemption.get(shape, _NEVER), job.priority)
         return False
+    if ws.fair:
+        # Fair sharing's book: the preemptor's queue counts it from now on, the victims' queues no longer
+        # count them (the ones already vacating were taken out when the cycle began).
+        ws.charge_share(cq.name, hold.delta if isinstance(hold, Fit) else charge_estimate(ws, job, cq))
+        for cand in chosen:
+            if cand.reason is not None:
+                ws.charge_share(cand.run.job.cluster_queue, cand.run.delta, -1)
     for cand in sorted(chosen, key=lambda c: c.order):
         run = cand.run
         key = run.job.key
