@@ -70,7 +70,9 @@ def test_controller_killed_during_checkpoint_recovers(kube: Kube, namespace: str
                                                       run_controller: Any) -> None:
     q = queues(gpus=8, preemption={"withinClusterQueue": "LowerPriority"})
     # 64 GiB per pod at 1 GiB/s: the checkpoint takes ~1 minute, long enough to kill the controller in it.
-    body = cjob("big-state", q, gpus=8, runtime_s=30)
+    # kwok's pods go on running meanwhile, so the job runs longer than that: pods that finish during the
+    # checkpoint would finish the job instead (completion wins over a pending preemption, issue 14).
+    body = cjob("big-state", q, gpus=8, runtime_s=100)
     body["spec"]["podSets"][0]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] = "64Gi"
     kube.create("checkpointablejobs", body, namespace)
     ctl = run_controller("iass")
@@ -82,7 +84,7 @@ def test_controller_killed_during_checkpoint_recovers(kube: Kube, namespace: str
     run_controller("iass")
     kube.wait_phase(namespace, "big-state", "Suspended", timeout=120)
     kube.wait_phase(namespace, "urgent", "Succeeded", timeout=60)
-    kube.wait_phase(namespace, "big-state", "Succeeded", timeout=120)
+    kube.wait_phase(namespace, "big-state", "Succeeded", timeout=180)
     # No duplicate pods: one attempt at a time, each pod name unique.
     ckpts = [c for c in kube.list("checkpoints", namespace) if c["spec"]["reason"] == "Preemption"]
     assert len(ckpts) == 1, [c["metadata"]["name"] for c in ckpts]
