@@ -420,6 +420,10 @@ def run_trial(kube: Kube, fault: str, seed: int, workdir: Path, *, finish_timeou
         t.note(f"watcher: {watcher.events} events, {watcher.reconnects} reconnects")
         with contextlib.suppress(Exception):
             t.note("jobs: " + ", ".join(_summary(j) for j in kube.list("checkpointablejobs", t.namespace)))
+        with contextlib.suppress(Exception):  # why jobs were restarted or requeued, for the post-mortem
+            for ev in kube.core.list_namespaced_event(t.namespace).items:
+                if ev.type == "Warning":
+                    t.note(f"event {ev.involved_object.name} {ev.reason}: {(ev.message or '')[:160]}")
     finally:
         result.seconds = time.monotonic() - t.started
         _cleanup(kube, t)
