@@ -136,7 +136,7 @@ def job_mix(rng: random.Random) -> list[PlannedJob]:
 
 def submit_plan(t: Trial, plan: list[PlannedJob]) -> list[tuple[float, str, Callable[[], None]]]:
     """The jobs of `plan` as timed steps (those due at 0 are created now)."""
-    steps = []
+    steps: list[tuple[float, str, Callable[[], None]]] = []
     t.plan_start = time.monotonic()
     for job in plan:
         def create(job: PlannedJob = job) -> None:
@@ -236,7 +236,7 @@ def lease_holder(kube: Kube) -> str:
         lease = client.CoordinationV1Api(kube.api).read_namespaced_lease(LEASE_NAME, LEASE_NAMESPACE)
     except ApiException:
         return ""
-    return str(lease.spec.holder_identity or "")
+    return str((lease.spec and lease.spec.holder_identity) or "")
 
 
 def alive(c: ControllerProcess) -> bool:
