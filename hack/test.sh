@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every test tier (unit, integration, criu, e2e) the way CI does.
+# Run every test tier (unit, integration, chaos, criu, e2e) the way CI does.
 # It first provisions, idempotently and from caches outside the repo, what the tiers need:
 # the Python environment, CRIU >= 4 (ckq criu install), the Kubernetes binaries and helm (ckq dev build --helm).
 # Extra arguments go to pytest, e.g. `hack/test.sh -m unit` or `hack/test.sh tests/unit -x`.

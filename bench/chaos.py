@@ -1,0 +1,128 @@
+"""Chaos soak: many seeded trials per fault, the counts that docs/reliability.md reports (issue 14).
+
+Runs the chaos tier's own trials (tests/chaos/trials.py) — the same job mix, faults and invariants —
+over seeds 1..N for each fault, on a dev cluster of its own (kwok nodes: the test tier's node groups),
+or on the cluster of $KUBECONFIG when set (a `ckq dev up` cluster: the API server fault restarts its
+kube-apiserver in place).
+
+    python bench/chaos.py [--trials 20] [--faults controller-kill,leader-failover,...] [--first-seed 1]
+
+A trial takes 40-80 s on a 2-core machine: the default (20 trials x 4 faults) runs about 1.5 hours.
+Prints one line per trial (a failing one with its violations and the command that replays it), then a
+table of trials / passed / failed per fault with the failing seeds and the failover times, and as its
+last line one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kubernetes.client.rest import ApiException  # noqa: E402
+
+from queue_controller import devcluster as dc  # noqa: E402
+from tests.chaos.trials import FAULTS, TrialResult, run_trial  # noqa: E402
+from tests.plugins.cluster import TEST_NODE_GROUPS  # noqa: E402
+from tests.plugins.controller import GROUP, VERSION, Kube  # noqa: E402
+
+CLUSTER = "ckq-chaos"
+
+
+def prepare(kube: Kube) -> None:
+    """What the tier's `kube` fixture does: the CRDs and a flavor per node group."""
+    kube.apply_crds()
+    for group in TEST_NODE_GROUPS:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ResourceFlavor", "metadata": {"name": group.name},
+                "spec": {"nodeLabels": {"ckq.io/flavor": group.name}}}
+        try:
+            kube.create("resourceflavors", body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+
+def table(results: dict[str, list[TrialResult]]) -> str:
+    rows = [f"{'fault':<20} {'trials':>6} {'passed':>6} {'failed':>6}  failing seeds / failover s (median, max)"]
+    for fault, rs in results.items():
+        failed = [r.seed for r in rs if not r.passed]
+        extra = ", ".join(map(str, failed)) or "-"
+        failovers = [f for r in rs for f in r.failovers_s]
+        if failovers:
+            extra += f"   failover {statistics.median(failovers):.1f} / {max(failovers):.1f} s ({len(failovers)})"
+        rows.append(f"{fault:<20} {len(rs):>6} {len(rs) - len(failed):>6} {len(failed):>6}  {extra}")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=20, help="trials per fault (seeds first-seed..)")
+    ap.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
+    ap.add_argument("--first-seed", type=int, default=1)
+    ap.add_argument("--keep-logs", action="store_true", help="keep every trial's controller logs")
+    args = ap.parse_args()
+    faults = [f for f in args.faults.split(",") if f]
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        ap.error(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+
+    work = Path(tempfile.mkdtemp(prefix="ckq-chaos-"))
+    external = os.environ.get("KUBECONFIG")
+    root = work / "cluster"
+    if external:
+        kubeconfig = external.split(os.pathsep)[0]
+    else:
+        t0 = time.monotonic()
+        state, _ = dc.up(CLUSTER, list(TEST_NODE_GROUPS), root=root, die_with_parent=True, build=False)
+        kubeconfig = state.kubeconfig
+        os.environ["KUBECONFIG"] = kubeconfig
+        print(f"cluster up in {time.monotonic() - t0:.0f}s")
+    results: dict[str, list[TrialResult]] = {f: [] for f in faults}
+    started = time.monotonic()
+    try:
+        kube = Kube(kubeconfig)
+        prepare(kube)
+        for fault in faults:
+            for seed in range(args.first_seed, args.first_seed + args.trials):
+                logs = work / f"{fault}-{seed}"
+                r = run_trial(kube, fault, seed, logs)
+                results[fault].append(r)
+                line = f"{fault:<20} seed={seed:<4} {'ok  ' if r.passed else 'FAIL'} {r.seconds:5.0f}s"
+                if r.failovers_s:
+                    line += f"  failover {', '.join(f'{f:.1f}s' for f in r.failovers_s)}"
+                print(line, flush=True)
+                if not r.passed:
+                    print("  " + r.report().replace("\n", "\n  "), flush=True)
+                    print(f"  replay: CKQ_CHAOS_SEED={seed} pytest 'tests/chaos/test_chaos.py::test_chaos_trial"
+                          f"[{fault}-seed={seed}]'; logs in {logs}", flush=True)
+                elif not args.keep_logs:
+                    shutil.rmtree(logs, ignore_errors=True)
+    finally:
+        if not external:
+            dc.down(CLUSTER, root=root)
+    print()
+    print(table(results))
+    summary = {
+        "trials_per_fault": args.trials, "first_seed": args.first_seed,
+        "seconds": round(time.monotonic() - started),
+        "faults": {f: {"trials": len(rs), "passed": sum(r.passed for r in rs),
+                       "failed": sum(not r.passed for r in rs),
+                       "failing_seeds": [r.seed for r in rs if not r.passed],
+                       "failovers_s": [x for r in rs for x in r.failovers_s]}
+                   for f, rs in results.items()},
+    }
+    print(json.dumps(summary))
+    sys.exit(1 if any(not r.passed for rs in results.values() for r in rs) else 0)
+
+
+if __name__ == "__main__":
+    main()
