@@ -30,7 +30,8 @@ TEST_NODE_GROUPS = (
     NodeGroup(name="a100", count=2, gpus=8, product="NVIDIA-A100-SXM4-80GB", cpu="64", memory="512Gi"),
     NodeGroup(name="cpu", count=1, gpus=0, cpu="32", memory="128Gi"),
 )
-TEST_CLUSTER_NAME = "pytest"
+# Overridable so that several checkouts on one machine can each run the tiers at once.
+TEST_CLUSTER_NAME = os.environ.get("CKQ_TEST_CLUSTER", "pytest")
 
 
 def _say(config: pytest.Config, line: str) -> None:

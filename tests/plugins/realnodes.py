@@ -8,6 +8,7 @@ missing (`ckq dev up --real-nodes` runs the same preflight).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -22,7 +23,8 @@ from queue_controller.devcluster.nodes import NodeGroup
 from queue_controller.devcluster.state import ClusterState
 from tests.plugins.cluster import _binaries, _say
 
-REAL_CLUSTER_NAME = "pytest-real"
+# Overridable so that several checkouts on one machine can each run the tier at once.
+REAL_CLUSTER_NAME = os.environ.get("CKQ_TEST_REAL_CLUSTER", "pytest-real")
 REAL_NODES = 2
 REAL_KWOK_GROUPS = (NodeGroup(name="h100", count=2, gpus=8, cpu="64", memory="512Gi"),)
 
