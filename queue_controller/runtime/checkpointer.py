@@ -253,7 +253,7 @@ class Checkpointer:
             kind = "pre-dump" if req.pre_dump else "dump"
             manifest = self.manifest(ckpt_id, started, req, parent, logical, kind)
             if gpu_pids:
-                manifest.gpu = {"pids": gpu_pids, "tool": gpu.tool() or ""}
+                manifest.gpu = {"pids": gpu_pids, "tool": gpu.backend()}
             manifest.phases = {"criu": round(t1 - t0, 3), "pages": round(t2 - t1, 3),
                                "realignedFiles": realigned}
             self.finish(tmp, manifest, started, known)
