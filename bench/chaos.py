@@ -7,7 +7,7 @@ kube-apiserver in place).
 
     python bench/chaos.py [--trials 20] [--faults controller-kill,leader-failover,...] [--first-seed 1]
 
-A trial takes 40-80 s on a 2-core machine: the default (20 trials x 4 faults) runs about 1.5 hours.
+A trial takes 40-80 s on a 2-core machine: the default (20 trials x 7 faults) runs about 2.5 hours.
 Prints one line per trial (a failing one with its violations and the command that replays it), then a
 table of trials / passed / failed per fault with the failing seeds and the failover times, and as its
 last line one JSON object.

@@ -15,7 +15,6 @@ from tests.plugins.controller import Kube
 
 pytestmark = pytest.mark.chaos
 
-# Two seeds per fault keep the tier near 10 minutes on a 2-core machine; the soak runs more.
 CI_SEEDS = (1,)  # the seeded sample every run takes; bench/chaos.py soaks more seeds
 
 

@@ -15,7 +15,13 @@ Faults (FAULTS):
 - `apiserver-restart`: the dev cluster's kube-apiserver stopped for a random 10-30 s and started again,
   in place (same flags, same etcd: `restart_apiserver`);
 - `node-notready`: the node of a job made NotReady (through kwok) while the job runs or is being
-  checkpointed; the job must be restored on another node from its last checkpoint.
+  checkpointed; the job must be restored on another node from its last checkpoint;
+- `node-deleted`: the Node object of a running job deleted (a machine gone for good); the job must be
+  restored on another node from its last checkpoint; the node is created again afterwards;
+- `etcd-restart`: the cluster's etcd stopped for a random 5-20 s and started again, in place, while the
+  API server stays up (it answers errors meanwhile);
+- `watch-cut`: the controller talks to the API server through a proxy (tests/chaos/proxy.py) that resets
+  every connection — its watch streams and requests in flight — 3-5 times at random moments.
 
 Every trial runs in its own namespace with its own ClusterQueue, and cleans up after itself.
 """
@@ -43,10 +49,15 @@ from queue_controller.devcluster.nodes import node_is_ready, set_node_ready
 from queue_controller.devcluster.state import ClusterPaths, ClusterState
 from queue_controller.wire import ATTEMPT_LABEL, RESTORE_FROM_ANNOTATION
 from tests.chaos.invariants import Watcher, poll_final, queue_limits, traceback_violations
+from tests.chaos.proxy import CuttingProxy
 from tests.plugins.controller import ControllerProcess, Kube, cjob, cluster_queue, local_queue
 
 # The API server's restart last: a session's later tests then find it back (each trial waits for that too).
-FAULTS = ("controller-kill", "leader-failover", "node-notready", "apiserver-restart")
+FAULTS = ("controller-kill", "leader-failover", "node-notready", "node-deleted", "watch-cut", "etcd-restart",
+          "apiserver-restart")
+# Faults during which a controller's request may fail for a moment and the cycle retry (see
+# invariants.traceback_violations).
+OUTAGE_FAULTS = {"apiserver-restart", "etcd-restart", "watch-cut"}
 LEASE_NAMESPACE, LEASE_NAME = "ckq-system", "ckq-controller"
 FAILOVER_GOAL_S = 15.0
 
@@ -86,14 +97,15 @@ class Trial:
     plan_start: float = 0.0  # when the jobs were submitted: the steps' offsets count from here
     controllers: list[ControllerProcess] = field(default_factory=list)
     expected: dict[str, str] = field(default_factory=dict)  # job -> terminal phase it must reach
+    teardown: list[Callable[[], None]] = field(default_factory=list)  # after the controllers stop
 
     def note(self, line: str) -> None:
         self.result.notes.append(f"t={time.monotonic() - self.started:5.1f}s {line}")
 
-    def controller(self, extra: list[str] | None = None) -> ControllerProcess:
+    def controller(self, extra: list[str] | None = None, kubeconfig: str | None = None) -> ControllerProcess:
         """A `ckq controller` process with a log of its own (ControllerProcess waits for "started" in it)."""
         log = self.workdir / f"controller-{len(self.controllers)}.log"
-        c = ControllerProcess(self.kube.kubeconfig, "iass", log, extra)
+        c = ControllerProcess(kubeconfig or self.kube.kubeconfig, "iass", log, extra)
         c.start()
         self.controllers.append(c)
         return c
@@ -193,11 +205,17 @@ def restart_apiserver(kubeconfig: str, down_s: float, *, timeout: float = 90.0) 
     unreachable. The cluster's state file records the new process, so `ckq dev down` (and the session
     fixture) stop it. Needs a cluster started by `ckq dev up` or the test fixture: its state sits beside
     its kubeconfig."""
+    return restart_component(kubeconfig, "kube-apiserver", down_s, timeout=timeout)
+
+
+def restart_component(kubeconfig: str, name: str, down_s: float, *, timeout: float = 90.0) -> float:
+    """`restart_apiserver` for any process of the dev cluster (`etcd`, ...): stopped, `down_s` later started
+    again in place; returns once the API server is ready again (its readiness checks etcd)."""
     paths = ClusterPaths(Path(kubeconfig).parent)
     state = ClusterState.load(paths)
     if state is None:
-        raise RuntimeError(f"no dev cluster state beside {kubeconfig}: cannot restart its API server")
-    index = next(i for i, p in enumerate(state.processes) if p.name == "kube-apiserver")
+        raise RuntimeError(f"no dev cluster state beside {kubeconfig}: cannot restart its {name}")
+    index = next(i for i, p in enumerate(state.processes) if p.name == name)
     rec = state.processes[index]
     t0 = time.monotonic()
     processes.stop(rec)
@@ -213,9 +231,9 @@ def restart_apiserver(kubeconfig: str, down_s: float, *, timeout: float = 90.0) 
             if apiserver_ready(state.paths, state.ports["apiserver"]):
                 return time.monotonic() - t0
         if not processes.is_alive(new):
-            raise RuntimeError(f"kube-apiserver exited on restart:\n{processes.tail(new.log)}")
+            raise RuntimeError(f"{name} exited on restart:\n{processes.tail(new.log)}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"kube-apiserver not ready {timeout:.0f}s after its restart")
+            raise RuntimeError(f"the API server not ready {timeout:.0f}s after {name}'s restart")
         time.sleep(0.2)
 
 
@@ -359,7 +377,88 @@ def _node_notready(t: Trial) -> None:
         set_node_ready(t.kube.kubeconfig, node, True)
 
 
+def _etcd_restart(t: Trial) -> None:
+    plan = job_mix(t.rng)
+    at = round(t.rng.uniform(3.0, 12.0), 1)
+    down = round(t.rng.uniform(5.0, 20.0), 1)
+    t.controller()
+    steps = submit_plan(t, plan)
+
+    def outage() -> None:
+        took = restart_component(t.kube.kubeconfig, "etcd", down)
+        t.note(f"etcd back; the API server ready {took:.1f}s after etcd was stopped")
+        _wait(t, "every node Ready again", lambda: all(node_is_ready(n) for n in t.kube.core.list_node().items),
+              120)
+
+    steps.append((at, f"stop etcd for {down}s", outage))
+    run_steps(t, steps)
+
+
+def _watch_cut(t: Trial) -> None:
+    plan = job_mix(t.rng)
+    cuts = sorted(round(t.rng.uniform(1.0, 18.0), 1) for _ in range(t.rng.randint(3, 5)))
+    proxy = CuttingProxy.for_kubeconfig(t.kube.kubeconfig, t.workdir / "kubeconfig-through-proxy")
+    try:
+        t.controller(kubeconfig=str(t.workdir / "kubeconfig-through-proxy"))
+        steps = submit_plan(t, plan)
+        for at in cuts:
+            def cut() -> None:
+                t.note(f"cut {proxy.cut()} connections of the controller")
+            steps.append((at, "reset every connection of the controller", cut))
+        run_steps(t, steps)
+    finally:
+        # The jobs finish with the proxy still in place (the controller reconnects through it); it goes
+        # once the controllers have stopped.
+        def close() -> None:
+            t.note(f"proxy: {proxy.accepted} connections accepted, {proxy.cuts} cuts")
+            proxy.stop()
+        t.teardown.append(close)
+
+
+def _node_deleted(t: Trial) -> None:
+    t.controller()
+    t.create_job("fragile", gpus=8, priority=0, runtime_s=t.rng.randint(25, 35),
+                 memory=t.rng.choice(["1Gi", "2Gi"]), checkpoint={"interval": t.rng.choice(["3s", "4s"])})
+    _wait(t, "fragile's first checkpoint", lambda: t.status("fragile").get("lastCheckpoint"), 90)
+    time.sleep(round(t.rng.uniform(0.0, 3.0), 1))  # a random moment of the run: the fault's timing
+    st = t.status("fragile")
+    node = st["admission"]["podSetAssignments"][0]["nodes"][0]
+    attempt = int(st["attempt"])
+    saved = t.kube.api.sanitize_for_serialization(t.kube.core.read_node(node))
+    t.note(f"node {node} deleted (fragile at attempt {attempt}, phase {st['phase']}, last checkpoint "
+           f"{st['lastCheckpoint']['name']})")
+    t.kube.core.delete_node(node)
+    try:
+        def restored() -> Any:
+            last = (t.status("fragile").get("lastCheckpoint") or {}).get("name")
+            pods = [p for p in t.kube.pods(t.namespace, "fragile")
+                    if int(p.metadata.labels[ATTEMPT_LABEL]) > attempt and p.status.phase == "Running"]
+            return pods and last and [(p.spec.node_name, (p.metadata.annotations or {}).get(
+                RESTORE_FROM_ANNOTATION), last) for p in pods]
+
+        seen = _wait(t, "fragile restored from a checkpoint", restored, 120)
+        t.note(f"restored: {seen}")
+        for pod_node, ref, last in seen:
+            if pod_node == node:
+                t.result.violations.append(f"fragile restored on the deleted node {node}")
+            if ref != last:
+                t.result.violations.append(f"fragile's pod restores from {ref!r}, not its last checkpoint {last!r}")
+        if float(t.status("fragile").get("runTimeSeconds") or 0) <= 0:
+            t.result.violations.append("fragile restarted from zero though it had a checkpoint")
+    finally:
+        meta = saved["metadata"]
+        for k in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+            meta.pop(k, None)
+        saved["spec"].pop("unschedulable", None)
+        with contextlib.suppress(ApiException):  # the machine comes back: same name, labels and capacity
+            t.kube.core.create_node(saved)
+        _wait(t, f"node {node} back and Ready", lambda: node_is_ready(t.kube.core.read_node(node)), 60)
+
+
 TRIALS: dict[str, Callable[[Trial], None]] = {
+    "node-deleted": _node_deleted,
+    "watch-cut": _watch_cut,
+    "etcd-restart": _etcd_restart,
     "controller-kill": _controller_kill,
     "leader-failover": _leader_failover,
     "apiserver-restart": _apiserver_restart,
@@ -395,7 +494,7 @@ def run_trial(kube: Kube, fault: str, seed: int, workdir: Path, *, finish_timeou
     t = Trial(kube, fault, seed, workdir, random.Random(f"{fault}:{seed}"), result)
     t.namespace = f"chaos-{uuid.uuid4().hex[:6]}"
     t.cq = f"{t.namespace}-cq"
-    gpus = 8 if fault == "node-notready" else 16
+    gpus = 8 if fault in ("node-notready", "node-deleted") else 16
     cq = cluster_queue(t.cq, gpus, preemption={"withinClusterQueue": "LowerPriority"})
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=t.namespace)))
     kube.create("clusterqueues", cq)
@@ -414,9 +513,11 @@ def run_trial(kube: Kube, fault: str, seed: int, workdir: Path, *, finish_timeou
             watcher.stop()
             for c in t.controllers:
                 c.stop()
+            for fn in t.teardown:
+                fn()
         result.violations += watcher.violations
         result.violations += traceback_violations([c.log_path for c in t.controllers],
-                                                  outage=fault == "apiserver-restart")
+                                                  outage=fault in OUTAGE_FAULTS)
         t.note(f"watcher: {watcher.events} events, {watcher.reconnects} reconnects")
         with contextlib.suppress(Exception):
             t.note("jobs: " + ", ".join(_summary(j) for j in kube.list("checkpointablejobs", t.namespace)))
