@@ -141,9 +141,10 @@ class Checkpointer:
         Full page files written to the volume would be dirty page cache, throttled to disk speed by
         the kernel's dirty limits and partly written back, although ckq keeps only the changed pages;
         tmpfs pages are neither. Costs the workload's resident size in memory for the dump's duration."""
-        if self.s.staging == "none":
+        roots = self._staging_roots()
+        if not roots:
             return None
-        root = Path("/dev/shm") if self.s.staging == "auto" else Path(self.s.staging)
+        root = roots[0]
         need = int(procfs.tree_rss(pid) * 1.2) + (64 << 20)
         try:
             st = os.statvfs(root)
@@ -181,9 +182,26 @@ class Checkpointer:
         return self.chain.head
 
     def _take_criu(self, pid: int, req: Request) -> mf.Manifest:
+        """A CRIU dump; whatever fails (CRIU, a full or read-only store, the hook), nothing of it stays
+        behind: its temporary directory and tmpfs staging go, so only published checkpoints are left."""
+        ckpt_id = new_id()
+        try:
+            return self._dump(pid, req, ckpt_id)
+        except BaseException:
+            shutil.rmtree(self.s.store.tmp(ckpt_id), ignore_errors=True)
+            for stale in self._staging_roots():
+                for path in stale.glob(f"ckq-{ckpt_id}-*"):
+                    shutil.rmtree(path, ignore_errors=True)
+            raise
+
+    def _staging_roots(self) -> list[Path]:
+        if self.s.staging == "none":
+            return []
+        return [Path("/dev/shm") if self.s.staging == "auto" else Path(self.s.staging)]
+
+    def _dump(self, pid: int, req: Request, ckpt_id: str) -> mf.Manifest:
         assert self.criu is not None
         started = time.monotonic()
-        ckpt_id = new_id()
         tmp = self.s.store.tmp(ckpt_id)
         tmp.mkdir(parents=True)
         log = self.s.store.logs / f"{ckpt_id}-dump.log"

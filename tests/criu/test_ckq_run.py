@@ -316,3 +316,31 @@ def test_failed_dump_leaves_the_workload_running_and_reports_criu(pod, tmp_path:
     assert not list((ckq / "checkpoints").iterdir())  # no checkpoint, no temp debris
     assert p1.wait() == 0, p1.output()  # the workload ran to its end
     assert [int(x) for x in lines(out)] == list(range(40))
+
+
+def test_a_full_store_fails_the_dump_and_leaves_nothing_behind(pod, tmp_path: Path) -> None:
+    """ENOSPC in the checkpoint directory: the dump fails naming it, no partial checkpoint stays, the
+    workload runs on, and once there is room the next dump works and restores."""
+    ckq = tmp_path / "ckq"
+    ckq.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(ckq)], check=True)
+    try:
+        out = tmp_path / "scratch"
+        out.mkdir()
+        log = out / "tree.log"
+        cmd = [PY, str(WL / "tree.py"), str(log), "600"]  # ~18 s: still running after the failed dump
+        p1 = pod(ckq, cmd, "--writable", str(out), "--staging", "none")
+        wait_for(lambda: len(lines(log)) >= 10, what="the workload to start")
+        failed = p1.checkpoint("--leave-running", check=False)
+        assert failed.returncode != 0 and "No space left on device" in failed.stderr, failed
+        assert [p.name for p in (ckq / "checkpoints").iterdir()] == []  # no .tmp-<id> left
+        seen = len(lines(log))
+        wait_for(lambda: len(lines(log)) > seen + 5, what="the workload to run on after the failed dump")
+        subprocess.run(["mount", "-o", "remount,size=512m", str(ckq)], check=True)
+        ckpt = p1.checkpoint("--leave-running").stdout.strip()
+        p1.kill()
+        p2 = pod(ckq, cmd, "--restore", ckpt)
+        assert p2.wait() == 0, p2.output()
+        assert [int(line.split()[0]) for line in lines(log)] == list(range(600))
+    finally:
+        subprocess.run(["umount", "-l", str(ckq)], check=False)

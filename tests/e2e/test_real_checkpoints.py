@@ -44,10 +44,10 @@ print("final", nonce, state.hex(), flush=True)
 """
 
 
-def expected_digest(nonce: str) -> str:
+def expected_digest(nonce: str, steps: int = STEPS) -> str:
     buf = bytearray(hashlib.sha256(nonce.encode()).digest() * (BUFFER // 32))
     state = hashlib.sha256(nonce.encode()).digest()
-    for step in range(STEPS):
+    for step in range(steps):
         buf[step % len(buf)] = state[0]
         state = hashlib.sha256(state + bytes(buf[:4096])).digest()
     return state.hex()
