@@ -31,6 +31,7 @@ from typing import Any
 from queue_controller.wire import (
     CHECKPOINT_MOUNT,
     CHECKPOINT_VOLUME_PREFIX,
+    NAMESPACE_KEY_DATA,
     RUNTIME_INIT_CONTAINER,
     RUNTIME_VOLUME,
     container_store_dir,
@@ -48,7 +49,9 @@ CKQ_RUN = f"{RUNTIME_MOUNT}/bin/ckq-run"
 # encrypt each dump and to decrypt a restore.
 KEY_VOLUME = "ckq-encryption-key"
 KEY_MOUNT = "/var/run/ckq/encryption"
-KEY_FILE = "key"
+# The key's file name: the job's or queue's data key is mapped to it (`items`); the namespace's default
+# Secret is mounted whole, so its data key must be this name.
+KEY_FILE = NAMESPACE_KEY_DATA
 
 # ckq-run's exit code after a dump that stopped the workload (runtime.supervisor.EXIT_CHECKPOINTED,
 # sysexits EX_TEMPFAIL): the expected end of a pod checkpointed out, not a failure.
