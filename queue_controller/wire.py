@@ -12,11 +12,13 @@ Annotations that only matter on kwok nodes belong to the Simulated checkpoint ba
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from queue_controller.api.checkpoint import CheckpointPhase
+from queue_controller.api.common import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 from queue_controller.api.common import format_time as format_datetime
 from queue_controller.api.job import JobPhase
 
@@ -110,6 +112,11 @@ RUNTIME_VOLUME = "ckq-runtime"  # emptyDir the init container fills with /ckq-ru
 RUNTIME_INIT_CONTAINER = "ckq-runtime"
 CHECKPOINT_VOLUME_PREFIX = "ckq-ckpt-"  # + container name: one hostPath volume per checkpointed container
 CHECKPOINT_MOUNT = "/ckq/checkpoints"  # ckq-run --dir, inside the container
+# The namespace's default checkpoint encryption key (docs/security.md): a Secret of this name in the
+# job's namespace, data key NAMESPACE_KEY_DATA. Pods mount it optional: the controller never reads
+# Secrets, ckq-run decides (encrypts when it is there) and the manifest and artifacts record the key id.
+NAMESPACE_KEY_SECRET = "ckq-checkpoint-key"
+NAMESPACE_KEY_DATA = "key"
 
 # On a Node: "kwok" nodes run no process (Simulated only); "real" ones run ckq-run and a node agent.
 NODE_KIND_LABEL = "ckq.io/node-kind"
@@ -125,13 +132,27 @@ def node_kind(labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
     return REAL_NODE
 
 
+_DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+_DNS_SUBDOMAIN = re.compile(DNS_SUBDOMAIN_PATTERN)
+
+
 def container_store_dir(store_root: str, namespace: str, job: str, pod_set: str, index: int, container: str) -> str:
     """The host directory of one container's checkpoints (ckq-run's --dir, seen from the node).
 
     Stable across attempts, so the pod of a later run restores what an earlier run's pod dumped; its
     control socket is `<dir>/ckq-run.sock` and each checkpoint `<dir>/checkpoints/<id>/` (manifest.json
-    with id, sizeBytes, sha256). All parts are DNS labels/names validated by the API, never shell text.
+    with id, sizeBytes, sha256). Every part must be a DNS label (the job: a DNS subdomain, whose dots
+    never make a `.`/`..` part) and is checked here again, whatever checked it before: a path built from
+    object names can never leave the namespace's directory. Raises ValueError naming the bad part.
     """
+    bad = [f"{what} {value!r}" for what, value, rx, limit in (
+        ("namespace", namespace, _DNS_LABEL, 63), ("job", job, _DNS_SUBDOMAIN, 253),
+        ("pod set", pod_set, _DNS_LABEL, 63), ("container", container, _DNS_LABEL, 63))
+        if not (isinstance(value, str) and rx.fullmatch(value) and len(value) <= limit)]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        bad.append(f"pod index {index!r}")
+    if bad:
+        raise ValueError("not a valid name for a store path: " + ", ".join(bad))
     return f"{store_root.rstrip('/')}/{namespace}/{job}/{pod_set}-{index}/{container}"
 
 

@@ -161,8 +161,9 @@ def mark_running(ckpt: Checkpoint, now: datetime) -> bool:
 
 
 def artifact_for(pod: PodInfo, container: str, node: str, uri: str, manifest: Manifest) -> Artifact:
+    key_id = (manifest.encryption or {}).get("keyId")  # what a restore must decrypt it with
     return Artifact(pod_set=pod.pod_set, index=pod.index, container=container, node=node, uri=uri,
-                    sha256=manifest.sha256, size_bytes=int(manifest.sizeBytes))
+                    sha256=manifest.sha256, size_bytes=int(manifest.sizeBytes), encryption_key_id=key_id or None)
 
 
 def add_artifact(ckpt: Checkpoint, artifact: Artifact, duration_seconds: float | None) -> bool:

@@ -56,6 +56,9 @@ class Artifact(ApiModel):
     """Digest of the image archive."""
     size_bytes: Annotated[int | None, Field(ge=0)] = None
     """Size of the image."""
+    encryption_key_id: Annotated[str | None, Field(pattern=r"^[0-9a-f]{16}$")] = None
+    """The id (a non-secret fingerprint) of the key the image is encrypted with; unset: stored
+    unencrypted. A restore needs the same key."""
 
 
 class RestoreConstraints(ApiModel):

@@ -127,7 +127,9 @@ class CheckpointPolicy(ApiModel):
     """For mode `Signal`: the signal that asks the application to save its state (e.g. `SIGUSR1`)."""
     encryption_key: EncryptionKeyRef | None = None
     """Encrypt the job's checkpoint images at rest (mode `CRIU`): a checkpoint image is a copy of the
-    process's memory — weights, data, tokens, credentials. Unset: images are stored unencrypted."""
+    process's memory — weights, data, tokens, credentials. Unset: the LocalQueue's
+    `spec.checkpoint.encryptionKey`, else the namespace's default Secret `ckq-checkpoint-key` when it
+    exists (docs/security.md); with none of them images are stored unencrypted."""
 
     @model_validator(mode="after")
     def _check(self) -> CheckpointPolicy:
@@ -236,7 +238,8 @@ class PodSetAssignment(ApiModel):
 
 
 class RequeueState(ApiModel):
-    """Requeues after the job's pods were not all running in time (Kueue's waitForPodsReady)."""
+    """Requeues after the job's pods could not all start: not running in time (Kueue's waitForPodsReady),
+    or their checkpoint encryption key missing (the PodsReady condition says which)."""
 
     count: Annotated[int, Field(ge=0)] = 0
     """Requeues so far."""
@@ -328,7 +331,7 @@ class CheckpointableJobStatus(ApiModel):
     checkpoint completes."""
     requeue_state: RequeueState | None = None
     """Set once the job was requeued because its pods were not all running within the cluster's
-    `podsReadyTimeout`; back in the queue after `requeueAt`."""
+    `podsReadyTimeout`, or their encryption key was missing; back in the queue after `requeueAt`."""
     preempted_for: Annotated[str | None, Field(max_length=317)] = None
     """While being vacated by a preemption: the job (`namespace/name`) its room is reserved for."""
 

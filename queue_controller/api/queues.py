@@ -20,6 +20,7 @@ from queue_controller.api.common import (
     PrinterColumn,
     rule_error,
 )
+from queue_controller.api.job import EncryptionKeyRef
 from queue_controller.api.quantity import parse_quantity, to_milli
 
 # List bounds: they keep CEL cost estimates finite and match Kueue's (16 groups; we allow 16 flavors and
@@ -390,6 +391,16 @@ class ClusterQueue(KubeObject):
     """Observed state."""
 
 
+class LocalQueueCheckpoint(ApiModel):
+    """What the jobs of one LocalQueue get unless they say otherwise."""
+
+    encryption_key: EncryptionKeyRef | None = None
+    """Encrypt the checkpoint images of this queue's jobs with this key (a Secret in the queue's
+    namespace, which is the jobs' namespace). A job's own `spec.checkpoint.encryptionKey` wins; without
+    either, the namespace's default Secret `ckq-checkpoint-key` is used when it exists
+    (docs/security.md)."""
+
+
 class LocalQueueSpec(ApiModel):
     """Which ClusterQueue a namespace's jobs go to."""
 
@@ -404,6 +415,8 @@ class LocalQueueSpec(ApiModel):
 
     cluster_queue: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
     """Name of the ClusterQueue. Immutable."""
+    checkpoint: LocalQueueCheckpoint | None = None
+    """Checkpoint settings for every job of this queue (a job's own `spec.checkpoint` wins)."""
 
 
 class LocalQueue(KubeObject):

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from queue_controller.api.checkpoint import CheckpointStatus
-from queue_controller.api.job import CheckpointPolicy
+from queue_controller.api.job import CheckpointPolicy, EncryptionKeyRef
+from queue_controller.wire import NAMESPACE_KEY_DATA, NAMESPACE_KEY_SECRET
 
 
 class ApiClient(Protocol):
@@ -37,6 +38,34 @@ class ApiClient(Protocol):
     async def delete(self, path: str, grace_seconds: int | None = None) -> None:
         """DELETE; an object already gone is not an error."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionKey:
+    """The key a job's checkpoint images are encrypted with: a data key of a Secret in the job's
+    namespace, which its pods mount (the controller never reads it). `required`: the pods refuse to start
+    without it (ckq-run exits EXIT_KEY); False for the namespace's default Secret, used when it exists."""
+
+    secret: str
+    key: str
+    source: str  # which setting chose it, for messages
+    required: bool = True
+
+    def describe(self, namespace: str) -> str:
+        return f"Secret {namespace}/{self.secret} (data key {self.key!r}, from {self.source})"
+
+
+def encryption_key(job_key: EncryptionKeyRef | None, queue: str, queue_key: EncryptionKeyRef | None
+                   ) -> EncryptionKey:
+    """Which key encrypts a job's images: the job's own spec.checkpoint.encryptionKey, else its
+    LocalQueue's spec.checkpoint.encryptionKey, else the namespace's default Secret (optional)."""
+    if job_key is not None:
+        return EncryptionKey(job_key.secret_name, job_key.key, "the job's spec.checkpoint.encryptionKey")
+    if queue_key is not None:
+        return EncryptionKey(queue_key.secret_name, queue_key.key,
+                             f"LocalQueue {queue}'s spec.checkpoint.encryptionKey")
+    return EncryptionKey(NAMESPACE_KEY_SECRET, NAMESPACE_KEY_DATA, "the namespace's default key Secret",
+                         required=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +105,7 @@ class ArtifactInfo:
     uri: str
     sha256: str
     size_bytes: int
+    encryption_key_id: str | None = None  # the key that encrypted the image; None: stored unencrypted
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +136,7 @@ class LaunchRequest:
     run_time_s: float  # the job's progress so far: what a restored pod resumes at
     job_annotations: Mapping[str, str] = field(default_factory=dict)
     restore: RestoreSource | None = None  # None: the pod starts fresh
+    encryption: EncryptionKey | None = None  # None: images unencrypted (the backend stores none)
 
 
 @dataclass(frozen=True, slots=True)

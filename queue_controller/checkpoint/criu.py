@@ -12,11 +12,14 @@ the totals); anything else is still running. `cancel` marks the Checkpoint Faile
 
 New pods run under ckq-run (`checkpoint.injection`): the runtime image and the store root come from
 the cluster's ConfigMap; a restored pod's containers start `ckq-run --restore <id>` with the id of that
-container's artifact.
+container's artifact — which must lie in the pod's own store directory (`_own_image`): a job never
+restores another namespace's or another job's image. Images are encrypted with the job's key
+(`checkpoint.base.encryption_key`: its own, its LocalQueue's, or its namespace's default Secret).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -37,9 +40,12 @@ from queue_controller.checkpoint.base import (
 )
 from queue_controller.checkpoint.cost import CheckpointCostModel
 from queue_controller.checkpoint.injection import InjectionError, inject
-from queue_controller.wire import RESTORE_FROM_ANNOTATION, checkpoint_id_of
+from queue_controller.wire import RESTORE_FROM_ANNOTATION, artifact_uri, checkpoint_id_of, container_store_dir
 
 MIB = 2**20
+# A ckq-run checkpoint id (runtime/store.py new_id(); store.filesystem.CHECKPOINT_ID): one path part,
+# never `.`, `..` or hidden.
+_CHECKPOINT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 # Until a job has a measured checkpoint (the engine then uses that), a guess from bench/criu_datapath.py
 # (docs/checkpointing.md, "Dump speed": 1 GiB dumped in 2.3-4 s, restored in 2.1-3.2 s on a shared
@@ -84,7 +90,7 @@ class CriuBackend:
         for pod, container in need:
             a = have[(pod.pod_set, pod.index, container)]
             artifacts.append(ArtifactInfo(a.pod_set, a.index, a.container, a.node or pod.node, a.uri, a.sha256 or "",
-                                          a.size_bytes or 0))
+                                          a.size_bytes or 0, a.encryption_key_id))
         size = sum(a.size_bytes for a in artifacts)
         # The agents' own measure of the dump when they give one; else from the start to now (polled).
         duration = st.duration_seconds if st.duration_seconds is not None else elapsed
@@ -108,17 +114,36 @@ class CriuBackend:
                 raise RestoreImpossible(
                     f"checkpoint {request.restore.checkpoint} has no image of container(s) {', '.join(missing)} "
                     f"of pod {request.pod.pod_set}-{request.pod.index}")
-            restore = {c: checkpoint_id_of(a.uri) for c, a in mine.items()}
+            restore = {c: self._own_image(request, a) for c, a in mine.items()}
             return PodInfo(annotations={RESTORE_FROM_ANNOTATION: request.restore.checkpoint},
                            rewrite=partial(self._rewrite, request, restore))
         return PodInfo(rewrite=partial(self._rewrite, request, restore))
 
+    def _own_image(self, request: LaunchRequest, artifact: ArtifactInfo) -> str:
+        """The ckq-run id of `artifact`, which must be an image of this very container of this job in this
+        namespace: its uri exactly `wire.artifact_uri` of the pod's own store directory. Namespace
+        isolation does not rest on the mount alone (the pod sees only its own directory): a Checkpoint
+        whose artifacts name another namespace's or job's images — hand-written, or copied from another
+        namespace — is refused here, before any pod is created."""
+        try:
+            own = container_store_dir(self.store_root, request.namespace, request.job, artifact.pod_set,
+                                      artifact.index, artifact.container)
+        except ValueError as e:
+            raise RestoreImpossible(f"artifact of container {artifact.container!r}: {e}") from None
+        ckpt_id = checkpoint_id_of(artifact.uri)
+        if not _CHECKPOINT_ID.fullmatch(ckpt_id) or ".." in ckpt_id or artifact.uri != artifact_uri(own, ckpt_id):
+            raise RestoreImpossible(
+                f"the image of container {artifact.container} ({artifact.uri}) is not in this job's own store "
+                f"directory {own}: a job restores only images its own namespace and job took")
+        return ckpt_id
+
     def _rewrite(self, request: LaunchRequest, restore: Mapping[str, str] | None,
                  spec: Mapping[str, Any]) -> dict[str, Any]:
-        key = request.policy.encryption_key
+        key = request.encryption
         try:
             return inject(spec, image=self.runtime_image, store_root=self.store_root, namespace=request.namespace,
                           job=request.job, pod_set=request.pod.pod_set, index=request.pod.index, restore=restore,
-                          encryption_key=(key.secret_name, key.key) if key is not None else None)
+                          encryption_key=(key.secret, key.key) if key is not None else None,
+                          key_required=key.required if key is not None else True)
         except InjectionError as e:
             raise LaunchRefused("PodTemplateNotCheckpointable", str(e)) from None

@@ -31,6 +31,7 @@ from typing import Any
 from queue_controller.wire import (
     CHECKPOINT_MOUNT,
     CHECKPOINT_VOLUME_PREFIX,
+    NAMESPACE_KEY_DATA,
     RUNTIME_INIT_CONTAINER,
     RUNTIME_VOLUME,
     container_store_dir,
@@ -43,15 +44,21 @@ INSTALL_PATH = "/ckq-install"
 RUNTIME_MOUNT = "/ckq-runtime"
 INSTALL_COMMAND = (f"{IMAGE_ROOT}/bin/ckq-runtime-install", INSTALL_PATH)
 CKQ_RUN = f"{RUNTIME_MOUNT}/bin/ckq-run"
-# The job's encryption key (spec.checkpoint.encryptionKey), mounted from its Secret, readable by the
-# container's user only; ckq-run reads it to encrypt each dump and to decrypt a restore.
+# The job's encryption key (its own, its LocalQueue's or the namespace default, checkpoint.base.
+# encryption_key), mounted from its Secret, readable by the container's user only; ckq-run reads it to
+# encrypt each dump and to decrypt a restore.
 KEY_VOLUME = "ckq-encryption-key"
 KEY_MOUNT = "/var/run/ckq/encryption"
-KEY_FILE = "key"
+# The key's file name: the job's or queue's data key is mapped to it (`items`); the namespace's default
+# Secret is mounted whole, so its data key must be this name.
+KEY_FILE = NAMESPACE_KEY_DATA
 
 # ckq-run's exit code after a dump that stopped the workload (runtime.supervisor.EXIT_CHECKPOINTED,
 # sysexits EX_TEMPFAIL): the expected end of a pod checkpointed out, not a failure.
 EXIT_CHECKPOINTED = 75
+# ckq-run's exit code when the encryption key it was given is missing or malformed (runtime.supervisor.
+# EXIT_KEY, sysexits EX_CONFIG): it started nothing; the job reports the Secret.
+EXIT_KEY_UNAVAILABLE = 78
 # ckq-run's exit code when it refuses or fails a restore (runtime.supervisor.EXIT_SETUP): the checkpoint
 # is corrupt, unknown, or cannot be restored here; it verifies every image before touching anything.
 EXIT_RESTORE_REFUSED = 69
@@ -146,10 +153,13 @@ def secured(sc: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def wrapped_command(command: Sequence[str], args: Sequence[str], restore_id: str | None = None,
-                    encrypted: bool = False) -> list[str]:
-    """`ckq-run --dir <mount> [--encrypt-key-file <key>] [--restore <id>] -- <command> <args>`."""
+                    encrypted: bool = False, default_key: bool = False) -> list[str]:
+    """`ckq-run --dir <mount> [--encrypt-key-file|--default-key-file <key>] [--restore <id>] -- <command>
+    <args>`: an argv list, never shell text — the user's command and args follow `--` verbatim (ckq-run
+    execs them without a shell), so nothing in them is ever interpreted by ckq."""
     restore = ["--restore", restore_id] if restore_id else []
-    key = ["--encrypt-key-file", f"{KEY_MOUNT}/{KEY_FILE}"] if encrypted else []
+    key = (["--encrypt-key-file", f"{KEY_MOUNT}/{KEY_FILE}"] if encrypted
+           else ["--default-key-file", f"{KEY_MOUNT}/{KEY_FILE}"] if default_key else [])
     return [CKQ_RUN, "--dir", CHECKPOINT_MOUNT, *key, *restore, "--", *command, *args]
 
 
@@ -159,11 +169,18 @@ def checkpoint_volume(container: str) -> str:
 
 def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: str, job: str, pod_set: str,
            index: int, restore: Mapping[str, str] | None = None,
-           encryption_key: tuple[str, str] | None = None) -> dict[str, Any]:
+           encryption_key: tuple[str, str] | None = None, key_required: bool = True) -> dict[str, Any]:
     """The pod spec `spec` runs as under ckq-run; `restore` maps each container to the ckq-run checkpoint id
     it resumes from (None: a fresh start); `encryption_key`: (Secret, data key) of the key its images are
-    encrypted with. Raises InjectionError with every problem of the template."""
+    encrypted with. The Secret is mounted `optional`, so a missing one never leaves the pod in
+    ContainerCreating: ckq-run reports it (exit EXIT_KEY) when `key_required`, and otherwise (the
+    namespace's default key) encrypts only when it exists. Raises InjectionError with every problem."""
     found = problems(spec)
+    for c in spec.get("containers") or ():
+        try:  # every part of the hostPath is a checked name (wire.container_store_dir)
+            container_store_dir(store_root, namespace, job, pod_set, index, str(c.get("name", "")))
+        except ValueError as e:
+            found.append(str(e))
     if restore is not None:
         missing = [str(c.get("name")) for c in spec.get("containers") or () if c.get("name") not in restore]
         if missing:
@@ -179,8 +196,12 @@ def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: s
     volumes = [*(out.get("volumes") or []), {"name": RUNTIME_VOLUME, "emptyDir": {}}]
     if encryption_key is not None:
         secret, key = encryption_key
-        volumes.append({"name": KEY_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o400,
-                                                       "items": [{"key": key, "path": KEY_FILE}]}})
+        source: dict[str, Any] = {"secretName": secret, "defaultMode": 0o400, "optional": True}
+        if key_required:
+            source["items"] = [{"key": key, "path": KEY_FILE}]
+        # The default Secret is mounted whole: ckq-run then tells "no such Secret" (an empty directory:
+        # unencrypted) from "a Secret without the data key" (refused), which `items` would hide.
+        volumes.append({"name": KEY_VOLUME, "secret": source})
     for c in out.get("containers") or []:
         name = str(c["name"])
         volumes.append({"name": checkpoint_volume(name), "hostPath": {
@@ -193,7 +214,8 @@ def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: s
             c["volumeMounts"].append({"name": KEY_VOLUME, "mountPath": KEY_MOUNT, "readOnly": True})
         c["command"] = wrapped_command(c.get("command") or [], c.pop("args", None) or [],
                                        restore.get(name) if restore is not None else None,
-                                       encrypted=encryption_key is not None)
+                                       encrypted=encryption_key is not None and key_required,
+                                       default_key=encryption_key is not None and not key_required)
         c["securityContext"] = secured(c.get("securityContext"))
     out["volumes"] = volumes
     return out

@@ -189,14 +189,20 @@ def _add_symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
 # ---- builders -----------------------------------------------------------------------------------
 
 
+# Archives of one image kept beside the newest: checkouts of different sources (different keys) may
+# build and import at the same time, so another key's archive is not removed while it may be in use.
+_KEEP_OTHER_VERSIONS = 6
+
+
 def _cached(ref: str, key: str, build: Callable[[Path], None]) -> LocalImage:
     stem = ref.replace("/", "_").replace(":", "_")
     target = images_dir() / f"{stem}-{key[:16]}.tar"
     if not target.is_file():
         images_dir().mkdir(parents=True, exist_ok=True)
-        for old in images_dir().glob(f"{stem}-*.tar"):
-            old.unlink()
-        build(target)
+        others = sorted(images_dir().glob(f"{stem}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in others[_KEEP_OTHER_VERSIONS:]:
+            old.unlink(missing_ok=True)
+        build(target)  # write_oci_archive writes it whole or not at all
     return LocalImage(ref, target)
 
 

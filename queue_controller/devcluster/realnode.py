@@ -538,8 +538,9 @@ def seed_root(rt: NodeRuntime, images: list[LocalImage]) -> Path:
     done = base / key
     if (done / "complete").is_file():
         return done / "root"
-    shutil.rmtree(base, ignore_errors=True)  # older seeds: other images or runtime
-    work = base / f".{key}.partial"
+    _prune_seeds(base)
+    work = base / f".{key}.{os.getpid()}.partial"
+    shutil.rmtree(work, ignore_errors=True)
     run = _RUN_ROOT / f"seed-{os.getpid()}"
     seed = RealNode(cluster="seed", name=key, index=0, net=0, dir=str(work), kubelet_port=0, healthz_port=0)
     (work / "cni").mkdir(parents=True)
@@ -575,6 +576,24 @@ def seed_root(rt: NodeRuntime, images: list[LocalImage]) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     (done / "complete").write_text("\n".join(i.ref for i in images) + "\n")
     return done / "root"
+
+
+# Seeds kept beside the one being built: checkouts with other images (other sources) may plant theirs at
+# the same time, so another seed is never removed while it may be in use — only the oldest beyond these,
+# and partial ones left by a build that died.
+_KEEP_SEEDS = 4
+_STALE_PARTIAL_S = 3600.0
+
+
+def _prune_seeds(base: Path) -> None:
+    if not base.is_dir():
+        return
+    done = sorted((d for d in base.iterdir() if (d / "complete").is_file()), key=lambda d: d.stat().st_mtime,
+                  reverse=True)
+    stale = [d for d in base.iterdir() if d.name.endswith(".partial")
+             and time.time() - d.stat().st_mtime > _STALE_PARTIAL_S]
+    for old in [*done[_KEEP_SEEDS:], *stale]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def plant_seed(node: RealNode, seed: Path) -> None:

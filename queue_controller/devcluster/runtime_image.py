@@ -518,13 +518,14 @@ def runtime_image(*, log: Callable[[str], None] = lambda _: None) -> LocalImage:
 
     def build(target: Path) -> None:
         log(f"building {RUNTIME_IMAGE}: Python from {len(packages)} {apt.suite} packages, CRIU {criu.version_text}")
-        debs_dir = images_dir() / "debs-runtime"
-        try:
-            debs = apt.download(packages, debs_dir)
-        except DebianError as exc:
-            raise DevClusterError(f"downloading the packages of {RUNTIME_IMAGE} failed: {exc}") from None
         with tempfile.TemporaryDirectory(prefix="ckq-runtime-", dir=images_dir()) as tmp:
             work = Path(tmp)
+            # The packages go in this build's own directory: two checkouts building at once (their
+            # sources differ, so their keys do) must not remove each other's downloads.
+            try:
+                debs = apt.download(packages, work / "debs")
+            except DebianError as exc:
+                raise DevClusterError(f"downloading the packages of {RUNTIME_IMAGE} failed: {exc}") from None
             stage = work / "ckq-runtime"
             _build_launcher(stage)
             dropped = _stage_python(debs, work, stage, log)
@@ -541,7 +542,6 @@ def runtime_image(*, log: Callable[[str], None] = lambda _: None) -> LocalImage:
             layer = work / "layer.tar"
             _layer(stage, layer)
             write_oci_archive(target, RUNTIME_IMAGE, layer, _image_config(INSTALL_COMMAND[:1], INSTALL_COMMAND[1:]))
-        shutil.rmtree(debs_dir, ignore_errors=True)
 
     return _cached(RUNTIME_IMAGE, key, build)
 

@@ -43,11 +43,13 @@ from queue_controller.checkpoint.base import (
     CheckpointBackend,
     CheckpointRequest,
     CheckpointResult,
+    EncryptionKey,
     LaunchRefused,
     LaunchRequest,
     PodInfo,
     PodRef,
     RestoreSource,
+    encryption_key,
 )
 from queue_controller.checkpoint.criu import CriuBackend
 from queue_controller.checkpoint.injection import problems
@@ -120,7 +122,7 @@ def artifacts(ckpt: CheckpointRecord) -> tuple[ArtifactInfo, ...]:
     for raw in ckpt.status.get("artifacts") or ():
         a = Artifact.model_validate(raw)
         out.append(ArtifactInfo(a.pod_set, a.index, a.container, a.node or "", a.uri, a.sha256 or "",
-                                a.size_bytes or 0))
+                                a.size_bytes or 0, a.encryption_key_id))
     return tuple(out)
 
 
@@ -334,4 +336,12 @@ class JobBackends:
                                                               if (a.pod_set, a.index) == (pod_set, index)))
         return self.launch_backend(job).pod_info(LaunchRequest(
             job.namespace, job.name, self._pod(job, pod_set, index, node), job.spec.checkpoint,
-            float(job.status.get("runTimeSeconds") or 0.0), job.annotations, restore))
+            float(job.status.get("runTimeSeconds") or 0.0), job.annotations, restore, self.encryption_key(job)))
+
+    def encryption_key(self, job: JobRecord) -> EncryptionKey:
+        """The key the job's images are encrypted with: its own, its LocalQueue's, or its namespace's
+        default (checkpoint.base.encryption_key)."""
+        assert job.spec is not None
+        queue = self.cache.local_queues.get(f"{job.namespace}/{job.spec.queue_name}")
+        return encryption_key(job.spec.checkpoint.encryption_key, job.spec.queue_name,
+                              queue.encryption_key if queue is not None else None)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from queue_controller.api.job import CheckpointableJobSpec
+from queue_controller.api.job import CheckpointableJobSpec, EncryptionKeyRef
 from queue_controller.api.quantity import QuantityError, resources_to_milli
 from queue_controller.api.queues import ClusterQueueSpec
 from queue_controller.operator.records import (
@@ -332,8 +332,13 @@ class Cache:
     def upsert_local_queue(self, body: Mapping[str, Any]) -> None:
         meta = _meta(body)
         spec = body.get("spec") or {}
+        key = (spec.get("checkpoint") or {}).get("encryptionKey")
+        try:
+            ref = EncryptionKeyRef.model_validate(key) if key else None
+        except ValidationError:
+            ref = None  # unreachable through the API server: the CRD schema admits valid ones only
         rec = LocalQueueRecord(meta.get("namespace", ""), meta["name"], spec.get("clusterQueue", ""),
-                               dict(body.get("status") or {}))
+                               dict(body.get("status") or {}), ref)
         self.local_queues[rec.key] = rec
         self._changed()
 

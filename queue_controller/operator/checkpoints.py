@@ -83,7 +83,8 @@ def completed(result: CheckpointResult, now: float, constraints: dict[str, str])
         phase="Completed", completion_time=to_datetime(now), duration_seconds=round(result.duration_s, 3),
         size_bytes=result.size_bytes,
         artifacts=[Artifact(pod_set=a.pod_set, index=a.index, container=a.container, node=a.node, uri=a.uri,
-                            sha256=a.sha256, size_bytes=a.size_bytes) for a in result.artifacts],
+                            sha256=a.sha256, size_bytes=a.size_bytes, encryption_key_id=a.encryption_key_id)
+                   for a in result.artifacts],
         restore_constraints=RestoreConstraints(node_labels=constraints), message=result.message or "completed")
 
 

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 from queue_controller.api.common import ConditionStatus
 from queue_controller.api.job import RequeueState
-from queue_controller.checkpoint.injection import EXIT_CHECKPOINTED, EXIT_RESTORE_REFUSED
+from queue_controller.checkpoint.injection import EXIT_CHECKPOINTED, EXIT_KEY_UNAVAILABLE, EXIT_RESTORE_REFUSED
+from queue_controller.operator.backends import artifacts
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.checkpoints import Checkpoints
 from queue_controller.operator.failures import Intervals
@@ -142,14 +143,24 @@ class JobLifecycle:
             # failure; a pod that dies otherwise fails the dump, which the node agents report.
             await self.checkpoints.resume_interrupted(job, now)
             return
+        keyless = next((p for p in failed_pods if p.injected and p.exit_code == EXIT_KEY_UNAVAILABLE), None)
+        if keyless is not None and not lost_nodes:
+            # ckq-run started nothing: the Secret the pod mounts (optional, so that the pod is not stuck in
+            # ContainerCreating) lacks the key. Restarting cannot help until someone creates it.
+            await self._key_unavailable(job, keyless, now)
+            return
         refused = next((p for p in failed_pods if p.injected and p.restore_from
                         and p.exit_code == EXIT_RESTORE_REFUSED), None)
-        if refused is not None and refused.restore_from and not lost_nodes:
-            # ckq-run verified the images and refused them (corrupt, missing, unknown): restarting from
-            # the same checkpoint would fail again, so it is failed and the job falls back.
+        last = (job.status.get("lastCheckpoint") or {}).get("name")
+        if refused is not None and refused.restore_from and refused.restore_from == last and not lost_nodes:
+            # ckq-run verified the images and refused them (corrupt, missing, unknown, another key):
+            # restarting from the same checkpoint would fail again, so it is failed and the job falls
+            # back. Only the checkpoint the controller restores from is ever failed: a pod's annotation
+            # naming another one (written by hand) is not trusted.
             await self.runs.restore_failed(job, refused.restore_from, f"pod {refused.name} could not restore "
                                            f"checkpoint {refused.restore_from} (ckq-run exit {EXIT_RESTORE_REFUSED}: "
-                                           "its images are corrupt, missing or unusable here)", now)
+                                           "its images are corrupt, missing or unusable here"
+                                           f"{self._key_hint(job, refused.restore_from)})", now)
             return
         if lost_nodes or failed_pods:
             why = (f"node {', '.join(lost_nodes)} is NotReady or gone" if lost_nodes
@@ -200,23 +211,50 @@ class JobLifecycle:
             self.due = deadline if self.due is None else min(self.due, deadline)
             return False
         waiting_for = sorted(p.name for p in pods if p.phase != "Running")
-        count = int((job.status.get("requeueState") or {}).get("count") or 0) + 1
         why = (f"its pods were not all running {settings.pods_ready_timeout_s:.0f}s after admission"
                + (f" (not running: {', '.join(waiting_for[:3])}{' …' if len(waiting_for) > 3 else ''})"
                   if waiting_for else ""))
+        await self._requeue_with_backoff(job, now, why, "PodsReadyTimeout", "pods-ready-timeout")
+        return True
+
+    async def _requeue_with_backoff(self, job: JobRecord, now: float, why: str, reason: str, cause: str) -> None:
+        """Give the quota back and requeue with exponential backoff (PodsReady False, `reason`; an Event
+        `reason`); after `requeueBackoffLimit` such requeues the job fails."""
+        settings = self.runs.backends.settings
+        count = int((job.status.get("requeueState") or {}).get("count") or 0) + 1
         if settings.backoff_limit is not None and count > settings.backoff_limit:
             await self.runs.stop(job, keep_finished=True)
             msg = f"{why}; requeued {count - 1} time(s), the limit (requeueBackoffLimit {settings.backoff_limit})"
             await self.writer.job(job, failed(job, int(job.status.get("restarts") or 0), msg, now))
-            self.writer.event(job, "PodsReadyTimeout", msg, now, warning=True)
-            return True
+            self.writer.event(job, reason, msg, now, warning=True)
+            return
         at = now + settings.requeue_delay(count)
         msg = f"{why}; requeued, back in the queue in {at - now:.0f}s"
-        await self.runs.requeue(job, now, msg, cause="pods-ready-timeout", counters=JobStatusPatch(
+        await self.runs.requeue(job, now, msg, cause=cause, counters=JobStatusPatch(
             requeue_state=RequeueState(count=count, requeue_at=to_datetime(at))),
-            conditions={"PodsReady": ("False", "PodsReadyTimeout", msg)})
-        self.writer.event(job, "PodsReadyTimeout", msg, now, warning=True)
-        return True
+            conditions={"PodsReady": ("False", reason, msg)})
+        self.writer.event(job, reason, msg, now, warning=True)
+
+    async def _key_unavailable(self, job: JobRecord, pod: PodRecord, now: float) -> None:
+        """A pod's ckq-run found the encryption key missing or malformed (EXIT_KEY_UNAVAILABLE): the job
+        says which Secret and waits, with backoff, for someone to create or fix it."""
+        key = self.runs.backends.encryption_key(job)
+        what = ("is missing, or does not hold a 256-bit key" if key.required
+                else "exists but has no valid key in it")
+        why = (f"pod {pod.name} cannot start: its checkpoint encryption key, {key.describe(job.namespace)}, "
+               f"{what} (ckq-run exit {EXIT_KEY_UNAVAILABLE}; the controller never reads Secrets: create or fix it)")
+        await self._requeue_with_backoff(job, now, why, "EncryptionKeyUnavailable", "encryption-key")
+
+    def _key_hint(self, job: JobRecord, checkpoint: str) -> str:
+        """What a failed restore's message adds about keys: the key id the images were encrypted with and
+        the Secret this run's pods had, so a restore with another key (or none) is named plainly."""
+        rec = self.runs.cache.checkpoints.get(f"{job.namespace}/{checkpoint}")
+        ids = sorted({a.encryption_key_id for a in artifacts(rec) if a.encryption_key_id}) if rec else []
+        if not ids:
+            return ""
+        key = self.runs.backends.encryption_key(job)
+        return (f"; its images were encrypted with key id {', '.join(ids)}, and this run's pods had "
+                f"{key.describe(job.namespace)}: a different or missing key cannot decrypt them")
 
     async def _suspend(self, job: JobRecord, now: float) -> None:
         """The user suspends a running job: checkpoint it out, or stop it when it cannot be checkpointed."""

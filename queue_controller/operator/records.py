@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from queue_controller.api.job import CheckpointableJobSpec
+from queue_controller.api.job import CheckpointableJobSpec, EncryptionKeyRef
 from queue_controller.api.queues import ClusterQueueSpec
 from queue_controller.wire import CHECKPOINT_RUNTIME_ANNOTATION
 
@@ -124,6 +124,7 @@ class LocalQueueRecord:
     name: str
     cluster_queue: str
     status: dict[str, Any] = field(default_factory=dict)
+    encryption_key: EncryptionKeyRef | None = None  # spec.checkpoint.encryptionKey: its jobs' default key
 
     @property
     def key(self) -> str:

@@ -82,7 +82,12 @@ class Runs:
         existing = {p.name for p in self.cache.job_pods(job.key)}
         restore = None
         if checkpoint:
+            # Only a Checkpoint of this job, in its namespace (the cache key), is ever restored from.
             rec = self.cache.checkpoints.get(f"{job.namespace}/{checkpoint}")
+            if rec is not None and rec.job != job.name:
+                await self.restore_failed(job, checkpoint, f"checkpoint {checkpoint} belongs to job {rec.job}, "
+                                          f"not {job.name}: a job restores only its own checkpoints", now)
+                return False
             restore = RestoreSource(checkpoint, artifacts(rec) if rec is not None else ())
         pods = []
         try:  # every pod of the gang is built before any is created: a refusal creates none

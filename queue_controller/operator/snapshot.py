@@ -253,9 +253,11 @@ def build(cache: Cache, estimator: Estimator, fitter: Fitter | None = None, memo
         if not active and now is not None and (state := rec.status.get("requeueState")):
             at = parse_time(state.get("requeueAt"))
             if at is not None and at > now:
-                unq.reasons[rec.key] = (BACKOFF_REASON, f"its pods were not all running in time after "
-                                        f"{state.get('count', 1)} admission(s); back in the queue at "
-                                        f"{state.get('requeueAt')}")
+                # Why its pods could not start (not running in time, an encryption key missing) is in
+                # the PodsReady condition and the Event of the requeue.
+                unq.reasons[rec.key] = (BACKOFF_REASON, f"its pods could not all start after "
+                                        f"{state.get('count', 1)} admission(s) (see the PodsReady condition); "
+                                        f"back in the queue at {state.get('requeueAt')}")
                 unq.wake = at if unq.wake is None else min(unq.wake, at)
                 continue
         lq = cache.local_queues.get(f"{rec.namespace}/{rec.spec.queue_name}")

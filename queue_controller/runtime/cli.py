@@ -7,7 +7,8 @@
 
 Exit codes of the supervisor: the workload's own code (128+N when killed by signal N); 75 when the
 workload was checkpointed and stopped (restore it to continue); 69 when CRIU is unusable or a restore
-was refused or failed; 2 for usage errors.
+was refused or failed; 78 when the encryption key asked for is missing or malformed (nothing was
+started); 2 for usage errors.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from queue_controller.runtime import manifest as mf
 from queue_controller.runtime.checkpointer import Settings
 from queue_controller.runtime.errors import RuntimeFailure
 from queue_controller.runtime.store import Store
-from queue_controller.runtime.supervisor import EXIT_SETUP, Supervisor
+from queue_controller.runtime.supervisor import EXIT_KEY, EXIT_SETUP, Supervisor
 
 
 def _dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,13 @@ def _run_parser() -> argparse.ArgumentParser:
                         "$CKQ_WRITABLE_PATHS, colon-separated)")
     p.add_argument("--tcp", choices=["close", "established"], default="close",
                    help="established TCP connections: closed on restore (default) or kept in repair mode")
-    p.add_argument("--encrypt-key-file", help="encrypt checkpoints at rest (AES-256-GCM) with this key")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--encrypt-key-file", help="encrypt checkpoints at rest (AES-256-GCM) with this key "
+                      "(missing or malformed: exit 78 before starting anything)")
+    keys.add_argument("--default-key-file",
+                      help="encrypt with this key when it exists (the namespace's default key Secret, "
+                           "mounted optional); its directory empty: store unencrypted; exit 78 when the "
+                           "directory holds other files but not this one")
     p.add_argument("--max-chain", type=int, default=8, help="incremental checkpoints before a full one")
     p.add_argument("--pid-base", type=int, default=1000, help="as PID 1, start workload PIDs above this")
     p.add_argument("--stop-timeout", type=float, default=0.0,
@@ -67,6 +74,14 @@ def _parse_signal(name: str) -> int:
         raise RuntimeFailure(f"unknown signal {name!r}") from None
 
 
+def _key(args: argparse.Namespace) -> bytes | None:
+    if args.encrypt_key_file:
+        return crypto.load_key(args.encrypt_key_file)
+    if args.default_key_file:
+        return crypto.load_default_key(args.default_key_file)
+    return None
+
+
 def _run(argv: list[str]) -> int:
     if "--" in argv:
         cut = argv.index("--")
@@ -81,7 +96,7 @@ def _run(argv: list[str]) -> int:
     settings = Settings(
         store=Store(Path(args.dir)), mode="Signal" if args.mode == "signal" else "CRIU", tcp=args.tcp,
         writable=[str(Path(p).resolve()) for p in writable],
-        key=crypto.load_key(args.encrypt_key_file) if args.encrypt_key_file else None,
+        key=_key(args),
         max_chain=args.max_chain, signal=_parse_signal(args.signal), signal_timeout=args.signal_timeout,
         extra_criu=list(args.criu_opt), staging=args.staging,
     )
@@ -133,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     commands = {"checkpoint": _checkpoint, "list": _list, "verify": _verify}
     try:
         code = commands[argv[0]](argv[1:]) if argv and argv[0] in commands else _run(argv)
+    except crypto.KeyUnavailable as exc:
+        print(f"ckq-run: error: {exc}", file=sys.stderr)
+        code = EXIT_KEY
     except RuntimeFailure as exc:
         print(f"ckq-run: error: {exc}", file=sys.stderr)
         code = EXIT_SETUP if not argv or argv[0] not in commands else 1

@@ -30,12 +30,16 @@ class DecryptionError(RuntimeFailure):
     """Wrong key or tampered ciphertext."""
 
 
+class KeyUnavailable(RuntimeFailure):
+    """The key asked for is missing or malformed (ckq-run exits EXIT_KEY before starting anything)."""
+
+
 def load_key(path: str | os.PathLike[str]) -> bytes:
     """A 32-byte key from a file holding 32 raw bytes, 64 hex digits, or base64 of 32 bytes."""
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise RuntimeFailure(f"cannot read the encryption key file {path}: {exc.strerror}") from None
+        raise KeyUnavailable(f"cannot read the encryption key file {path}: {exc.strerror}") from None
     text = raw.strip()
     candidates: list[bytes] = [raw] if len(raw) == 32 else []
     with contextlib.suppress(binascii.Error, ValueError):
@@ -45,9 +49,30 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
     for key in candidates:
         if len(key) == 32:
             return key
-    raise RuntimeFailure(
+    raise KeyUnavailable(
         f"encryption key file {path} must hold a 256-bit key: 32 raw bytes, 64 hex digits or base64"
     )
+
+
+def load_default_key(path: str | os.PathLike[str]) -> bytes | None:
+    """The namespace's default key (an optional Secret volume, docs/security.md): the key when `path`
+    exists; None when its directory is empty (the namespace has no such Secret: images are stored
+    unencrypted, and their manifests say so); KeyUnavailable when the Secret exists without that data
+    key, or holds no valid key (a misconfigured default never silently means "unencrypted")."""
+    file = Path(path)
+    if file.exists():
+        return load_key(file)
+    try:
+        # A Secret volume's own bookkeeping entries (`..data`, `..<timestamp>`) start with two dots.
+        present = [e.name for e in file.parent.iterdir() if not e.name.startswith("..")]
+    except FileNotFoundError:
+        present = []
+    except OSError as exc:
+        raise KeyUnavailable(f"cannot read the encryption key directory {file.parent}: {exc.strerror}") from None
+    if present:
+        raise KeyUnavailable(f"the default key Secret is mounted at {file.parent} but has no data key "
+                             f"{file.name!r} (it has: {', '.join(sorted(present))})")
+    return None
 
 
 def key_id(key: bytes) -> str:

@@ -30,6 +30,7 @@ from queue_controller.runtime.manifest import read_manifest
 
 EXIT_CHECKPOINTED = 75  # sysexits EX_TEMPFAIL: "stopped for a checkpoint; restore to continue"
 EXIT_SETUP = 69  # EX_UNAVAILABLE: CRIU unusable, checkpoint refused, or the restore failed
+EXIT_KEY = 78  # EX_CONFIG: the encryption key asked for is missing or malformed; nothing was started
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH)
 PR_SET_CHILD_SUBREAPER = 36

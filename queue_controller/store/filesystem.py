@@ -51,22 +51,23 @@ CHECKPOINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # runtime/sto
 
 def _check_names(namespace: str, job: str, pod_set: str, index: int, container: str) -> None:
     problems = []
-    if not (_DNS_LABEL.match(namespace) and len(namespace) <= 63):
+    # fullmatch: `$` alone would accept a trailing newline ("ns\n"), a different directory.
+    if not (_DNS_LABEL.fullmatch(namespace) and len(namespace) <= 63):
         problems.append(f"namespace {namespace!r}")
-    if not (_DNS_SUBDOMAIN.match(job) and len(job) <= 253):
+    if not (_DNS_SUBDOMAIN.fullmatch(job) and len(job) <= 253):
         problems.append(f"job {job!r}")
-    if not (_DNS_LABEL.match(pod_set) and len(pod_set) <= 63):
+    if not (_DNS_LABEL.fullmatch(pod_set) and len(pod_set) <= 63):
         problems.append(f"pod set {pod_set!r}")
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         problems.append(f"pod index {index!r}")
-    if not (_DNS_LABEL.match(container) and len(container) <= 63):
+    if not (_DNS_LABEL.fullmatch(container) and len(container) <= 63):
         problems.append(f"container {container!r}")
     if problems:
         raise StoreError("invalid " + ", ".join(problems))
 
 
 def check_id(checkpoint_id: str) -> str:
-    if not CHECKPOINT_ID.match(checkpoint_id) or ".." in checkpoint_id:
+    if not CHECKPOINT_ID.fullmatch(checkpoint_id) or ".." in checkpoint_id:
         raise StoreError(f"invalid checkpoint id {checkpoint_id!r}")
     return checkpoint_id
 
@@ -122,7 +123,7 @@ class FilesystemStore:
             raise StoreError(f"artifact uri {uri!r} is not <store>/<namespace>/<job>/<podSet>-<index>/"
                              f"<container>/{CHECKPOINTS}/<id>")
         ns, job, slot, container, _, ckpt_id = parts
-        m = _SLOT.match(slot)
+        m = _SLOT.fullmatch(slot)
         if m is None:
             raise StoreError(f"artifact uri {uri!r}: {slot!r} is not <podSet>-<index>")
         _check_names(ns, job, m["pod_set"], int(m["index"]), container)
@@ -184,7 +185,7 @@ class FilesystemStore:
         for name in os.listdir(checkpoints_fd):
             if name.startswith(PRUNED_PREFIX):
                 marked.add(name[len(PRUNED_PREFIX):])
-            elif not name.startswith(".") and fsops.is_dir_at(name, checkpoints_fd) and CHECKPOINT_ID.match(name):
+            elif not name.startswith(".") and fsops.is_dir_at(name, checkpoints_fd) and CHECKPOINT_ID.fullmatch(name):
                 ckpts[name] = self.manifest_at(checkpoints_fd, name)
         return ckpts, marked
 
@@ -203,15 +204,15 @@ class FilesystemStore:
         return sorted(n for n in os.listdir(dir_fd) if not n.startswith(".") and fsops.is_dir_at(n, dir_fd))
 
     def list(self, namespace: str | None = None, job: str | None = None) -> list[StoredCheckpoint]:
-        if namespace is not None and not _DNS_LABEL.match(namespace):
+        if namespace is not None and not _DNS_LABEL.fullmatch(namespace):
             raise StoreError(f"invalid namespace {namespace!r}")
-        if job is not None and not _DNS_SUBDOMAIN.match(job):
+        if job is not None and not _DNS_SUBDOMAIN.fullmatch(job):
             raise StoreError(f"invalid job {job!r}")
         out: list[StoredCheckpoint] = []
         with self._root_fd() as root:
             namespaces = [namespace] if namespace else self._subdirs(root)
             for ns in namespaces:
-                if not _DNS_LABEL.match(ns):
+                if not _DNS_LABEL.fullmatch(ns):
                     continue
                 with contextlib.suppress(FileNotFoundError, fsops.UnsafePath), fsops.walk(root, [ns]) as nfd:
                     for jb in [job] if job else self._subdirs(nfd):
@@ -222,7 +223,7 @@ class FilesystemStore:
     def _list_job(self, ns: str, job: str, job_fd: int) -> builtins.list[StoredCheckpoint]:
         out: builtins.list[StoredCheckpoint] = []
         for slot in self._subdirs(job_fd):
-            m = _SLOT.match(slot)
+            m = _SLOT.fullmatch(slot)
             if m is None:
                 continue
             with contextlib.suppress(FileNotFoundError, fsops.UnsafePath), fsops.walk(job_fd, [slot]) as sfd:
@@ -292,9 +293,9 @@ class FilesystemStore:
         if job is not None and namespace is None:
             raise StoreError("bytes_stored(job=…) needs the job's namespace")
         parts = [p for p in (namespace, job) if p is not None]
-        if namespace is not None and not _DNS_LABEL.match(namespace):
+        if namespace is not None and not _DNS_LABEL.fullmatch(namespace):
             raise StoreError(f"invalid namespace {namespace!r}")
-        if job is not None and not _DNS_SUBDOMAIN.match(job):
+        if job is not None and not _DNS_SUBDOMAIN.fullmatch(job):
             raise StoreError(f"invalid job {job!r}")
         try:
             with self.open_dir(parts) as fd:

@@ -58,7 +58,7 @@ class Journal:
 
     @staticmethod
     def _name(uid: str) -> str:
-        if not _UID.match(uid):
+        if not _UID.fullmatch(uid):
             raise ValueError(f"invalid Checkpoint uid {uid!r}")
         return f"{uid}.json"
 

@@ -385,3 +385,110 @@ def test_a_controller_killed_mid_checkpoint_carries_on_and_nothing_runs_twice(
 
 def job_status_of(kube: Kube, ns: str, name: str) -> dict[str, Any]:
     return kube.job(ns, name).get("status") or {}
+
+
+def _events(kube: Kube, ns: str, name: str, reason: str) -> list[str]:
+    return [e.message for e in kube.core.list_namespaced_event(ns).items
+            if e.involved_object.name == name and e.reason == reason]
+
+
+def _suspend(kube: Kube, ns: str, name: str, suspend: bool) -> None:
+    kube.patch("checkpointablejobs", name, {"spec": {"suspend": suspend}}, ns)
+
+
+def test_a_job_in_one_namespace_never_restores_an_image_taken_in_another(
+    real_kube: Kube, real_ns: str, controller: ControllerProcess, real_cluster: RealCluster
+) -> None:
+    """Issue 14, namespace isolation: two jobs of the same name in namespaces A and B are checkpointed
+    (suspended). B has a default key Secret (`ckq-checkpoint-key`): its images are encrypted without the
+    job asking. A's Checkpoint is then rewritten to name B's images (what a user able to write
+    Checkpoints could do). Resumed, A refuses them — RestoreFailed, naming its own store directory — and
+    never holds B's nonce; B resumes from its own images with its memory."""
+    import base64
+    import json
+
+    from kubernetes import client
+
+    kube, ns_a = real_kube, real_ns
+    ns_b = f"{ns_a}-b"
+    kube.core.create_namespace({"metadata": {"name": ns_b}})
+    cq = _queue(kube, ns_a, "2")
+    try:
+        kube.wait("B's default ServiceAccount", lambda: _has_sa(kube, ns_b), timeout=60)
+        kube.create("localqueues", local_queue("main", ns_b, cq), ns_b)
+        kube.core.create_namespaced_secret(ns_b, client.V1Secret(
+            metadata=client.V1ObjectMeta(name="ckq-checkpoint-key"),
+            data={"key": base64.b64encode(os.urandom(32)).decode()}))
+        nonces = {}
+        for ns in (ns_b, ns_a):
+            kube.create("checkpointablejobs", real_job("twin", "main", pods=1, cpu="1"), ns)
+        for ns in (ns_b, ns_a):
+            kube.wait_phase(ns, "twin", "Running", timeout=120)
+            pod = kube.wait("the first pod", lambda ns=ns: _only_pod(kube, ns, "twin", "1"), timeout=30)
+            nonces[ns] = kube.wait("the nonce", lambda ns=ns, pod=pod: _nonce_of(kube, ns, pod.metadata.name),
+                                   timeout=60)
+            _suspend(kube, ns, "twin", True)
+        ckpts = {}
+        for ns in (ns_b, ns_a):
+            st = kube.wait_phase(ns, "twin", "Suspended", timeout=180)["status"]
+            ckpts[ns] = kube.get("checkpoints", st["lastCheckpoint"]["name"], ns)
+        theirs = ckpts[ns_b]["status"]["artifacts"]
+        assert all(a.get("encryptionKeyId") for a in theirs)  # B's default key, without the job asking
+        for a in theirs:
+            root = Path(a["uri"].removeprefix("file://"))
+            manifest = json.loads((root / "manifest.json").read_text())
+            assert manifest["encryption"]["keyId"] == a["encryptionKeyId"]
+            assert not [p for p in root.rglob("*") if p.is_file() and nonces[ns_b].encode() in p.read_bytes()]
+        assert not any(a.get("encryptionKeyId") for a in ckpts[ns_a]["status"]["artifacts"])  # A has no key
+        # A's Checkpoint now names B's images.
+        name_a = ckpts[ns_a]["metadata"]["name"]
+        kube.custom.patch_namespaced_custom_object_status("ckq.io", "v1alpha1", ns_a, "checkpoints", name_a,
+                                                          {"status": {"artifacts": theirs}})
+        _suspend(kube, ns_a, "twin", False)
+        refused = kube.wait("A's RestoreFailed Event", lambda: _events(kube, ns_a, "twin", "RestoreFailed"),
+                            timeout=120)
+        own_dir = f"{real_cluster.state.store}/{ns_a}/twin/worker-0/train"
+        assert any(f"is not in this job's own store directory {own_dir}" in m for m in refused), refused
+        assert kube.get("checkpoints", name_a, ns_a)["status"]["phase"] == "Failed"
+        kube.wait_phase(ns_a, "twin", "Succeeded", timeout=300)
+        for pod in kube.pods(ns_a, "twin"):
+            assert _nonce_of(kube, ns_a, pod.metadata.name) != nonces[ns_b]
+        last_a = max(kube.pods(ns_a, "twin"), key=lambda p: int(p.metadata.labels["ckq.io/attempt"]))
+        final = _final_of(kube, ns_a, last_a.metadata.name)
+        assert final is not None and final[0] != nonces[ns_b] and final[1] == expected_digest(final[0])
+        # B's images were sound all along: B resumes from them with its memory.
+        _suspend(kube, ns_b, "twin", False)
+        kube.wait_phase(ns_b, "twin", "Succeeded", timeout=300)
+        resumed = _only_pod(kube, ns_b, "twin", "2")
+        assert resumed is not None
+        assert _final_of(kube, ns_b, resumed.metadata.name) == (nonces[ns_b], expected_digest(nonces[ns_b]))
+    finally:
+        for job in kube.list("checkpointablejobs", ns_b):
+            kube.delete("checkpointablejobs", job["metadata"]["name"], ns_b)
+        kube.core.delete_namespace(ns_b)
+        kube.delete("clusterqueues", cq)
+
+
+def test_a_missing_key_secret_is_reported_by_the_job_not_left_in_container_creating(
+    real_kube: Kube, real_ns: str, controller: ControllerProcess
+) -> None:
+    """A LocalQueue's spec.checkpoint.encryptionKey naming a Secret that does not exist: the pod's key
+    volume is optional, so the kubelet starts it, ckq-run exits 78 before starting the workload, and the
+    job says which Secret (PodsReady condition, Warning Event) instead of waiting forever."""
+    kube, ns = real_kube, real_ns
+    cq = cluster_queue(f"{ns}-cq", gpus=0, flavors=("real",))
+    cq["spec"]["resourceGroups"][0]["flavors"][0]["resources"][0]["nominalQuota"] = "2"
+    kube.create("clusterqueues", cq)
+    lq = local_queue("keyed", ns, cq["metadata"]["name"])
+    lq["spec"]["checkpoint"] = {"encryptionKey": {"secretName": "nowhere", "key": "aes"}}
+    kube.create("localqueues", lq, ns)
+    try:
+        kube.create("checkpointablejobs", real_job("keyless", "keyed", pods=1, cpu="1"), ns)
+        events = kube.wait("the EncryptionKeyUnavailable Event",
+                           lambda: _events(kube, ns, "keyless", "EncryptionKeyUnavailable"), timeout=180)
+        assert f"Secret {ns}/nowhere (data key 'aes', from LocalQueue keyed's spec.checkpoint.encryptionKey)" \
+            in events[0]
+        cond = {c["type"]: c for c in job_status_of(kube, ns, "keyless")["conditions"]}["PodsReady"]
+        assert (cond["status"], cond["reason"]) == ("False", "EncryptionKeyUnavailable")
+    finally:
+        kube.delete("clusterqueues", cq["metadata"]["name"])

@@ -93,7 +93,9 @@ def test_an_encrypted_job_mounts_its_key_from_its_secret_and_ckq_run_uses_it_to_
     for restore in (None, {"train": "20260921T000000-0001"}):
         out = inject(template(), image="ckq.local/runtime:0.1.0", store_root=STORE, namespace="team", job="train",
                      pod_set="worker", index=1, restore=restore, encryption_key=("train-key", "aes"))
-        secret = {"secretName": "train-key", "defaultMode": 0o400, "items": [{"key": "aes", "path": "key"}]}
+        # optional: a missing Secret never leaves the pod in ContainerCreating; ckq-run reports it (exit 78).
+        secret = {"secretName": "train-key", "defaultMode": 0o400, "optional": True,
+                  "items": [{"key": "aes", "path": "key"}]}
         assert {"name": "ckq-encryption-key", "secret": secret} in out["volumes"]
         (c,) = out["containers"]
         assert {"name": "ckq-encryption-key", "mountPath": "/var/run/ckq/encryption", "readOnly": True} in c[

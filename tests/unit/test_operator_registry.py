@@ -220,7 +220,12 @@ def test_criu_preemption_checkpoint_through_the_agents_grace_zero_and_restore() 
         await running(w, "train")
         (pod,) = w.server.pods("train")
         c = pod["spec"]["containers"][0]
-        assert c["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--", "python", "train.py"]
+        # No key set: the namespace's default key Secret, mounted optional (encrypted when it exists).
+        key = ["--default-key-file", "/var/run/ckq/encryption/key"]
+        assert c["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *key, "--", "python",
+                                "train.py"]
+        assert {"name": "ckq-encryption-key", "secret": {"secretName": "ckq-checkpoint-key", "defaultMode": 0o400,
+                                                         "optional": True}} in pod["spec"]["volumes"]
         assert pod["spec"]["volumes"][-1] == {"name": "ckq-ckpt-train", "hostPath": {
             "path": "/var/lib/ckq/store/team/train/worker-0/train", "type": "DirectoryOrCreate"}}
         assert pod["spec"]["affinity"]["nodeAffinity"]  # still pinned by the controller
@@ -255,7 +260,7 @@ def test_criu_preemption_checkpoint_through_the_agents_grace_zero_and_restore() 
         (pod,) = w.server.pods("train")
         assert pod["metadata"]["name"] == "train-2-worker-0"
         assert pod["spec"]["containers"][0]["command"] == [
-            "/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--restore", f"{name}-train", "--",
+            "/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *key, "--restore", f"{name}-train", "--",
             "python", "train.py"]
         assert w.server.pods("urgent")  # a finished job keeps its pods
 
