@@ -113,7 +113,7 @@ def test_a_damaged_ancestor_fails_the_whole_staging(nodes: Any) -> None:
 
 
 def test_a_missing_source_and_an_unreachable_agent_say_so(nodes: Any, tmp_path: Path) -> None:
-    src, dst, server = nodes
+    _src, dst, server = nodes
     with pytest.raises(StagingError, match="404"):
         stage(dst, NS, uri(dst, ID1), "0" * 64, url(server), TOKEN)
     with pytest.raises(StagingError, match="cannot reach"):
@@ -276,7 +276,7 @@ def test_a_source_node_that_is_gone_fails_the_staging_at_once(nodes: Any) -> Non
 
 
 def test_images_dumped_on_this_node_need_no_staging(nodes: Any) -> None:
-    src, dst, server = nodes
+    _src, dst, server = nodes
     obj = checkpoint_obj(uri(dst, ID1), "f" * 64, node="real-1")
     stager = Stager(FakeKube({}), dst, "real-1", Transfer(port=server.port, token=TOKEN), lambda ns, n: obj)
     assert stager.needed(restored_pod()) == []
