@@ -11,6 +11,8 @@ deletes its Checkpoints, and every node's agent deletes its copies with them: no
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,9 +76,38 @@ def node_dir(cluster: RealCluster, node: str, uri: str) -> Path:
     return Path(wire.node_store_root(store, node)) / rel
 
 
-def events(kube: Kube, ns: str, pod: str, reason: str) -> list[str]:
+def events(kube: Kube, ns: str, pod_prefix: str, reason: str) -> list[str]:
+    """Messages of the Events `reason` on pods named `pod_prefix`… (those of deleted pods included)."""
     return [e.message for e in kube.core.list_namespaced_event(ns).items
-            if e.involved_object.name == pod and e.reason == reason]
+            if e.involved_object.kind == "Pod" and e.involved_object.name.startswith(pod_prefix)
+            and e.reason == reason]
+
+
+class PodLogs:
+    """The logs of every pod of a job, read while they exist (the controller deletes failed attempts), to
+    print when a test fails: a refused restore says why only there (ckq-run's stderr)."""
+
+    def __init__(self, kube: Kube, ns: str, job: str) -> None:
+        self.kube, self.ns, self.job = kube, ns, job
+        self.logs: dict[str, str] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                for p in self.kube.pods(self.ns, self.job):
+                    with contextlib.suppress(ApiException):
+                        self.logs[p.metadata.name] = self.kube.core.read_namespaced_pod_log(p.metadata.name, self.ns)
+            except Exception:  # the API server busy for a moment: read again at the next turn
+                continue
+
+    def dump(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        for name, log in sorted(self.logs.items()):
+            print(f"--- log of pod {name} ---\n{log[-3000:]}")
 
 
 def files_of(cluster: RealCluster, ns: str, job: str) -> list[Path]:
@@ -94,6 +125,7 @@ def test_a_job_checkpointed_on_one_node_resumes_on_the_other_from_a_staged_copy(
     cq = _queue(kube, ns, "2")
     handle = cluster.handle
     cordoned = None
+    logs = PodLogs(kube, ns, "mover")
     try:
         kube.create("checkpointablejobs", real_job("mover", "main", pods=1, cpu="1"), ns)
         kube.wait_phase(ns, "mover", "Running", timeout=120)
@@ -122,6 +154,7 @@ def test_a_job_checkpointed_on_one_node_resumes_on_the_other_from_a_staged_copy(
         kube.wait("every node's copies deleted with the Checkpoints", lambda: not files_of(cluster, ns, "mover"),
                   timeout=120)  # ... and every node's images with them, the staged copy included
     finally:
+        logs.dump()
         if cordoned:
             handle.kubectl("uncordon", cordoned)
         kube.delete("clusterqueues", cq)
@@ -137,6 +170,7 @@ def test_a_corrupted_transfer_is_refused_and_the_previous_checkpoint_is_staged_i
     cq = _queue(kube, ns, "2")
     handle = cluster.handle
     cordoned = None
+    logs = PodLogs(kube, ns, "fragile")
     try:
         kube.create("checkpointablejobs", real_job("fragile", "main", pods=1, cpu="1",
                                                    checkpoint={"interval": "6s", "retain": 3}), ns)
@@ -146,6 +180,8 @@ def test_a_corrupted_transfer_is_refused_and_the_previous_checkpoint_is_staged_i
         nonce = kube.wait("the nonce", lambda: _nonce_of(kube, ns, pod.metadata.name), timeout=60)
         kube.wait("a periodic checkpoint", lambda: int((kube.job(ns, "fragile").get("status") or {}).get(
             "checkpoints") or 0) >= 1, timeout=60)
+        handle.kubectl("cordon", first)  # the resume must be on the other node (the running pod stays)
+        cordoned = first
         kube.create("checkpointablejobs", real_job("urgent", "main", pods=1, cpu="2", priority=100,
                                                    script="import time; time.sleep(4)"), ns)
         suspended = kube.wait_phase(ns, "fragile", "Suspended", timeout=180)["status"]
@@ -157,17 +193,18 @@ def test_a_corrupted_transfer_is_refused_and_the_previous_checkpoint_is_staged_i
             data = bytearray(victim.read_bytes())
             data[len(data) // 2] ^= 0xFF  # one flipped byte in the largest image file, at the source
             victim.write_bytes(bytes(data))
-        handle.kubectl("cordon", first)
-        cordoned = first
         done = kube.wait_phase(ns, "fragile", "Succeeded", timeout=300)["status"]
         assert kube.get("checkpoints", bad["metadata"]["name"], ns)["status"]["phase"] == "Failed"
-        refused = [m for p in kube.pods(ns, "fragile") for m in events(kube, ns, p.metadata.name, "StagingFailed")]
+        refused = events(kube, ns, "fragile-", "StagingFailed")
         assert refused and "corrupt" in refused[0], refused
         assert done.get("lostRunTimeSeconds", 0) > 0  # the progress after the periodic checkpoint, counted
         last = max(kube.pods(ns, "fragile"), key=lambda p: int(p.metadata.labels["ckq.io/attempt"]))
         assert last.spec.node_name != first
         assert _final_of(kube, ns, last.metadata.name) == (nonce, expected_digest(nonce))
     finally:
+        logs.dump()
+        for e in kube.core.list_namespaced_event(ns).items:
+            print(f"event {e.involved_object.kind}/{e.involved_object.name} {e.reason}: {e.message}")
         if cordoned:
             handle.kubectl("uncordon", cordoned)
         kube.delete("clusterqueues", cq)
