@@ -91,9 +91,12 @@ AGENT: tuple[Access, ...] = (
            "Running, artifacts, Failed: a read-modify-write at the resourceVersion read (409: again)"),
     Access(CORE, "pods", _WATCH, "agent/kube.py list_node_pods, watch_node_pods, list_job_pods",
            "this node's managed pods (field selector spec.nodeName), and a job's current attempt"),
-    Access(CORE, "nodes", ("get",), "agent/kube.py get_node", "restore constraints from the node's labels"),
+    Access(CORE, "nodes", ("get",), "agent/kube.py get_node",
+           "restore constraints from the node's labels; a source node's InternalIP (node-local stores)"),
     Access(CORE, "configmaps", ("get",), "agent/kube.py get_config_map", "storeHostPath", CONFIG_NAMESPACE,
            CONFIG_MAP),
+    Access(CORE, "events", ("create",), "agent/kube.py create_event (agent/stage.py)",
+           "Staged / StagingFailed on a restored pod whose images another node's agent sent"),
 )
 
 # The agent's API calls (`agent.kube.KubeApi` methods) and the rows that cover each.
@@ -101,6 +104,7 @@ AGENT_CALLS: dict[str, tuple[str, ...]] = {
     "list_checkpoints": ("list",), "watch_checkpoints": ("watch",), "get_checkpoint": ("get",),
     "replace_checkpoint_status": ("update",), "list_node_pods": ("list",), "watch_node_pods": ("watch",),
     "list_job_pods": ("list",), "get_node": ("get",), "get_config_map": ("get",),
+    "create_event": ("create",),
 }
 
 

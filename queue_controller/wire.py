@@ -106,6 +106,18 @@ CONFIG_PODS_READY_TIMEOUT = "podsReadyTimeout"  # a duration, e.g. "10m"
 CONFIG_REQUEUE_BACKOFF_BASE = "requeueBackoffBase"  # a duration, e.g. "60s"
 CONFIG_REQUEUE_BACKOFF_MAX = "requeueBackoffMax"  # a duration, e.g. "1h"
 CONFIG_REQUEUE_BACKOFF_LIMIT = "requeueBackoffLimit"  # a whole number of requeues
+# Where a node's checkpoint images live (docs/checkpointing.md, "The checkpoint store"): "shared" (the
+# default: storeHostPath is one directory every node mounts) or "node-local" (each node keeps its own
+# images under storeHostPath/<node name>/, and a restore on another node first has that node's agent
+# stage them from the agent of the node that dumped them, over HTTP on storeTransferPort).
+CONFIG_STORE_MODE = "storeMode"
+CONFIG_STORE_TRANSFER_PORT = "storeTransferPort"  # the agents' image transfer port (node-local only)
+STORE_SHARED, STORE_NODE_LOCAL = "shared", "node-local"
+STORE_MODES = (STORE_SHARED, STORE_NODE_LOCAL)
+DEFAULT_STORE_TRANSFER_PORT = 9478
+# In node-local mode, the pod's env vars a checkpoint mount's subPathExpr and ckq-run read (downward API).
+NODE_NAME_ENV = "CKQ_NODE_NAME"
+POD_UID_ENV = "CKQ_POD_UID"
 
 # In a checkpointed pod (what the controller injects).
 RUNTIME_VOLUME = "ckq-runtime"  # emptyDir the init container fills with /ckq-runtime
@@ -154,6 +166,12 @@ def container_store_dir(store_root: str, namespace: str, job: str, pod_set: str,
     if bad:
         raise ValueError("not a valid name for a store path: " + ", ".join(bad))
     return f"{store_root.rstrip('/')}/{namespace}/{job}/{pod_set}-{index}/{container}"
+
+
+def node_store_root(store_root: str, node: str) -> str:
+    """A node's own store in node-local mode: `<storeHostPath>/<node>` (artifact uris keep naming
+    storeHostPath, so a uri means the same checkpoint on whichever node holds a copy)."""
+    return f"{store_root.rstrip('/')}/{node}"
 
 
 def artifact_uri(store_dir: str, checkpoint_id: str) -> str:

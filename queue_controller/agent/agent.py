@@ -20,6 +20,10 @@ For one Checkpoint (Pending or Running) whose job has pods on this node, of the 
   sizeBytes and durationSeconds of the status follow); a failed one sets Failed with a message naming
   the pod, the container, the node and ckq-run's (CRIU's) reason.
 
+With a node-local store (storeMode: node-local) the agent also serves its node's images to the other
+agents and stages, before a restored pod on this node starts, the images another node dumped
+(`stage.Stager`; docs/checkpointing.md, "The checkpoint store").
+
 Every write is a read-modify-write of the status subresource with the object's resourceVersion,
 repeated on 409, since the agents of other nodes (and the controller) write the same object.
 """
@@ -44,6 +48,7 @@ from queue_controller.agent import plan
 from queue_controller.agent.dump import Dumper, DumpRequest, DumpResult, Slot
 from queue_controller.agent.kube import AgentKube, Conflict, Event, Gone, NotFound, Obj, Transient
 from queue_controller.agent.plan import PodInfo
+from queue_controller.agent.stage import Stager
 from queue_controller.api.checkpoint import Checkpoint
 from queue_controller.store.retention import delete_images
 
@@ -150,6 +155,11 @@ class Agent:
         self.dump_pool = ThreadPoolExecutor(max_workers=settings.dump_workers, thread_name_prefix="ckq-dump")
         self._labels: tuple[float, dict[str, str]] | None = None
         self._warned: set[str] = set()
+        self.stager: Stager | None = None  # node-local stores only (the cli sets it)
+
+    def checkpoint_of(self, namespace: str, name: str) -> Obj | None:
+        with self.lock:
+            return self.checkpoints.get((namespace, name))
 
     # ---- the cache ----------------------------------------------------------------------------------
     def checkpoints_listed(self, items: list[Obj]) -> None:
@@ -179,7 +189,10 @@ class Agent:
         except ValueError as exc:
             log.warning("a deleted Checkpoint could not be read, its images stay: %s", exc)
             return
-        mine = [a.uri for a in (ckpt.status.artifacts if ckpt.status else []) if a.node == self.node]
+        # A node-local store may also hold copies this node staged for a restore: every artifact is
+        # looked for (an absent one counts as already gone).
+        mine = [a.uri for a in (ckpt.status.artifacts if ckpt.status else [])
+                if a.node == self.node or self.stager is not None]
         if not mine:
             return
         result = delete_images(self.store, ckpt.metadata.namespace or "", mine)
@@ -196,6 +209,7 @@ class Agent:
         with self.lock:
             self.pods = pods
         self.requeue_all()
+        self.stage_local_pods()
 
     def pod_event(self, kind: str, obj: Obj) -> None:
         info = PodInfo.from_dict(obj)
@@ -207,6 +221,17 @@ class Agent:
                 self.pods[key] = info
         if info is not None:
             self.requeue_job(info.namespace, info.job)
+            if self.stager is not None and kind != "DELETED":
+                self.stager.consider(info)
+
+    def stage_local_pods(self) -> None:
+        """Stage what this node's restored pods need (node-local stores; each pod once per process)."""
+        if self.stager is None:
+            return
+        with self.lock:
+            pods = list(self.pods.values())
+        for p in pods:
+            self.stager.consider(p)
 
     def _has_local_pods(self, namespace: str, job: str) -> bool:
         with self.lock:
@@ -451,6 +476,7 @@ class Agent:
     def _ticker(self) -> None:
         while not self.stop.wait(self.s.resync_seconds):
             self.requeue_all()
+            self.stage_local_pods()  # a pod seen before its Checkpoint was
 
     def start(self) -> list[threading.Thread]:
         threads = [
@@ -482,3 +508,5 @@ class Agent:
         self.stop.set()
         with contextlib.suppress(Exception):
             self.dump_pool.shutdown(wait=False, cancel_futures=True)
+        if self.stager is not None:
+            self.stager.shutdown()

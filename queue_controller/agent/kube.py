@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from queue_controller import wire
@@ -45,6 +45,7 @@ class AgentKube(Protocol):
     def get_checkpoint(self, namespace: str, name: str) -> Obj: ...
     def replace_checkpoint_status(self, namespace: str, name: str, body: Obj) -> Obj: ...
     def get_node(self, name: str) -> Obj: ...
+    def create_event(self, namespace: str, body: Obj) -> Obj: ...
 
 
 def node_pods_selector(node: str) -> tuple[str, str]:
@@ -160,6 +161,9 @@ class KubeApi:
     def get_config_map(self, namespace: str, name: str) -> Obj:
         return self._json(self.core.read_namespaced_config_map, name, namespace)
 
+    def create_event(self, namespace: str, body: Obj) -> Obj:
+        return self._json(self.core.create_namespaced_event, namespace, body)
+
 
 def _message(body: Any) -> str:
     if not body:
@@ -186,6 +190,8 @@ class Preflight:
     kube: KubeApi
     host: str
     store_host_path: str | None  # the ConfigMap's storeHostPath, None without the ConfigMap
+    config: dict[str, str] = field(default_factory=dict)  # the ConfigMap's data ({} without it)
+    node: Obj = field(default_factory=dict)  # this node, as read at start
 
 
 def preflight(kubeconfig: str | None, node: str) -> Preflight:
@@ -213,20 +219,21 @@ def preflight(kubeconfig: str | None, node: str) -> Preflight:
         except Exception as exc:
             raise StartupError(f"cannot list Checkpoints ({exc}): check the agent's RBAC") from None
         try:
-            kube.get_node(node)
+            node_obj = kube.get_node(node)
         except NotFound:
             raise StartupError(f"node {node!r} does not exist in this cluster (--node)") from None
         except Exception as exc:
             raise StartupError(f"cannot read node {node!r} ({exc}): check the agent's RBAC") from None
         try:
             cm = kube.get_config_map(wire.CONFIG_NAMESPACE, wire.CONFIG_MAP)
-            store = ((cm.get("data") or {}).get(wire.CONFIG_STORE_HOST_PATH) or "").strip() or None
+            config = {str(k): str(v) for k, v in (cm.get("data") or {}).items()}
+            store = (config.get(wire.CONFIG_STORE_HOST_PATH) or "").strip() or None
         except NotFound:
-            store = None
+            store, config = None, {}
         except Exception as exc:
             raise StartupError(f"cannot read ConfigMap {wire.CONFIG_NAMESPACE}/{wire.CONFIG_MAP} ({exc}): "
                                "check the agent's RBAC") from None
     except BaseException:
         kube.close()
         raise
-    return Preflight(kube=kube, host=str(cfg.host), store_host_path=store)
+    return Preflight(kube=kube, host=str(cfg.host), store_host_path=store, config=config, node=node_obj)

@@ -53,6 +53,8 @@ class PodInfo:
     deleting: bool
     containers: tuple[str, ...]
     gpu: bool  # some container asks for an nvidia.com/ resource
+    uid: str = ""
+    restore_from: str | None = None  # the Checkpoint a restored pod resumes (wire.RESTORE_FROM_ANNOTATION)
 
     @classmethod
     def from_dict(cls, pod: Mapping[str, Any]) -> PodInfo | None:
@@ -79,7 +81,8 @@ class PodInfo:
         return cls(namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""),
                    node=spec.get("nodeName"), job=job, pod_set=pod_set, index=index, attempt=attempt,
                    phase=(pod.get("status") or {}).get("phase"), deleting=bool(meta.get("deletionTimestamp")),
-                   containers=containers, gpu=gpu)
+                   containers=containers, gpu=gpu, uid=str(meta.get("uid") or ""),
+                   restore_from=(meta.get("annotations") or {}).get(wire.RESTORE_FROM_ANNOTATION) or None)
 
     @property
     def running(self) -> bool:

@@ -63,9 +63,11 @@ class CriuBackend:
     name = "CRIU"
     stops_workload = True  # ckq-run stops the workload after a dump without leaveRunning (exit 75)
 
-    def __init__(self, runtime_image: str, store_root: str, cost: CheckpointCostModel = COST) -> None:
+    def __init__(self, runtime_image: str, store_root: str, cost: CheckpointCostModel = COST, *,
+                 node_local: bool = False) -> None:
         self.runtime_image = runtime_image
         self.store_root = store_root
+        self.node_local = node_local  # storeMode node-local: mounts per node, restores await staging
         self.cost = cost
 
     def estimate(self, pods: Sequence[PodRef], *, policy: CheckpointPolicy | None = None) -> tuple[float, float]:
@@ -143,6 +145,7 @@ class CriuBackend:
         try:
             return inject(spec, image=self.runtime_image, store_root=self.store_root, namespace=request.namespace,
                           job=request.job, pod_set=request.pod.pod_set, index=request.pod.index, restore=restore,
+                          node_local=self.node_local,
                           encryption_key=(key.secret, key.key) if key is not None else None,
                           key_required=key.required if key is not None else True)
         except InjectionError as e:

@@ -14,6 +14,12 @@ privilege in a container") describes it and `devcluster/runtime_image.py` builds
   restored pod, `ckq-run --dir <mount> --restore <id> -- <command> <args>`;
 * `CONTAINER_SECURITY_CONTEXT` is added on top of the container's own security context.
 
+With a node-local store (`node_local`, ConfigMap storeMode: node-local) the hostPath is the store root
+and each container mounts `subPathExpr: $(CKQ_NODE_NAME)/<namespace>/<job>/<podSet>-<index>/<container>`
+(its node's own store, `wire.node_store_root`; the node's name comes from the downward API, since the
+pod is created before it is bound); a restored container also gets `--await-staged STAGE_WAIT_S`, so
+ckq-run waits for its node's agent to stage images dumped on another node (agent/stage.py).
+
 The controller adds and never replaces: a template whose own settings contradict what CRIU needs
 (`runAsNonRoot: true`, a non-root `runAsUser`, a seccomp profile, dropping a needed capability), that
 has a container without an explicit `command` (the image's entrypoint is unknown without a registry),
@@ -32,6 +38,8 @@ from queue_controller.wire import (
     CHECKPOINT_MOUNT,
     CHECKPOINT_VOLUME_PREFIX,
     NAMESPACE_KEY_DATA,
+    NODE_NAME_ENV,
+    POD_UID_ENV,
     RUNTIME_INIT_CONTAINER,
     RUNTIME_VOLUME,
     container_store_dir,
@@ -77,6 +85,9 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 }
 LEAST_PRIVILEGE_DOC = "docs/checkpointing.md, \"Least privilege in a container\""
 MAX_NAME = 63  # a volume name is a DNS label
+# Node-local stores: how long a restored container waits for its images to be staged on its node
+# (a copy over the cluster network; the restore then fails over to the previous checkpoint).
+STAGE_WAIT_S = 600
 
 
 class InjectionError(ValueError):
@@ -153,11 +164,13 @@ def secured(sc: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def wrapped_command(command: Sequence[str], args: Sequence[str], restore_id: str | None = None,
-                    encrypted: bool = False, default_key: bool = False) -> list[str]:
-    """`ckq-run --dir <mount> [--encrypt-key-file|--default-key-file <key>] [--restore <id>] -- <command>
-    <args>`: an argv list, never shell text — the user's command and args follow `--` verbatim (ckq-run
-    execs them without a shell), so nothing in them is ever interpreted by ckq."""
+                    encrypted: bool = False, default_key: bool = False, await_staged: float | None = None) -> list[str]:
+    """`ckq-run --dir <mount> [--encrypt-key-file|--default-key-file <key>] [--restore <id> [--await-staged
+    <s>]] -- <command> <args>`: an argv list, never shell text — the user's command and args follow `--`
+    verbatim (ckq-run execs them without a shell), so nothing in them is ever interpreted by ckq."""
     restore = ["--restore", restore_id] if restore_id else []
+    if restore_id and await_staged is not None:
+        restore += ["--await-staged", f"{await_staged:g}"]
     key = (["--encrypt-key-file", f"{KEY_MOUNT}/{KEY_FILE}"] if encrypted
            else ["--default-key-file", f"{KEY_MOUNT}/{KEY_FILE}"] if default_key else [])
     return [CKQ_RUN, "--dir", CHECKPOINT_MOUNT, *key, *restore, "--", *command, *args]
@@ -169,7 +182,8 @@ def checkpoint_volume(container: str) -> str:
 
 def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: str, job: str, pod_set: str,
            index: int, restore: Mapping[str, str] | None = None,
-           encryption_key: tuple[str, str] | None = None, key_required: bool = True) -> dict[str, Any]:
+           encryption_key: tuple[str, str] | None = None, key_required: bool = True,
+           node_local: bool = False) -> dict[str, Any]:
     """The pod spec `spec` runs as under ckq-run; `restore` maps each container to the ckq-run checkpoint id
     it resumes from (None: a fresh start); `encryption_key`: (Secret, data key) of the key its images are
     encrypted with. The Secret is mounted `optional`, so a missing one never leaves the pod in
@@ -204,18 +218,27 @@ def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: s
         volumes.append({"name": KEY_VOLUME, "secret": source})
     for c in out.get("containers") or []:
         name = str(c["name"])
-        volumes.append({"name": checkpoint_volume(name), "hostPath": {
-            "path": container_store_dir(store_root, namespace, job, pod_set, index, name),
-            "type": "DirectoryOrCreate"}})
+        mount: dict[str, Any] = {"name": checkpoint_volume(name), "mountPath": CHECKPOINT_MOUNT}
+        if node_local:
+            volumes.append({"name": checkpoint_volume(name), "hostPath": {"path": store_root,
+                                                                          "type": "DirectoryOrCreate"}})
+            mount["subPathExpr"] = container_store_dir(f"$({NODE_NAME_ENV})", namespace, job, pod_set, index, name)
+            c["env"] = [*(c.get("env") or []),
+                        {"name": NODE_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                        {"name": POD_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}]
+        else:
+            volumes.append({"name": checkpoint_volume(name), "hostPath": {
+                "path": container_store_dir(store_root, namespace, job, pod_set, index, name),
+                "type": "DirectoryOrCreate"}})
         c["volumeMounts"] = [*(c.get("volumeMounts") or []),
-                             {"name": RUNTIME_VOLUME, "mountPath": RUNTIME_MOUNT, "readOnly": True},
-                             {"name": checkpoint_volume(name), "mountPath": CHECKPOINT_MOUNT}]
+                             {"name": RUNTIME_VOLUME, "mountPath": RUNTIME_MOUNT, "readOnly": True}, mount]
         if encryption_key is not None:
             c["volumeMounts"].append({"name": KEY_VOLUME, "mountPath": KEY_MOUNT, "readOnly": True})
         c["command"] = wrapped_command(c.get("command") or [], c.pop("args", None) or [],
                                        restore.get(name) if restore is not None else None,
                                        encrypted=encryption_key is not None and key_required,
-                                       default_key=encryption_key is not None and not key_required)
+                                       default_key=encryption_key is not None and not key_required,
+                                       await_staged=STAGE_WAIT_S if node_local else None)
         c["securityContext"] = secured(c.get("securityContext"))
     out["volumes"] = volumes
     return out

@@ -171,6 +171,10 @@ def up(
     audit_log: Annotated[
         bool, typer.Option(help="The API server logs every request's metadata to logs/audit.log (JSON lines).")
     ] = False,
+    node_local_store: Annotated[
+        bool, typer.Option(help="The real nodes keep their checkpoint images in stores of their own (ConfigMap "
+                           "storeMode: node-local); a restore on another node has the agents stage them first.")
+    ] = False,
 ) -> None:
     """Start the cluster (or report it running): etcd, kube-apiserver, KCM, scheduler, kwok, nodes."""
     groups = _node_groups(
@@ -197,6 +201,7 @@ def up(
         say=lambda line: out.print(line),
         real_nodes=real_nodes,
         audit_log=audit_log,
+        node_local_store=node_local_store,
     )
     if not started:
         out.print(f"Cluster '{name}' is already up.")

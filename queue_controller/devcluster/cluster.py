@@ -6,6 +6,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import secrets
 import shutil
 import sys
 import time
@@ -181,11 +182,15 @@ def up(
     real_nodes: int = 0,
     real_node_labels: dict[str, str] | None = None,
     audit_log: bool = False,
+    node_local_store: bool = False,
 ) -> tuple[ClusterState, bool]:
     """Start cluster `name`, or find it already running. Returns (state, started_now).
 
     `real_nodes` real worker nodes (kubelet + containerd) run beside the kwok node groups.
     `audit_log`: the API server writes every request's metadata to `logs/audit.log` (JSON lines).
+    `node_local_store`: the real nodes do not share a checkpoint store: each keeps its images in its own
+    directory (store/<node>/, ConfigMap storeMode: node-local) and a restore on another node has them
+    staged by the agents (docs/dev-cluster.md).
     On any failure everything started here is stopped and its state removed before raising.
     """
     if not node_groups and not real_nodes:
@@ -210,6 +215,12 @@ def up(
                         f"cluster '{name}' is running with {len(existing.real_nodes)} real node(s), not {real_nodes}; "
                         f"run `ckq dev down --name {name}` first"
                     )
+                wanted = "node-local" if node_local_store else "shared"
+                if real_nodes and existing.store_mode != wanted:
+                    raise DevClusterError(
+                        f"cluster '{name}' is running with a {existing.store_mode} checkpoint store, not {wanted}; "
+                        f"run `ckq dev down --name {name}` first"
+                    )
                 return existing, False
             _clear_stale(existing, paths, say)
         if paths.root.exists():
@@ -218,6 +229,10 @@ def up(
             require_free(api_port, "API server")
         bin_dir = _binaries(build, say)
         real = _RealSetup.provision(real_nodes, real_node_labels or {}, build, say) if real_nodes else None
+        if real is not None:
+            real.node_local_store = node_local_store
+        elif node_local_store:
+            raise DevClusterError("--node-local-store needs real nodes (--real-nodes N)")
         state = _fresh_up(name, node_groups, paths, bin_dir, api_port, timeout, die_with_parent, say, real,
                           audit_log)
         return state, True
@@ -292,6 +307,7 @@ class _RealSetup:
     runtime: realnode.NodeRuntime
     images: list[local_images.LocalImage]
     seed: Path
+    node_local_store: bool = False
 
     @classmethod
     def provision(cls, count: int, labels: dict[str, str], build: bool, say: Say) -> _RealSetup:
@@ -345,13 +361,22 @@ class _RealSetup:
         store.mkdir(parents=True, exist_ok=True)
         store.chmod(0o700)  # checkpoint images hold process memory
         state.store = str(store)
+        agent_args: list[str] = []
+        if self.node_local_store:
+            # Each node its own store (store/<node>/: what a node-local disk is on a real cluster) and
+            # the agents' shared transfer token (a Secret in a real cluster, mounted as a file).
+            state.store_mode = "node-local"
+            token = state.paths.root / "transfer-token"
+            token.touch(mode=0o600)
+            token.write_text(secrets.token_urlsafe(32))
+            agent_args = ["--transfer-token-file", str(token)]
         state.save()
         install_checkpoint_config(state, store)
         for node in state.real_nodes:
             agent = Component(
                 f"agent-{node.name}",
                 [sys.executable, "-m", "queue_controller.cli", "agent", "--node", node.name,
-                 "--kubeconfig", state.kubeconfig, "--store", str(store)],
+                 "--kubeconfig", state.kubeconfig, "--store", str(store), *agent_args],
                 functools.partial(_log_says, state.paths.logs / f"agent-{node.name}.log", AGENT_READY),
             )
             _start(agent, state, timeout, die_with_parent, say, cgroup=f"{node.cgroup}/agent",
@@ -396,7 +421,11 @@ def install_checkpoint_config(state: ClusterState, store: Path) -> None:
             wire.CONFIG_RUNTIME_IMAGE: RUNTIME_IMAGE,
             wire.CONFIG_STORE_HOST_PATH: str(store),
             wire.CONFIG_DELETE_GRACE: "30",
+            wire.CONFIG_STORE_MODE: state.store_mode,
         }
+        if state.store_mode == wire.STORE_NODE_LOCAL:
+            # One port for every agent: each binds its own node's address (a bridge on this host).
+            data[wire.CONFIG_STORE_TRANSFER_PORT] = str(wire.DEFAULT_STORE_TRANSFER_PORT)
         body = {"metadata": {"name": wire.CONFIG_MAP, "namespace": wire.CONFIG_NAMESPACE,
                              "labels": {"app.kubernetes.io/managed-by": "ckq-dev"}},
                 "data": data}

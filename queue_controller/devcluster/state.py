@@ -88,6 +88,7 @@ class ClusterState:
     real_nodes: list[RealNode] = field(default_factory=list)
     ip_forward_before: str = ""  # what net.ipv4.ip_forward was before real nodes turned it on
     store: str = ""  # the checkpoint store (host directory) of the real nodes; removed by `down`
+    store_mode: str = "shared"  # wire.STORE_MODES: node-local keeps each node's images in store/<node>/
 
     @property
     def paths(self) -> ClusterPaths:
@@ -110,6 +111,7 @@ class ClusterState:
             "real_nodes": [n.to_dict() for n in self.real_nodes],
             "ip_forward_before": self.ip_forward_before,
             "store": self.store,
+            "store_mode": self.store_mode,
         }
         tmp = self.paths.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -137,6 +139,7 @@ class ClusterState:
             real_nodes=[RealNode.from_dict(n) for n in data.get("real_nodes", [])],
             ip_forward_before=str(data.get("ip_forward_before", "")),
             store=str(data.get("store", "")),
+            store_mode=str(data.get("store_mode", "shared")),
         )
 
 

@@ -148,13 +148,15 @@ class JobBackends:
         self.cache = cache
         self.api = api
         self.settings = settings or ClusterSettings()
-        self._criu = CriuBackend(self.settings.runtime_image, self.settings.store_host_path)
+        self._criu = CriuBackend(self.settings.runtime_image, self.settings.store_host_path,
+                                 node_local=self.settings.node_local_store)
         self._templates: dict[str, _Memo] = {}  # job key -> its templates' problems, per generation
 
     def configure(self, settings: ClusterSettings) -> None:
         """The cluster's settings changed (the ConfigMap)."""
         self.settings = settings
-        self._criu = CriuBackend(settings.runtime_image, settings.store_host_path)
+        self._criu = CriuBackend(settings.runtime_image, settings.store_host_path,
+                                 node_local=settings.node_local_store)
 
     # ---- the registry -----------------------------------------------------------------------------
 

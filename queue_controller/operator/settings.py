@@ -2,7 +2,8 @@
 
 `ckq dev up --real-nodes` writes it and the Helm chart templates it from its values, so a plain
 `ckq controller` needs no flags. It names the runtime image injected into checkpointed pods
-(`runtimeImage`), the store every node mounts (`storeHostPath`) and the pods' deletion grace
+(`runtimeImage`), the store every node mounts (`storeHostPath`; `storeMode` shared, or node-local where
+each node keeps its own images and restores elsewhere stage them first) and the pods' deletion grace
 (`deleteGraceSeconds`), and how long an admitted job's pods may take to run before it gives its quota back
 (`podsReadyTimeout`, with `requeueBackoffBase`, `requeueBackoffMax`, `requeueBackoffLimit`: Kueue's
 waitForPodsReady). Without the first two the CRIU backend is unavailable: a job that needs it is
@@ -36,6 +37,10 @@ from queue_controller.wire import (
     CONFIG_REQUEUE_BACKOFF_MAX,
     CONFIG_RUNTIME_IMAGE,
     CONFIG_STORE_HOST_PATH,
+    CONFIG_STORE_MODE,
+    STORE_MODES,
+    STORE_NODE_LOCAL,
+    STORE_SHARED,
 )
 
 log = logging.getLogger("ckq.controller")
@@ -58,6 +63,7 @@ class ClusterSettings:
     backoff_base_s: float = DEFAULT_BACKOFF_BASE_S
     backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
     backoff_limit: int | None = None
+    store_mode: str = STORE_SHARED
     problem: str = ""  # why the ConfigMap is absent, unreadable or partly invalid ("" when fine)
 
     def requeue_delay(self, count: int) -> float:
@@ -104,8 +110,19 @@ class ClusterSettings:
             except ValueError:
                 bad.append(f"{CONFIG_REQUEUE_BACKOFF_LIMIT} {raw!r} is not a whole number >= 0")
                 limit = None
+        mode = str(data.get(CONFIG_STORE_MODE) or STORE_SHARED).strip()
+        if mode not in STORE_MODES:
+            # Not guessed: pods mounting the wrong layout would find no images. CRIU is unavailable
+            # until it is fixed (criu_unavailable names it).
+            bad.append(f"{CONFIG_STORE_MODE} {mode!r} is not one of {', '.join(STORE_MODES)}")
+            store = ""
         return cls(image, store, grace, durations[CONFIG_PODS_READY_TIMEOUT], durations[CONFIG_REQUEUE_BACKOFF_BASE],
-                   durations[CONFIG_REQUEUE_BACKOFF_MAX], limit, "; ".join(bad))
+                   durations[CONFIG_REQUEUE_BACKOFF_MAX], limit, mode if mode in STORE_MODES else STORE_SHARED,
+                   "; ".join(bad))
+
+    @property
+    def node_local_store(self) -> bool:
+        return self.store_mode == STORE_NODE_LOCAL
 
     def criu_unavailable(self) -> str:
         """Why the CRIU backend cannot run here ("" when it can)."""

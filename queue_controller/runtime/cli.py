@@ -20,7 +20,7 @@ import signal
 import sys
 from pathlib import Path
 
-from queue_controller.runtime import control, crypto, restorer
+from queue_controller.runtime import control, crypto, restorer, staging
 from queue_controller.runtime import manifest as mf
 from queue_controller.runtime.checkpointer import Settings
 from queue_controller.runtime.errors import RuntimeFailure
@@ -39,6 +39,9 @@ def _run_parser() -> argparse.ArgumentParser:
     _dir_arg(p)
     p.add_argument("--restore", metavar="ID",
                    help="restore from DIR/checkpoints/ID ('latest' for the newest)")
+    p.add_argument("--await-staged", type=float, default=None, metavar="SECONDS",
+                   help="with --restore ID: wait this long for the node agent to stage the checkpoint on this "
+                        "node (node-local stores); exit 69 if it fails or does not arrive")
     p.add_argument("--mode", choices=["criu", "signal"], default="criu")
     p.add_argument("--signal", default="SIGUSR1", help="Signal mode: the signal asking the app to save")
     p.add_argument("--signal-timeout", type=float, default=300.0,
@@ -91,6 +94,10 @@ def _run(argv: list[str]) -> int:
     args = _run_parser().parse_args(opts)
     if not cmd and not args.restore:
         _run_parser().error("give the workload command after --")
+    if args.await_staged is not None:
+        if not args.restore or args.restore == "latest":
+            _run_parser().error("--await-staged needs --restore ID (a checkpoint id, not 'latest')")
+        staging.await_staged(Store(Path(args.dir)).checkpoints, args.restore, args.await_staged)
     writable = list(args.writable)
     writable += [p for p in os.environ.get("CKQ_WRITABLE_PATHS", "").split(":") if p]
     settings = Settings(

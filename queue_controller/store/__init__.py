@@ -1,6 +1,7 @@
 """The checkpoint store: where checkpoint images live, behind one small interface (base.py).
 
-`FilesystemStore` (filesystem.py) is the implementation over a directory mounted on every node;
+`FilesystemStore` (filesystem.py) is the implementation over a directory mounted on every node, or
+one per node (storeMode node-local, whose images the agents move with transfer.py);
 `delete_checkpoint_images` (retention.py) is what the controller calls when it prunes a Checkpoint.
 """
 

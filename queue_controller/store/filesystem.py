@@ -35,6 +35,7 @@ from queue_controller import wire
 from queue_controller.api.common import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 from queue_controller.runtime import manifest as mf
 from queue_controller.runtime.errors import RuntimeFailure
+from queue_controller.runtime.staging import STAGING_FAILED_PREFIX
 from queue_controller.store import fsops
 from queue_controller.store.base import ArtifactRef, DeleteOutcome, StoredCheckpoint, StoreError
 from queue_controller.store.journal import JOURNAL_DIR, Journal
@@ -308,6 +309,8 @@ class FilesystemStore:
         ref = self.parse(uri, namespace)
         try:
             with self.open_dir(_parts(ref)) as cfd, self._sub(cfd, CHECKPOINTS) as kfd:
+                with contextlib.suppress(FileNotFoundError):  # a staging failure of it (node-local) is moot now
+                    os.unlink(STAGING_FAILED_PREFIX + ref.checkpoint_id, dir_fd=kfd)
                 st = fsops.lstat_at(ref.checkpoint_id, kfd)
                 if st is None:
                     self.sweep(cfd, kfd)

@@ -108,13 +108,33 @@ def test_the_config_map_is_the_one_the_controller_reads(helm: Path) -> None:
     cm = one(render(helm, {**AGENT_VALUES, "checkpoint": {**AGENT_VALUES["checkpoint"], "deleteGraceSeconds": 7}}),
              "ConfigMap")
     assert (cm["metadata"]["namespace"], cm["metadata"]["name"]) == (wire.CONFIG_NAMESPACE, wire.CONFIG_MAP)
-    assert set(cm["data"]) == {wire.CONFIG_RUNTIME_IMAGE, wire.CONFIG_STORE_HOST_PATH, wire.CONFIG_DELETE_GRACE}
+    assert set(cm["data"]) == {wire.CONFIG_RUNTIME_IMAGE, wire.CONFIG_STORE_HOST_PATH, wire.CONFIG_DELETE_GRACE,
+                               wire.CONFIG_STORE_MODE}
     settings = ClusterSettings.from_config_map(cm["data"])
     assert settings == ClusterSettings("ckq.local/runtime:0.1.0", STORE, 7)
     assert settings.criu_unavailable() == ""
     # Without a store nor an image, only the grace is written: CRIU is then refused, never guessed.
     bare = one(render(helm), "ConfigMap")
-    assert bare["data"] == {wire.CONFIG_DELETE_GRACE: "30"}
+    assert bare["data"] == {wire.CONFIG_DELETE_GRACE: "30", wire.CONFIG_STORE_MODE: wire.STORE_SHARED}
+
+
+def test_node_local_stores_give_the_agents_the_host_network_a_port_and_a_shared_token(helm: Path) -> None:
+    values = {**AGENT_VALUES, "checkpoint": {**AGENT_VALUES["checkpoint"], "storeMode": "node-local",
+                                             "storeTransferPort": 9500}}
+    objs = render(helm, values)
+    cm = one(objs, "ConfigMap")
+    assert ClusterSettings.from_config_map(cm["data"]).node_local_store
+    assert cm["data"][wire.CONFIG_STORE_TRANSFER_PORT] == "9500"
+    secret = one(objs, "Secret")
+    assert secret["metadata"]["name"] == "ckq-agent-transfer-token" and len(secret["data"]["token"]) >= 48
+    pod = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True  # the other agents reach it at the node's InternalIP
+    (c,) = pod["containers"]
+    assert "--transfer-token-file=/var/run/ckq/transfer/token" in c["args"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["transfer-token"]["secret"]["secretName"] == secret["metadata"]["name"]
+    shared = render(helm, AGENT_VALUES)
+    assert not of_kind(shared, "Secret") and "hostNetwork" not in one(shared, "DaemonSet")["spec"]["template"]["spec"]
 
 
 def test_chart_crds_are_the_generated_ones(helm: Path) -> None:
@@ -356,6 +376,8 @@ def test_agent_identity_can_do_what_the_agent_does(helm: Path, kube: Kube, kube_
             agent.list_job_pods("default", "none")
             agent.get_node(node)
             agent.get_config_map(wire.CONFIG_NAMESPACE, wire.CONFIG_MAP)
+            agent.create_event(namespace, {"metadata": {"generateName": "p."}, "reason": "Staged", "message": "m",
+                                           "involvedObject": {"kind": "Pod", "name": "p", "namespace": namespace}})
             with pytest.raises(RuntimeError, match="403"):  # a write it never makes
                 agent._json(agent.core.patch_node, node, {"metadata": {"labels": {"x": "y"}}})
         finally:

@@ -25,6 +25,9 @@ from tests.plugins.cluster import _binaries, _say
 
 # Overridable so that several checkouts on one machine can each run the tier at once.
 REAL_CLUSTER_NAME = os.environ.get("CKQ_TEST_REAL_CLUSTER", "pytest-real")
+# The node-local-store cluster (a name of its own: both may run in one session). Names stay short: they
+# appear in unix socket paths.
+REAL_LOCAL_CLUSTER_NAME = os.environ.get("CKQ_TEST_REAL_LOCAL_CLUSTER", REAL_CLUSTER_NAME[:5] + "l")
 REAL_NODES = 2
 REAL_KWOK_GROUPS = (NodeGroup(name="h100", count=2, gpus=8, cpu="64", memory="512Gi"),)
 
@@ -37,15 +40,15 @@ class RealCluster:
     handle: dc.ClusterHandle
 
 
-@pytest.fixture(scope="session")
-def real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+def _real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str,
+                  node_local_store: bool = False) -> Iterator[RealCluster]:
     config = request.config
     _binaries(config)
     root = Path(tempfile.mkdtemp(prefix="ckq-real-"))
     t0 = time.monotonic()
     try:
         state, _ = dc.up(
-            REAL_CLUSTER_NAME,
+            name,
             list(REAL_KWOK_GROUPS),
             root=root,
             die_with_parent=True,
@@ -53,6 +56,7 @@ def real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             real_nodes=REAL_NODES,
             timeout=180,
             say=lambda line: _say(config, line),
+            node_local_store=node_local_store,
         )
     except dc.DevClusterError as exc:
         shutil.rmtree(root, ignore_errors=True)
@@ -61,8 +65,21 @@ def real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     try:
         yield RealCluster(state, dc.ClusterHandle(state.name, state.kubeconfig, Path(state.bin_dir), managed=True))
     finally:
-        logs = tmp_path_factory.getbasetemp() / "real-cluster-logs"
+        logs = tmp_path_factory.getbasetemp() / ("real-local-cluster-logs" if node_local_store else "real-cluster-logs")
         shutil.copytree(state.paths.logs, logs, dirs_exist_ok=True)
-        dc.down(REAL_CLUSTER_NAME, root=root)
+        dc.down(name, root=root)
         shutil.rmtree(root, ignore_errors=True)
         _say(config, f"real-node cluster stopped; component logs kept in {logs}")
+
+
+@pytest.fixture(scope="session")
+def real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+    yield from _real_cluster(request, tmp_path_factory, REAL_CLUSTER_NAME)
+
+
+@pytest.fixture(scope="session")
+def real_cluster_local(request: pytest.FixtureRequest,
+                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+    """Like `real_cluster`, but the real nodes share no checkpoint store (storeMode: node-local): each
+    keeps its images in store/<node>/, and a restore on the other node is staged by the agents."""
+    yield from _real_cluster(request, tmp_path_factory, REAL_LOCAL_CLUSTER_NAME, node_local_store=True)

@@ -176,3 +176,23 @@ def test_the_constants_match_the_runtime_image_builder() -> None:
     assert (injection.IMAGE_ROOT, injection.INSTALL_PATH, injection.RUNTIME_MOUNT, injection.CKQ_RUN) == (
         image.IMAGE_ROOT, image.INSTALL_PATH, image.MOUNT_PATH, image.CKQ_RUN)
     assert injection.CONTAINER_SECURITY_CONTEXT == image.CONTAINER_SECURITY_CONTEXT
+
+
+def test_a_node_local_store_mounts_the_nodes_own_directory_and_a_restore_awaits_staging() -> None:
+    """storeMode node-local: the pod is created before it is bound, so its node's directory is chosen by
+    the kubelet (subPathExpr over the downward API's node name); a restore waits for the node agent."""
+    out = inject(template(env=[{"name": "A", "value": "1"}]), image="ckq.local/runtime:0.1.0", store_root=STORE,
+                 namespace="team", job="train", pod_set="worker", index=1, restore={"train": "20260921T000000-0001"},
+                 node_local=True)
+    assert out["volumes"][-1] == {"name": "ckq-ckpt-train", "hostPath": {"path": STORE, "type": "DirectoryOrCreate"}}
+    (c,) = out["containers"]
+    assert c["volumeMounts"][-1] == {"name": "ckq-ckpt-train", "mountPath": "/ckq/checkpoints",
+                                     "subPathExpr": "$(CKQ_NODE_NAME)/team/train/worker-1/train"}
+    assert c["env"] == [{"name": "A", "value": "1"},
+                        {"name": "CKQ_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                        {"name": "CKQ_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}]
+    assert c["command"][:7] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--restore",
+                                "20260921T000000-0001", "--await-staged", str(injection.STAGE_WAIT_S)]
+    fresh = inject(template(), image="ckq.local/runtime:0.1.0", store_root=STORE, namespace="team", job="train",
+                   pod_set="worker", index=1, node_local=True)
+    assert "--await-staged" not in fresh["containers"][0]["command"]  # nothing to stage for a fresh start

@@ -71,15 +71,3 @@ def test_lost_work_is_a_checkpoint_or_the_progress_since_the_last_one() -> None:
     # CPU-only jobs are weighed by cores.
     cpu_only = running(job("c", gpus=0, cpu=4), ["n0"], started_at=990)
     assert lost_work(cpu_only, 1000, KUEUE) == (PreemptMode.KILL, 10 * 4)
-
-
-def test_iass_kills_a_victim_only_when_the_preemptor_gains_more_than_the_victim_loses() -> None:
-    # "long" (not checkpointable, 1 GPU of the node's 8... here all 8) has run 3,000 s and, by its estimate,
-    # ends in 100 s: killing it loses 3,000 x 8 GPU-s, the 8-GPU preemptor gains 100 x 8 by not waiting.
-    # iass waits; kueue kills. With 5,000 s left the preemptor gains more: iass kills too.
-    def snap(estimate: float):  # type: ignore[no-untyped-def]
-        long = running(job("long", checkpointable=False, runtime_estimate_s=estimate), ["n0"], started_at=0.0)
-        return snapshot([node("n0")], [queue(gpus=8)], [long, job("high", priority=10, t=1)])
-    assert decide(snap(3100.0), 3000, IASS).of_type(Preempt) == []
-    assert [p.victim for p in decide(snap(3100.0), 3000, KUEUE).of_type(Preempt)] == ["ns/long"]
-    assert [p.mode for p in decide(snap(8000.0), 3000, IASS).of_type(Preempt)] == [PreemptMode.KILL]

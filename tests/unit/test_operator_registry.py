@@ -566,3 +566,11 @@ def test_queues_report_the_checkpoint_bytes_their_jobs_keep() -> None:
         assert w.server.get("localqueues", "main")["status"]["checkpointBytes"] == 3000
 
     run(scenario)
+
+
+def test_the_store_mode_is_read_and_an_unknown_one_makes_criu_unavailable() -> None:
+    assert not ClusterSettings.from_config_map(CONFIG).node_local_store  # shared unless said otherwise
+    local = ClusterSettings.from_config_map({**CONFIG, "storeMode": "node-local"})
+    assert local.node_local_store and local.criu_unavailable() == ""
+    wrong = ClusterSettings.from_config_map({**CONFIG, "storeMode": "nfs"})
+    assert "storeMode 'nfs' is not one of shared, node-local" in wrong.criu_unavailable()

@@ -174,6 +174,7 @@ def agent_requests(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[str | Non
         "list_job_pods": lambda: kube.list_job_pods("team", "j"),
         "get_node": lambda: kube.get_node("n0"),
         "get_config_map": lambda: kube.get_config_map("ckq-system", "ckq-config"),
+        "create_event": lambda: kube.create_event("ns", {"metadata": {"generateName": "p."}, "involvedObject": {}}),
     }
     assert set(calls) == set(access.AGENT_CALLS), "a KubeApi method without a row in access.AGENT_CALLS"
     out = {}
