@@ -56,6 +56,7 @@ def checkpoint_status_path(namespace: str, name: str) -> str:
 class CriuBackend:
     name = "CRIU"
     stops_workload = True  # ckq-run stops the workload after a dump without leaveRunning (exit 75)
+    done_message = "CRIU: {n} container(s) dumped by ckq-run"
 
     def __init__(self, runtime_image: str, store_root: str, cost: CheckpointCostModel = COST) -> None:
         self.runtime_image = runtime_image
@@ -89,7 +90,7 @@ class CriuBackend:
         # The agents' own measure of the dump when they give one; else from the start to now (polled).
         duration = st.duration_seconds if st.duration_seconds is not None else elapsed
         return CheckpointResult(True, duration, size, tuple(artifacts),
-                                message=f"CRIU: {len(artifacts)} container(s) dumped by ckq-run")
+                                message=self.done_message.format(n=len(artifacts)))
 
     async def cancel(self, request: CheckpointRequest, *, api: ApiClient | None = None) -> None:
         """Mark the Checkpoint Failed: agents skip Failed ones (and release what they froze)."""

@@ -107,8 +107,8 @@ class ClusterSettings:
         return cls(image, store, grace, durations[CONFIG_PODS_READY_TIMEOUT], durations[CONFIG_REQUEUE_BACKOFF_BASE],
                    durations[CONFIG_REQUEUE_BACKOFF_MAX], limit, "; ".join(bad))
 
-    def criu_unavailable(self) -> str:
-        """Why the CRIU backend cannot run here ("" when it can)."""
+    def criu_unavailable(self, mode: str = "CRIU") -> str:
+        """Why the backends running ckq-run in the pods (CRIU, Signal) cannot run here ("" when they can)."""
         missing = [k for k, v in ((CONFIG_STORE_HOST_PATH, self.store_host_path),
                                   (CONFIG_RUNTIME_IMAGE, self.runtime_image)) if not v]
         if not missing:
@@ -116,7 +116,7 @@ class ClusterSettings:
         why = f"{CONFIG_REF} does not give {' and '.join(missing)}"
         if self.problem:
             why += f" ({self.problem})"
-        return why + ": CRIU checkpoints need the checkpoint store and the runtime image it names"
+        return why + f": {mode} checkpoints need the checkpoint store and the runtime image it names"
 
 
 class SettingsSource:

@@ -1,0 +1,61 @@
+"""The Signal backend: the application saves its own state when signalled, through the same machinery
+as CRIU (`checkpoint.criu`): ckq-run in each container, driven by the node agents, artifacts in the
+Checkpoint's status, a restored pod started with `ckq-run --restore <id>`.
+
+What differs is inside ckq-run (`runtime/signal_mode.py`): asked for a checkpoint on its control socket,
+it writes `<dir>/ckq-request.json` = {"id", "stateDir", "ackFile"}, sends the job's signal
+(`spec.checkpoint.signal`, default SIGUSR1) and waits for the app to write its state under stateDir and
+create ackFile; then it publishes stateDir as a checkpoint like a dump (manifest, sha256), and without
+leaveRunning sends the app SIGTERM. An app that does not ack within the ack timeout fails the
+checkpoint with ckq-run's message naming the signal and the timeout, which the agent records and the
+controller turns into a `CheckpointFailed` Event (and whatever the policy does on a failed checkpoint).
+A restored container starts the app afresh with `CKQ_RESTORE_DIR` pointing at the saved state.
+
+The ack timeout is a fixed share of the job's `spec.checkpoint.timeoutSeconds`, so that ckq-run gives up
+first and its message, not the controller's generic timeout, is what the user reads.
+
+The pods need no capability and keep their seccomp profile (`injection.SIGNAL_SECURITY_CONTEXT`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from queue_controller.api.job import CheckpointPolicy
+from queue_controller.checkpoint.base import LaunchRefused, LaunchRequest, PodInfo
+from queue_controller.checkpoint.criu import CriuBackend
+from queue_controller.checkpoint.injection import InjectionError, SignalMode, inject, signal_name
+from queue_controller.wire import CKQ_RUN_MODE_ANNOTATION
+
+ACK_SHARE = 0.8  # of timeoutSeconds: ckq-run's wait for the app's ack
+
+
+def signal_mode(policy: CheckpointPolicy) -> SignalMode:
+    """How ckq-run asks the job's app for its state (raises InjectionError for an unusable signal)."""
+    return SignalMode(signal_name(policy.signal), round(max(policy.timeout_seconds * ACK_SHARE, 1.0), 1))
+
+
+class SignalBackend(CriuBackend):
+    name = "Signal"
+    # Once the app has acked, its state is published and ckq-run has sent it SIGTERM: nothing it still
+    # does is needed, so its pods go at once, as after a CRIU dump (with a grace period, the terminating
+    # pods would hold their room while the preemptor waits for it).
+    stops_workload = True
+    done_message = "Signal: {n} container(s) saved by the application, through ckq-run"
+
+    def pod_info(self, request: LaunchRequest) -> PodInfo:
+        info = super().pod_info(request)
+        return dataclasses.replace(info, annotations={**info.annotations, CKQ_RUN_MODE_ANNOTATION: self.name})
+
+    def _rewrite(self, request: LaunchRequest, restore: Mapping[str, str] | None,
+                 spec: Mapping[str, Any]) -> dict[str, Any]:
+        key = request.policy.encryption_key
+        try:
+            return inject(spec, image=self.runtime_image, store_root=self.store_root, namespace=request.namespace,
+                          job=request.job, pod_set=request.pod.pod_set, index=request.pod.index, restore=restore,
+                          encryption_key=(key.secret_name, key.key) if key is not None else None,
+                          signal_mode=signal_mode(request.policy))
+        except InjectionError as e:
+            raise LaunchRefused("PodTemplateNotCheckpointable", str(e)) from None
