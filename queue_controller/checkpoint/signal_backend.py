@@ -11,8 +11,9 @@ checkpoint with ckq-run's message naming the signal and the timeout, which the a
 controller turns into a `CheckpointFailed` Event (and whatever the policy does on a failed checkpoint).
 A restored container starts the app afresh with `CKQ_RESTORE_DIR` pointing at the saved state.
 
-The ack timeout is a fixed share of the job's `spec.checkpoint.timeoutSeconds`, so that ckq-run gives up
-first and its message, not the controller's generic timeout, is what the user reads.
+The ack timeout is the job's `spec.checkpoint.timeoutSeconds` less a margin (half of it, at most
+ACK_MARGIN_S), so that ckq-run gives up first, and the agent has time to record its message, which is
+then what the user reads rather than the controller's generic "timed out".
 
 The pods need no capability and keep their seccomp profile (`injection.SIGNAL_SECURITY_CONTEXT`).
 """
@@ -29,12 +30,19 @@ from queue_controller.checkpoint.criu import CriuBackend
 from queue_controller.checkpoint.injection import InjectionError, SignalMode, inject, signal_name
 from queue_controller.wire import CKQ_RUN_MODE_ANNOTATION
 
-ACK_SHARE = 0.8  # of timeoutSeconds: ckq-run's wait for the app's ack
+# What the agent may need, after ckq-run gave up on the ack, to notice the Checkpoint late and record the
+# failure before the controller's own timeout (2 s was too little on a loaded 2-core machine).
+ACK_MARGIN_S = 30.0
+
+
+def ack_timeout_s(timeout_seconds: float) -> float:
+    """ckq-run's wait for the app's ack, within the checkpoint's timeoutSeconds."""
+    return timeout_seconds - min(timeout_seconds / 2, ACK_MARGIN_S)
 
 
 def signal_mode(policy: CheckpointPolicy) -> SignalMode:
     """How ckq-run asks the job's app for its state (raises InjectionError for an unusable signal)."""
-    return SignalMode(signal_name(policy.signal), round(max(policy.timeout_seconds * ACK_SHARE, 1.0), 1))
+    return SignalMode(signal_name(policy.signal), ack_timeout_s(policy.timeout_seconds))
 
 
 class SignalBackend(CriuBackend):

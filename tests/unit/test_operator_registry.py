@@ -251,7 +251,7 @@ def test_signal_preemption_checkpoint_through_the_agents_without_privileges_and_
         await running(w, "train")
         (pod,) = w.server.pods("train")
         c = pod["spec"]["containers"][0]
-        signal_args = ["--mode", "signal", "--signal", "SIGUSR2", "--signal-timeout", "48", "--pid-base", "0"]
+        signal_args = ["--mode", "signal", "--signal", "SIGUSR2", "--signal-timeout", "30", "--pid-base", "0"]
         assert c["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *signal_args, "--",
                                 "python", "train.py"]
         assert c["securityContext"] == {**locked, "runAsUser": 0}  # nothing added but root
@@ -291,14 +291,14 @@ def test_signal_preemption_checkpoint_through_the_agents_without_privileges_and_
 def test_an_app_that_does_not_ack_fails_its_periodic_checkpoint_saying_so_and_runs_on() -> None:
     async def scenario() -> None:
         w = make_world("iass", kind="real", config=CONFIG)
-        w.submit("train", checkpoint={"interval": "10s", "timeoutSeconds": 10}, **SIGNAL)
+        w.submit("train", checkpoint={"interval": "10s", "timeoutSeconds": 20}, **SIGNAL)
         await running(w, "train")
         command = w.server.pods("train")[0]["spec"]["containers"][0]["command"]
-        assert command[command.index("--signal-timeout") + 1] == "8"  # 80% of timeoutSeconds
+        assert command[command.index("--signal-timeout") + 1] == "10"  # timeoutSeconds less a margin
         await w.cycle(10)
         (ckpt,) = w.server.checkpoints("train")
         why = ("pod team/train-1-worker-0 container train on node n0: ckq-run: the workload did not acknowledge "
-               "SIGUSR1 within 8s (it must write its state to stateDir and create ackFile, see "
+               "SIGUSR1 within 10s (it must write its state to stateDir and create ackFile, see "
                "/ckq/checkpoints/ckq-request.json)")  # what the agent records
         w.server.patch_checkpoint(ckpt["metadata"]["name"], {"phase": "Failed", "message": why})
         await w.cycle(1)
