@@ -179,18 +179,23 @@ def test_a_signal_mode_job_suspended_by_its_user_resumes_from_the_state_it_saved
         kube.delete("clusterqueues", cq)
 
 
-def test_an_app_that_never_acks_fails_its_checkpoint_naming_the_timeout_and_runs_on(
+def test_an_app_that_never_acks_fails_its_checkpoint_naming_the_timeout_and_is_stopped_as_after_a_failed_dump(
     real_kube: Kube, real_ns: str, controller: ControllerProcess
 ) -> None:
-    """A periodic checkpoint of an app that ignores the signal: ckq-run gives up after timeoutSeconds less
-    a margin (20 s - 10 s), the agent fails the Checkpoint with ckq-run's reason, the controller says so in
-    a CheckpointFailed Event, and the job keeps running (a failed leave-running checkpoint stops nothing)."""
+    """A user's suspend of an app that ignores the signal: ckq-run gives up after timeoutSeconds less a
+    margin (20 s - 10 s), the agent fails the Checkpoint with ckq-run's reason, the controller says so in a
+    CheckpointFailed Event, and does what it does after a failed CRIU dump of a suspend (iass: the job is
+    stopped without a checkpoint and stays Suspended, its progress counted as lost)."""
     kube, ns = real_kube, real_ns
     cq = _queue(kube, ns, "2")
     try:
         kube.create("checkpointablejobs", signal_job("deaf", script=DEAF_WORKLOAD,
-                                                     checkpoint={"interval": "5s", "timeoutSeconds": 20}), ns)
+                                                     checkpoint={"timeoutSeconds": 20}), ns)
         kube.wait_phase(ns, "deaf", "Running", timeout=120)
+        pod = kube.wait("the first pod", lambda: _only_pod(kube, ns, "deaf", "1"), timeout=30)
+        # ckq-run has started the app, so its control socket is up when the agent is asked to dump.
+        kube.wait("the app's start", lambda: _line(kube, ns, pod.metadata.name, r"^started$"), timeout=60)
+        kube.patch("checkpointablejobs", "deaf", {"spec": {"suspend": True}}, ns)
 
         def failed_event() -> str | None:
             events = kube.core.list_namespaced_event(ns).items
@@ -199,10 +204,12 @@ def test_an_app_that_never_acks_fails_its_checkpoint_naming_the_timeout_and_runs
 
         message = kube.wait("a CheckpointFailed Event", failed_event, timeout=120)
         assert "the workload did not acknowledge SIGUSR1 within 10s" in message, message
-        assert "container train on node" in message  # where, from the agent
-        st = kube.job(ns, "deaf")["status"]
-        assert st["phase"] == "Running" and st["checkpointFailures"] >= 1
-        assert _only_pod(kube, ns, "deaf", "1") is not None  # the same pod: not killed, not restarted
+        assert f"pod {ns}/{pod.metadata.name} container train on node" in message  # where, from the agent
+        st = kube.wait_phase(ns, "deaf", "Suspended", timeout=60)["status"]
+        assert st["checkpointFailures"] == 1 and "lastCheckpoint" not in st
+        (ckpt,) = kube.list("checkpoints", ns)
+        assert ckpt["spec"]["reason"] == "User" and ckpt["status"]["phase"] == "Failed"
+        assert "did not acknowledge SIGUSR1 within 10s" in ckpt["status"]["message"]
     finally:
         kube.delete("checkpointablejobs", "deaf", ns)
         kube.delete("clusterqueues", cq)
