@@ -34,6 +34,9 @@ MANAGED_LABEL = "ckq.io/managed"  # "true": created by this controller for a Che
 
 # On a restored pod: the Checkpoint it restores from (every backend sets it).
 RESTORE_FROM_ANNOTATION = "ckq.io/restore-from"
+# On a pod run under ckq-run: how ckq-run checkpoints it ("CRIU" or "Signal"), fixed when the pod is
+# created (the job's spec.checkpoint.mode may change later; its running pods do not).
+CKQ_RUN_MODE_ANNOTATION = "ckq.io/ckq-run-mode"
 # On a Checkpoint: the job's accumulated run time at the moment it was taken (what a restore keeps).
 CHECKPOINT_RUNTIME_ANNOTATION = "ckq.io/run-time-seconds"
 

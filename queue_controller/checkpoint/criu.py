@@ -39,7 +39,7 @@ from queue_controller.checkpoint.base import (
     RestoreImpossible,
 )
 from queue_controller.checkpoint.cost import CheckpointCostModel
-from queue_controller.checkpoint.injection import InjectionError, inject
+from queue_controller.checkpoint.injection import InjectionError, SignalMode, inject
 from queue_controller.wire import RESTORE_FROM_ANNOTATION, artifact_uri, checkpoint_id_of, container_store_dir
 
 MIB = 2**20
@@ -62,6 +62,7 @@ def checkpoint_status_path(namespace: str, name: str) -> str:
 class CriuBackend:
     name = "CRIU"
     stops_workload = True  # ckq-run stops the workload after a dump without leaveRunning (exit 75)
+    done_message = "CRIU: {n} container(s) dumped by ckq-run"
 
     def __init__(self, runtime_image: str, store_root: str, cost: CheckpointCostModel = COST, *,
                  node_local: bool = False) -> None:
@@ -97,7 +98,7 @@ class CriuBackend:
         # The agents' own measure of the dump when they give one; else from the start to now (polled).
         duration = st.duration_seconds if st.duration_seconds is not None else elapsed
         return CheckpointResult(True, duration, size, tuple(artifacts),
-                                message=f"CRIU: {len(artifacts)} container(s) dumped by ckq-run")
+                                message=self.done_message.format(n=len(artifacts)))
 
     async def cancel(self, request: CheckpointRequest, *, api: ApiClient | None = None) -> None:
         """Mark the Checkpoint Failed: agents skip Failed ones (and release what they froze)."""
@@ -139,6 +140,10 @@ class CriuBackend:
                 f"directory {own}: a job restores only images its own namespace and job took")
         return ckpt_id
 
+    def _signal_mode(self, request: LaunchRequest) -> SignalMode | None:
+        """How ckq-run asks the app to save itself; None: CRIU dumps it (this backend)."""
+        return None
+
     def _rewrite(self, request: LaunchRequest, restore: Mapping[str, str] | None,
                  spec: Mapping[str, Any]) -> dict[str, Any]:
         key = request.encryption
@@ -147,6 +152,7 @@ class CriuBackend:
                           job=request.job, pod_set=request.pod.pod_set, index=request.pod.index, restore=restore,
                           node_local=self.node_local,
                           encryption_key=(key.secret, key.key) if key is not None else None,
-                          key_required=key.required if key is not None else True)
+                          key_required=key.required if key is not None else True,
+                          signal_mode=self._signal_mode(request))
         except InjectionError as e:
             raise LaunchRefused("PodTemplateNotCheckpointable", str(e)) from None

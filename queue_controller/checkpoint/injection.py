@@ -20,6 +20,13 @@ and each container mounts `subPathExpr: $(CKQ_NODE_NAME)/<namespace>/<job>/<podS
 pod is created before it is bound); a restored container also gets `--await-staged STAGE_WAIT_S`, so
 ckq-run waits for its node's agent to stage images dumped on another node (agent/stage.py).
 
+In Signal mode (`SignalMode`: the application saves its own state when signalled) the pod is the same
+but for two things: ckq-run runs `--mode signal` with the job's signal and ack timeout, and nothing is
+added to the container's privileges but `runAsUser: 0` (`SIGNAL_SECURITY_CONTEXT`: ckq-run writes the
+checkpoint directory, a hostPath the kubelet creates owned by root). No capability, no seccomp change:
+ckq-run only sends a signal to its own child and copies files, so the template's own capabilities and
+seccomp profile (`drop: [ALL]`, `RuntimeDefault`) are kept and not refused.
+
 The controller adds and never replaces: a template whose own settings contradict what CRIU needs
 (`runAsNonRoot: true`, a non-root `runAsUser`, a seccomp profile, dropping a needed capability), that
 has a container without an explicit `command` (the image's entrypoint is unknown without a registry),
@@ -31,7 +38,9 @@ import the dev cluster (layering), so they are repeated here, and a unit test ho
 from __future__ import annotations
 
 import copy
+import signal
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from queue_controller.wire import (
@@ -83,6 +92,13 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
     "capabilities": {"add": list(ADDED_CAPABILITIES)},
     "seccompProfile": {"type": "Unconfined"},
 }
+# Signal mode: ckq-run signals its own child and copies files into the checkpoint directory (a hostPath
+# the kubelet creates owned by root); it needs root in the container and nothing else.
+SIGNAL_SECURITY_CONTEXT: dict[str, Any] = {"runAsUser": 0}
+DEFAULT_SIGNAL = "SIGUSR1"
+# Signals a process cannot catch, or that mean something else to ckq-run (SIGTERM stops the app after
+# its state is saved; the kubelet sends it at deletion).
+UNUSABLE_SIGNALS = ("SIGKILL", "SIGSTOP", "SIGTERM")
 LEAST_PRIVILEGE_DOC = "docs/checkpointing.md, \"Least privilege in a container\""
 MAX_NAME = 63  # a volume name is a DNS label
 # Node-local stores: how long a restored container waits for its images to be staged on its node
@@ -94,21 +110,50 @@ class InjectionError(ValueError):
     """The template cannot run under ckq-run as it is; the message says why, for the user."""
 
 
+@dataclass(frozen=True, slots=True)
+class SignalMode:
+    """ckq-run in Signal mode: it sends `signal` (a name, e.g. SIGUSR1) and waits `ack_timeout_s` for
+    the application's ack before the checkpoint fails."""
+
+    signal: str = DEFAULT_SIGNAL
+    ack_timeout_s: float = 300.0
+
+
+def signal_name(value: str | None) -> str:
+    """The signal spec.checkpoint.signal names, as a name ckq-run takes ("10" -> "SIGUSR1"; unset ->
+    DEFAULT_SIGNAL). Raises InjectionError for one that does not exist here or cannot be used."""
+    if not value:
+        return DEFAULT_SIGNAL
+    try:
+        name = signal.Signals(int(value)).name if value.isdigit() else signal.Signals[value].name
+    except (KeyError, ValueError):
+        raise InjectionError(f"spec.checkpoint.signal {value!r} is not a signal of this system") from None
+    if name in UNUSABLE_SIGNALS:
+        why = "ckq-run sends it to stop the app once its state is saved" if name == "SIGTERM" else \
+            "a process cannot catch it"
+        raise InjectionError(f"spec.checkpoint.signal {value!r} ({name}) cannot ask for a checkpoint: {why}")
+    return name
+
+
 def _cap(name: str) -> str:
     name = name.upper()
     return name.removeprefix("CAP_")
 
 
-def _security_problems(where: str, sc: Mapping[str, Any], pod_sc: Mapping[str, Any]) -> list[str]:
-    """Why the container's own settings (over its pod's) contradict CONTAINER_SECURITY_CONTEXT."""
+def _security_problems(where: str, sc: Mapping[str, Any], pod_sc: Mapping[str, Any], signal_mode: bool) -> list[str]:
+    """Why the container's own settings (over its pod's) contradict CONTAINER_SECURITY_CONTEXT (in Signal
+    mode: SIGNAL_SECURITY_CONTEXT)."""
     out = []
+    who, why = ("Signal mode", "ckq-run writes the checkpoint directory, a hostPath owned by root") if signal_mode \
+        else ("CRIU", "CAP_CHECKPOINT_RESTORE must be effective; the workload can drop privileges itself")
     non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
     if non_root:
-        out.append(f"{where} sets runAsNonRoot: true, but CRIU needs root in the container "
-                   "(CAP_CHECKPOINT_RESTORE must be effective; the workload can drop privileges itself)")
+        out.append(f"{where} sets runAsNonRoot: true, but {who} needs root in the container ({why})")
     user = sc.get("runAsUser", pod_sc.get("runAsUser"))
     if user not in (None, 0):
-        out.append(f"{where} runs as uid {user}, but CRIU needs root in the container (runAsUser: 0)")
+        out.append(f"{where} runs as uid {user}, but {who} needs root in the container (runAsUser: 0)")
+    if signal_mode:
+        return out
     seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
     if seccomp not in (None, "Unconfined"):
         out.append(f"{where} asks for seccomp profile {seccomp}, but CRIU needs Unconfined (a filter blocks "
@@ -120,7 +165,7 @@ def _security_problems(where: str, sc: Mapping[str, Any], pod_sc: Mapping[str, A
     return out
 
 
-def problems(spec: Mapping[str, Any]) -> list[str]:
+def problems(spec: Mapping[str, Any], *, signal_mode: bool = False) -> list[str]:
     """Why a pod spec (the user's template) cannot be injected, one sentence each; empty when it can."""
     out: list[str] = []
     pod_sc = spec.get("securityContext") or {}
@@ -145,15 +190,18 @@ def problems(spec: Mapping[str, Any]) -> list[str]:
         for m in c.get("volumeMounts") or ():
             if m.get("mountPath", "").rstrip("/") in (RUNTIME_MOUNT, CHECKPOINT_MOUNT):
                 out.append(f"{where} mounts something at {m['mountPath']}, where the runtime is injected")
-        out += _security_problems(where, c.get("securityContext") or {}, pod_sc)
+        out += _security_problems(where, c.get("securityContext") or {}, pod_sc, signal_mode)
     return out
 
 
-def secured(sc: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The container's security context with CONTAINER_SECURITY_CONTEXT added (nothing of its own removed;
-    `problems` has already refused what would have to be)."""
+def secured(sc: Mapping[str, Any] | None, *, signal_mode: bool = False) -> dict[str, Any]:
+    """The container's security context with CONTAINER_SECURITY_CONTEXT (in Signal mode:
+    SIGNAL_SECURITY_CONTEXT) added (nothing of its own removed; `problems` has already refused what would
+    have to be)."""
     out = copy.deepcopy(dict(sc or {}))
     out["runAsUser"] = 0
+    if signal_mode:
+        return out
     caps = dict(out.get("capabilities") or {})
     add = list(caps.get("add") or [])
     have = {_cap(c) for c in add}
@@ -164,16 +212,22 @@ def secured(sc: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def wrapped_command(command: Sequence[str], args: Sequence[str], restore_id: str | None = None,
-                    encrypted: bool = False, default_key: bool = False, await_staged: float | None = None) -> list[str]:
-    """`ckq-run --dir <mount> [--encrypt-key-file|--default-key-file <key>] [--restore <id> [--await-staged
-    <s>]] -- <command> <args>`: an argv list, never shell text — the user's command and args follow `--`
-    verbatim (ckq-run execs them without a shell), so nothing in them is ever interpreted by ckq."""
+                    encrypted: bool = False, default_key: bool = False, await_staged: float | None = None,
+                    signal_mode: SignalMode | None = None) -> list[str]:
+    """`ckq-run --dir <mount> [<signal mode>] [--encrypt-key-file|--default-key-file <key>] [--restore <id>
+    [--await-staged <s>]] -- <command> <args>`: an argv list, never shell text — the user's command and args
+    follow `--` verbatim (ckq-run execs them without a shell), so nothing in them is ever interpreted by ckq.
+
+    Signal mode adds `--mode signal --signal <name> --signal-timeout <s> --pid-base 0`: the app is started
+    afresh on restore, so its PIDs need not be kept clear of the supervisor's."""
+    mode = ["--mode", "signal", "--signal", signal_mode.signal, "--signal-timeout", f"{signal_mode.ack_timeout_s:g}",
+            "--pid-base", "0"] if signal_mode is not None else []
     restore = ["--restore", restore_id] if restore_id else []
     if restore_id and await_staged is not None:
         restore += ["--await-staged", f"{await_staged:g}"]
     key = (["--encrypt-key-file", f"{KEY_MOUNT}/{KEY_FILE}"] if encrypted
            else ["--default-key-file", f"{KEY_MOUNT}/{KEY_FILE}"] if default_key else [])
-    return [CKQ_RUN, "--dir", CHECKPOINT_MOUNT, *key, *restore, "--", *command, *args]
+    return [CKQ_RUN, "--dir", CHECKPOINT_MOUNT, *mode, *key, *restore, "--", *command, *args]
 
 
 def checkpoint_volume(container: str) -> str:
@@ -183,13 +237,14 @@ def checkpoint_volume(container: str) -> str:
 def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: str, job: str, pod_set: str,
            index: int, restore: Mapping[str, str] | None = None,
            encryption_key: tuple[str, str] | None = None, key_required: bool = True,
-           node_local: bool = False) -> dict[str, Any]:
+           node_local: bool = False, signal_mode: SignalMode | None = None) -> dict[str, Any]:
     """The pod spec `spec` runs as under ckq-run; `restore` maps each container to the ckq-run checkpoint id
     it resumes from (None: a fresh start); `encryption_key`: (Secret, data key) of the key its images are
     encrypted with. The Secret is mounted `optional`, so a missing one never leaves the pod in
     ContainerCreating: ckq-run reports it (exit EXIT_KEY) when `key_required`, and otherwise (the
-    namespace's default key) encrypts only when it exists. Raises InjectionError with every problem."""
-    found = problems(spec)
+    namespace's default key) encrypts only when it exists. `signal_mode`: ckq-run asks the app to save
+    itself (None: CRIU). Raises InjectionError with every problem."""
+    found = problems(spec, signal_mode=signal_mode is not None)
     for c in spec.get("containers") or ():
         try:  # every part of the hostPath is a checked name (wire.container_store_dir)
             container_store_dir(store_root, namespace, job, pod_set, index, str(c.get("name", "")))
@@ -238,7 +293,8 @@ def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: s
                                        restore.get(name) if restore is not None else None,
                                        encrypted=encryption_key is not None and key_required,
                                        default_key=encryption_key is not None and not key_required,
-                                       await_staged=STAGE_WAIT_S if node_local else None)
-        c["securityContext"] = secured(c.get("securityContext"))
+                                       await_staged=STAGE_WAIT_S if node_local else None,
+                                       signal_mode=signal_mode)
+        c["securityContext"] = secured(c.get("securityContext"), signal_mode=signal_mode is not None)
     out["volumes"] = volumes
     return out

@@ -7,7 +7,7 @@ No silent fallback. A job's `spec.checkpoint.mode` and the kind of node its pods
 |---|---|---|
 | `Simulated` | Simulated | Simulated (the job asked for it) |
 | `CRIU` | Simulated | CRIU, if the ConfigMap names store and runtime image and the template suits ckq-run |
-| `Signal` | Simulated | unavailable: not wired yet |
+| `Signal` | Simulated | Signal, as CRIU (ConfigMap, template), if the signal can be caught |
 | `Kubelet` | Simulated | unavailable: the nodes' containerd has no CRI checkpoint (needs >= 2.0) |
 | `None` | not checkpointable | not checkpointable |
 
@@ -16,8 +16,8 @@ it waits with `pendingReason: CheckpointModeUnavailable`, the condition of that 
 reason and a message naming the mode and why) and a Warning Event, and it is checked again every
 cycle, so it is admitted once the cluster can serve it (the ConfigMap appears). A job that some kinds
 can serve and others cannot is only placed on the kinds that can; one that resumes from a checkpoint
-is only placed where that checkpoint can be restored (a simulated one on kwok nodes, a CRIU one on
-real nodes). A placement the backends still cannot serve is refused at admission or at pod creation
+is only placed where that checkpoint can be restored (a simulated one on kwok nodes, a CRIU or Signal
+one on real nodes). A placement the backends still cannot serve is refused at admission or at pod creation
 with the same condition (`resolve`). Which backend checkpoints a running job follows from where its
 pods run and how they were started (`for_job`).
 
@@ -52,7 +52,8 @@ from queue_controller.checkpoint.base import (
     encryption_key,
 )
 from queue_controller.checkpoint.criu import CriuBackend
-from queue_controller.checkpoint.injection import problems
+from queue_controller.checkpoint.injection import InjectionError, problems
+from queue_controller.checkpoint.signal_backend import SignalBackend, signal_mode
 from queue_controller.checkpoint.simulated import SIM_URI_PREFIX
 from queue_controller.engine import GPU
 from queue_controller.operator.cache import Cache
@@ -64,6 +65,8 @@ from queue_controller.wire import KWOK_NODE, REAL_NODE, parse_time, pod_name
 SIMULATED_BY_MODE = "checkpoints are simulated (checkpoint mode Simulated): no process is dumped"
 SIMULATED_ON_KWOK = "checkpoints are simulated: the job runs on kwok nodes, where no process exists"
 CRIU_MESSAGE = "checkpoints by CRIU: ckq-run in every container, driven by the node agents"
+SIGNAL_MESSAGE = ("checkpoints by signal: the application saves its own state when ckq-run sends it {signal}, "
+                  "driven by the node agents")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,8 @@ class JobBackends:
         self.settings = settings or ClusterSettings()
         self._criu = CriuBackend(self.settings.runtime_image, self.settings.store_host_path,
                                  node_local=self.settings.node_local_store)
+        self._signal = SignalBackend(self.settings.runtime_image, self.settings.store_host_path,
+                                     node_local=self.settings.node_local_store)
         self._templates: dict[str, _Memo] = {}  # job key -> its templates' problems, per generation
 
     def configure(self, settings: ClusterSettings) -> None:
@@ -157,6 +162,8 @@ class JobBackends:
         self.settings = settings
         self._criu = CriuBackend(settings.runtime_image, settings.store_host_path,
                                  node_local=settings.node_local_store)
+        self._signal = SignalBackend(settings.runtime_image, settings.store_host_path,
+                                     node_local=settings.node_local_store)
 
     # ---- the registry -----------------------------------------------------------------------------
 
@@ -166,8 +173,9 @@ class JobBackends:
             self._templates = {k: m for k, m in self._templates.items() if k in self.cache.jobs}
         memo = self._templates.setdefault(job.key, _Memo())
         if memo.generation != job.generation or not job.generation:
+            signal = job.spec is not None and job.spec.checkpoint.mode == "Signal"
             found = [f"pod set {name!r}: {p}" for name, t in job.templates.items()
-                     for p in problems(t.get("spec") or {})]
+                     for p in problems(t.get("spec") or {}, signal_mode=signal)]
             memo.generation, memo.problems = job.generation, "; ".join(found)
         return memo.problems
 
@@ -188,18 +196,22 @@ class JobBackends:
             return Resolution(self.simulated, "Simulated", SIMULATED_BY_MODE)
         if kind == KWOK_NODE:
             return Resolution(self.simulated, "Simulated", SIMULATED_ON_KWOK)
-        if mode == "CRIU":
-            why = self.settings.criu_unavailable()
+        if mode in ("CRIU", "Signal"):  # both run ckq-run in every container, driven by the agents
+            why = self.settings.criu_unavailable(mode)
             if why:
-                return unavailable("StoreNotConfigured", f"checkpoint mode CRIU is unavailable on real nodes: {why}")
+                return unavailable("StoreNotConfigured", f"checkpoint mode {mode} is unavailable on real nodes: {why}")
             found = self._template_problems(job)
             if found:
                 return unavailable("PodTemplateNotCheckpointable",
-                                   f"checkpoint mode CRIU cannot run this job's pods under ckq-run: {found}")
-            return Resolution(self._criu, "CRIU", CRIU_MESSAGE)
-        if mode == "Signal":
-            return unavailable("SignalNotWired", "checkpoint mode Signal is unavailable on real nodes: Signal mode "
-                               "is not wired yet (the controller and the node agents do not drive it); use CRIU")
+                                   f"checkpoint mode {mode} cannot run this job's pods under ckq-run: {found}")
+            if mode == "CRIU":
+                return Resolution(self._criu, "CRIU", CRIU_MESSAGE)
+            assert job.spec is not None
+            try:
+                how = signal_mode(job.spec.checkpoint)
+            except InjectionError as e:
+                return unavailable("SignalUnusable", f"checkpoint mode Signal is unavailable: {e}")
+            return Resolution(self._signal, "Signal", SIGNAL_MESSAGE.format(signal=how.signal))
         return unavailable("KubeletCheckpointUnsupported",
                            f"checkpoint mode Kubelet is unavailable on real nodes: {self._kubelet_why()}")
 
@@ -259,15 +271,16 @@ class JobBackends:
 
     def for_job(self, job: JobRecord) -> CheckpointBackend:
         """The backend that checkpoints the job's current run: from where its pods run and how they were
-        started (a run started under ckq-run stays CRIU whatever the settings say since)."""
+        started (a run started under ckq-run stays checkpointed by it whatever the settings say since)."""
         res = self.resolve(job, self._placed_nodes(job))
         if res.reason == "Simulated":
             return self.simulated
         attempt = int(job.status.get("attempt") or 0)
         pods = [p for p in self.cache.job_pods(job.key) if p.attempt == attempt]
         if pods and all(p.injected for p in pods):
-            return self._criu
-        if res.backend is self._criu and pods:
+            # How ckq-run was started in them (a pod annotation), not the job's mode now: it may have changed.
+            return self._signal if all(p.ckq_run_mode == "Signal" for p in pods) else self._criu
+        if res.backend in (self._criu, self._signal) and pods:
             plain = next(p.name for p in pods if not p.injected)
             return Unavailable(unavailable("NotUnderCkqRun", f"pod {plain} was not started under ckq-run: "
                                            "nothing on its node can dump it"))

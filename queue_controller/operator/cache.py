@@ -31,6 +31,7 @@ from queue_controller.operator.records import (
 )
 from queue_controller.wire import (
     ATTEMPT_LABEL,
+    CKQ_RUN_MODE_ANNOTATION,
     JOB_LABEL,
     MANAGED_LABEL,
     POD_INDEX_LABEL,
@@ -227,6 +228,7 @@ class Cache:
             exit_code=_exit_code(status),
             injected=any(c.get("name") == RUNTIME_INIT_CONTAINER for c in spec.get("initContainers") or ()),
             restore_from=(meta.get("annotations") or {}).get(RESTORE_FROM_ANNOTATION),
+            ckq_run_mode=(meta.get("annotations") or {}).get(CKQ_RUN_MODE_ANNOTATION, ""),
         )
         old = self.pods.get(rec.key)
         if old is not None and old.job and old.job != rec.job:

@@ -57,6 +57,7 @@ class PodRecord:
     exit_code: int | None = None  # the first non-zero exit code of its terminated containers
     injected: bool = False  # it runs under ckq-run (the runtime's init container was injected)
     restore_from: str | None = None  # the Checkpoint a restored pod restores from (wire.RESTORE_FROM_ANNOTATION)
+    ckq_run_mode: str = ""  # how ckq-run checkpoints it, "Signal" or "CRIU" (wire.CKQ_RUN_MODE_ANNOTATION)
 
     @property
     def key(self) -> str:

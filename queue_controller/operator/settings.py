@@ -124,8 +124,8 @@ class ClusterSettings:
     def node_local_store(self) -> bool:
         return self.store_mode == STORE_NODE_LOCAL
 
-    def criu_unavailable(self) -> str:
-        """Why the CRIU backend cannot run here ("" when it can)."""
+    def criu_unavailable(self, mode: str = "CRIU") -> str:
+        """Why the backends running ckq-run in the pods (CRIU, Signal) cannot run here ("" when they can)."""
         missing = [k for k, v in ((CONFIG_STORE_HOST_PATH, self.store_host_path),
                                   (CONFIG_RUNTIME_IMAGE, self.runtime_image)) if not v]
         if not missing:
@@ -133,7 +133,7 @@ class ClusterSettings:
         why = f"{CONFIG_REF} does not give {' and '.join(missing)}"
         if self.problem:
             why += f" ({self.problem})"
-        return why + ": CRIU checkpoints need the checkpoint store and the runtime image it names"
+        return why + f": {mode} checkpoints need the checkpoint store and the runtime image it names"
 
 
 class SettingsSource:

@@ -14,10 +14,13 @@ from queue_controller.checkpoint import injection
 from queue_controller.checkpoint.injection import (
     CONTAINER_SECURITY_CONTEXT,
     EXIT_CHECKPOINTED,
+    SIGNAL_SECURITY_CONTEXT,
     InjectionError,
+    SignalMode,
     inject,
     problems,
     secured,
+    signal_name,
     wrapped_command,
 )
 from queue_controller.runtime.supervisor import EXIT_CHECKPOINTED as RUNTIME_EXIT_CHECKPOINTED
@@ -159,6 +162,70 @@ def test_every_problem_is_named_at_once() -> None:
     assert len(problems(spec)) == 2
     with pytest.raises(InjectionError, match=r"no explicit command.*; container 'train' runs as uid 7"):
         injected(spec)
+
+
+# ---- Signal mode ------------------------------------------------------------------------------------------
+
+LOCKED_DOWN = {"capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+               "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
+
+
+def test_a_signal_mode_pod_runs_ckq_run_in_signal_mode_and_gets_no_privilege_but_root() -> None:
+    """The same runtime, volumes and wrapping as CRIU; ckq-run takes the signal and the ack timeout; the
+    container's own capabilities and seccomp profile are kept as written (nothing added, nothing
+    refused), and it only gets runAsUser 0, to write its hostPath checkpoint directory."""
+    how = SignalMode("SIGUSR2", 48.0)
+    for restore in (None, {"train": "20260921T000000-0001"}):
+        criu = injected(template(), restore)
+        out = inject(template(securityContext=LOCKED_DOWN), image="ckq.local/runtime:0.1.0", store_root=STORE,
+                     namespace="team", job="train", pod_set="worker", index=1, restore=restore, signal_mode=how)
+        assert out["initContainers"] == criu["initContainers"] and out["volumes"] == criu["volumes"]
+        (c,) = out["containers"]
+        assert c["volumeMounts"] == criu["containers"][0]["volumeMounts"]
+        assert c["securityContext"] == {**LOCKED_DOWN, **SIGNAL_SECURITY_CONTEXT} == {**LOCKED_DOWN, "runAsUser": 0}
+        resumed = ["--restore", "20260921T000000-0001"] if restore else []
+        assert c["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--mode", "signal",
+                                "--signal", "SIGUSR2", "--signal-timeout", "48", "--pid-base", "0", *resumed, "--",
+                                "python", "train.py", "--epochs", "3"]
+        # ckq-run's own parser takes it as meant.
+        from queue_controller.runtime.cli import _parse_signal, _run_parser
+
+        args = _run_parser().parse_args(c["command"][1:c["command"].index("--")])
+        assert (args.mode, _parse_signal(args.signal), args.signal_timeout, args.pid_base) == (
+            "signal", 12, 48.0, 0)
+        assert args.restore == (restore or {}).get("train")
+    assert secured(None, signal_mode=True) == SIGNAL_SECURITY_CONTEXT
+
+
+def test_signal_mode_refuses_only_what_it_cannot_run() -> None:
+    assert problems(template(securityContext=LOCKED_DOWN), signal_mode=True) == []
+    assert problems(template(securityContext={"capabilities": {"drop": ["SYS_PTRACE"]}}), signal_mode=True) == []
+    (non_root,) = problems({**template(), "securityContext": {"runAsNonRoot": True}}, signal_mode=True)
+    assert non_root == ("container 'train' sets runAsNonRoot: true, but Signal mode needs root in the container "
+                        "(ckq-run writes the checkpoint directory, a hostPath owned by root)")
+    (uid,) = problems(template(securityContext={"runAsUser": 1000}), signal_mode=True)
+    assert uid == "container 'train' runs as uid 1000, but Signal mode needs root in the container (runAsUser: 0)"
+    (entry,) = problems(template(command=None), signal_mode=True)
+    assert "has no explicit command" in entry
+
+
+@pytest.mark.parametrize(("value", "name"), [(None, "SIGUSR1"), ("SIGUSR2", "SIGUSR2"), ("10", "SIGUSR1"),
+                                             ("SIGHUP", "SIGHUP"), ("SIGRTMIN", "SIGRTMIN")])
+def test_the_signal_is_named_as_ckq_run_takes_it(value: str | None, name: str) -> None:
+    assert signal_name(value) == name
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("SIGKILL", "spec.checkpoint.signal 'SIGKILL' (SIGKILL) cannot ask for a checkpoint: a process cannot catch it"),
+    ("19", "spec.checkpoint.signal '19' (SIGSTOP) cannot ask for a checkpoint: a process cannot catch it"),
+    ("SIGTERM", "spec.checkpoint.signal 'SIGTERM' (SIGTERM) cannot ask for a checkpoint: ckq-run sends it to stop "
+     "the app once its state is saved"),
+    ("SIGNOPE", "spec.checkpoint.signal 'SIGNOPE' is not a signal of this system"),
+    ("99", "spec.checkpoint.signal '99' is not a signal of this system"),
+])
+def test_a_signal_that_cannot_ask_for_a_checkpoint_is_refused_saying_why(value: str, says: str) -> None:
+    with pytest.raises(InjectionError, match="^" + re.escape(says) + "$"):
+        signal_name(value)
 
 
 def test_the_wrapped_command_and_the_exit_code_match_the_runtime() -> None:

@@ -6,6 +6,8 @@ Worked by hand on a contended pool of 32 GPUs that a third queue lends to two te
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -184,7 +186,10 @@ def cohorts(draw: st.DrawFn) -> tuple[list[Node], list[ClusterQueue], list[Job]]
     return nodes_, queues, jobs
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs the same 300 cohorts every time (a fresh clone has no example database); the soak
+# for new cohorts is CKQ_HYPOTHESIS_SEARCH=1, which draws new ones.
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          derandomize=not os.environ.get("CKQ_HYPOTHESIS_SEARCH"))
 @given(cohorts(), st.sampled_from(sorted(KINDS)), st.sampled_from((True, True, True, False)))
 def test_no_preemption_loop_over_random_cohorts(cohort, kind, staggered) -> None:  # type: ignore[no-untyped-def]
     """Applying the engine's decisions again and again to a static set of jobs (nothing finishes, victims

@@ -131,3 +131,12 @@ def test_a_checkpoint_past_its_timeout_is_cancelled_and_fails_like_any_failure()
         assert st["phase"] == "Pending" and st["checkpointFailures"] == 1 and st["lostRunTimeSeconds"] == 40.0
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("timeout", "ack"), [(600, 570.0), (60, 30.0), (20, 10.0), (1, 0.5)])
+def test_ckq_run_gives_up_on_a_signal_ack_before_the_controllers_timeout(timeout: int, ack: float) -> None:
+    """So that the agent records ckq-run's reason (which signal, how long) before the controller's generic
+    "timed out" would (30 s of margin at most; half the timeout when it is short)."""
+    from queue_controller.checkpoint.signal_backend import ack_timeout_s
+
+    assert ack_timeout_s(timeout) == ack

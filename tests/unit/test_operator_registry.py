@@ -22,6 +22,7 @@ from tests.unit.operator_world import CONFIG, TRAIN_COMMAND, World, make_world
 pytestmark = pytest.mark.unit
 
 CRIU = {"mode": "CRIU", "container": {"command": TRAIN_COMMAND}}
+SIGNAL = {"mode": "Signal", "container": {"command": TRAIN_COMMAND}}
 POD_PATH = "/api/v1/namespaces/team/pods/"
 
 
@@ -128,8 +129,6 @@ def test_criu_without_the_configmap_is_refused_then_admitted_once_it_appears() -
 
 
 @pytest.mark.parametrize(("mode", "reason", "why"), [
-    ("Signal", "SignalNotWired", "checkpoint mode Signal is unavailable on real nodes: Signal mode is not wired yet "
-     "(the controller and the node agents do not drive it); use CRIU"),
     ("Kubelet", "KubeletCheckpointUnsupported", "checkpoint mode Kubelet is unavailable on real nodes: the nodes' "
      "container runtime (containerd://1.6.20) has no CRI checkpoint; Kubelet mode needs containerd >= 2.0"),
 ])
@@ -206,6 +205,107 @@ def test_a_gang_placed_across_node_kinds_is_refused_before_it_takes_quota() -> N
         requests = len(w.server.log)
         await w.cycle(1)  # the same placement again: nothing written, nothing said twice
         assert len(warnings(w, "gang")) == 1 and w.server.log[requests:] == []
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(("job", "config", "reason", "why"), [
+    (SIGNAL, None, "StoreNotConfigured", "checkpoint mode Signal is unavailable on real nodes: ConfigMap "
+     "ckq-system/ckq-config does not give storeHostPath and runtimeImage (ConfigMap ckq-system/ckq-config does not "
+     "exist): Signal checkpoints need the checkpoint store and the runtime image it names"),
+    ({**SIGNAL, "container": {"command": TRAIN_COMMAND, "securityContext": {"runAsNonRoot": True}}}, CONFIG,
+     "PodTemplateNotCheckpointable", "checkpoint mode Signal cannot run this job's pods under ckq-run: pod set "
+     "'worker': container 'train' sets runAsNonRoot: true, but Signal mode needs root in the container (ckq-run "
+     "writes the checkpoint directory, a hostPath owned by root)"),
+    ({**SIGNAL, "checkpoint": {"signal": "SIGKILL"}}, CONFIG, "SignalUnusable", "checkpoint mode Signal is "
+     "unavailable: spec.checkpoint.signal 'SIGKILL' (SIGKILL) cannot ask for a checkpoint: a process cannot catch it"),
+    ({**SIGNAL, "checkpoint": {"signal": "SIGNOPE"}}, CONFIG, "SignalUnusable", "checkpoint mode Signal is "
+     "unavailable: spec.checkpoint.signal 'SIGNOPE' is not a signal of this system"),
+])
+def test_signal_mode_is_refused_on_real_nodes_only_where_it_cannot_run(
+        job: dict[str, Any], config: dict[str, str] | None, reason: str, why: str) -> None:
+    async def scenario() -> None:
+        w = make_world("iass", kind="real", config=config)
+        w.submit("app", **job)
+        await w.cycle()
+        assert w.server.status("app")["pendingReason"] == "CheckpointModeUnavailable"
+        assert mode_condition(w, "app") == ("True", reason, why)
+        assert warnings(w, "app") == [why] and w.server.pods("app") == []
+
+    run(scenario)
+
+
+# ---- CRIU and Signal on real nodes, through the node agents --------------------------------------------
+
+
+def test_signal_preemption_checkpoint_through_the_agents_without_privileges_and_restore() -> None:
+    """Signal mode runs the same machinery as CRIU (runtime injected, agents dump over ckq-run's socket,
+    artifacts in the status), with ckq-run in signal mode, no capability added and the template's seccomp
+    profile kept."""
+    async def scenario() -> None:
+        w = make_world("iass", kind="real", config={**CONFIG, "deleteGraceSeconds": "45"})
+        locked = {"capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+                  "allowPrivilegeEscalation": False}
+        w.submit("train", pods=1, gpus=4, checkpoint={"signal": "12", "timeoutSeconds": 60},
+                 **{**SIGNAL, "container": {"command": TRAIN_COMMAND, "securityContext": locked}})
+        await running(w, "train")
+        (pod,) = w.server.pods("train")
+        c = pod["spec"]["containers"][0]
+        signal_args = ["--mode", "signal", "--signal", "SIGUSR2", "--signal-timeout", "30", "--pid-base", "0"]
+        key = ["--default-key-file", "/var/run/ckq/encryption/key"]  # the namespace's default key, optional
+        assert c["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *signal_args, *key, "--",
+                                "python", "train.py"]
+        assert c["securityContext"] == {**locked, "runAsUser": 0}  # nothing added but root
+        assert pod["spec"]["initContainers"][0]["name"] == "ckq-runtime"
+        assert pod["metadata"]["annotations"]["ckq.io/ckq-run-mode"] == "Signal"
+        assert mode_condition(w, "train") == ("False", "Signal", "checkpoints by signal: the application saves its "
+                                              "own state when ckq-run sends it SIGUSR2, driven by the node agents")
+        w.submit("urgent", priority=100, gpus=8, mode="None")
+        await w.cycle(10)
+        (ckpt,) = w.server.checkpoints("train")
+        name = ckpt["metadata"]["name"]
+        assert ckpt["status"]["phase"] == "Running" and w.phase("train") == "Checkpointing"
+        w.server.exit_pods("train", 75)  # the app saved, got SIGTERM and exited: ckq-run's 75 is no failure
+        await w.cycle(1)
+        assert w.phase("train") == "Checkpointing" and "Restarting" not in w.server.event_reasons("train")
+        agent_dumps(w, name, "train", size=300)
+        await w.cycle(1)
+        st = w.server.get("checkpoints", name)["status"]
+        assert st["phase"] == "Completed" and st["sizeBytes"] == 300
+        assert st["message"] == "Signal: 1 container(s) saved by the application, through ckq-run"
+        assert w.phase("train") == "Suspended"
+        assert grace_of(w, "train-1-worker-0") == 0  # its state is saved: nothing the app still does is needed
+        await running(w, "urgent")
+        w.server.finish_pods("urgent")
+        d = await w.cycle(1)
+        assert [type(a) for a in d.actions] == [Resume]
+        (pod,) = w.server.pods("train")
+        assert pod["metadata"]["name"] == "train-2-worker-0"
+        assert pod["spec"]["containers"][0]["command"] == [
+            "/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *signal_args, "--restore", f"{name}-train", "--",
+            "python", "train.py"]
+        assert pod["metadata"]["annotations"]["ckq.io/restore-from"] == name
+
+    run(scenario)
+
+
+def test_an_app_that_does_not_ack_fails_its_periodic_checkpoint_saying_so_and_runs_on() -> None:
+    async def scenario() -> None:
+        w = make_world("iass", kind="real", config=CONFIG)
+        w.submit("train", checkpoint={"interval": "10s", "timeoutSeconds": 20}, **SIGNAL)
+        await running(w, "train")
+        command = w.server.pods("train")[0]["spec"]["containers"][0]["command"]
+        assert command[command.index("--signal-timeout") + 1] == "10"  # timeoutSeconds less a margin
+        await w.cycle(10)
+        (ckpt,) = w.server.checkpoints("train")
+        why = ("pod team/train-1-worker-0 container train on node n0: ckq-run: the workload did not acknowledge "
+               "SIGUSR1 within 10s (it must write its state to stateDir and create ackFile, see "
+               "/ckq/checkpoints/ckq-request.json)")  # what the agent records
+        w.server.patch_checkpoint(ckpt["metadata"]["name"], {"phase": "Failed", "message": why})
+        await w.cycle(1)
+        st = w.server.status("train")
+        assert st["phase"] == "Running" and st["checkpointFailures"] == 1
+        assert warnings(w, "train", "CheckpointFailed") == [f"checkpoint {ckpt['metadata']['name']} failed: {why}"]
 
     run(scenario)
 
