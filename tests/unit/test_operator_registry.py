@@ -282,8 +282,8 @@ def test_signal_preemption_checkpoint_through_the_agents_without_privileges_and_
         (pod,) = w.server.pods("train")
         assert pod["metadata"]["name"] == "train-2-worker-0"
         assert pod["spec"]["containers"][0]["command"] == [
-            "/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *signal_args, "--restore", f"{name}-train", "--",
-            "python", "train.py"]
+            "/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *signal_args, *key, "--restore",
+            f"{name}-train", "--", "python", "train.py"]
         assert pod["metadata"]["annotations"]["ckq.io/restore-from"] == name
 
     run(scenario)
