@@ -101,6 +101,14 @@ def pydantic_errors(exc: ValidationError) -> list[FieldError]:
     return out
 
 
+def describe_errors(exc: ValidationError, prefix: str = "spec", limit: int = 3) -> str:
+    """One line naming each invalid field (`spec.podSets[0].count: ...`), for a status message: what
+    pydantic's own first line ("1 validation error for X") does not say."""
+    errors = [(_join(prefix, path), msg) for path, msg in pydantic_errors(exc)]
+    text = "; ".join(f"{path}: {msg}" for path, msg in errors[:limit])
+    return text + (f" (and {len(errors) - limit} more)" if len(errors) > limit else "")
+
+
 @functools.cache
 def _schema(kind: str) -> dict[str, Any]:
     return structural_schema(KIND_MODELS[kind])

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from queue_controller.api.job import CheckpointableJobSpec, EncryptionKeyRef
 from queue_controller.api.quantity import QuantityError, resources_to_milli
 from queue_controller.api.queues import ClusterQueueSpec
+from queue_controller.api.validation import describe_errors
 from queue_controller.operator.records import (
     CheckpointRecord,
     FlavorRecord,
@@ -92,8 +93,10 @@ def _parse_spec(raw: Mapping[str, Any]) -> _Parsed:
     error = ""
     try:
         spec = CheckpointableJobSpec.model_validate(raw)
-    except (ValidationError, QuantityError) as e:
-        error = str(e).splitlines()[0] if str(e) else "invalid spec"
+    except ValidationError as e:
+        error = describe_errors(e)
+    except QuantityError as e:
+        error = f"spec: {e}"
     requests = {ps.name: ps.template.pod_requests_milli() for ps in spec.pod_sets} if spec is not None else {}
     templates = {ps.get("name", ""): ps.get("template") or {}
                  for ps in raw.get("podSets") or () if isinstance(ps, dict)}
@@ -321,9 +324,10 @@ class Cache:
         try:
             spec = ClusterQueueSpec.model_validate(raw)
             rec = QueueRecord(meta["name"], spec, "", frozenset(raw), dict(body.get("status") or {}))
-        except (ValidationError, QuantityError) as e:
-            rec = QueueRecord(meta["name"], None, str(e).splitlines()[0], frozenset(raw),
-                              dict(body.get("status") or {}))
+        except ValidationError as e:
+            rec = QueueRecord(meta["name"], None, describe_errors(e), frozenset(raw), dict(body.get("status") or {}))
+        except QuantityError as e:
+            rec = QueueRecord(meta["name"], None, f"spec: {e}", frozenset(raw), dict(body.get("status") or {}))
         self.cluster_queues[rec.name] = rec
         self._changed()
 

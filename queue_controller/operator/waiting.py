@@ -53,13 +53,15 @@ from queue_controller.engine.ordering import dominant_share, weighted_share
 from queue_controller.engine.quota import QuotaLedger
 from queue_controller.operator import metrics
 from queue_controller.operator.cache import Cache
-from queue_controller.operator.records import JobRecord
+from queue_controller.operator.records import JobRecord, QueueRecord
 from queue_controller.operator.snapshot import MODE_CONDITION, Unqueued
 from queue_controller.operator.status import (
     ClusterQueueStatusPatch,
+    ConditionChanges,
     JobStatusPatch,
     LocalQueueStatusPatch,
     StatusWriter,
+    conditions_after,
     job_conditions,
 )
 from queue_controller.wire import WAITING_PHASES, to_datetime
@@ -104,6 +106,15 @@ def mode_condition(job: JobRecord, refused: str | None, message: str) -> tuple[C
         mode = job.spec.checkpoint.mode if job.spec is not None else ""
         return "False", "Available", f"checkpoint mode {mode} can be served now"
     return None
+
+
+def queue_active(rec: QueueRecord) -> ConditionChanges:
+    """Kueue's `Active` condition of a ClusterQueue: False with reason InvalidSpec (naming the fields) for
+    a spec the API server stored but our model refuses (its jobs then wait), so that the queue's admin
+    sees why in `kubectl describe`, not only its users in their jobs' status."""
+    if rec.spec is None:
+        return {"Active": ("False", "InvalidSpec", rec.spec_error)}
+    return {"Active": ("True", "Ready", "Can admit jobs")}
 
 
 def waiting(job: JobRecord, reason: str, message: str, priority: int | None, now: float,
@@ -213,6 +224,8 @@ class Waiting:
             patch.pending_jobs = heads_cq.get(name, [])
             if name in shares:
                 patch.fair_sharing = FairSharingStatus(weighted_share=shares[name])
+            if (rec := self.cache.cluster_queues.get(name)) is not None:
+                patch.conditions = conditions_after(rec.status.get("conditions") or (), queue_active(rec), now)
             await self._write_queue(None, name, patch, now)
         for gone in set(self._usage_series) - set(self.cache.cluster_queues):
             self._forget_metrics(gone)

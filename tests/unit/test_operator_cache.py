@@ -140,6 +140,28 @@ def test_invalid_job_spec_is_reported(cache: Cache) -> None:
     cache.upsert_job(bad)
     _, unq = build(cache, estimate)
     assert unq.reasons["team/f"][0] == "InvalidSpec"
+    # The message names the field (found by the fuzz tier: it once said only "1 validation error for ...").
+    assert unq.reasons["team/f"][1].startswith("spec.podSets[0].count: "), unq.reasons["team/f"]
+    del bad["spec"]["podSets"][0]["template"]["spec"]["containers"]
+    bad["spec"]["podSets"][0]["count"] = 1
+    bad["metadata"]["resourceVersion"] = "2"
+    cache.upsert_job(bad)
+    assert build(cache, estimate)[1].reasons["team/f"] == (
+        "InvalidSpec", "spec.podSets[0].template.spec.containers: required")
+
+
+def test_invalid_cluster_queue_is_reported_by_its_active_condition(cache: Cache) -> None:
+    from queue_controller.operator.waiting import queue_active
+
+    raw = {"metadata": {"name": "q"}, "spec": {"resourceGroups": [{"coveredResources": ["cpu"], "flavors": [
+        {"name": "f", "resources": [{"name": "cpu", "nominalQuota": "1e999"}]}]}]}}
+    cache.upsert_cluster_queue(raw)
+    status, reason, message = queue_active(cache.cluster_queues["q"])["Active"]
+    assert (status, reason) == ("False", "InvalidSpec")
+    assert message.startswith("spec.resourceGroups[0].flavors[0].resources[0].nominalQuota: invalid quantity"), message
+    raw["spec"]["resourceGroups"][0]["flavors"][0]["resources"][0]["nominalQuota"] = "8"
+    cache.upsert_cluster_queue(raw)
+    assert queue_active(cache.cluster_queues["q"])["Active"][:2] == ("True", "Ready")
 
 
 def test_pods_are_pinned_to_the_engines_node_and_carry_flavor_and_restore_info(cache: Cache) -> None:
