@@ -429,7 +429,7 @@ def run_ckq(sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
         custom = client.CustomObjectsApi(api)
         core = client.CoreV1Api(api)
         ext = client.ApiextensionsV1Api(api)
-        for path in sorted((ROOT / "crds").glob("*.yaml")):
+        for path in sorted((ROOT / "crds").glob("ckq.io_*.yaml")):
             ext.create_custom_resource_definition(yaml.safe_load(path.read_text()))
         _wait_crds(ext)
         custom.create_cluster_custom_object(G, V, "resourceflavors", {
@@ -544,7 +544,7 @@ def run_ckq(sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
 
 def _wait_crds(ext: client.ApiextensionsV1Api) -> None:
     deadline = time.time() + 60
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
+    for path in sorted((ROOT / "crds").glob("ckq.io_*.yaml")):
         name = yaml.safe_load(path.read_text())["metadata"]["name"]
         while True:
             st = ext.read_custom_resource_definition(name).status

@@ -180,5 +180,8 @@ def render(kind: type[KubeObject]) -> str:
 
 
 def render_all() -> dict[str, str]:
-    """File name -> YAML text, for every kind."""
-    return {crd_filename(k): render(k) for k in KINDS}
+    """File name -> YAML text, for every kind, and the admission policy over what the CRDs cannot check
+    (`api/admission.py`): `kubectl apply -f crds/` installs both."""
+    from queue_controller.api import admission
+
+    return {**{crd_filename(k): render(k) for k in KINDS}, admission.FILENAME: admission.render()}

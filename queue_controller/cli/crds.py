@@ -10,16 +10,24 @@ import typer
 
 def crds(
     out: Path = typer.Option(Path("crds"), "--out", help="Directory to write the CRD files into."),
+    chart: Path = typer.Option(
+        Path("helm/ckq"), "--chart", help="The Helm chart whose templates/ gets the admission policy too "
+        "(skipped when the directory does not exist)."
+    ),
     check: bool = typer.Option(
         False, "--check", help="Write nothing; exit 1 with a diff summary if files differ from the models."
     ),
 ) -> None:
-    """Write crds/*.yaml from the pydantic API models."""
+    """Write crds/*.yaml from the pydantic API models, and the admission policy (crds/ and the chart)."""
+    from queue_controller.api import admission
     from queue_controller.api.crdgen import render_all
 
     wanted = render_all()
+    chart_file = chart / "templates" / admission.FILENAME
     if check:
         problems = _differences(out, wanted)
+        if chart.is_dir() and (not chart_file.exists() or chart_file.read_text() != wanted[admission.FILENAME]):
+            problems.append(f"differs: {chart_file}")
         for line in problems:
             typer.echo(line, err=True)
         if problems:
@@ -31,6 +39,9 @@ def crds(
     for name, text in wanted.items():
         (out / name).write_text(text)
         typer.echo(str(out / name))
+    if chart.is_dir():
+        chart_file.write_text(wanted[admission.FILENAME])
+        typer.echo(str(chart_file))
 
 
 def _differences(out: Path, wanted: dict[str, str]) -> list[str]:

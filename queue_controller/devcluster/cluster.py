@@ -411,6 +411,7 @@ def install_checkpoint_config(state: ClusterState, store: Path) -> None:
                     raise DevClusterError(
                         f"installing the CRD of {kind.KIND} failed: {exc.status} {exc.reason}"
                     ) from None
+        install_admission_policy(api)
         core = client.CoreV1Api(api)
         try:
             core.create_namespace({"metadata": {"name": wire.CONFIG_NAMESPACE}})
@@ -435,6 +436,33 @@ def install_checkpoint_config(state: ClusterState, store: Path) -> None:
             if exc.status != 409:
                 raise
             core.replace_namespaced_config_map(wire.CONFIG_MAP, wire.CONFIG_NAMESPACE, body)
+
+
+def install_admission_policy(api: client.ApiClient) -> None:
+    """Create or update the ValidatingAdmissionPolicy and its binding (`api/admission.py`), as
+    `kubectl apply -f crds/` does: the pod-template checks the CRDs' own schema cannot make."""
+    from queue_controller.api import admission
+
+    reg = client.AdmissionregistrationV1Api(api)
+    calls = {
+        "ValidatingAdmissionPolicy": (reg.create_validating_admission_policy, reg.read_validating_admission_policy,
+                                      reg.replace_validating_admission_policy),
+        "ValidatingAdmissionPolicyBinding": (reg.create_validating_admission_policy_binding,
+                                             reg.read_validating_admission_policy_binding,
+                                             reg.replace_validating_admission_policy_binding),
+    }
+    for body in admission.objects():
+        create, read, replace = calls[body["kind"]]
+        try:
+            create(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise DevClusterError(f"installing the {body['kind']} {body['metadata']['name']} failed: "
+                                      f"{exc.status} {exc.reason}") from None
+            name = body["metadata"]["name"]
+            body = {**body, "metadata": {**body["metadata"],
+                                         "resourceVersion": read(name).metadata.resource_version}}
+            replace(name, body)
 
 
 def _healthy(state: ClusterState) -> bool:

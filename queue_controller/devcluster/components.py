@@ -136,6 +136,8 @@ def components(
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=Node,RBAC",
+                # No --enable-admission-plugins: the defaults include ValidatingAdmissionPolicy (GA since
+                # 1.30), which enforces api/admission.py's policy (tests/integration/test_admission_policy.py).
                 "--allow-privileged=true",
                 "--profiling=false",
                 f"--cert-dir={pki / 'apiserver-generated'}",

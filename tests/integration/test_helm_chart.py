@@ -140,8 +140,18 @@ def test_node_local_stores_give_the_agents_the_host_network_a_port_and_a_shared_
 def test_chart_crds_are_the_generated_ones(helm: Path) -> None:
     rendered = {o["metadata"]["name"]: o for o in of_kind(render(helm, crds=True), "CustomResourceDefinition")}
     generated = {d["metadata"]["name"]: d for d in (yaml.safe_load(p.read_text())
-                                                    for p in sorted((ROOT / "crds").glob("*.yaml")))}
+                                                    for p in sorted((ROOT / "crds").glob("ckq.io_*.yaml")))}
     assert rendered == generated and len(generated) == 5
+
+
+def test_chart_ships_the_admission_policy(helm: Path) -> None:
+    """The policy over pod templates (api/admission.py) is a template of the chart (so an upgrade updates
+    it), once: the copy in crds/ (for `kubectl apply -f crds/`) is left out by .helmignore."""
+    from queue_controller.api import admission
+
+    objs = render(helm, crds=True)
+    assert of_kind(objs, "ValidatingAdmissionPolicy") == [admission.policy()]
+    assert of_kind(objs, "ValidatingAdmissionPolicyBinding") == [admission.binding()]
 
 
 def test_controller_deployment(helm: Path) -> None:

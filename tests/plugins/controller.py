@@ -40,7 +40,8 @@ class Kube:
         self.kubeconfig = kubeconfig
 
     def apply_crds(self) -> None:
-        for path in sorted((ROOT / "crds").glob("*.yaml")):
+        """The CRDs and the admission policy of crds/, as `kubectl apply -f crds/` installs them."""
+        for path in sorted((ROOT / "crds").glob("ckq.io_*.yaml")):
             body = yaml.safe_load(path.read_text())
             try:
                 self.ext.create_custom_resource_definition(body)
@@ -51,7 +52,7 @@ class Kube:
                 body["metadata"]["resourceVersion"] = current.metadata.resource_version
                 self.ext.replace_custom_resource_definition(body["metadata"]["name"], body)
         deadline = time.time() + 60
-        for path in sorted((ROOT / "crds").glob("*.yaml")):
+        for path in sorted((ROOT / "crds").glob("ckq.io_*.yaml")):
             name = yaml.safe_load(path.read_text())["metadata"]["name"]
             while True:
                 crd = self.ext.read_custom_resource_definition(name)
@@ -60,6 +61,25 @@ class Kube:
                     break
                 assert time.time() < deadline, f"CRD {name} not established"
                 time.sleep(0.2)
+        self.apply_admission_policy()
+
+    def apply_admission_policy(self) -> None:
+        """Install the policy, then wait until the API server enforces it (its admission plugin picks
+        policies up from a watch): a dry-run of a job it must refuse is refused."""
+        from queue_controller.devcluster.cluster import install_admission_policy
+
+        install_admission_policy(self.api)
+        probe = cjob("admission-probe", "none", memory="lots")
+
+        def enforced() -> bool:
+            try:
+                self.custom.create_namespaced_custom_object(GROUP, VERSION, "default", "checkpointablejobs", probe,
+                                                            dry_run="All")
+            except ApiException as e:
+                return e.status == 422
+            return False
+
+        self.wait("the admission policy enforced", enforced, timeout=60)
 
     def create(self, plural: str, body: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         if namespace:

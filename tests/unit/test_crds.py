@@ -26,6 +26,14 @@ def test_crds_dir_matches_models() -> None:
         assert (CRDS / name).read_text() == text, f"crds/{name} is stale: run `ckq crds`"
 
 
+def test_chart_admission_policy_matches() -> None:
+    from queue_controller.api import admission
+
+    chart = CRDS.parent / "helm" / "ckq" / "templates" / admission.FILENAME
+    assert chart.read_text() == admission.render(), f"{chart} is stale: run `ckq crds`"
+    assert (CRDS / admission.FILENAME).read_text() == admission.render()
+
+
 def test_cli_check_passes_on_repo_and_fails_on_drift(tmp_path: Path) -> None:
     runner = CliRunner()
     assert runner.invoke(app, ["crds", "--check", "--out", str(CRDS)]).exit_code == 0
