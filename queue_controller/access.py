@@ -8,6 +8,12 @@ through a whole preemption-by-checkpoint scenario to check that each one is cove
 chart's ServiceAccount token and requires zero Forbidden answers. A new API call therefore needs a row
 here and a rule in `helm/ckq/templates/rbac.yaml`, or those tests fail.
 
+`USER_ROLES` is the same kind of table for people: the ClusterRoles a cluster's users get through the
+built-in `view`, `edit` and `admin` roles (aggregation labels), as Kueue ships batch-user and
+batch-admin. `render_user_roles()` writes them as the chart's `templates/user-roles.yaml` (`ckq crds`
+regenerates it; tests/unit/test_rbac.py checks it is current) and `tests/integration/test_user_roles.py`
+proves on a real API server what a ServiceAccount bound to each built-in role may and may not do.
+
 The ConfigMap rows name one object in one namespace (`wire.CONFIG_NAMESPACE` / `wire.CONFIG_MAP`): a
 Role there, limited by `resourceNames`, not a ClusterRole over every ConfigMap.
 """
@@ -16,6 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import yaml
 
 from queue_controller.api import Checkpoint, CheckpointableJob, ClusterQueue, LocalQueue, ResourceFlavor
 from queue_controller.api.common import GROUP
@@ -127,3 +136,103 @@ def allowed(rows: Iterable[Access], namespace: str | None, group: str, resource:
             continue
         return True
     return False
+
+
+# ---- the users' roles -------------------------------------------------------------------------------
+
+_READ = ("get", "list", "watch")
+_EDIT = ("create", "update", "patch", "delete", "deletecollection")
+AGGREGATE_LABEL = "rbac.authorization.k8s.io/aggregate-to-{}"
+
+
+@dataclass(frozen=True, slots=True)
+class UserRole:
+    """A ClusterRole for people, aggregated into a built-in role (`view`, `edit` or `admin`): bound in a
+    namespace (a RoleBinding to the built-in role), it grants these rules in that namespace only."""
+
+    suffix: str  # the ClusterRole is `<release>-<suffix>`
+    aggregate_to: str
+    rows: tuple[Access, ...]
+    why: str
+
+
+_VIEW_ROWS = (
+    Access(GROUP, CheckpointableJob.PLURAL, _READ, "ckq status / describe / logs", "see the namespace's jobs"),
+    Access(GROUP, f"{CheckpointableJob.PLURAL}/status", ("get",), "kubectl get --subresource=status",
+           "phase, admission and counters; written only by the controller"),
+    Access(GROUP, Checkpoint.PLURAL, _READ, "ckq describe, kubectl get ckpt", "the namespace's checkpoints"),
+    Access(GROUP, f"{Checkpoint.PLURAL}/status", ("get",), "kubectl get --subresource=status",
+           "artifacts and phase; written only by the controller and the agents"),
+    Access(GROUP, LocalQueue.PLURAL, _READ, "ckq queues, kubectl get lq", "which queues a job may name"),
+    Access(GROUP, f"{LocalQueue.PLURAL}/status", ("get",), "kubectl get --subresource=status",
+           "pending and admitted counts"),
+)
+
+# Each role holds all it grants (so it can be bound on its own too), though `edit` also gets `view`'s.
+_USER_ROWS = (
+    *_VIEW_ROWS,
+    Access(GROUP, CheckpointableJob.PLURAL, _EDIT, "kubectl apply, ckq suspend / resume (patch)",
+           "submit, change, suspend and delete the namespace's jobs"),
+    Access(GROUP, Checkpoint.PLURAL, ("create", "delete", "deletecollection"), "ckq checkpoint",
+           "ask for a checkpoint now; delete old ones (spec is immutable: no update)"),
+)
+
+USER_ROLES: tuple[UserRole, ...] = (
+    UserRole("batch-viewer", "view", _VIEW_ROWS, "read the namespace's jobs, Checkpoints and LocalQueues"),
+    UserRole("batch-user", "edit", _USER_ROWS, "submit and manage jobs and checkpoints, read LocalQueues; never "
+             "write any status (the controller's and the agents' word) nor any queue"),
+    UserRole("batch-admin", "admin", (
+        *_USER_ROWS,
+        Access(GROUP, LocalQueue.PLURAL, _EDIT, "kubectl apply", "point the namespace at a ClusterQueue"),
+    ), "all of batch-user, and the namespace's LocalQueues (ClusterQueues and flavors stay the cluster "
+       "admins')"),
+)
+
+
+def user_role_grants(role: str) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) a built-in role (`view`, `edit`, `admin`) gets from `USER_ROLES`, with the
+    built-in roles' own nesting: edit includes view, admin includes edit."""
+    nested = {"view": ("view",), "edit": ("view", "edit"), "admin": ("view", "edit", "admin")}[role]
+    return {(row.group, row.resource, verb) for r in USER_ROLES if r.aggregate_to in nested
+            for row in r.rows for verb in row.verbs}
+
+
+def user_cluster_roles(release: str) -> list[dict[str, Any]]:
+    """The ClusterRoles of `USER_ROLES` for a release, as the chart renders them (chart labels aside)."""
+    out = []
+    for role in USER_ROLES:
+        rules: list[dict[str, Any]] = []
+        for row in role.rows:
+            rule = {"apiGroups": [row.group], "resources": [row.resource], "verbs": list(row.verbs)}
+            same = next((r for r in rules if r["apiGroups"] == rule["apiGroups"] and r["verbs"] == rule["verbs"]),
+                        None)
+            if same is not None:
+                if row.resource not in same["resources"]:
+                    same["resources"].append(row.resource)
+            else:
+                rules.append(rule)
+        out.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": {"name": f"{release}-{role.suffix}",
+                                 "labels": {AGGREGATE_LABEL.format(role.aggregate_to): "true"}},
+                    "rules": rules})
+    return out
+
+
+USER_ROLES_TEMPLATE = "user-roles.yaml"
+
+
+def render_user_roles() -> str:
+    """The chart's templates/user-roles.yaml: `user_cluster_roles`, named after the release, with the
+    chart's labels."""
+    parts = ["{{- /* Generated by `ckq crds` from queue_controller/access.py USER_ROLES. Do not edit. */}}\n"
+             "{{- if .Values.userRoles.enabled }}\n"]
+    for role, body in zip(USER_ROLES, user_cluster_roles("RELEASE"), strict=True):
+        rules = yaml.safe_dump({"rules": body["rules"]}, sort_keys=False, default_flow_style=None, width=120)
+        parts.append(
+            f"---\n# {role.why[0].upper()}{role.why[1:]}; aggregated into `{role.aggregate_to}`.\n"
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n"
+            f"  name: {{{{ .Release.Name }}}}-{role.suffix}\n  labels:\n"
+            f"    {AGGREGATE_LABEL.format(role.aggregate_to)}: \"true\"\n"
+            "    {{- include \"ckq.labels\" . | nindent 4 }}\n" + rules)
+    parts.append("{{- end }}\n")
+    return "".join(parts)

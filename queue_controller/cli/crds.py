@@ -18,30 +18,35 @@ def crds(
         False, "--check", help="Write nothing; exit 1 with a diff summary if files differ from the models."
     ),
 ) -> None:
-    """Write crds/*.yaml from the pydantic API models, and the admission policy (crds/ and the chart)."""
+    """Write crds/*.yaml from the pydantic API models, and the admission policy (crds/ and the chart);
+    and the users' ClusterRoles of queue_controller/access.py into the chart."""
+    from queue_controller import access
     from queue_controller.api import admission
     from queue_controller.api.crdgen import render_all
 
     wanted = render_all()
-    chart_file = chart / "templates" / admission.FILENAME
+    chart_files = {chart / "templates" / admission.FILENAME: wanted[admission.FILENAME],
+                   chart / "templates" / access.USER_ROLES_TEMPLATE: access.render_user_roles()}
     if check:
         problems = _differences(out, wanted)
-        if chart.is_dir() and (not chart_file.exists() or chart_file.read_text() != wanted[admission.FILENAME]):
-            problems.append(f"differs: {chart_file}")
+        if chart.is_dir():
+            problems += [f"differs: {path}" for path, text in chart_files.items()
+                         if not path.exists() or path.read_text() != text]
         for line in problems:
             typer.echo(line, err=True)
         if problems:
             typer.echo(f"{out}/ is out of date; run `ckq crds --out {out}`.", err=True)
             raise typer.Exit(1)
-        typer.echo(f"{out}/ is up to date ({len(wanted)} CRDs).")
+        typer.echo(f"{out}/ is up to date ({len(wanted) - 1} CRDs and the admission policy).")
         return
     out.mkdir(parents=True, exist_ok=True)
     for name, text in wanted.items():
         (out / name).write_text(text)
         typer.echo(str(out / name))
     if chart.is_dir():
-        chart_file.write_text(wanted[admission.FILENAME])
-        typer.echo(str(chart_file))
+        for path, text in chart_files.items():
+            path.write_text(text)
+            typer.echo(str(path))
 
 
 def _differences(out: Path, wanted: dict[str, str]) -> list[str]:

@@ -202,3 +202,28 @@ def test_every_agent_request_is_in_the_table(monkeypatch: pytest.MonkeyPatch) ->
 def test_the_agent_protocol_has_no_call_outside_the_table() -> None:
     methods = {n for n, _ in inspect.getmembers(AgentKube, inspect.isfunction) if not n.startswith("_")}
     assert methods <= set(access.AGENT_CALLS), methods - set(access.AGENT_CALLS)
+
+
+# ---- the users' roles ----------------------------------------------------------------------------------
+
+
+def test_chart_user_roles_are_generated_from_the_table() -> None:
+    from pathlib import Path
+
+    chart = Path(__file__).resolve().parents[2] / "helm" / "ckq" / "templates" / access.USER_ROLES_TEMPLATE
+    assert chart.read_text() == access.render_user_roles(), f"{chart} is stale: run `ckq crds`"
+
+
+def test_user_roles_never_write_status_nor_cluster_objects() -> None:
+    """Statuses are the controller's and the agents' word (a Checkpoint's artifacts say what a job restores
+    from), and queues, flavors are the cluster admins': no user role writes any of them."""
+    writes = {"create", "update", "patch", "delete", "deletecollection"}
+    for role in ("view", "edit", "admin"):
+        for group, resource, verb in access.user_role_grants(role):
+            assert group == "ckq.io"
+            if verb in writes:
+                assert "/" not in resource and resource not in ("clusterqueues", "resourceflavors"), (role, resource)
+    assert not {v for _, r, v in access.user_role_grants("view")} & writes
+    assert ("ckq.io", "checkpointablejobs", "create") in access.user_role_grants("edit")
+    assert ("ckq.io", "localqueues", "create") not in access.user_role_grants("edit")
+    assert ("ckq.io", "localqueues", "create") in access.user_role_grants("admin")
