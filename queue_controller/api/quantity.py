@@ -21,13 +21,16 @@ _QUANTITY_RE = re.compile(
     r"(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
 )
 
+# An exponent of at most _MAX_EXPONENT (64), leading zeros allowed: what the parser accepts, so that the
+# API server refuses "1e999" at admission instead of storing a quota the controller cannot use.
+_EXPONENT = r"[eE](\+|-)?0*([0-9]|[1-5][0-9]|6[0-4])"
 #: Regex for CRD schemas (`pattern` of int-or-string fields): the same grammar as the parser.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|(" + _EXPONENT + r"))?$"
 )
 #: As `QUANTITY_PATTERN` but without a minus sign: quotas and limits cannot be negative.
 NONNEGATIVE_QUANTITY_PATTERN = (
-    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|(" + _EXPONENT + r"))?$"
 )
 
 #: Human wording of the accepted forms, used in every error message about a quantity.

@@ -6,7 +6,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from queue_controller.api.quantity import (
@@ -144,3 +144,20 @@ def test_sums_are_exact(millis: list[int]) -> None:
 def test_to_milli_of_integer_milli_strings(m: int) -> None:
     assert to_milli(f"{m}m") == m
     assert to_milli(format_milli(m)) == m
+
+
+@settings(max_examples=300, derandomize=True)
+@given(st.from_regex(r"\A\+?[0-9]{1,3}(\.[0-9]{0,2})?([eE][+-]?[0-9]{1,4}|[KMGTPE]i|[numkMGTPE])?\Z", fullmatch=True))
+def test_the_crd_pattern_accepts_what_the_parser_accepts(text: str) -> None:
+    """The API server (the CRDs' `pattern`) and the controller (the parser) agree, exponents included:
+    "1e999" was stored by the API server and refused only by the controller (found by the fuzz tier)."""
+    import re
+
+    from queue_controller.api.quantity import NONNEGATIVE_QUANTITY_PATTERN, QuantityError
+
+    try:
+        parse_quantity(text)
+        parsed = True
+    except QuantityError:
+        parsed = False
+    assert (re.fullmatch(NONNEGATIVE_QUANTITY_PATTERN, text) is not None) == parsed, text
