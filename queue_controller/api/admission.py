@@ -12,7 +12,7 @@ whole object, so it refuses these at `kubectl apply`, naming the field:
 It checks what `api.podtemplate.PodTemplateSpec` (the controller's model) requires: a pod spec with at
 least one container, each container (and init container) an object with a name, and every request,
 limit and overhead a non-negative Kubernetes quantity (with our model's bounds: at most
-`QUANTITY_MAX_LENGTH` characters, an exponent of at most `_MAX_EXPONENT`), under a valid resource name.
+`QUANTITY_MAX_LENGTH` characters, an exponent of at most `MAX_EXPONENT`), under a valid resource name.
 
 One source: `ckq crds` writes `crds/admission-policy.yaml` from `render()`, the Helm chart ships the
 same objects (`helm/ckq/templates/admission-policy.yaml`, also generated here), and `ckq dev up`
@@ -28,7 +28,7 @@ import yaml
 
 from queue_controller.api.common import GROUP, QUANTITY_MAX_LENGTH, RESOURCE_NAME_PATTERN, VERSION
 from queue_controller.api.job import CheckpointableJob
-from queue_controller.api.quantity import _MAX_EXPONENT
+from queue_controller.api.quantity import MAX_EXPONENT
 
 POLICY_NAME = f"{CheckpointableJob.PLURAL}.{GROUP}"
 FILENAME = "admission-policy.yaml"
@@ -39,8 +39,8 @@ _QUANTITY_WORDS = 'a non-negative Kubernetes quantity such as 8, "500m", "64Gi"'
 
 
 def _exponent_over_limit() -> str:
-    """RE2 pattern of an exponent beyond `_MAX_EXPONENT` (leading zeros allowed), for `!v.matches(...)`."""
-    assert _MAX_EXPONENT == 64, "the pattern below spells out 64; change both together"
+    """RE2 pattern of an exponent beyond `MAX_EXPONENT` (leading zeros allowed), for `!v.matches(...)`."""
+    assert MAX_EXPONENT == 64, "the pattern below spells out 64; change both together"
     return "[eE][+-]?0*([7-9][0-9]|6[5-9]|[1-9][0-9][0-9]+)$"
 
 

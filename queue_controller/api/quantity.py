@@ -21,7 +21,7 @@ _QUANTITY_RE = re.compile(
     r"(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
 )
 
-# An exponent of at most _MAX_EXPONENT (64), leading zeros allowed: what the parser accepts, so that the
+# An exponent of at most MAX_EXPONENT (64), leading zeros allowed: what the parser accepts, so that the
 # API server refuses "1e999" at admission instead of storing a quota the controller cannot use.
 _EXPONENT = r"[eE](\+|-)?0*([0-9]|[1-5][0-9]|6[0-4])"
 #: Regex for CRD schemas (`pattern` of int-or-string fields): the same grammar as the parser.
@@ -44,7 +44,8 @@ _BINARY_SUFFIX_EXP = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60
 _DECIMAL_EXP_SUFFIX = {v: k for k, v in _DECIMAL_SUFFIX_EXP.items()}
 _BINARY_EXP_SUFFIX = {v: k for k, v in _BINARY_SUFFIX_EXP.items()}
 # A quantity's exponent is bounded so that "1e999999999" cannot make us build a gigantic integer.
-_MAX_EXPONENT = 64
+#: The largest exponent ("1e64") a quantity may have: the CRD pattern, the admission policy and the parser agree.
+MAX_EXPONENT = 64
 
 Format = Literal["DecimalSI", "BinarySI", "DecimalExponent"]
 
@@ -70,7 +71,7 @@ def _split(value: str) -> tuple[Fraction, Format]:
     if suffix in _DECIMAL_SUFFIX_EXP:
         return number * Fraction(10) ** _DECIMAL_SUFFIX_EXP[suffix], "DecimalSI"
     exponent = int(suffix[1:])
-    if abs(exponent) > _MAX_EXPONENT:
+    if abs(exponent) > MAX_EXPONENT:
         raise QuantityError(value)
     return number * Fraction(10) ** exponent, "DecimalExponent"
 
