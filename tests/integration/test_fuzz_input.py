@@ -126,6 +126,8 @@ CQ_MUTATIONS: list[tuple[tuple[Any, ...], list[Any]]] = [
 LQ_MUTATIONS: list[tuple[tuple[Any, ...], list[Any]]] = [
     (("spec", "clusterQueue"), ["no-such-cq", "@fuzzed-cq", "@fuzzed-cq", *DNS_NAMES]),
     (("spec",), [DELETE, {}]),
+    (("spec", "checkpoint", "encryptionKey"), [{"secretName": "no-such-secret"}, {"secretName": "Bad_Name"}, {},
+                                               "x"]),
 ]
 RF_MUTATIONS: list[tuple[tuple[Any, ...], list[Any]]] = [
     (("spec", "nodeLabels"), [{"a": "b"}, {f"k{i}": "v" for i in range(9)}, {"bad key!": "v"}, "x"]),
