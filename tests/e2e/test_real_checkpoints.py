@@ -10,6 +10,7 @@ gives. A restored run ends with that nonce and that digest; a restarted one draw
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import uuid
@@ -149,6 +150,13 @@ def test_gang_preempted_by_criu_checkpoint_resumes_with_its_memory(
         assert len(artifacts) == 2 and all(a["sizeBytes"] > BUFFER for a in artifacts), artifacts
         assert all(re.fullmatch(r"[0-9a-f]{64}", a["sha256"]) for a in artifacts)
         assert ckpt["status"]["sizeBytes"] == sum(a["sizeBytes"] for a in artifacts)
+        # The freeze barrier: both containers were frozen (on their two nodes) before either was dumped,
+        # by the times each ckq-run recorded in its manifest (one host: one clock).
+        st = ckpt["status"]
+        assert st["members"] == 2 and len({f["node"] for f in st["frozen"]}) == 2, st
+        manifests = [json.loads((Path(a["uri"].removeprefix("file://")) / "manifest.json").read_text())
+                     for a in artifacts]
+        assert max(m["frozenAt"] for m in manifests) <= min(m["dumpStartedAt"] for m in manifests), manifests
         kube.wait_phase(ns, "urgent", "Succeeded", timeout=120)
         done = kube.wait_phase(ns, "train", "Succeeded", timeout=240)["status"]
         resumed = {p.metadata.labels["ckq.io/pod-index"]: p.metadata.name for p in kube.pods(ns, "train")
@@ -385,3 +393,65 @@ def test_a_controller_killed_mid_checkpoint_carries_on_and_nothing_runs_twice(
 
 def job_status_of(kube: Kube, ns: str, name: str) -> dict[str, Any]:
     return kube.job(ns, name).get("status") or {}
+
+
+def test_a_gang_checkpoint_with_one_failed_dump_is_all_or_nothing(
+    real_kube: Kube, real_ns: str, controller: ControllerProcess, real_cluster: RealCluster
+) -> None:
+    """Issue 10: a leave-running checkpoint of a 2-pod gang on 2 nodes whose second pod cannot be
+    dumped (its checkpoint directory is replaced by a file). Both pods were frozen (the barrier), the
+    first one dumped; then the checkpoint fails: no Completed checkpoint exists to restore from, the
+    first pod's image is deleted, both pods are continued, and the job ends with its memory (same
+    nonces and final digests, never restarted)."""
+    from queue_controller.store.filesystem import CHECKPOINTS, FilesystemStore
+    from queue_controller.store.journal import JOURNAL_DIR
+
+    kube, ns = real_kube, real_ns
+    cq = _queue(kube, ns, "2")
+    store = FilesystemStore(Path(real_cluster.state.store))
+    broken: Path | None = None
+    try:
+        kube.create("checkpointablejobs", real_job("pair", "main", pods=2, cpu="1"), ns)
+        kube.wait_phase(ns, "pair", "Running", timeout=120)
+        pods = {int(p.metadata.labels["ckq.io/pod-index"]): p for p in kube.pods(ns, "pair")}
+        assert len(pods) == 2 and pods[0].spec.node_name != pods[1].spec.node_name
+        nonces = {i: kube.wait(f"the nonce of pod {i}", lambda p=p: _nonce_of(kube, ns, p.metadata.name),
+                               timeout=60) for i, p in pods.items()}
+        dirs = {i: store.dir_for(ns, "pair", "worker", i, p.spec.containers[0].name) for i, p in pods.items()}
+        broken = dirs[1] / CHECKPOINTS
+        broken.rename(broken.with_name("checkpoints.aside"))
+        broken.write_text("not a directory: ckq-run cannot dump here\n")
+
+        kube.create("checkpoints", {"apiVersion": "ckq.io/v1alpha1", "kind": "Checkpoint",
+                                    "metadata": {"name": "pair-manual"},
+                                    "spec": {"jobName": "pair", "reason": "User", "leaveRunning": True}}, ns)
+        failed = kube.wait("the checkpoint to fail", lambda: (c := kube.get("checkpoints", "pair-manual", ns)).get(
+            "status", {}).get("phase") == "Failed" and c, timeout=120)
+        st = failed["status"]
+        assert pods[1].metadata.name in st["message"], st["message"]
+        assert st["members"] == 2 and len(st["frozen"]) == 2, st  # the barrier was reached: both were frozen
+        nodes = {p.spec.node_name for p in pods.values()}
+        released = kube.wait("both agents to release", lambda: set((kube.get("checkpoints", "pair-manual", ns).get(
+            "status") or {}).get("released") or ()) == nodes and kube.get("checkpoints", "pair-manual", ns),
+            timeout=60)
+        assert released["status"].get("artifacts", []) == []  # nothing a restore could pick
+        assert not [c for c in kube.list("checkpoints", ns) if (c.get("status") or {}).get("phase") == "Completed"]
+        # Pod 0 was dumped (its journal names the dump) and that image is gone again.
+        uid = failed["metadata"]["uid"]
+        entry = json.loads((dirs[0] / JOURNAL_DIR / f"{uid}.json").read_text())
+        assert entry.get("checkpointId"), entry
+        assert not (dirs[0] / CHECKPOINTS / entry["checkpointId"]).exists()
+        assert not [n for n in os.listdir(dirs[0] / CHECKPOINTS) if not n.startswith(".")]
+
+        broken.unlink()
+        broken.with_name("checkpoints.aside").rename(broken)
+        broken = None
+        kube.wait_phase(ns, "pair", "Succeeded", timeout=240)
+        assert {p.metadata.labels["ckq.io/attempt"] for p in kube.pods(ns, "pair")} == {"1"}  # never restarted
+        for i, p in pods.items():
+            assert _final_of(kube, ns, p.metadata.name) == (nonces[i], expected_digest(nonces[i]))
+    finally:
+        if broken is not None and broken.is_file():
+            broken.unlink()
+            broken.with_name("checkpoints.aside").rename(broken)
+        kube.delete("clusterqueues", cq)
