@@ -9,16 +9,33 @@ containers of one Checkpoint are dumped in parallel on a pool of `dump_workers`,
 per container.
 
 For one Checkpoint (Pending or Running) whose job has pods on this node, of the job's current attempt
-(the highest ckq.io/attempt among all its pods, read from the API server):
+(the highest ckq.io/attempt among all its pods, read from the API server), the agents run a freeze
+barrier through the Checkpoint's status, so that a checkpoint covers every container of every pod of
+the job at one moment, and is either complete or discarded as a whole:
 
-* every container of those pods is dumped whose artifact is not in the status yet and that either
-  has a live ckq-run (socket answers, workload running) in a running pod, or was already asked for
-  this Checkpoint (journal: a restarted agent records or resolves what its predecessor started);
-* the Checkpoint goes Pending -> Running with startTime, and restoreConstraints.nodeLabels gets this
-  node's labels (merged);
-* each finished dump is appended as an artifact (uri, sha256 and sizeBytes from ckq-run's manifest;
-  sizeBytes and durationSeconds of the status follow); a failed one sets Failed with a message naming
-  the pod, the container, the node and ckq-run's (CRIU's) reason.
+1. freeze: each agent stops its containers that have a live ckq-run (`freeze`, runtime/freezer.py,
+   token = the Checkpoint's uid) and appends them to `status.frozen` (with `members`, the number of
+   containers of the job's run, Pending -> Running, startTime, and this node's restore constraints);
+2. dump: an agent dumps its containers only once `status.frozen` holds every container of every pod
+   of the run (it reads the other agents' entries: no agent or controller "moves" the barrier, each
+   agent sees it reached in the status). The dumps are taken frozen and stay frozen; each finished
+   dump is appended as an artifact (uri, sha256 and sizeBytes from ckq-run's manifest); a failed one
+   sets Failed with a message naming the pod, the container, the node and ckq-run's (CRIU's) reason;
+   a barrier not reached within `barrier_timeout` of the first freeze fails it too, naming the
+   containers that were not frozen;
+3. commit or abort: the controller writes Completed when the artifacts cover the run (the single
+   commit point), or Failed (an agent's failure, its timeout, a cancel). Every agent that froze
+   something then releases it, once (`status.released` lists its node): Completed without
+   leaveRunning stops the containers (ckq-run exits 75), Completed with leaveRunning and Failed
+   continue them (thaw), and on Failed the agent also deletes this node's images of the checkpoint
+   (the recorded artifacts, which leave the status, and any dump the journal knows but the status
+   does not), so no partial checkpoint is left to restore from.
+
+Each step is decided from the status alone (plan.next_step) and every ckq-run request repeats
+harmlessly for the same token, so an agent restarted at any point carries on: a freeze asked again
+answers with the first freeze's time, a dump asked again is found in the journal, a release asked
+again finds nothing frozen. ckq-run's hold (barrier_timeout + commit_hold after the freeze, commit_hold
+after the dump) continues a workload by itself when no release ever comes (agent or controller dead).
 
 Every write is a read-modify-write of the status subresource with the object's resourceVersion,
 repeated on 409, since the agents of other nodes (and the controller) write the same object.

@@ -22,6 +22,10 @@ def agent(
     dump_workers: int = typer.Option(8, min=1, max=256, help="Containers dumped at once."),
     dump_timeout: float = typer.Option(1800.0, min=1.0, help="Seconds one container's dump may take."),
     resync: float = typer.Option(15.0, min=0.5, help="Seconds between re-checks of in-flight Checkpoints."),
+    barrier_timeout: float = typer.Option(120.0, min=1.0, help="Seconds a checkpoint waits, from its first "
+                                          "freeze, for every container of the job to be frozen before it fails."),
+    commit_hold: float = typer.Option(300.0, min=1.0, help="Seconds a dumped container stays frozen waiting "
+                                      "for the checkpoint to complete; then ckq-run continues it by itself."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Dump this node's containers for in-flight Checkpoints through ckq-run and record the artifacts."""
@@ -61,7 +65,8 @@ def agent(
         raise typer.Exit(2) from None
 
     the_agent = Agent(pre.kube, Dumper(fs, timeout=dump_timeout),
-                      AgentSettings(node=node, workers=workers, dump_workers=dump_workers, resync_seconds=resync))
+                      AgentSettings(node=node, workers=workers, dump_workers=dump_workers, resync_seconds=resync,
+                                    barrier_timeout=barrier_timeout, commit_hold=commit_hold))
 
     def stop(signum: int, _frame: object) -> None:
         log.info("ckq agent stopping (%s)", signal.Signals(signum).name)
