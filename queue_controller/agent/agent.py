@@ -238,7 +238,7 @@ class Agent:
     def _relevant(self, obj: Obj) -> bool:
         phase = (obj.get("status") or {}).get("phase")
         if phase not in plan.ACTIVE:
-            return False
+            return plan.to_release(obj.get("status") or {}, self.node)
         ns, _ = _key(obj)
         return self._has_local_pods(ns, str((obj.get("spec") or {}).get("jobName") or ""))
 
@@ -249,7 +249,7 @@ class Agent:
         for k in keys:
             with self.lock:
                 obj = self.checkpoints.get(k)
-            if obj is not None and (obj.get("status") or {}).get("phase") in plan.ACTIVE:
+            if obj is not None and self._relevant(obj):
                 self.queue.add(k)
 
     def requeue_all(self) -> None:

@@ -266,6 +266,15 @@ def next_step(ckpt: Checkpoint, node: str, local: set[Member], gang: set[Member]
     return Step()
 
 
+def to_release(status: Mapping[str, Any], node: str) -> bool:
+    """An ended Checkpoint (its status as JSON) that this node froze containers for (or, failed, holds
+    images of) and has not released yet: cheap, for the informer's filter; next_step decides."""
+    if node in (status.get("released") or ()):
+        return False
+    return any(f.get("node") == node for f in status.get("frozen") or ()) or (
+        status.get("phase") == "Failed" and any(a.get("node") == node for a in status.get("artifacts") or ()))
+
+
 def add_frozen(ckpt: Checkpoint, entries: Iterable[FrozenContainer], gang_size: int) -> bool:
     """Record containers as frozen (each once; the first record of a container wins) and the gang's size."""
     status = _status(ckpt)

@@ -308,6 +308,9 @@ def test_a_failed_dump_fails_the_checkpoint_naming_pod_container_and_reason(
     assert st["phase"] == "Failed" and st["artifacts"] == [] and st["released"] == ["real-0"]
     process(kube, agent)  # released once
     assert len(dumper.releases) == 2
+    agent.queue = WorkQueue()
+    sync(kube, agent)
+    assert len(agent.queue) == 0  # released: no longer queued
 
 
 def test_concurrent_writers_are_merged_not_overwritten(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
@@ -440,6 +443,9 @@ def test_a_completed_checkpoint_stops_or_continues_its_frozen_containers_togethe
     process(kube, agent)
     assert len(dumper.calls) == 1 and dumper.releases == []  # dumped, still frozen: no commit yet
     kube.objs[(NS, NAME)]["status"]["phase"] = "Completed"  # the controller saw every artifact
+    kube.pods = []  # (the controller may have deleted the pods already)
+    sync(kube, agent)
+    assert (NS, NAME) in agent.queue.queued  # an ended Checkpoint this node froze for is still its business
     process(kube, agent)
     assert dumper.releases == [(slot(), how)]
     st = kube.status()
