@@ -395,21 +395,57 @@ def job_status_of(kube: Kube, ns: str, name: str) -> dict[str, Any]:
     return kube.job(ns, name).get("status") or {}
 
 
+def _agent_pid(real_cluster: RealCluster, node: str) -> int:
+    """This cluster's node agent for `node` (a host process; its --store names this cluster's store)."""
+    want = [b"agent", b"--node", node.encode(), b"--store", real_cluster.state.store.encode()]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(w in cmd for w in want):
+            return int(entry.name)
+    raise AssertionError(f"no node agent for {node} found")
+
+
+def _ppid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
 def test_a_gang_checkpoint_with_one_failed_dump_is_all_or_nothing(
     real_kube: Kube, real_ns: str, controller: ControllerProcess, real_cluster: RealCluster
 ) -> None:
-    """Issue 10: a leave-running checkpoint of a 2-pod gang on 2 nodes whose second pod cannot be
-    dumped (its checkpoint directory is replaced by a file). Both pods were frozen (the barrier), the
-    first one dumped; then the checkpoint fails: no Completed checkpoint exists to restore from, the
-    first pod's image is deleted, both pods are continued, and the job ends with its memory (same
-    nonces and final digests, never restarted)."""
+    """Issue 10: a leave-running checkpoint of a 2-pod gang on 2 nodes in which pod 0 is dumped and pod
+    1's dump fails (its checkpoint directory replaced by a file). The order is made certain by pausing
+    processes, never by waiting for time: node 0's agent is paused until pod 1 is frozen, pod 1's
+    ckq-run is paused (holding the dump request) until pod 0's artifact is recorded. Then the
+    checkpoint fails: no Completed checkpoint exists to restore from, pod 0's image is deleted, both
+    agents release their pods, and the job runs on to the end with its memory (the nonces it drew and
+    the digests of an uninterrupted run, never restarted)."""
+    import signal
+
     from queue_controller.store.filesystem import CHECKPOINTS, FilesystemStore
-    from queue_controller.store.journal import JOURNAL_DIR
 
     kube, ns = real_kube, real_ns
     cq = _queue(kube, ns, "3")
     store = FilesystemStore(Path(real_cluster.state.store))
     broken: Path | None = None
+    paused: list[int] = []
+
+    def pause(pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        paused.append(pid)
+
+    def resume(pid: int) -> None:
+        os.kill(pid, signal.SIGCONT)
+        paused.remove(pid)
+
+    def status() -> dict[str, Any]:
+        return kube.get("checkpoints", "pair-manual", ns).get("status") or {}
+
     try:
         # 1.5 CPUs each on 2-CPU nodes: one pod per node, so two agents take part.
         kube.create("checkpointablejobs", real_job("pair", "main", pods=2, cpu="1500m"), ns)
@@ -419,29 +455,36 @@ def test_a_gang_checkpoint_with_one_failed_dump_is_all_or_nothing(
         nonces = {i: kube.wait(f"the nonce of pod {i}", lambda p=p: _nonce_of(kube, ns, p.metadata.name),
                                timeout=60) for i, p in pods.items()}
         dirs = {i: store.dir_for(ns, "pair", "worker", i, p.spec.containers[0].name) for i, p in pods.items()}
-        broken = dirs[1] / CHECKPOINTS
-        broken.rename(broken.with_name("checkpoints.aside"))
-        broken.write_text("not a directory: ckq-run cannot dump here\n")
+        node1 = next(n for n in real_cluster.state.real_nodes if n.name == pods[1].spec.node_name)
+        [workload1] = kube.wait("pod 1's workload", lambda: _workload_pids(node1, "nonce"), timeout=10)
+        ckq_run1 = _ppid(workload1)
 
+        pause(_agent_pid(real_cluster, pods[0].spec.node_name))
         kube.create("checkpoints", {"apiVersion": "ckq.io/v1alpha1", "kind": "Checkpoint",
                                     "metadata": {"name": "pair-manual"},
                                     "spec": {"jobName": "pair", "reason": "User", "leaveRunning": True}}, ns)
-        failed = kube.wait("the checkpoint to fail", lambda: (c := kube.get("checkpoints", "pair-manual", ns)).get(
-            "status", {}).get("phase") == "Failed" and c, timeout=120)
-        st = failed["status"]
-        assert pods[1].metadata.name in st["message"], st["message"]
-        assert st["members"] == 2 and len(st["frozen"]) == 2, st  # the barrier was reached: both were frozen
+        kube.wait("pod 1 frozen", lambda: [f for f in status().get("frozen") or () if f["index"] == 1], timeout=60)
+        pause(ckq_run1)  # the dump request node 1's agent sends next waits in its socket's backlog
+        resume(paused[0])  # node 0's agent: freezes pod 0, the barrier is reached, it dumps pod 0
+        [art0] = kube.wait("pod 0's artifact", lambda: [a for a in status().get("artifacts") or ()
+                                                       if a["index"] == 0], timeout=120)
+        image0 = Path(art0["uri"].removeprefix("file://"))
+        assert (image0 / "manifest.json").is_file()
+        broken = dirs[1] / CHECKPOINTS
+        broken.rename(broken.with_name("checkpoints.aside"))
+        broken.write_text("not a directory: ckq-run cannot dump here\n")
+        resume(ckq_run1)  # answers the dump request: it fails
+
         nodes = {p.spec.node_name for p in pods.values()}
-        released = kube.wait("both agents to release", lambda: set((kube.get("checkpoints", "pair-manual", ns).get(
-            "status") or {}).get("released") or ()) == nodes and kube.get("checkpoints", "pair-manual", ns),
-            timeout=60)
-        assert released["status"].get("artifacts", []) == []  # nothing a restore could pick
+        kube.wait("the checkpoint to fail and both agents to release",
+                  lambda: status().get("phase") == "Failed" and set(status().get("released") or ()) == nodes,
+                  timeout=120)
+        st = status()
+        assert pods[1].metadata.name in st["message"] and "container" in st["message"], st["message"]
+        assert st["members"] == 2 and len(st["frozen"]) == 2, st  # the barrier was reached
+        assert st.get("artifacts", []) == []  # nothing a restore could pick
         assert not [c for c in kube.list("checkpoints", ns) if (c.get("status") or {}).get("phase") == "Completed"]
-        # Pod 0 was dumped (its journal names the dump) and that image is gone again.
-        uid = failed["metadata"]["uid"]
-        entry = json.loads((dirs[0] / JOURNAL_DIR / f"{uid}.json").read_text())
-        assert entry.get("checkpointId"), entry
-        assert not (dirs[0] / CHECKPOINTS / entry["checkpointId"]).exists()
+        assert not image0.exists()  # pod 0's image is deleted again
         assert not [n for n in os.listdir(dirs[0] / CHECKPOINTS) if not n.startswith(".")]
 
         broken.unlink()
@@ -452,6 +495,8 @@ def test_a_gang_checkpoint_with_one_failed_dump_is_all_or_nothing(
         for i, p in pods.items():
             assert _final_of(kube, ns, p.metadata.name) == (nonces[i], expected_digest(nonces[i]))
     finally:
+        for pid in list(paused):
+            resume(pid)
         if broken is not None and broken.is_file():
             broken.unlink()
             broken.with_name("checkpoints.aside").rename(broken)
