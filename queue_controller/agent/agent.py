@@ -398,7 +398,10 @@ class Agent:
         for fut in as_completed(futures):
             (ps, index, c), pod, _slot = futures[fut]
             at, error = fut.result()
-            if at is None:
+            if at is None and error is None:
+                log.info("checkpoint %s: %s/%s is frozen for another checkpoint of the job; freezing it once "
+                         "that one is released", name, pod.name, c)
+            elif at is None:
                 errors.append(f"pod {pod.namespace}/{pod.name} container {c} on node {self.node}: cannot be "
                               f"frozen: {error}")
             else:
@@ -465,6 +468,7 @@ class Agent:
                            f"{''.join(f', kept {u}: {why}' for u, why in result.refused)}"
                            f"{f', kept for a later checkpoint {len(result.deferred)}' if result.deferred else ''}")
         self.update_status(key, uid, lambda c: plan.mark_released(c, self.node, step.discard), active_only=False)
+        self.requeue_job(ns, job)  # a later checkpoint of the job may be waiting to freeze these
         log.info("checkpoint %s %s: released on %s (%s): %s%s", name, ckpt.status.phase, self.node, step.release,
                  ", ".join(how) or "nothing frozen here", deleted)
 

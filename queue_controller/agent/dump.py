@@ -100,8 +100,8 @@ class Dumper:
 
     # ---- the gang barrier (agent.py): freeze, and release after the checkpoint ended ---------------
     def freeze(self, slot: Slot, uid: str, hold: float) -> tuple[float | None, str | None]:
-        """Stop the container's workload for Checkpoint `uid`: (frozenAt epoch seconds, None) or
-        (None, why not)."""
+        """Stop the container's workload for Checkpoint `uid`: (frozenAt epoch seconds, None), (None,
+        why not), or (None, None) while another Checkpoint holds it frozen (ask again once released)."""
         try:
             with self.store.open_container(*slot.args()) as cfd:
                 reply = control.gang(cfd, "freeze", uid, hold)
@@ -109,6 +109,8 @@ class Dumper:
             return None, f"no checkpoint directory ({exc})"
         except control.ControlError as exc:
             return None, f"asking ckq-run to freeze failed: {exc}"
+        if reply.get("busyWith"):
+            return None, None
         if not reply.get("ok"):
             return None, f"ckq-run: {reply.get('error') or 'freeze failed'}"
         return float(reply.get("frozenAt") or self.clock()), None

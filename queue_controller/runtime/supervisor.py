@@ -318,6 +318,10 @@ class Supervisor:
             if self.stopping or root is None:
                 raise RuntimeFailure("the workload is not running")
             if op == "freeze":
+                busy = self.freezer.frozen
+                if busy is not None and busy.token != token:  # another checkpoint holds it: ask again later
+                    return {"ok": False, "busyWith": busy.token,
+                            "error": f"the workload is frozen for another checkpoint ({busy.token})"}
                 frozen = self.freezer.freeze(token, float(request.get("holdSeconds") or 0),
                                              stop=self.s.mode != "Signal")
                 return {"ok": True, "frozenAt": frozen.at, "stopped": frozen.stopped, "dumped": frozen.dumped}

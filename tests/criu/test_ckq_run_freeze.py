@@ -59,7 +59,7 @@ def test_freeze_dump_thaw_then_restore_continues(pod, tmp_path: Path) -> None:
     again = ask(ckq, op="freeze", token="uid-1", holdSeconds=300)  # an agent restarted: same freeze
     assert again["frozenAt"] == frozen["frozenAt"]
     other = ask(ckq, op="freeze", token="uid-2", holdSeconds=300)
-    assert not other["ok"] and "another checkpoint" in other["error"]
+    assert not other["ok"] and "another checkpoint" in other["error"] and other["busyWith"] == "uid-1"
     plain = ask(ckq, op="checkpoint", leaveRunning=True)
     assert not plain["ok"] and "frozen for checkpoint uid-1" in plain["error"]
 

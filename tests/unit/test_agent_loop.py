@@ -128,6 +128,8 @@ class FakeDumper:
         self.freezes.append(slot)
         if slot in self.freeze_errors:
             return None, self.freeze_errors[slot]
+        if self.frozen.get(slot, (uid, 0.0))[0] != uid:
+            return None, None  # frozen for another checkpoint: ask again later
         return self.frozen.setdefault(slot, (uid, time.time()))[1], None
 
     def release(self, slot: Slot, uid: str, how: str) -> str:
@@ -485,3 +487,22 @@ def test_a_checkpoint_that_ended_before_the_freeze_was_recorded_is_continued_at_
     kube.before_write = [cancelled]
     process(kube, agent)
     assert dumper.releases == [(slot(), "thaw")] and dumper.frozen == {} and dumper.calls == []
+
+
+def test_a_second_checkpoint_of_the_job_waits_for_the_first_to_release_its_freeze(
+        world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj(leave=True, name="periodic", uid="uid-a"))
+    kube.pods = [pod()]
+    dumper.live_slots = {slot()}
+    process(kube, agent, "periodic")  # frozen and dumped, awaiting its commit
+    kube.add(ckpt_obj(name="preempt", uid="uid-b"))
+    process(kube, agent, "preempt")
+    st = kube.status("preempt")
+    assert st["phase"] == "Running" and not st.get("frozen") and len(dumper.calls) == 1  # waits, not failed
+    kube.objs[(NS, "periodic")]["status"]["phase"] = "Completed"
+    process(kube, agent, "periodic")  # released (thawed): the waiting checkpoint is queued again
+    assert (NS, "preempt") in agent.queue.queued
+    process(kube, agent, "preempt")
+    assert [f["index"] for f in kube.status("preempt")["frozen"]] == [0]
+    assert [(s, r.uid) for s, r in dumper.calls] == [(slot(), "uid-a"), (slot(), "uid-b")]
