@@ -9,16 +9,33 @@ containers of one Checkpoint are dumped in parallel on a pool of `dump_workers`,
 per container.
 
 For one Checkpoint (Pending or Running) whose job has pods on this node, of the job's current attempt
-(the highest ckq.io/attempt among all its pods, read from the API server):
+(the highest ckq.io/attempt among all its pods, read from the API server), the agents run a freeze
+barrier through the Checkpoint's status, so that a checkpoint covers every container of every pod of
+the job at one moment, and is either complete or discarded as a whole:
 
-* every container of those pods is dumped whose artifact is not in the status yet and that either
-  has a live ckq-run (socket answers, workload running) in a running pod, or was already asked for
-  this Checkpoint (journal: a restarted agent records or resolves what its predecessor started);
-* the Checkpoint goes Pending -> Running with startTime, and restoreConstraints.nodeLabels gets this
-  node's labels (merged);
-* each finished dump is appended as an artifact (uri, sha256 and sizeBytes from ckq-run's manifest;
-  sizeBytes and durationSeconds of the status follow); a failed one sets Failed with a message naming
-  the pod, the container, the node and ckq-run's (CRIU's) reason.
+1. freeze: each agent stops its containers that have a live ckq-run (`freeze`, runtime/freezer.py,
+   token = the Checkpoint's uid) and appends them to `status.frozen` (with `members`, the number of
+   containers of the job's run, Pending -> Running, startTime, and this node's restore constraints);
+2. dump: an agent dumps its containers only once `status.frozen` holds every container of every pod
+   of the run (it reads the other agents' entries: no agent or controller "moves" the barrier, each
+   agent sees it reached in the status). The dumps are taken frozen and stay frozen; each finished
+   dump is appended as an artifact (uri, sha256 and sizeBytes from ckq-run's manifest); a failed one
+   sets Failed with a message naming the pod, the container, the node and ckq-run's (CRIU's) reason;
+   a barrier not reached within `barrier_timeout` of the first freeze fails it too, naming the
+   containers that were not frozen;
+3. commit or abort: the controller writes Completed when the artifacts cover the run (the single
+   commit point), or Failed (an agent's failure, its timeout, a cancel). Every agent that froze
+   something then releases it, once (`status.released` lists its node): Completed without
+   leaveRunning stops the containers (ckq-run exits 75), Completed with leaveRunning and Failed
+   continue them (thaw), and on Failed the agent also deletes this node's images of the checkpoint
+   (the recorded artifacts, which leave the status, and any dump the journal knows but the status
+   does not), so no partial checkpoint is left to restore from.
+
+Each step is decided from the status alone (plan.next_step) and every ckq-run request repeats
+harmlessly for the same token, so an agent restarted at any point carries on: a freeze asked again
+answers with the first freeze's time, a dump asked again is found in the journal, a release asked
+again finds nothing frozen. ckq-run's hold (barrier_timeout + commit_hold after the freeze, commit_hold
+after the dump) continues a workload by itself when no release ever comes (agent or controller dead).
 
 With a node-local store (storeMode: node-local) the agent also serves its node's images to the other
 agents and stages, before a restored pod on this node starts, the images another node dumped
@@ -49,7 +66,7 @@ from queue_controller.agent.dump import Dumper, DumpRequest, DumpResult, Slot
 from queue_controller.agent.kube import AgentKube, Conflict, Event, Gone, NotFound, Obj, Transient
 from queue_controller.agent.plan import PodInfo
 from queue_controller.agent.stage import Stager
-from queue_controller.api.checkpoint import Checkpoint
+from queue_controller.api.checkpoint import Checkpoint, FrozenContainer
 from queue_controller.store.retention import delete_images
 
 log = logging.getLogger("ckq.agent")
@@ -67,6 +84,8 @@ class AgentSettings:
     watch_seconds: int = 300
     max_backoff: float = 30.0
     api_patience: float = 600.0  # how long one status write keeps retrying an unreachable API server
+    barrier_timeout: float = 120.0  # how long the first freeze waits for every container of the job
+    commit_hold: float = 300.0  # how long a dumped container stays frozen awaiting the commit (Completed)
 
 
 class Backoff:
@@ -135,6 +154,10 @@ def _key(obj: Obj) -> Key:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def _fail(message: str, ckpt: Checkpoint) -> bool:
+    return plan.mark_failed(ckpt, message, _now())
 
 
 class Agent:
@@ -240,7 +263,7 @@ class Agent:
     def _relevant(self, obj: Obj) -> bool:
         phase = (obj.get("status") or {}).get("phase")
         if phase not in plan.ACTIVE:
-            return False
+            return plan.to_release(obj.get("status") or {}, self.node)
         ns, _ = _key(obj)
         return self._has_local_pods(ns, str((obj.get("spec") or {}).get("jobName") or ""))
 
@@ -251,7 +274,7 @@ class Agent:
         for k in keys:
             with self.lock:
                 obj = self.checkpoints.get(k)
-            if obj is not None and (obj.get("status") or {}).get("phase") in plan.ACTIVE:
+            if obj is not None and self._relevant(obj):
                 self.queue.add(k)
 
     def requeue_all(self) -> None:
@@ -333,14 +356,20 @@ class Agent:
                             *key, exc.errors()[0].get("msg"))
             return
         uid = ckpt.metadata.uid or ""
-        if not plan.acts_on(ckpt) or not uid:
+        if not uid:
+            return
+        name = f"{key[0]}/{key[1]}"
+        if not plan.acts_on(ckpt):  # ended: release what this node froze for it, once
+            step = plan.next_step(ckpt, self.node, set(), set(), _now(), self.s.barrier_timeout)
+            if step.release:
+                self._release(key, uid, name, ckpt, step)
             return
         mine = plan.local_pods(ckpt, local)
         if not mine:
             return
         ns, job = key[0], ckpt.spec.job_name
         have = plan.recorded(ckpt.status)
-        candidates: list[tuple[PodInfo, str, Slot]] = []
+        candidates: dict[plan.Member, tuple[PodInfo, Slot]] = {}
         resumed: set[Slot] = set()
         for pod in mine:
             for c in pod.containers:
@@ -349,60 +378,130 @@ class Agent:
                     continue
                 if self.dumper.journaled(slot, uid):
                     resumed.add(slot)
-                    candidates.append((pod, c, slot))
+                    candidates[(pod.pod_set, pod.index, c)] = (pod, slot)
                 elif pod.running and self.dumper.live(slot):
-                    candidates.append((pod, c, slot))
+                    candidates[(pod.pod_set, pod.index, c)] = (pod, slot)
         if not candidates:  # the usual case for a Checkpoint this node is done with: no API call
             return
         job_pods = self.patiently(f"listing the pods of job {ns}/{job}", lambda: self.kube.list_job_pods(ns, job))
-        attempt = plan.current_attempt(p for p in (PodInfo.from_dict(o) for o in job_pods) if p is not None)
+        every = [p for p in (PodInfo.from_dict(o) for o in job_pods) if p is not None]
+        attempt = plan.current_attempt(every)
         if attempt is None:
             attempt = plan.current_attempt(mine)
-        pods = [p for p in mine if p.attempt == attempt]
-        todo = [t for t in candidates if t[0].attempt == attempt]
-        if not todo:
+        candidates = {m: v for m, v in candidates.items() if v[0].attempt == attempt}
+        if not candidates:
             return
-        name = f"{ns}/{key[1]}"
-        leave = ckpt.spec.leave_running
-        log.info("checkpoint %s: dumping %d container(s) on %s (%s, leaveRunning=%s): %s", name, len(todo),
-                 self.node, ckpt.spec.reason, leave,
-                 ", ".join(f"{p.name}/{c}{' (asked before a restart)' if s in resumed else ''}" for p, c, s in todo))
-        futures: dict[Future[DumpResult], tuple[PodInfo, str, Slot]] = {
-            self.dump_pool.submit(self._dump_one, slot, DumpRequest(uid=uid, checkpoint=name, leave_running=leave,
-                                                                    node=self.node, pod=pod.name)): (pod, c, slot)
-            for pod, c, slot in todo
-        }
-        self._mark_running(key, uid, name, any(p.gpu for p in pods))  # while the dumps run
+        gang = plan.members(every, attempt) | plan.members(mine, attempt)
+        gpu = any(p.gpu for p in mine if p.attempt == attempt)
+        current: Checkpoint | None = ckpt
+        for _ in range(2):  # freeze; then, when this node's freeze completed the barrier, dump at once
+            if current is None or not plan.acts_on(current):
+                return
+            step = plan.next_step(current, self.node, set(candidates), gang, _now(), self.s.barrier_timeout)
+            if step.fail:
+                self.update_status(key, uid, functools.partial(_fail, step.fail))
+                log.error("checkpoint %s: %s -> Failed", name, step.fail)
+                return
+            if step.freeze:
+                current = self._freeze(key, uid, name, [(m, *candidates[m]) for m in step.freeze], len(gang), gpu)
+                continue
+            if step.dump:
+                self._dump_all(key, uid, name, current, [candidates[m] for m in step.dump if m in candidates],
+                               resumed)
+            return
+
+    def _freeze(self, key: Key, uid: str, name: str, todo: list[tuple[plan.Member, PodInfo, Slot]],
+                gang_size: int, gpu: bool) -> Checkpoint | None:
+        """Stop these containers (in parallel) and record them in `frozen`, with Running and this node's
+        restore constraints. A container that cannot be frozen fails the checkpoint (what was frozen is
+        recorded, so the release continues it)."""
+        hold = self.s.barrier_timeout + self.s.commit_hold
+        futures = {self.dump_pool.submit(self.dumper.freeze, slot, uid, hold): (m, pod, slot)
+                   for m, pod, slot in todo}
+        entries: list[FrozenContainer] = []
+        errors: list[str] = []
         for fut in as_completed(futures):
-            pod, c, slot = futures[fut]
-            self._record(key, uid, name, pod, c, slot, fut.result())
+            (ps, index, c), pod, _slot = futures[fut]
+            at, error = fut.result()
+            if at is None and error is None:
+                log.info("checkpoint %s: %s/%s is frozen for another checkpoint of the job; freezing it once "
+                         "that one is released", name, pod.name, c)
+            elif at is None:
+                errors.append(f"pod {pod.namespace}/{pod.name} container {c} on node {self.node}: cannot be "
+                              f"frozen: {error}")
+            else:
+                entries.append(FrozenContainer(pod_set=ps, index=index, container=c, node=self.node,
+                                               frozen_at=datetime.fromtimestamp(at, UTC)))
+        labels = plan.node_constraints(self.node_labels(), gpu)
+        message = "; ".join(errors)
+
+        def mutate(c: Checkpoint) -> bool:
+            changed = plan.mark_running(c, _now())
+            changed = plan.merge_constraints(c, labels)[0] or changed
+            changed = plan.add_frozen(c, entries, gang_size) or changed
+            return (bool(message) and plan.mark_failed(c, message, _now())) or changed
+
+        after = self.update_status(key, uid, mutate)
+        recorded = after is not None and {(e.pod_set, e.index, e.container) for e in entries} <= (
+            plan.frozen(after.status))
+        if after is None or (not plan.acts_on(after) and not recorded):
+            # Ended (or gone) before the freeze could be recorded: no release will find it, so now.
+            for _m, _pod, slot in todo:
+                self.dumper.release(slot, uid, "thaw")
+            return None
+        log.info("checkpoint %s: froze %s on %s (%d of %d containers of the job frozen)%s", name,
+                 ", ".join(f"{e.pod_set}-{e.index}/{e.container}" for e in entries) or "nothing", self.node,
+                 len(plan.frozen(after.status)), gang_size, f"; failed: {message}" if message else "")
+        return after
+
+    def _dump_all(self, key: Key, uid: str, name: str, ckpt: Checkpoint, todo: list[tuple[PodInfo, Slot]],
+                  resumed: set[Slot]) -> None:
+        """The barrier is reached: dump this node's frozen containers in parallel; each stays frozen
+        until the checkpoint ends (the release)."""
+        log.info("checkpoint %s: every container of the job is frozen; dumping %d on %s (%s, leaveRunning=%s): %s",
+                 name, len(todo), self.node, ckpt.spec.reason, ckpt.spec.leave_running,
+                 ", ".join(f"{p.name}/{s.container}{' (asked before a restart)' if s in resumed else ''}"
+                           for p, s in todo))
+        futures: dict[Future[DumpResult], tuple[PodInfo, Slot]] = {
+            self.dump_pool.submit(self._dump_one, slot, DumpRequest(
+                uid=uid, checkpoint=name, leave_running=True, node=self.node, pod=pod.name, frozen=True,
+                hold=self.s.commit_hold)): (pod, slot)
+            for pod, slot in todo
+        }
+        for fut in as_completed(futures):
+            pod, slot = futures[fut]
+            self._record(key, uid, name, pod, slot.container, slot, fut.result())
+
+    def _release(self, key: Key, uid: str, name: str, ckpt: Checkpoint, step: plan.Step) -> None:
+        """The checkpoint ended: thaw (failed, or leaveRunning) or stop (completed) the containers this
+        node froze for it; on a failure delete this node's images of it (recorded, or taken and not yet
+        recorded: the journal knows), then note the node in `released`."""
+        assert ckpt.status is not None and step.release is not None
+        ns, job = key[0], ckpt.spec.job_name
+        slots = [Slot(ns, job, f.pod_set, f.index, f.container) for f in ckpt.status.frozen if f.node == self.node]
+        how = [f"{s.pod_set}-{s.index}/{s.container} {self.dumper.release(s, uid, step.release)}" for s in slots]
+        deleted = ""
+        if step.discard:
+            uris = {a.uri for a in ckpt.status.artifacts if a.node == self.node}
+            for s in slots:
+                taken = self.dumper.taken(s, uid)
+                if taken:
+                    uris.add(self.store.uri_for(*s.args(), taken))
+            if uris:
+                result = delete_images(self.store, ns, sorted(uris))
+                deleted = (f"; images deleted {len(result.deleted)}, already gone {len(result.missing)}"
+                           f"{''.join(f', kept {u}: {why}' for u, why in result.refused)}"
+                           f"{f', kept for a later checkpoint {len(result.deferred)}' if result.deferred else ''}")
+        self.update_status(key, uid, lambda c: plan.mark_released(c, self.node, step.discard), active_only=False)
+        self.requeue_job(ns, job)  # a later checkpoint of the job may be waiting to freeze these
+        log.info("checkpoint %s %s: released on %s (%s): %s%s", name, ckpt.status.phase, self.node, step.release,
+                 ", ".join(how) or "nothing frozen here", deleted)
 
     def _dump_one(self, slot: Slot, req: DumpRequest) -> DumpResult:
         with self.lock:
             lock = self.slot_locks.setdefault(slot, threading.Lock())
         with lock:  # one request at a time per container, whichever Checkpoint asks
             return self.dumper.dump(slot, req)
-
-    def _mark_running(self, key: Key, uid: str, name: str, gpu: bool) -> None:
-        labels = plan.node_constraints(self.node_labels(), gpu)
-        conflicts: list[str] = []
-
-        def mutate(c: Checkpoint) -> bool:
-            running = plan.mark_running(c, _now())
-            merged, found = plan.merge_constraints(c, labels)
-            conflicts[:] = found
-            return running or merged
-
-        with self.lock:
-            before = self.checkpoints.get(key) or {}
-        was = (before.get("status") or {}).get("phase")
-        after = self.update_status(key, uid, mutate)
-        if after is not None and after.status is not None and was != "Running" and after.status.phase == "Running":
-            log.info("checkpoint %s: Running (restore constraints from %s: %s)", name, self.node,
-                     ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none")
-        if conflicts:
-            log.warning("checkpoint %s: node %s differs from the recorded restore constraints in %s; kept the "
-                        "recorded values", name, self.node, ", ".join(conflicts))
 
     def _record(self, key: Key, uid: str, name: str, pod: PodInfo, container: str, slot: Slot,
                 result: DumpResult) -> None:

@@ -7,6 +7,14 @@ line. Requests the agent sends (runtime/supervisor.py `Supervisor.handle`):
     {"op": "checkpoint", "leaveRunning": bool,
      "preDump": false, "full": false}                  -> {"ok": true, "id", "manifest"} | {"ok": false, "error"}
 
+and, for a gang checkpoint's barrier (runtime/freezer.py; the token is the Checkpoint's uid, and a
+repeated request with the same token is answered as the first was):
+
+    {"op": "freeze", "token", "holdSeconds"}           -> {"ok": true, "frozenAt", "stopped", "dumped"}
+    {"op": "checkpoint", "token", "holdSeconds", ...}  -> as above; dumped while frozen, and stays frozen
+    {"op": "thaw", "token"}                            -> {"ok": true, "thawed": bool}
+    {"op": "stop", "token"}                            -> {"ok": true, "stopped": true} (exits 75)
+
 The socket sits in a directory the workload can write to, so it is opened without following links
 (an O_PATH fd of the socket itself, connected through /proc/self/fd), which also keeps the path
 short enough for sun_path however deep the store is.
@@ -84,6 +92,14 @@ def status(container_fd: int, timeout: float = 10.0) -> dict[str, Any] | None:
     return reply if reply.get("ok") else None
 
 
-def checkpoint(container_fd: int, leave_running: bool, timeout: float | None) -> dict[str, Any]:
-    return call(container_fd, {"op": "checkpoint", "leaveRunning": leave_running, "preDump": False, "full": False},
-                timeout)
+def checkpoint(container_fd: int, leave_running: bool, timeout: float | None, token: str | None = None,
+               hold: float = 0.0) -> dict[str, Any]:
+    payload: dict[str, Any] = {"op": "checkpoint", "leaveRunning": leave_running, "preDump": False, "full": False}
+    if token:
+        payload.update(token=token, holdSeconds=hold)
+    return call(container_fd, payload, timeout)
+
+
+def gang(container_fd: int, op: str, token: str, hold: float = 0.0, timeout: float = 60.0) -> dict[str, Any]:
+    """freeze, thaw or stop for the gang checkpoint `token`."""
+    return call(container_fd, {"op": op, "token": token, "holdSeconds": hold}, timeout)

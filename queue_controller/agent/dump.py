@@ -48,6 +48,8 @@ class DumpRequest:
     leave_running: bool
     node: str
     pod: str
+    frozen: bool = False  # a gang member frozen for this Checkpoint (token = uid): dumped frozen, kept so
+    hold: float = 0.0  # how long ckq-run keeps it frozen after the dump, waiting for the commit
 
 
 @dataclass
@@ -96,6 +98,48 @@ class Dumper:
         except (FileNotFoundError, StoreError):
             return False
 
+    # ---- the gang barrier (agent.py): freeze, and release after the checkpoint ended ---------------
+    def freeze(self, slot: Slot, uid: str, hold: float) -> tuple[float | None, str | None]:
+        """Stop the container's workload for Checkpoint `uid`: (frozenAt epoch seconds, None), (None,
+        why not), or (None, None) while another Checkpoint holds it frozen (ask again once released)."""
+        try:
+            with self.store.open_container(*slot.args()) as cfd:
+                reply = control.gang(cfd, "freeze", uid, hold)
+        except (FileNotFoundError, StoreError) as exc:
+            return None, f"no checkpoint directory ({exc})"
+        except control.ControlError as exc:
+            return None, f"asking ckq-run to freeze failed: {exc}"
+        if reply.get("busyWith"):
+            return None, None
+        if not reply.get("ok"):
+            return None, f"ckq-run: {reply.get('error') or 'freeze failed'}"
+        return float(reply.get("frozenAt") or self.clock()), None
+
+    def release(self, slot: Slot, uid: str, how: str) -> str:
+        """thaw or stop the container frozen for `uid`: what happened, in words (a container that is
+        gone has nothing to release)."""
+        try:
+            with self.store.open_container(*slot.args()) as cfd:
+                reply = control.gang(cfd, how, uid)
+        except (FileNotFoundError, StoreError, control.NotListening):
+            return "gone"
+        except control.ControlError as exc:
+            return f"not reached ({exc})"
+        if not reply.get("ok"):
+            return f"refused: {reply.get('error')}"
+        if how == "thaw":
+            return "continued" if reply.get("thawed") else "was not frozen"
+        return "stopped"
+
+    def taken(self, slot: Slot, uid: str) -> str | None:
+        """The id of the checkpoint ckq-run took for Checkpoint `uid`, as the journal records it."""
+        try:
+            with self.store.open_container(*slot.args()) as cfd:
+                entry = Journal(cfd).get(uid)
+        except (FileNotFoundError, StoreError):
+            return None
+        return entry.checkpointId if entry is not None else None
+
     # ---- the dump ---------------------------------------------------------------------------------
     def dump(self, slot: Slot, req: DumpRequest) -> DumpResult:
         try:
@@ -127,7 +171,8 @@ class Dumper:
                              leaveRunning=req.leave_running, requestedAt=self.clock())
         journal.put(entry)  # durable before the request: a restart finds it
         try:
-            reply = control.checkpoint(cfd, req.leave_running, self.timeout)
+            reply = control.checkpoint(cfd, req.leave_running, self.timeout, token=req.uid if req.frozen else None,
+                                       hold=req.hold)
         except control.NotListening as exc:
             entry.error = f"ckq-run is not listening ({exc}): the container is not running under ckq-run"
             journal.put(entry)

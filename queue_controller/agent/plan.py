@@ -4,12 +4,15 @@ on, and how it changes a Checkpoint's status (always through the api/checkpoint.
 Several agents (one per node) write the same Checkpoint, so every status change here is a merge that
 can be applied again to a fresher copy after a 409: appending an artifact that is already there, or
 setting Running on a Checkpoint that is already Running, changes nothing.
+
+`next_step` is the gang barrier (see agent.py): from the Checkpoint's status alone, what this node's
+agent does next for it, so a restarted agent (or one that lost a race) computes the same answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +21,7 @@ from queue_controller.api.checkpoint import (
     Artifact,
     Checkpoint,
     CheckpointStatus,
+    FrozenContainer,
     RestoreConstraints,
 )
 from queue_controller.runtime.manifest import Manifest
@@ -195,3 +199,105 @@ def mark_failed(ckpt: Checkpoint, message: str, now: datetime) -> bool:
     status.phase = "Failed"
     status.message = message[:MAX_MESSAGE]
     return True
+
+
+# ---- the gang barrier -------------------------------------------------------------------------------
+
+Member = tuple[str, int, str]  # (podSet, index, container): one container of one pod of the job
+
+
+def members(job_pods: Iterable[PodInfo], attempt: int | None) -> set[Member]:
+    """Every container of every pod of the job's run `attempt` (all nodes): what the checkpoint covers."""
+    return {(p.pod_set, p.index, c) for p in job_pods if p.attempt == attempt for c in p.containers}
+
+
+def frozen(status: CheckpointStatus | None) -> set[Member]:
+    return {(f.pod_set, f.index, f.container) for f in (status.frozen if status else [])}
+
+
+def _describe(ms: Iterable[Member]) -> str:
+    out = sorted(ms)
+    text = ", ".join(f"{ps}-{i}/{c}" for ps, i, c in out[:10])
+    return text + (f" and {len(out) - 10} more" if len(out) > 10 else "")
+
+
+@dataclass
+class Step:
+    """What one agent does next for one Checkpoint (empty: wait for the other agents)."""
+
+    freeze: list[Member] = field(default_factory=list)  # stop these local containers, record them
+    dump: list[Member] = field(default_factory=list)  # the barrier is reached: dump these
+    fail: str | None = None  # fail the checkpoint with this message
+    release: str | None = None  # "thaw" or "stop" the local containers frozen for it
+    discard: bool = False  # and delete this node's images of it
+
+    def __bool__(self) -> bool:
+        return bool(self.freeze or self.dump or self.fail or self.release)
+
+
+def next_step(ckpt: Checkpoint, node: str, local: set[Member], gang: set[Member], now: datetime,
+              barrier_timeout: float) -> Step:
+    """The barrier, one node's view of it. `local`: this node's members that can take part (running
+    under ckq-run, or already asked by a predecessor); `gang`: every member of the job's run.
+
+    In flight: freeze what is local and not frozen yet; once every member of the gang is frozen, dump
+    what is local and not recorded; a barrier not reached within `barrier_timeout` of the first
+    freeze fails the checkpoint. Ended: release what this node froze, once (`released`): a completed
+    checkpoint stops its containers (or, leaveRunning, continues them), a failed one continues them
+    and discards this node's images."""
+    st = ckpt.status
+    if not acts_on(ckpt):
+        assert st is not None
+        mine = [f for f in st.frozen if f.node == node]
+        if node in st.released or not (mine or (st.phase == "Failed" and any(a.node == node for a in st.artifacts))):
+            return Step()
+        stop = st.phase == "Completed" and not ckpt.spec.leave_running
+        return Step(release="stop" if stop else "thaw", discard=st.phase == "Failed")
+    done = frozen(st)
+    todo = sorted(local - done)
+    if todo:
+        return Step(freeze=todo)
+    if gang and gang <= done:
+        return Step(dump=sorted(local - recorded(st)))
+    if st is not None and st.frozen:
+        first = min(f.frozen_at for f in st.frozen)
+        waited = (now - first).total_seconds()
+        if waited > barrier_timeout:
+            missing = gang - done
+            return Step(fail=(f"freeze barrier not reached within {barrier_timeout:g}s: {len(done & gang)} of "
+                              f"{len(gang)} containers frozen; not frozen: {_describe(missing)} (not running "
+                              "under ckq-run, or their node's agent is not acting)"))
+    return Step()
+
+
+def to_release(status: Mapping[str, Any], node: str) -> bool:
+    """An ended Checkpoint (its status as JSON) that this node froze containers for (or, failed, holds
+    images of) and has not released yet: cheap, for the informer's filter; next_step decides."""
+    if node in (status.get("released") or ()):
+        return False
+    return any(f.get("node") == node for f in status.get("frozen") or ()) or (
+        status.get("phase") == "Failed" and any(a.get("node") == node for a in status.get("artifacts") or ()))
+
+
+def add_frozen(ckpt: Checkpoint, entries: Iterable[FrozenContainer], gang_size: int) -> bool:
+    """Record containers as frozen (each once; the first record of a container wins) and the gang's size."""
+    status = _status(ckpt)
+    have = frozen(status)
+    new = [f for f in entries if (f.pod_set, f.index, f.container) not in have]
+    changed = bool(new) or status.members != gang_size
+    status.frozen = [*status.frozen, *new]
+    status.members = max(status.members or 0, gang_size)
+    return changed
+
+
+def mark_released(ckpt: Checkpoint, node: str, discarded: bool) -> bool:
+    """This node released what it froze; on a failure its artifacts (whose images it deleted) go too."""
+    status = _status(ckpt)
+    changed = node not in status.released
+    if changed:
+        status.released = [*status.released, node]
+    if discarded and any(a.node == node for a in status.artifacts):
+        status.artifacts = [a for a in status.artifacts if a.node != node]
+        status.size_bytes = sum(a.size_bytes or 0 for a in status.artifacts)
+        changed = True
+    return changed

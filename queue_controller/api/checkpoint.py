@@ -61,6 +61,21 @@ class Artifact(ApiModel):
     unencrypted. A restore needs the same key."""
 
 
+class FrozenContainer(ApiModel):
+    """One container stopped for the checkpoint's freeze barrier (by the agent of its node)."""
+
+    pod_set: Annotated[str, Field(min_length=1, max_length=63)]
+    """Pod set name."""
+    index: Annotated[int, Field(ge=0)]
+    """Pod index within the pod set."""
+    container: Annotated[str, Field(min_length=1, max_length=63)]
+    """Container name."""
+    node: Annotated[str | None, Field(max_length=253)] = None
+    """Node the pod runs on."""
+    frozen_at: Time
+    """When every process of the container was stopped."""
+
+
 class RestoreConstraints(ApiModel):
     """What a node needs for the checkpoint to restore there."""
 
@@ -86,6 +101,17 @@ class CheckpointStatus(ApiModel):
     """Total size of all artifacts."""
     artifacts: Annotated[list[Artifact], Field(max_length=MAX_ARTIFACTS)] = Field(default_factory=list)
     """One image per checkpointed container."""
+    members: Annotated[int | None, Field(ge=0)] = None
+    """How many containers the checkpoint covers: every container of every pod of the job's run (the
+    gang). Written by the node agents with the first freeze."""
+    frozen: Annotated[list[FrozenContainer], Field(max_length=MAX_ARTIFACTS)] = Field(default_factory=list)
+    """The freeze barrier: containers stopped for this checkpoint. No container is dumped before all
+    `members` are here; a dump that fails, or a barrier not reached in time, fails the checkpoint and
+    every container is continued and its image discarded."""
+    released: Annotated[list[Annotated[str, Field(max_length=253)]], Field(max_length=MAX_ARTIFACTS)] = Field(
+        default_factory=list)
+    """Nodes whose agents released what they froze once the checkpoint ended: continued (failed, or
+    leaveRunning), or stopped (completed without leaveRunning), and on failure their images deleted."""
     restore_constraints: RestoreConstraints | None = None
     """Where it can be restored."""
     message: Annotated[str | None, Field(max_length=32768)] = None

@@ -29,6 +29,10 @@ def agent(
     transfer_address: str | None = typer.Option(
         None, "--transfer-address", help="storeMode node-local: the address to serve images on (default: this "
         "node's InternalIP; the port is the ConfigMap's storeTransferPort)."),
+    barrier_timeout: float = typer.Option(120.0, min=1.0, help="Seconds a checkpoint waits, from its first "
+                                          "freeze, for every container of the job to be frozen before it fails."),
+    commit_hold: float = typer.Option(300.0, min=1.0, help="Seconds a dumped container stays frozen waiting "
+                                      "for the checkpoint to complete; then ckq-run continues it by itself."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Dump this node's containers for in-flight Checkpoints through ckq-run and record the artifacts."""
@@ -82,7 +86,8 @@ def agent(
         fail(str(e))
 
     the_agent = Agent(pre.kube, Dumper(fs, timeout=dump_timeout),
-                      AgentSettings(node=node, workers=workers, dump_workers=dump_workers, resync_seconds=resync))
+                      AgentSettings(node=node, workers=workers, dump_workers=dump_workers, resync_seconds=resync,
+                                    barrier_timeout=barrier_timeout, commit_hold=commit_hold))
     server = None
     if node_local:
         raw_port = pre.config.get(wire.CONFIG_STORE_TRANSFER_PORT) or str(wire.DEFAULT_STORE_TRANSFER_PORT)

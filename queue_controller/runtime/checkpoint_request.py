@@ -25,6 +25,7 @@ class Request:
     leave_running: bool = False
     pre_dump: bool = False
     full: bool = False
+    frozen_at: float | None = None  # epoch seconds the tree was frozen for a gang barrier (freezer.py)
 
 
 @dataclass

@@ -228,6 +228,7 @@ class Checkpointer:
                 gpu.suspend(gpu_pids)
             try:
                 t0 = time.monotonic()
+                dump_started = time.time()
                 self.criu.dump(pid, images, log, leave_running=leave, tcp=self.s.tcp, action_script=script,
                                env=env, waiter=self.waiter, extra=self.s.extra_criu)
             finally:
@@ -270,6 +271,7 @@ class Checkpointer:
             (tmp / RUNTIME_JSON).write_text(json.dumps(self.runtime_info(pid, gpu_pids), indent=2))
             kind = "pre-dump" if req.pre_dump else "dump"
             manifest = self.manifest(ckpt_id, started, req, parent, logical, kind)
+            manifest.frozenAt, manifest.dumpStartedAt = req.frozen_at, dump_started
             if gpu_pids:
                 manifest.gpu = {"pids": gpu_pids, "tool": gpu.backend()}
             manifest.phases = {"criu": round(t1 - t0, 3), "pages": round(t2 - t1, 3),

@@ -46,6 +46,10 @@ class Manifest:
     gpu: dict[str, Any] | None = None
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for tuning
     host: dict[str, str] = field(default_factory=dict)
+    # A gang checkpoint's barrier (runtime/freezer.py): when the tree was frozen and when its dump
+    # began (epoch seconds), so the order "all frozen, then any dumped" can be checked afterwards.
+    frozenAt: float | None = None
+    dumpStartedAt: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

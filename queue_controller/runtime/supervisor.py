@@ -21,11 +21,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from queue_controller.runtime import fsnap, gpu, restorer
+from queue_controller.runtime import fsnap, gpu, procfs, restorer
 from queue_controller.runtime.checkpointer import Chain, Checkpointer, Request, Settings
 from queue_controller.runtime.control import Server
 from queue_controller.runtime.criu import Criu
 from queue_controller.runtime.errors import RuntimeFailure
+from queue_controller.runtime.freezer import Freezer, Frozen, cont_tree
 from queue_controller.runtime.manifest import read_manifest
 
 EXIT_CHECKPOINTED = 75  # sysexits EX_TEMPFAIL: "stopped for a checkpoint; restore to continue"
@@ -110,6 +111,8 @@ class Supervisor:
         self.restore_dir: Path | None = None  # Signal mode: the saved state handed to the app
         self.stdio: dict[str, str] = {}  # fd -> "pipe:[inode]" the workload writes to
         self.chain = Chain()
+        self.freezer = Freezer(self.lock, self._live_root, log)
+        self.stopped_for: str | None = None  # the freeze token whose checkpoint stopped the workload
 
     # ---- setup ----------------------------------------------------------------------------------
     def _init_process(self) -> None:
@@ -226,6 +229,8 @@ class Supervisor:
         self._raise_last_pid()
         if not m.encryption:
             self.chain = Chain(head=m.id, depth=m.chainDepth)
+        if m.frozenAt is not None:  # dumped while frozen for a gang barrier: CRIU restored it stopped
+            cont_tree(pid)
         return pid
 
     # ---- signals and control --------------------------------------------------------------------
@@ -255,20 +260,32 @@ class Supervisor:
         if op == "status":
             return {"ok": True, "pid": self.reaper.root, "mode": self.s.mode,
                     "running": not self.reaper.root_exited.is_set(), "checkpoints": self.s.store.ids()}
+        if op in ("freeze", "thaw", "stop"):
+            return self._gang(op, request)
         if op != "checkpoint":
             raise RuntimeFailure(f"unknown request {op!r}")
         req = Request(leave_running=bool(request.get("leaveRunning")), pre_dump=bool(request.get("preDump")),
                       full=bool(request.get("full")))
         if req.pre_dump and self.s.mode == "Signal":
             raise RuntimeFailure("--pre-dump needs CRIU mode; Signal-mode apps save their own state")
+        token = str(request.get("token") or "")
         with self.lock:
             root = self.reaper.root
             if self.stopping or root is None or self.reaper.root_exited.is_set():
                 raise RuntimeFailure("the workload is not running; nothing to checkpoint")
             assert self.checkpointer is not None
+            frozen = None
+            if token:  # a gang member: dumped only while frozen for it, and it stays frozen afterwards
+                frozen = self.freezer.require(token)
+                req.leave_running, req.frozen_at = True, frozen.at
+            elif self.freezer.frozen is not None:
+                raise RuntimeFailure(f"the workload is frozen for checkpoint {self.freezer.frozen.token}")
             self.checkpointer.stdio = self.stdio
             manifest = self.checkpointer.take(root, req)
-            if not (req.leave_running or req.pre_dump):
+            if frozen is not None:
+                frozen.dumped = manifest.id
+                self.freezer.extend(float(request.get("holdSeconds") or 0) or _hold_left(frozen))
+            elif not (req.leave_running or req.pre_dump):
                 self.checkpointed = True
                 if self.s.mode == "Signal":
                     os.kill(root, signal.SIGTERM)  # the app saved its state; now it should stop
@@ -277,6 +294,53 @@ class Supervisor:
             log(f"checkpoint {manifest.id}: {manifest.sizeBytes} bytes in {manifest.durationSeconds:.2f}s"
                 f"{' (incremental on ' + manifest.parent + ')' if manifest.parent else ''}")
             return {"ok": True, "id": manifest.id, "manifest": asdict(manifest)}
+
+    def _live_root(self) -> int | None:
+        root = self.reaper.root
+        return None if root is None or self.reaper.root_exited.is_set() else root
+
+    def _gang(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        """freeze / thaw / stop for one gang checkpoint (runtime/freezer.py), all idempotent per token:
+
+        freeze {token, holdSeconds} -> {frozenAt, stopped}: stop the tree (CRIU mode) until thawed,
+            stopped, or the hold runs out;
+        thaw {token} -> {thawed}: continue it (abort, or a leave-running commit);
+        stop {token} -> {stopped}: end the workload after the checkpoint taken while frozen (commit of a
+            checkpoint that vacates the job): ckq-run then exits 75, as after a plain dump."""
+        token = str(request.get("token") or "")
+        if not token:
+            raise RuntimeFailure(f"{op} needs a token (the checkpoint it is for)")
+        with self.lock:
+            if op == "stop" and self.stopped_for == token:
+                return {"ok": True, "stopped": True}
+            if op == "thaw":
+                return {"ok": True, "thawed": self.freezer.thaw(token)}
+            root = self._live_root()
+            if self.stopping or root is None:
+                raise RuntimeFailure("the workload is not running")
+            if op == "freeze":
+                busy = self.freezer.frozen
+                if busy is not None and busy.token != token:  # another checkpoint holds it: ask again later
+                    return {"ok": False, "busyWith": busy.token,
+                            "error": f"the workload is frozen for another checkpoint ({busy.token})"}
+                frozen = self.freezer.freeze(token, float(request.get("holdSeconds") or 0),
+                                             stop=self.s.mode != "Signal")
+                return {"ok": True, "frozenAt": frozen.at, "stopped": frozen.stopped, "dumped": frozen.dumped}
+            frozen = self.freezer.require(token)
+            if frozen.dumped is None:
+                raise RuntimeFailure(f"no checkpoint was taken for {token}: refusing to stop the workload")
+            self.freezer.forget()
+            self.checkpointed, self.stopped_for = True, token
+            if self.s.mode == "Signal":
+                os.kill(root, signal.SIGTERM)  # the app saved its state; now it should stop
+                if self.stop_timeout > 0:
+                    threading.Timer(self.stop_timeout, self._kill_tree, args=(root,)).start()
+            else:
+                for pid in procfs.tree(root):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            log(f"checkpoint {frozen.dumped} committed for {token}: stopping the workload")
+            return {"ok": True, "stopped": True}
 
     def _needs_criu(self) -> bool:
         if not self.restore_id:
@@ -329,6 +393,10 @@ class Supervisor:
             return EXIT_CHECKPOINTED
         code = self.reaper.root_code if self.reaper.root_code is not None else 1
         return code
+
+
+def _hold_left(frozen: Frozen) -> float:
+    return max(float(frozen.deadline) - time.monotonic(), 0.0)
 
 
 def _last_pid() -> int | None:

@@ -81,7 +81,11 @@ def test_agent_dumps_a_real_ckq_run_and_the_restore_continues(criu_bin: str, pod
         agent = Agent(kube, dumper, AgentSettings(node="real-0"))  # type: ignore[arg-type]
         agent.checkpoints_listed(kube.list_checkpoints()[0])
         agent.pods_listed(kube.list_node_pods("real-0")[0])
-        agent.process(("team-a", "train-1-preemption-1"))
+        agent.process(("team-a", "train-1-preemption-1"))  # frozen (a gang of one), dumped, still frozen
+        assert host.poll() is None and kube.status("train-1-preemption-1")["artifacts"]
+        kube.objs[("team-a", "train-1-preemption-1")]["status"]["phase"] = "Completed"  # the controller's commit
+        agent.checkpoints_listed(kube.list_checkpoints()[0])
+        agent.process(("team-a", "train-1-preemption-1"))  # the release: stop
         assert host.wait(timeout=120) == CHECKPOINTED, out.read_text()
     finally:
         if host.poll() is None:
@@ -89,7 +93,7 @@ def test_agent_dumps_a_real_ckq_run_and_the_restore_continues(criu_bin: str, pod
             host.wait()
 
     st = kube.status("train-1-preemption-1")
-    assert st["phase"] == "Running", st
+    assert st["phase"] == "Completed" and st["released"] == ["real-0"], st
     [art] = st["artifacts"]
     ckpt_id = wire.checkpoint_id_of(art["uri"])
     assert art["uri"] == store.uri_for("team-a", "train", "worker", 0, "main", ckpt_id)

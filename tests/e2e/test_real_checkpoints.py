@@ -10,6 +10,7 @@ gives. A restored run ends with that nonce and that digest; a restarted one draw
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import uuid
@@ -149,6 +150,13 @@ def test_gang_preempted_by_criu_checkpoint_resumes_with_its_memory(
         assert len(artifacts) == 2 and all(a["sizeBytes"] > BUFFER for a in artifacts), artifacts
         assert all(re.fullmatch(r"[0-9a-f]{64}", a["sha256"]) for a in artifacts)
         assert ckpt["status"]["sizeBytes"] == sum(a["sizeBytes"] for a in artifacts)
+        # The freeze barrier: both containers were frozen before either was dumped, by the times each
+        # ckq-run recorded in its manifest (the real nodes share one host: one clock).
+        st = ckpt["status"]
+        assert st["members"] == 2 and len(st["frozen"]) == 2, st
+        manifests = [json.loads((Path(a["uri"].removeprefix("file://")) / "manifest.json").read_text())
+                     for a in artifacts]
+        assert max(m["frozenAt"] for m in manifests) <= min(m["dumpStartedAt"] for m in manifests), manifests
         kube.wait_phase(ns, "urgent", "Succeeded", timeout=120)
         done = kube.wait_phase(ns, "train", "Succeeded", timeout=240)["status"]
         resumed = {p.metadata.labels["ckq.io/pod-index"]: p.metadata.name for p in kube.pods(ns, "train")
@@ -492,3 +500,111 @@ def test_a_missing_key_secret_is_reported_by_the_job_not_left_in_container_creat
         assert (cond["status"], cond["reason"]) == ("False", "EncryptionKeyUnavailable")
     finally:
         kube.delete("clusterqueues", cq["metadata"]["name"])
+
+
+def _agent_pid(real_cluster: RealCluster, node: str) -> int:
+    """This cluster's node agent for `node` (a host process; its --store names this cluster's store)."""
+    want = [b"agent", b"--node", node.encode(), b"--store", real_cluster.state.store.encode()]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(w in cmd for w in want):
+            return int(entry.name)
+    raise AssertionError(f"no node agent for {node} found")
+
+
+def _ppid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
+def test_a_gang_checkpoint_with_one_failed_dump_is_all_or_nothing(
+    real_kube: Kube, real_ns: str, controller: ControllerProcess, real_cluster: RealCluster
+) -> None:
+    """Issue 10: a leave-running checkpoint of a 2-pod gang on 2 nodes in which pod 0 is dumped and pod
+    1's dump fails (its checkpoint directory replaced by a file). The order is made certain by pausing
+    processes, never by waiting for time: node 0's agent is paused until pod 1 is frozen, pod 1's
+    ckq-run is paused (holding the dump request) until pod 0's artifact is recorded. Then the
+    checkpoint fails: no Completed checkpoint exists to restore from, pod 0's image is deleted, both
+    agents release their pods, and the job runs on to the end with its memory (the nonces it drew and
+    the digests of an uninterrupted run, never restarted)."""
+    import signal
+
+    from queue_controller.store.filesystem import CHECKPOINTS, FilesystemStore
+
+    kube, ns = real_kube, real_ns
+    cq = _queue(kube, ns, "3")
+    store = FilesystemStore(Path(real_cluster.state.store))
+    broken: Path | None = None
+    paused: list[int] = []
+
+    def pause(pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        paused.append(pid)
+
+    def resume(pid: int) -> None:
+        os.kill(pid, signal.SIGCONT)
+        paused.remove(pid)
+
+    def status() -> dict[str, Any]:
+        return kube.get("checkpoints", "pair-manual", ns).get("status") or {}
+
+    try:
+        # 1.5 CPUs each on 2-CPU nodes: one pod per node, so two agents take part.
+        kube.create("checkpointablejobs", real_job("pair", "main", pods=2, cpu="1500m"), ns)
+        kube.wait_phase(ns, "pair", "Running", timeout=120)
+        pods = {int(p.metadata.labels["ckq.io/pod-index"]): p for p in kube.pods(ns, "pair")}
+        assert len(pods) == 2 and pods[0].spec.node_name != pods[1].spec.node_name
+        nonces = {i: kube.wait(f"the nonce of pod {i}", lambda p=p: _nonce_of(kube, ns, p.metadata.name),
+                               timeout=60) for i, p in pods.items()}
+        dirs = {i: store.dir_for(ns, "pair", "worker", i, p.spec.containers[0].name) for i, p in pods.items()}
+        node1 = next(n for n in real_cluster.state.real_nodes if n.name == pods[1].spec.node_name)
+        [workload1] = kube.wait("pod 1's workload", lambda: _workload_pids(node1, "nonce"), timeout=10)
+        ckq_run1 = _ppid(workload1)
+
+        pause(_agent_pid(real_cluster, pods[0].spec.node_name))
+        kube.create("checkpoints", {"apiVersion": "ckq.io/v1alpha1", "kind": "Checkpoint",
+                                    "metadata": {"name": "pair-manual"},
+                                    "spec": {"jobName": "pair", "reason": "User", "leaveRunning": True}}, ns)
+        kube.wait("pod 1 frozen", lambda: [f for f in status().get("frozen") or () if f["index"] == 1], timeout=60)
+        pause(ckq_run1)  # the dump request node 1's agent sends next waits in its socket's backlog
+        resume(paused[0])  # node 0's agent: freezes pod 0, the barrier is reached, it dumps pod 0
+        [art0] = kube.wait("pod 0's artifact", lambda: [a for a in status().get("artifacts") or ()
+                                                       if a["index"] == 0], timeout=120)
+        image0 = Path(art0["uri"].removeprefix("file://"))
+        assert (image0 / "manifest.json").is_file()
+        broken = dirs[1] / CHECKPOINTS
+        broken.rename(broken.with_name("checkpoints.aside"))
+        broken.write_text("not a directory: ckq-run cannot dump here\n")
+        resume(ckq_run1)  # answers the dump request: it fails
+
+        nodes = {p.spec.node_name for p in pods.values()}
+        kube.wait("the checkpoint to fail and both agents to release",
+                  lambda: status().get("phase") == "Failed" and set(status().get("released") or ()) == nodes,
+                  timeout=120)
+        st = status()
+        assert pods[1].metadata.name in st["message"] and "container" in st["message"], st["message"]
+        assert st["members"] == 2 and len(st["frozen"]) == 2, st  # the barrier was reached
+        assert st.get("artifacts", []) == []  # nothing a restore could pick
+        assert not [c for c in kube.list("checkpoints", ns) if (c.get("status") or {}).get("phase") == "Completed"]
+        assert not image0.exists()  # pod 0's image is deleted again
+        assert not [n for n in os.listdir(dirs[0] / CHECKPOINTS) if not n.startswith(".")]
+
+        broken.unlink()
+        broken.with_name("checkpoints.aside").rename(broken)
+        broken = None
+        kube.wait_phase(ns, "pair", "Succeeded", timeout=240)
+        assert {p.metadata.labels["ckq.io/attempt"] for p in kube.pods(ns, "pair")} == {"1"}  # never restarted
+        for i, p in pods.items():
+            assert _final_of(kube, ns, p.metadata.name) == (nonces[i], expected_digest(nonces[i]))
+    finally:
+        for pid in list(paused):
+            resume(pid)
+        if broken is not None and broken.is_file():
+            broken.unlink()
+            broken.with_name("checkpoints.aside").rename(broken)
+        kube.delete("clusterqueues", cq)

@@ -38,6 +38,8 @@ class ScriptedRun:
         self.dir, self.delay, self.error = d, delay, error
         self.asked = threading.Event()
         self.dumps: list[str] = []
+        self.frozen: list[str] = []
+        self.released: list[str] = []
         self.running = True
         d.mkdir(parents=True, exist_ok=True)
         self.server = Server(d / SOCKET_NAME, self.handle)
@@ -46,6 +48,12 @@ class ScriptedRun:
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         if req.get("op") == "status":
             return {"ok": True, "pid": 1, "mode": "CRIU", "running": self.running, "checkpoints": []}
+        if req.get("op") == "freeze":  # the gang barrier (runtime/freezer.py): always granted here
+            self.frozen.append(str(req.get("token")))
+            return {"ok": True, "frozenAt": time.time(), "stopped": True, "dumped": None}
+        if req.get("op") in ("thaw", "stop"):
+            self.released.append(str(req.get("op")))
+            return {"ok": True, "thawed": True, "stopped": True}
         self.asked.set()
         if self.error:
             return {"ok": False, "error": self.error}
@@ -139,7 +147,7 @@ def test_agent_killed_mid_dump_records_it_once(kube: Kube, namespace: str, agent
                                               tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
     store = FilesystemStore(store_dir, uri_root=uri_root(kube, store_dir))
-    managed_pod(kube, namespace, "train", ("main", "side"))  # "side" runs no ckq-run
+    managed_pod(kube, namespace, "train", ("main",))
     run = ScriptedRun(store.dir_for(namespace, "train", "worker", 0, "main"), delay=3.0)
     try:
         agent.start()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from queue_controller import wire
 from queue_controller.agent.agent import Agent, AgentSettings, WorkQueue
 from queue_controller.agent.dump import DumpRequest, DumpResult, Slot
 from queue_controller.agent.kube import Conflict, Event, NotFound, Obj, Transient
@@ -118,6 +119,31 @@ class FakeDumper:
         self.journal: dict[tuple[Slot, str], DumpResult] = {}
         self.calls: list[tuple[Slot, DumpRequest]] = []
         self.errors: dict[Slot, str] = {}
+        self.frozen: dict[Slot, tuple[str, float]] = {}  # what ckq-run holds frozen, for which uid
+        self.freezes: list[Slot] = []
+        self.freeze_errors: dict[Slot, str] = {}
+        self.releases: list[tuple[Slot, str]] = []
+
+    def freeze(self, slot: Slot, uid: str, hold: float) -> tuple[float | None, str | None]:
+        self.freezes.append(slot)
+        if slot in self.freeze_errors:
+            return None, self.freeze_errors[slot]
+        if self.frozen.get(slot, (uid, 0.0))[0] != uid:
+            return None, None  # frozen for another checkpoint: ask again later
+        return self.frozen.setdefault(slot, (uid, time.time()))[1], None
+
+    def release(self, slot: Slot, uid: str, how: str) -> str:
+        self.releases.append((slot, how))
+        if self.frozen.get(slot, ("", 0.0))[0] != uid:
+            return "was not frozen"
+        del self.frozen[slot]
+        if how == "stop":
+            self.live_slots.discard(slot)
+        return "continued" if how == "thaw" else "stopped"
+
+    def taken(self, slot: Slot, uid: str) -> str | None:
+        res = self.journal.get((slot, uid))
+        return res.manifest.id if res is not None and res.manifest is not None else None
 
     def live(self, slot: Slot) -> bool:
         return slot in self.live_slots
@@ -129,6 +155,7 @@ class FakeDumper:
         if (slot, req.uid) in self.journal:
             return DumpResult(manifest=self.journal[(slot, req.uid)].manifest,
                               error=self.journal[(slot, req.uid)].error, adopted=True)
+        assert req.frozen and self.frozen.get(slot, ("", 0.0))[0] == req.uid, "dumped while not frozen"
         self.calls.append((slot, req))
         if slot in self.errors:
             res = DumpResult(error=self.errors[slot])
@@ -163,26 +190,37 @@ def process(kube: FakeKube, agent: Agent, name: str = NAME) -> None:
     agent.process((NS, name))
 
 
-def test_dumps_the_live_containers_of_its_pods_and_records_them(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+def test_freezes_its_containers_and_dumps_them_only_once_the_whole_gang_is_frozen(
+        world: tuple[FakeKube, FakeDumper, Agent]) -> None:
     kube, dumper, agent = world
     kube.add(ckpt_obj())
     kube.pods = [pod("train-1-worker-0", index=0, containers=("main", "side"), gpu=True),
                  pod("train-1-worker-1", index=1, node="real-1")]  # the other node's agent does this one
-    dumper.live_slots = {slot(0, "main")}  # "side" runs no ckq-run
+    dumper.live_slots = {slot(0, "main"), slot(0, "side")}
     process(kube, agent)
-    assert [s for s, _ in dumper.calls] == [slot(0, "main")]
-    req = dumper.calls[0][1]
-    assert (req.uid, req.checkpoint, req.leave_running, req.node, req.pod) == (
-        "ck-uid", f"{NS}/{NAME}", False, "real-0", "train-1-worker-0")
+    assert sorted(s.container for s in dumper.freezes) == ["main", "side"] and dumper.calls == []
     st = kube.status()
-    assert st["phase"] == "Running" and st["startTime"].endswith("Z")
+    assert st["phase"] == "Running" and st["startTime"].endswith("Z") and st["members"] == 3
+    assert sorted((f["index"], f["container"], f["node"]) for f in st["frozen"]) == [
+        (0, "main", "real-0"), (0, "side", "real-0")]
     assert st["restoreConstraints"] == {"nodeLabels": {"kubernetes.io/arch": "amd64",
                                                        "nvidia.com/gpu.product": "H200"}}
-    [art] = st["artifacts"]
-    assert art == {"podSet": "worker", "index": 0, "container": "main", "node": "real-0", "sha256": "a" * 64,
-                   "sizeBytes": 1000,
-                   "uri": "file:///var/lib/ckq/store/team-a/train/worker-0/main/checkpoints/20260102-030401-abcdef"}
-    assert st["sizeBytes"] == 1000 and st["durationSeconds"] == 0.5
+    process(kube, agent)  # worker-1 is not frozen yet: still nothing to dump
+    assert dumper.calls == []
+
+    kube.objs[(NS, NAME)]["status"]["frozen"].append(  # real-1's agent froze worker-1
+        {"podSet": "worker", "index": 1, "container": "main", "node": "real-1",
+         "frozenAt": wire.format_time(time.time())})
+    process(kube, agent)
+    assert sorted(s.container for s, _ in dumper.calls) == ["main", "side"]
+    req = dict(dumper.calls)[slot(0, "main")]
+    assert (req.uid, req.checkpoint, req.leave_running, req.frozen, req.node, req.pod) == (
+        "ck-uid", f"{NS}/{NAME}", True, True, "real-0", "train-1-worker-0")  # kept frozen until the commit
+    st = kube.status()
+    main = next(a for a in st["artifacts"] if a["container"] == "main")
+    assert main["uri"].startswith("file:///var/lib/ckq/store/team-a/train/worker-0/main/checkpoints/")
+    assert main["node"] == "real-0" and main["sha256"] == "a" * 64
+    assert dumper.releases == []  # the checkpoint has not ended: everything stays frozen
     Checkpoint.model_validate(kube.objs[(NS, NAME)])
 
 
@@ -204,7 +242,9 @@ def test_never_dumps_twice_for_one_checkpoint(world: tuple[FakeKube, FakeDumper,
 def test_a_restarted_agent_records_a_dump_its_predecessor_did_not(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
     kube, dumper, agent = world
     kube.add(ckpt_obj())
-    kube.pods = [pod(phase="Failed")]  # ckq-run exited 75 after the dump: the pod is no longer running
+    kube.objs[(NS, NAME)]["status"]["frozen"] = [  # the barrier was reached before the restart
+        {"podSet": "worker", "index": 0, "container": "main", "node": "real-0", "frozenAt": "2026-01-02T03:04:09Z"}]
+    kube.pods = [pod(phase="Failed")]  # (and the pod ended meanwhile: the journal still knows)
     dumper.journal[(slot(), "ck-uid")] = DumpResult(manifest=manifest("20260102-030405-0ld0ld"))
     process(kube, agent)
     assert dumper.calls == []
@@ -261,8 +301,18 @@ def test_a_failed_dump_fails_the_checkpoint_naming_pod_container_and_reason(
     assert st["message"] == ("pod team-a/train-1-worker-0 container side on node real-0: ckq-run: criu dump failed: "
                              "Error (criu/sk-unix.c:123): unix: can't dump")
     assert [a["container"] for a in st["artifacts"]] == ["main"]  # the image that exists is recorded
-    process(kube, agent)
-    assert len(dumper.calls) == 2
+    assert dumper.releases == []
+    process(kube, agent)  # the Failed status (a watch event): both are continued, main's image discarded
+    assert len(dumper.calls) == 2  # no dump again
+    assert sorted((s.container, how) for s, how in dumper.releases) == [("main", "thaw"), ("side", "thaw")]
+    assert dumper.frozen == {}
+    st = kube.status()
+    assert st["phase"] == "Failed" and st["artifacts"] == [] and st["released"] == ["real-0"]
+    process(kube, agent)  # released once
+    assert len(dumper.releases) == 2
+    agent.queue = WorkQueue()
+    sync(kube, agent)
+    assert len(agent.queue) == 0  # released: no longer queued
 
 
 def test_concurrent_writers_are_merged_not_overwritten(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
@@ -366,3 +416,93 @@ def test_a_deleted_checkpoint_takes_the_images_this_node_dumped(tmp_path: Path) 
     assert (Path(theirs_dir) / "checkpoints" / "20260102-030405-bbbbbb").exists()  # real-1's agent deletes it
     agent.delete_images({"metadata": {"name": "broken"}})  # unreadable: logged, nothing raised
     agent.shutdown()
+
+
+def test_a_container_that_cannot_be_frozen_fails_the_checkpoint_and_the_rest_is_continued(
+        world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod(containers=("main", "side"))]
+    dumper.live_slots = {slot(0, "main"), slot(0, "side")}
+    dumper.freeze_errors[slot(0, "side")] = "ckq-run: could not stop the workload within 10s"
+    process(kube, agent)
+    st = kube.status()
+    assert st["phase"] == "Failed" and dumper.calls == []
+    assert st["message"] == ("pod team-a/train-1-worker-0 container side on node real-0: cannot be frozen: ckq-run: "
+                             "could not stop the workload within 10s")
+    assert [f["container"] for f in st["frozen"]] == ["main"]
+    process(kube, agent)
+    assert dumper.releases == [(slot(0, "main"), "thaw")] and dumper.frozen == {}
+
+
+@pytest.mark.parametrize(("leave", "how"), [(False, "stop"), (True, "thaw")])
+def test_a_completed_checkpoint_stops_or_continues_its_frozen_containers_together(
+        world: tuple[FakeKube, FakeDumper, Agent], leave: bool, how: str) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj(leave=leave))
+    kube.pods = [pod()]
+    dumper.live_slots = {slot()}
+    process(kube, agent)
+    assert len(dumper.calls) == 1 and dumper.releases == []  # dumped, still frozen: no commit yet
+    kube.objs[(NS, NAME)]["status"]["phase"] = "Completed"  # the controller saw every artifact
+    kube.pods = []  # (the controller may have deleted the pods already)
+    sync(kube, agent)
+    assert (NS, NAME) in agent.queue.queued  # an ended Checkpoint this node froze for is still its business
+    process(kube, agent)
+    assert dumper.releases == [(slot(), how)]
+    st = kube.status()
+    assert st["released"] == ["real-0"] and len(st["artifacts"]) == 1  # a completed one keeps its images
+    restarted = Agent(kube, dumper, AgentSettings(node="real-0"))  # type: ignore[arg-type]
+    process(kube, restarted)
+    assert dumper.releases == [(slot(), how)]  # released once, also across a restart
+
+
+def test_a_restarted_agent_freezes_again_idempotently(world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod(), pod("train-1-worker-1", index=1, node="real-1")]
+    dumper.live_slots = {slot()}
+    process(kube, agent)
+    first = kube.status()["frozen"]
+    writes = len(kube.writes)
+    restarted = Agent(kube, dumper, AgentSettings(node="real-0"))  # type: ignore[arg-type]
+    process(kube, restarted)
+    assert kube.status()["frozen"] == first and len(kube.writes) == writes  # the status has it: no freeze again
+    assert dumper.freezes == [slot()]
+
+
+def test_a_checkpoint_that_ended_before_the_freeze_was_recorded_is_continued_at_once(
+        world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj())
+    kube.pods = [pod(), pod("train-1-worker-1", index=1, node="real-1")]
+    dumper.live_slots = {slot()}
+
+    def cancelled() -> None:  # the controller gives up while this agent freezes
+        obj = kube.objs[(NS, NAME)]
+        obj["status"] = {"phase": "Failed", "message": "cancelled by the controller"}
+        kube.rv += 1
+        obj["metadata"]["resourceVersion"] = str(kube.rv)
+
+    kube.before_write = [cancelled]
+    process(kube, agent)
+    assert dumper.releases == [(slot(), "thaw")] and dumper.frozen == {} and dumper.calls == []
+
+
+def test_a_second_checkpoint_of_the_job_waits_for_the_first_to_release_its_freeze(
+        world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    kube, dumper, agent = world
+    kube.add(ckpt_obj(leave=True, name="periodic", uid="uid-a"))
+    kube.pods = [pod()]
+    dumper.live_slots = {slot()}
+    process(kube, agent, "periodic")  # frozen and dumped, awaiting its commit
+    kube.add(ckpt_obj(name="preempt", uid="uid-b"))
+    process(kube, agent, "preempt")
+    st = kube.status("preempt")
+    assert st["phase"] == "Running" and not st.get("frozen") and len(dumper.calls) == 1  # waits, not failed
+    kube.objs[(NS, "periodic")]["status"]["phase"] = "Completed"
+    process(kube, agent, "periodic")  # released (thawed): the waiting checkpoint is queued again
+    assert (NS, "preempt") in agent.queue.queued
+    process(kube, agent, "preempt")
+    assert [f["index"] for f in kube.status("preempt")["frozen"]] == [0]
+    assert [(s, r.uid) for s, r in dumper.calls] == [(slot(), "uid-a"), (slot(), "uid-b")]

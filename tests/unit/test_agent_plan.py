@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from queue_controller import wire
 from queue_controller.agent import plan
 from queue_controller.agent.plan import PodInfo
-from queue_controller.api.checkpoint import Artifact, Checkpoint, CheckpointSpec, CheckpointStatus
+from queue_controller.api.checkpoint import Artifact, Checkpoint, CheckpointSpec, CheckpointStatus, FrozenContainer
 from queue_controller.api.common import ObjectMeta
 from queue_controller.runtime.manifest import Manifest
 
@@ -156,3 +156,70 @@ def test_mark_failed_keeps_the_first_end() -> None:
     done = checkpoint("Completed")
     assert not plan.mark_failed(done, "late", T1)
     assert done.status is not None and done.status.phase == "Completed"
+
+
+# ---- the gang barrier -------------------------------------------------------------------------------
+
+T0 = datetime(2026, 1, 2, 3, 4, 0, tzinfo=UTC)
+A, B, C = ("worker", 0, "main"), ("worker", 1, "main"), ("worker", 2, "main")
+
+
+def frozen_at(*ms: tuple[str, int, str], node: str = "real-0", at: datetime = T0) -> list[FrozenContainer]:
+    return [FrozenContainer(pod_set=ps, index=i, container=c, node=node, frozen_at=at) for ps, i, c in ms]
+
+
+def art(m: tuple[str, int, str], node: str) -> Artifact:
+    return Artifact(pod_set=m[0], index=m[1], container=m[2], node=node, uri=f"file:///s/{m[1]}")
+
+
+def with_leave(ckpt: Checkpoint, leave: bool) -> Checkpoint:
+    ckpt.spec = CheckpointSpec(job_name=ckpt.spec.job_name, reason="Preemption", leave_running=leave)
+    return ckpt
+
+
+def test_members_are_every_container_of_every_pod_of_the_run() -> None:
+    pods = [PodInfo.from_dict(p) for p in (pod("a", index=0, containers=("main", "side")),
+                                           pod("b", index=1, node="real-1"), pod("old", index=2, attempt=0))]
+    assert plan.members([p for p in pods if p is not None], 1) == {
+        ("worker", 0, "main"), ("worker", 0, "side"), ("worker", 1, "main")}
+
+
+def test_barrier_freezes_first_and_dumps_only_once_the_whole_gang_is_frozen() -> None:
+    gang = {A, B, C}
+    ck = checkpoint("Running")
+    assert plan.next_step(ck, "real-0", {A}, gang, T0, 60) == plan.Step(freeze=[A])
+    ck.status.frozen = frozen_at(A)  # type: ignore[union-attr]
+    assert not plan.next_step(ck, "real-0", {A}, gang, T0, 60)  # waiting for B and C
+    ck.status.frozen += frozen_at(B, C, node="real-1")  # type: ignore[union-attr]
+    assert plan.next_step(ck, "real-0", {A}, gang, T0, 60) == plan.Step(dump=[A])
+    ck.status.artifacts = [art(A, "real-0")]  # type: ignore[union-attr]
+    assert not plan.next_step(ck, "real-0", {A}, gang, T0, 60)  # recorded: nothing left here
+
+
+def test_a_barrier_not_reached_in_time_fails_naming_the_missing_containers() -> None:
+    ck = checkpoint("Running", frozen=frozen_at(A))
+    assert not plan.next_step(ck, "real-0", {A}, {A, B, C}, T0 + timedelta(seconds=60), 60)
+    step = plan.next_step(ck, "real-0", {A}, {A, B, C}, T0 + timedelta(seconds=61), 60)
+    assert step.fail == ("freeze barrier not reached within 60s: 1 of 3 containers frozen; not frozen: worker-1/main, "
+                         "worker-2/main (not running under ckq-run, or their node's agent is not acting)")
+    assert not step.dump
+
+
+def test_an_ended_checkpoint_is_released_once_by_each_node_that_froze_for_it() -> None:
+    done = with_leave(checkpoint("Completed", frozen=frozen_at(A) + frozen_at(B, node="real-1")), False)
+    assert plan.next_step(done, "real-0", set(), set(), T0, 60) == plan.Step(release="stop")
+    assert plan.next_step(with_leave(done, True), "real-0", set(), set(), T0, 60) == plan.Step(release="thaw")
+    failed = checkpoint("Failed", frozen=frozen_at(A), artifacts=[art(A, "real-0")])
+    assert plan.next_step(failed, "real-0", set(), set(), T0, 60) == plan.Step(release="thaw", discard=True)
+    assert not plan.next_step(failed, "real-2", set(), set(), T0, 60)  # froze nothing, dumped nothing
+    assert plan.mark_released(failed, "real-0", discarded=True)
+    assert failed.status is not None and failed.status.artifacts == [] and failed.status.released == ["real-0"]
+    assert not plan.mark_released(failed, "real-0", discarded=True)  # idempotent
+    assert not plan.next_step(failed, "real-0", set(), set(), T0, 60)
+
+
+def test_add_frozen_is_a_merge_that_keeps_the_first_record() -> None:
+    ck = checkpoint("Running")
+    assert plan.add_frozen(ck, frozen_at(A), 3)
+    assert not plan.add_frozen(ck, frozen_at(A, at=T0 + timedelta(seconds=5)), 3)  # a restarted agent, again
+    assert ck.status is not None and [f.frozen_at for f in ck.status.frozen] == [T0] and ck.status.members == 3
