@@ -71,3 +71,26 @@ def test_lost_work_is_a_checkpoint_or_the_progress_since_the_last_one() -> None:
     # CPU-only jobs are weighed by cores.
     cpu_only = running(job("c", gpus=0, cpu=4), ["n0"], started_at=990)
     assert lost_work(cpu_only, 1000, KUEUE) == (PreemptMode.KILL, 10 * 4)
+
+
+def test_a_checkpointable_victim_goes_before_a_cheaper_kill_under_iass() -> None:
+    # "short" (not checkpointable) has run 10 s: killing it loses 10 x 8 GPU-s, less than the 50 x 8 of
+    # checkpointing "ckpt". Still iass takes "ckpt": a kill throws the work away, a checkpoint keeps it.
+    # kueue kills either way, so it takes the one with the least progress.
+    short = running(job("short", checkpointable=False), ["n0"], started_at=90.0)
+    ckpt = running(job("ckpt"), ["n1"], started_at=0.0)
+    snap = snapshot([node("n0"), node("n1")], [queue(gpus=16)], [short, ckpt, job("high", priority=10, t=1)])
+    (p,) = decide(snap, 100, IASS).of_type(Preempt)
+    assert (p.victim, p.mode) == ("ns/ckpt", PreemptMode.CHECKPOINT)
+    (k,) = decide(snap, 100, KUEUE).of_type(Preempt)
+    assert (k.victim, k.mode) == ("ns/short", PreemptMode.KILL)
+
+
+def test_a_non_checkpointable_victim_only_when_the_checkpointable_ones_cannot_make_room() -> None:
+    # "high" needs 16 GPUs of 16: both go, the non-checkpointable one killed.
+    short = running(job("short", checkpointable=False), ["n0"], started_at=90.0)
+    ckpt = running(job("ckpt"), ["n1"], started_at=0.0)
+    snap = snapshot([node("n0"), node("n1")], [queue(gpus=16)],
+                    [short, ckpt, job("high", gpus=8, pods=2, priority=10, t=1)])
+    modes = {p.victim: p.mode for p in decide(snap, 100, IASS).of_type(Preempt)}
+    assert modes == {"ns/ckpt": PreemptMode.CHECKPOINT, "ns/short": PreemptMode.KILL}

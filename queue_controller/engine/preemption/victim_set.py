@@ -33,6 +33,7 @@ from queue_controller.engine.decisions import PendingReason, Preempt, PreemptMod
 from queue_controller.engine.fair_sharing import charge_estimate
 from queue_controller.engine.fit import Fit, find_fit, pool_free
 from queue_controller.engine.placement import dominant_resource
+from queue_controller.engine.policy import PreemptionMode
 from queue_controller.engine.preemption.eligibility import eligible
 from queue_controller.engine.preemption.fair_share import fair_search
 from queue_controller.engine.preemption.victim_order import Candidate, VictimOrder, lost_work
@@ -50,12 +51,14 @@ def _ranked(ws: Workspace, group: str) -> list[tuple[VictimOrder, Running, Preem
     ranked: list[tuple[VictimOrder, Running, PreemptMode, float]] | None = ws.victim_ranking.get(group)
     if ranked is None:
         ranked = []
+        checkpoint_first = ws.policy.preemption.mode is PreemptionMode.CHECKPOINT
         for run in ws.by_group.get(group, ()):
             mode, cost = lost_work(run.job, ws.now, ws.policy)
-            ranked.append((VictimOrder.running(run.job, cost), run, mode, cost))
+            kills = checkpoint_first and mode is PreemptMode.KILL
+            ranked.append((VictimOrder.running(run.job, cost, kills), run, mode, cost))
         # `VictimOrder`'s fields, as a tuple: compared in C, the same order as the dataclass's.
-        ranked.sort(key=lambda e: (e[0].new_victim, e[0].for_another_job, e[0].lost_work, e[0].priority,
-                                   e[0].newest, e[0].key))
+        ranked.sort(key=lambda e: (e[0].new_victim, e[0].for_another_job, e[0].kills, e[0].lost_work,
+                                   e[0].priority, e[0].newest, e[0].key))
         ws.victim_ranking[group] = ranked
     return ranked
 
