@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from queue_controller.engine import Preempt, PreemptMode, decide
+from queue_controller.engine import Preempt, PreemptMode, Snapshot, decide
 from queue_controller.engine.preemption.victim_order import VictimOrder, lost_work
 from tests.unit.engine_factory import IASS, KUEUE, job, node, queue, running, snapshot
 
@@ -94,3 +94,16 @@ def test_a_non_checkpointable_victim_only_when_the_checkpointable_ones_cannot_ma
                     [short, ckpt, job("high", gpus=8, pods=2, priority=10, t=1)])
     modes = {p.victim: p.mode for p in decide(snap, 100, IASS).of_type(Preempt)}
     assert modes == {"ns/ckpt": PreemptMode.CHECKPOINT, "ns/short": PreemptMode.KILL}
+
+
+def test_iass_kills_a_victim_only_when_the_preemptor_gains_more_than_the_victim_loses() -> None:
+    # "long" (not checkpointable, 8 GPUs) has run 3,000 s and by its estimate ends in 100 s: killing it
+    # loses 3,000 x 8 GPU-s, and the 8-GPU preemptor gains only 100 x 8 by not waiting for it. iass waits,
+    # kueue kills. With 5,000 s left the preemptor gains more than the victim loses: iass kills too.
+    def snap(estimate: float) -> Snapshot:
+        long = running(job("long", checkpointable=False, runtime_estimate_s=estimate), ["n0"], started_at=0.0)
+        return snapshot([node("n0")], [queue(gpus=8)], [long, job("high", priority=10, t=1)])
+
+    assert decide(snap(3100.0), 3000, IASS).of_type(Preempt) == []
+    assert [p.victim for p in decide(snap(3100.0), 3000, KUEUE).of_type(Preempt)] == ["ns/long"]
+    assert [p.mode for p in decide(snap(8000.0), 3000, IASS).of_type(Preempt)] == [PreemptMode.KILL]

@@ -36,7 +36,7 @@ from queue_controller.engine.placement import dominant_resource
 from queue_controller.engine.policy import PreemptionMode
 from queue_controller.engine.preemption.eligibility import eligible
 from queue_controller.engine.preemption.fair_share import fair_search
-from queue_controller.engine.preemption.victim_order import Candidate, VictimOrder, lost_work
+from queue_controller.engine.preemption.victim_order import Candidate, VictimOrder, lost_work, weight
 from queue_controller.engine.profile import INF
 from queue_controller.engine.snapshot import ClusterQueue, Job
 from queue_controller.engine.workspace import NEEDS_ROOM, Running, Workspace
@@ -89,6 +89,10 @@ def _iter_candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> Iterator[Cand
     yield from leaving
     claimed = ws.claimed
     victims = ws.victims
+    # Under a checkpoint-first policy a victim that would be killed must be worth it: the work it loses
+    # (its progress since its last checkpoint, in GPU-seconds) may not exceed what the preemptor gains by
+    # starting now instead of when that victim ends by its estimate (its GPUs x the victim's time left).
+    gain = weight(job)
     for order, run, mode, cost in _ranked(ws, group):
         v = run.job
         key = v.key
@@ -97,7 +101,18 @@ def _iter_candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> Iterator[Cand
         reason = eligible(ws, job, cq, v, borrowing)
         if reason is None:
             continue
+        if order.kills and cost > gain * _left(ws, v):
+            continue  # killing it would throw away more than the preemptor gains by not waiting for it
         yield Candidate(run, reason, mode, cost, order)
+
+
+def _left(ws: Workspace, job: Job) -> float:
+    """A running job's estimated seconds left (forever when unknown)."""
+    rem = ws.remaining(job)
+    if rem is None:
+        return INF
+    since = job.started_at if job.started_at is not None else ws.now
+    return max(rem - (ws.now - since), 0.0)
 
 
 def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason) -> bool:
