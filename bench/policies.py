@@ -147,9 +147,8 @@ def write_doc(results: dict[str, dict[str, Any]], cfg: SimConfig, out: Path) -> 
         sc = json.loads(SCALE_JSON.read_text())
         parts.append(SCALE_SECTION.format(**sc))
     old_text = DOC.read_text() if DOC.exists() else ""
-    if FULL_LOAD_BEGIN in old_text and FULL_LOAD_END in old_text:  # `--full-load`'s section stays
-        parts.append(FULL_LOAD_BEGIN + old_text.split(FULL_LOAD_BEGIN, 1)[1].split(FULL_LOAD_END, 1)[0]
-                     + FULL_LOAD_END)
+    if FULL_LOAD_BEGIN in old_text:  # `--full-load`'s section, and the notes after it, stay
+        parts.append(FULL_LOAD_BEGIN + old_text.split(FULL_LOAD_BEGIN, 1)[1].rstrip("\n"))
     DOC.write_text("\n".join(parts) + "\n")
 
 
