@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from queue_controller.engine.fit import Fit, requested
-from queue_controller.engine.ordering import ahead_of
+from queue_controller.engine.ordering import ahead_of, order_key, queue_order_key
 from queue_controller.engine.policy import PreemptionMode
 from queue_controller.engine.profile import INF, Profile
 from queue_controller.engine.quota import FR
@@ -92,6 +92,7 @@ def reserve(ws: Workspace, job: Job, cq: ClusterQueue) -> float | None:
         return None
     prof.hold(start, dur, need)
     prof.reservations += 1
+    prof.holders.append((job.priority, job.queue_order, job.key, ws.share_group(cq.name)))
     return start
 
 
@@ -170,8 +171,20 @@ def may_start_now(ws: Workspace, job: Job, fit: Fit) -> tuple[bool, bool]:
         return True, False
     policy = ws.policy
     ok = (policy.backfill.checkpoint_aware and job.checkpointable
-          and policy.preemption.mode is PreemptionMode.CHECKPOINT)
+          and policy.preemption.mode is PreemptionMode.CHECKPOINT
+          and all(_may_vacate(ws, holder, job) for f in fit.by_flavor if f in profiles
+                  for holder in profiles[f].holders))
     return ok, ok
+
+
+def _may_vacate(ws: Workspace, holder: tuple[int, float, str, str], job: Job) -> bool:
+    """Whether the job holding a reservation may vacate `job` when it comes due (`ReservationDue`: ahead of
+    it in queue order, in its queue or cohort). A job may backfill past a reservation opportunistically only
+    if so: under fair sharing, or in the borrowers' pass, a job can come later in the walk than a
+    reservation's holder and still be ahead of it in queue order; the holder could never take its room back,
+    its reservation would lapse, and the jobs behind it would vacate the backfilled job and loop."""
+    ahead = queue_order_key(holder[0], holder[1], holder[2]) < order_key(job)
+    return ahead and holder[3] == ws.share_group(job.cluster_queue)
 
 
 def hold_in_profiles(ws: Workspace, by_flavor: Mapping[str, Mapping[str, int]], duration: float) -> None:

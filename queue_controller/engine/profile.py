@@ -38,6 +38,8 @@ class Profile:
                 self.times.append(t)
                 self.free.append(dict(current))
         self.reservations = 0
+        # The reserved jobs: (priority, queue order, key, share group), for backfill.may_start_now.
+        self.holders: list[tuple[int, float, str, str]] = []
 
     @staticmethod
     def _covers(free: Mapping[str, int], req: Mapping[str, int]) -> bool:
