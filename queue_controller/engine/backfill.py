@@ -17,13 +17,15 @@ classic EASY counts processors; the jobs that start now are still placed on conc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from queue_controller.engine.fit import Fit, requested
+from queue_controller.engine.ordering import ahead_of, order_key, queue_order_key
 from queue_controller.engine.policy import PreemptionMode
 from queue_controller.engine.profile import INF, Profile
+from queue_controller.engine.quota import FR
 from queue_controller.engine.snapshot import ClusterQueue, Job
-from queue_controller.engine.workspace import Workspace
+from queue_controller.engine.workspace import Running, Workspace
 
 
 def run_length(ws: Workspace, job: Job) -> float:
@@ -70,13 +72,91 @@ def reserve(ws: Workspace, job: Job, cq: ClusterQueue) -> float | None:
         return None
     need = job.total_requests()
     dur = run_length(ws, job)
+    # The backfilled jobs this job may vacate when its reservation comes due (`ReservationDue`) leave
+    # by then: their room is the reservation's. Counting them as holding it for their whole run (often
+    # unknown: forever) would take the reservation away the moment a job backfills past it, and the
+    # jobs behind it, no longer held back, would vacate the backfilled job themselves, find the
+    # reservation back, not start, and let the backfilled job return: a loop.
+    leave = vacatable_backfill(ws, job, cq)
+    quota_at = quota_start(ws, job, cq, flavor, need, leave)
+    if quota_at is None:
+        return None
     prof = profile(ws, flavor)
-    start = prof.earliest_start(need, dur)
+    moved = [(run, at) for run, at in leave if flavor in run.by_flavor and at < run.end]
+    for run, at in moved:
+        prof.hold(at, run.end - at, {r: -q for r, q in run.by_flavor[flavor].items()})
+    start = prof.earliest_start(need, dur, quota_at)
+    for run, at in moved:
+        prof.hold(at, run.end - at, run.by_flavor[flavor])
     if start is None:
         return None
     prof.hold(start, dur, need)
     prof.reservations += 1
+    prof.holders.append((job.priority, job.queue_order, job.key, ws.share_group(cq.name)))
     return start
+
+
+def vacatable_backfill(ws: Workspace, job: Job, cq: ClusterQueue) -> list[tuple[Running, float]]:
+    """The running backfilled jobs that `job` may vacate (`ReservationDue`: behind it in queue order, in
+    its queue or cohort), each with the time it would be gone if vacated now (its checkpoint's cost)."""
+    out: list[tuple[Running, float]] = []
+    for run in ws.running.values():
+        v = run.job
+        if not v.backfilled or v.vacating or v.key in ws.claimed or not ahead_of(job, v):
+            continue
+        vq = ws.queues.get(v.cluster_queue)
+        if vq is None or not (vq.name == cq.name or (cq.cohort is not None and vq.cohort == cq.cohort)):
+            continue
+        out.append((run, ws.now + v.checkpoint_cost_s))
+    return out
+
+
+def quota_start(ws: Workspace, job: Job, cq: ClusterQueue, flavor: str, need: Mapping[str, int],
+                leave: Sequence[tuple[Running, float]] = ()) -> float | None:
+    """The earliest time at which the job's quota in `flavor` is free, by the estimated ends of the jobs
+    that hold quota in its queue (or cohort), or None if never (a job without an estimate holds it).
+
+    The capacity profile only knows nodes. Where quota is smaller than capacity (a queue that borrows
+    from a cohort, a queue with less nominal quota than its flavor's nodes), the nodes may be free long
+    before the quota is: a reservation at that time is a promise the job cannot keep. It still blocks
+    the jobs behind it from starting (they "would delay" it), so the room stays empty or goes to a
+    backfilled job, which a job ahead of it then vacates (`ReservationDue`) without being able to start
+    itself, and the backfilled job returns: a loop. So a reservation is at the later of the two times."""
+    ledger = ws.ledger
+    delta = {(flavor, r): q for r, q in need.items() if q > 0 and ledger.covers(cq.name, flavor, r)}
+    if ledger.fits(cq.name, delta):
+        return ws.now
+    members = set(ledger.cohort_members(cq.cohort)) if cq.cohort is not None else {cq.name}
+    # Victims release their quota when they are gone; the preemptor they leave for holds only its excess
+    # over them in the ledger (preemption's `_hold_room`), so the walk below lets it release no more than
+    # the ledger holds. Its use of the victims' room meanwhile is held in the capacity profile, which the
+    # reservation must fit as well.
+    early = {run.job.key: at for run, at in leave}
+    releases = sorted(
+        ((min(run.end, early.get(run.job.key, INF)), run.job.key, run)
+         for run in (*ws.running.values(), *ws.admitted_now)
+         if run.delta and run.job.cluster_queue in members),
+        key=lambda e: (e[0], e[1]))
+    undo: list[tuple[str, dict[FR, int]]] = []
+    at: float | None = None
+    try:
+        for end, _, run in releases:
+            if end == INF:
+                break
+            q = run.job.cluster_queue
+            usage = ledger.usage[q]
+            # At most what the ledger holds for it (a preemptor's room is only partly in the ledger while
+            # its victims still are).
+            gone = {fr: min(n, usage.get(fr, 0)) for fr, n in run.delta.items()}
+            ledger.remove(q, gone)
+            undo.append((q, gone))
+            if ledger.fits(cq.name, delta):
+                at = end
+                break
+    finally:
+        for q, gone in reversed(undo):
+            ledger.add(q, gone)
+    return at
 
 
 def may_start_now(ws: Workspace, job: Job, fit: Fit) -> tuple[bool, bool]:
@@ -91,8 +171,20 @@ def may_start_now(ws: Workspace, job: Job, fit: Fit) -> tuple[bool, bool]:
         return True, False
     policy = ws.policy
     ok = (policy.backfill.checkpoint_aware and job.checkpointable
-          and policy.preemption.mode is PreemptionMode.CHECKPOINT)
+          and policy.preemption.mode is PreemptionMode.CHECKPOINT
+          and all(_may_vacate(ws, holder, job) for f in fit.by_flavor if f in profiles
+                  for holder in profiles[f].holders))
     return ok, ok
+
+
+def _may_vacate(ws: Workspace, holder: tuple[int, float, str, str], job: Job) -> bool:
+    """Whether the job holding a reservation may vacate `job` when it comes due (`ReservationDue`: ahead of
+    it in queue order, in its queue or cohort). A job may backfill past a reservation opportunistically only
+    if so: under fair sharing, or in the borrowers' pass, a job can come later in the walk than a
+    reservation's holder and still be ahead of it in queue order; the holder could never take its room back,
+    its reservation would lapse, and the jobs behind it would vacate the backfilled job and loop."""
+    ahead = queue_order_key(holder[0], holder[1], holder[2]) < order_key(job)
+    return ahead and holder[3] == ws.share_group(job.cluster_queue)
 
 
 def hold_in_profiles(ws: Workspace, by_flavor: Mapping[str, Mapping[str, int]], duration: float) -> None:

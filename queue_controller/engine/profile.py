@@ -38,6 +38,8 @@ class Profile:
                 self.times.append(t)
                 self.free.append(dict(current))
         self.reservations = 0
+        # The reserved jobs: (priority, queue order, key, share group), for backfill.may_start_now.
+        self.holders: list[tuple[int, float, str, str]] = []
 
     @staticmethod
     def _covers(free: Mapping[str, int], req: Mapping[str, int]) -> bool:
@@ -61,15 +63,20 @@ class Profile:
             i += 1
         return True
 
-    def earliest_start(self, req: Mapping[str, int], duration: float) -> float | None:
-        """Earliest breakpoint from which `req` is free for `duration` seconds, or None if never."""
+    def earliest_start(self, req: Mapping[str, int], duration: float, not_before: float | None = None) -> float | None:
+        """Earliest time, a breakpoint or `not_before`, from which `req` is free for `duration` seconds,
+        or None if never."""
         n = len(self.times)
         i = 0
+        if not_before is not None:
+            if not_before == INF:
+                return None
+            i = max(bisect.bisect_right(self.times, not_before) - 1, 0)
         while i < n:
             if not self._covers(self.free[i], req):
                 i += 1
                 continue
-            start = self.times[i]
+            start = self.times[i] if not_before is None else max(self.times[i], not_before)
             end = start + duration
             j = i
             while j < n and self.times[j] < end:

@@ -56,6 +56,7 @@ class Mix:
     cpu_per_gpu: float = 6.0
     memory_gib_per_gpu: float = 48.0
     checkpoint_gib_per_gpu: float = 24.0
+    checkpoint_host_fraction: float = 0.5  # of the pod's host memory that goes into its checkpoint
     overestimate: tuple[float, float] = (1.0, 2.5)
     priorities: tuple[int, int, int] = (0, 100, 1000)  # batch, training, interactive
     # Every job checkpointable (for experiments that isolate the effect of checkpointing).
@@ -154,7 +155,7 @@ def generate(n_jobs: int, seed: int = 0, cluster_gpus: int = 512, load: float = 
             priority=prio[kind],
             queue=kind,
             checkpointable=ck,
-            checkpoint_gib=round(m.checkpoint_gib_per_gpu * gpus + mem / 2, 1) if ck else None,
+            checkpoint_gib=round(m.checkpoint_gib_per_gpu * gpus + mem * m.checkpoint_host_fraction, 1) if ck else None,
         ))
     jobs.sort(key=lambda j: (j.submit_s, j.id))
     return jobs

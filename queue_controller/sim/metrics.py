@@ -16,6 +16,11 @@
   i.e. the engine planning room for the same start twice (a preemption loop shows up here);
   preemptions_undone: preemptions whose victim ran again on a node it was preempted from before its
   beneficiary had started (room made for nothing: the beneficiary was overtaken, or could not start).
+- gpu_time: where the GPU capacity went, as fractions of GPUs x makespan that add up to 1: `working`
+  (jobs making progress, including progress later lost to kills), `checkpoint_periodic`,
+  `checkpoint_preempt` (victims dumping), `restore`, `kill_grace`, and idle time by reason:
+  `idle_<reason>` for the simulator's `IDLE_REASONS` (the engine's waiting reasons at each cycle), and
+  `idle_between_cycles` (GPUs released after a cycle, idle until the next one).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from queue_controller.sim.simulator import Phase, SimJob, SimResult
+from queue_controller.sim.simulator import IDLE_REASONS, Phase, SimJob, SimResult
 
 BSLD_TAU_S = 10.0
 
@@ -64,6 +69,43 @@ def bounded_slowdown(sj: SimJob) -> float | None:
     return max(1.0, (sj.end - sj.trace.submit_s) / max(sj.trace.runtime_s, BSLD_TAU_S))
 
 
+def idle_breakdown(res: SimResult) -> dict[str, float]:
+    """Idle GPU-seconds by reason over [first submit, makespan end]. The idle GPUs at any time are the
+    capacity less the allocation; the last cycle's reasons cover at most as many GPUs as were idle right
+    after it (in its proportions), and any more are `between_cycles`."""
+    total = res.cluster.total_gpus
+    out = {k: 0.0 for k in (*IDLE_REASONS, "between_cycles")}
+    start, end = res.first_submit, res.makespan_end
+    marks = res.idle_marks
+    usage = res.usage
+    times = sorted({*(u[0] for u in usage), *(m[0] for m in marks)})
+    ui = mi = 0
+    alloc = 0
+    mark: tuple[float, int, dict[str, int]] | None = None
+    for i, t in enumerate(times):
+        while ui < len(usage) and usage[ui][0] <= t:
+            alloc = usage[ui][1]
+            ui += 1
+        while mi < len(marks) and marks[mi][0] <= t:
+            mark = marks[mi]
+            mi += 1
+        t0 = max(t, start)
+        t1 = min(times[i + 1] if i + 1 < len(times) else end, end)
+        if t1 <= t0:
+            continue
+        idle = total - alloc
+        if idle <= 0:
+            continue
+        dt = t1 - t0
+        known = 0
+        if mark is not None and mark[1] > 0:
+            known = min(idle, mark[1])
+            for k, g in mark[2].items():
+                out[k] += g * known / mark[1] * dt
+        out["between_cycles"] += (idle - known) * dt
+    return out
+
+
 def compute(res: SimResult) -> dict[str, Any]:
     jobs = res.jobs
     completed = [j for j in jobs if j.phase is Phase.DONE]
@@ -93,7 +135,20 @@ def compute(res: SimResult) -> dict[str, Any]:
             by_prio.setdefault(j.trace.priority, []).append(w)
     bslds = [b for j in completed if (b := bounded_slowdown(j)) is not None]
     unit = 3600.0 if use_gpu else 3600.0 * 1000
+    gpu_time: dict[str, float] = {}
+    if use_gpu:
+        cap_s = capacity * span
+        gpu_time = {
+            "working": sum(j.working_time * j.gpus for j in jobs) / cap_s,
+            "checkpoint_periodic": sum(j.periodic_time * j.gpus for j in jobs) / cap_s,
+            "checkpoint_preempt": sum(j.vacate_ckpt_time * j.gpus for j in jobs) / cap_s,
+            "restore": sum(j.restore_time * j.gpus for j in jobs) / cap_s,
+            "kill_grace": sum(j.grace_time * j.gpus for j in jobs) / cap_s,
+            **{f"idle_{k}": v / cap_s for k, v in idle_breakdown(res).items()},
+        }
+        gpu_time = {k: round(v, 6) for k, v in gpu_time.items()}
     return {
+        "gpu_time": gpu_time,
         "policy": res.policy,
         "utilization": round(useful / (capacity * span), 6),
         "gpu_utilization": round(allocated / (capacity * span), 6) if use_gpu else 0.0,

@@ -160,3 +160,38 @@ def comparison_plot(results: Sequence[SimResult], metrics: Mapping[str, Mapping[
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+GPU_TIME_COLOURS = {
+    "working": "#2ca02c", "checkpoint_periodic": "#98df8a", "checkpoint_preempt": "#1f77b4",
+    "restore": "#aec7e8", "kill_grace": "#d62728", "idle_placement": "#ff7f0e", "idle_quota": "#ffbb78",
+    "idle_reservation": "#9467bd", "idle_victims": "#c5b0d5", "idle_gang_too_big": "#8c564b",
+    "idle_no_job": "#c7c7c7", "idle_other": "#7f7f7f", "idle_between_cycles": "#e377c2",
+}
+
+
+def gpu_time_plot(blocks: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> None:
+    """Stacked bars: where the GPU capacity went (metrics' `gpu_time`), one bar per policy and trace.
+    `blocks`: trace label -> policy -> gpu_time fractions."""
+    labels: list[str] = []
+    rows: list[Mapping[str, float]] = []
+    for trace, by_policy in blocks.items():
+        for policy, gt in by_policy.items():
+            labels.append(f"{policy}\n{trace}")
+            rows.append(gt)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels)), 4.5))
+    bottom = [0.0] * len(labels)
+    for key, colour in GPU_TIME_COLOURS.items():
+        vals = [100.0 * r.get(key, 0.0) for r in rows]
+        if not any(vals):
+            continue
+        ax.bar(range(len(labels)), vals, bottom=bottom, color=colour, label=key)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_ylabel("% of GPU capacity x makespan")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title("Where the GPU time went")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -30,7 +30,7 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
@@ -42,6 +42,7 @@ from queue_controller.engine import (
     Job,
     JobState,
     Node,
+    PendingReason,
     PodSet,
     Policy,
     Preempt,
@@ -52,6 +53,46 @@ from queue_controller.engine import (
 )
 from queue_controller.sim.cluster import GIB_MILLI, CheckpointModel, ClusterSpec, QueueLayout
 from queue_controller.sim.trace import TraceJob
+
+# Why GPUs stood idle, as the engine's own waiting reasons tell at each decision cycle (`idle_by_reason`):
+# - placement: a waiting job that fits the free GPU count (and its quota) has no set of nodes with room
+#   for every pod: gang fragmentation across nodes;
+# - quota: a waiting job that fits the free GPU count lacks quota;
+# - reservation: held for a reserved gang: a job that fits would delay a reservation, or no waiting job
+#   fits the free GPUs while a reservation is being gathered;
+# - victims: room being made by preemption, waiting for the victims' checkpoints (or kills) to finish;
+# - gang_too_big: jobs wait, but every one of them needs more GPUs than are free, and none holds a
+#   reservation (fragmentation by size);
+# - no_job: nothing waits;
+# - other: any other reason (strict FIFO, no matching nodes...).
+# Idle time that follows a release before the next decision cycle is `between_cycles` (metrics.py).
+IDLE_REASONS = ("placement", "quota", "reservation", "victims", "gang_too_big", "no_job", "other")
+_IDLE_OF = {
+    PendingReason.CAPACITY: "placement",
+    PendingReason.QUOTA: "quota",
+    PendingReason.BACKFILL_BLOCKED: "reservation",
+    PendingReason.RESERVATION: "reservation",
+    PendingReason.WAITING_FOR_PREEMPTION: "victims",
+}
+
+
+def idle_by_reason(idle: int, waiting: Iterable[tuple[int, str | None]], reserved: bool,
+                   any_waiting: bool) -> dict[str, int]:
+    """Attribute `idle` GPUs to reasons. `waiting`: (GPUs, idle reason or None) of the waiting jobs in
+    queue order; each job that fits what is still unattributed takes its GPUs' worth for its reason."""
+    out: dict[str, int] = {}
+    left = idle
+    for gpus, why in waiting:
+        if left <= 0:
+            break
+        if 0 < gpus <= left:
+            k = why or "other"
+            out[k] = out.get(k, 0) + gpus
+            left -= gpus
+    if left > 0:
+        k = "reservation" if reserved else ("gang_too_big" if any_waiting else "no_job")
+        out[k] = out.get(k, 0) + left
+    return out
 
 
 class SimulationError(RuntimeError):
@@ -173,6 +214,8 @@ class SimResult:
     wall_seconds: float
     checkpoints: int
     node_failures: int
+    # (time, idle GPUs right after the decision cycle, those GPUs by `IDLE_REASONS`), per cycle.
+    idle_marks: list[tuple[float, int, dict[str, int]]] = field(default_factory=list)
 
 
 def _engine_job(tj: TraceJob, cq: str, ckpt_s: float, restore_s: float) -> Job:
@@ -236,6 +279,7 @@ class Simulator:
         self.alloc_gpus = 0
         self.alloc_cpu = 0
         self.usage: list[tuple[float, int, int]] = []
+        self.idle_marks: list[tuple[float, int, dict[str, int]]] = []
         self.segments: list[tuple[float, float, int, int, bool, tuple[str, ...]]] = []
         self.events: list[tuple[float, str, int, tuple[str, ...]]] = []
         self.done = 0
@@ -443,7 +487,23 @@ class Simulator:
                 sj.rounds_pending += 1
         if out.next_wakeup is not None and out.next_wakeup > t:
             self._request_decide(out.next_wakeup)
+        self._mark_idle(t, out)
         return len(out.actions)
+
+    def _mark_idle(self, t: float, out: Decisions) -> None:
+        """Record why the GPUs still free after this cycle stay idle (`idle_by_reason`)."""
+        idle = self.cluster.total_gpus - self.alloc_gpus
+        if idle <= 0:
+            self.idle_marks.append((t, 0, {}))
+            return
+        reserved = any(w.reason is PendingReason.RESERVATION for w in out.waiting.values())
+        jobs = self.jobs
+        waiting = out.waiting
+        # Queue order; beyond the queue depth the engine gave no reason ("other"). Lazily: the walk
+        # stops once every idle GPU is attributed.
+        order = ((jobs[e[3]].gpus, _IDLE_OF.get(w.reason) if (w := waiting.get(jobs[e[3]].trace.id)) else "other")
+                 for e in self.pending)
+        self.idle_marks.append((t, idle, idle_by_reason(idle, order, reserved, bool(self.pending))))
 
     # ---- events ------------------------------------------------------------------------------------
 
@@ -547,7 +607,7 @@ class Simulator:
             segments=self.segments, events=self.events, first_submit=min(submits), last_submit=max(submits),
             makespan_end=end, decide_calls=self.decide_calls, decide_seconds=self.decide_seconds,
             wall_seconds=time.perf_counter() - wall0, checkpoints=self.checkpoints,
-            node_failures=self.node_failures,
+            node_failures=self.node_failures, idle_marks=self.idle_marks,
         )
 
 

@@ -93,7 +93,7 @@ def test_reserve_and_may_start_now_alone() -> None:
     assert run_length(ws, job("x", runtime_estimate_s=50)) == 50
     assert run_length(ws, job("unknown")) == math.inf
     assert reserve(ws, jobs[1], cq) == pytest.approx(100)
-    short, long = job("s", gpus=2, runtime_estimate_s=80), job("l", gpus=2, runtime_estimate_s=500)
+    short, long = job("s", gpus=2, t=2, runtime_estimate_s=80), job("l", gpus=2, t=2, runtime_estimate_s=500)
     for j, expected in ((short, (True, False)), (long, (False, False))):
         fit = find_fit(ws, j, cq, commit=False)
         assert isinstance(fit, Fit)
@@ -103,3 +103,7 @@ def test_reserve_and_may_start_now_alone() -> None:
     reserve(ws_iass, jobs[1], ws_iass.queues["cq"])
     fit = find_fit(ws_iass, long, ws_iass.queues["cq"], commit=False)
     assert isinstance(fit, Fit) and may_start_now(ws_iass, long, fit) == (True, True)
+    # But not past a reservation whose holder could not vacate it (ReservationDue): a job ahead of big.
+    early = job("e", gpus=2, t=0, runtime_estimate_s=500)
+    fit = find_fit(ws_iass, early, ws_iass.queues["cq"], commit=False)
+    assert isinstance(fit, Fit) and may_start_now(ws_iass, early, fit) == (False, False)

@@ -148,8 +148,11 @@ def test_without_fair_sharing_a_borrower_reclaims_nothing() -> None:
 
 # ---- no preemption loop, over random cohorts -------------------------------------------------------
 
-# The fair profile and its variants, without backfill: checkpoint-aware backfill has a loop of its own,
-# without fair sharing (`test_a_backfilled_job_vacated_for_a_job_that_cannot_start_loops`).
+# The fair profile and its variants, without backfill. With checkpoint-aware backfill (iass, or fair with
+# its backfill on) this property still finds loops not yet understood (e.g. --hypothesis-seed=2 and 3 with
+# an "iass" kind added: one 4-GPU node, a cohort of borrowing queues and a lender); the two found and fixed so
+# far are the tests `test_a_backfilled_job_vacated_for_a_job_that_cannot_start_loops` and
+# `test_a_job_backfilled_past_another_queues_reservation_loops`.
 _NO_BACKFILL = {"backfill": KUEUE.backfill}
 KINDS = {
     "fair": FAIR.model_copy(update=_NO_BACKFILL),
@@ -207,15 +210,38 @@ def test_no_preemption_loop_over_random_cohorts(cohort, kind, staggered) -> None
           else "preemption" if victims else "no preemption")
 
 
-@pytest.mark.xfail(strict=True, reason="iass, without fair sharing: a job that may not start ahead of a "
-                   "reservation still vacates a backfilled job for it (ReservationDue), which backfills again")
 def test_a_backfilled_job_vacated_for_a_job_that_cannot_start_loops() -> None:
-    # Found by the property test above with backfill on; it is iass's, fair sharing or not. j1 (8 GPUs)
-    # holds the reservation; j6 (4) would delay it; j2 (1, checkpointable) backfills past it, j6 vacates
-    # it (ReservationDue), cannot start itself, and j2 backfills again.
+    # Found by the property test above with backfill on; it was iass's, fair sharing or not. j1 (8 GPUs)
+    # is blocked by quota (q0 borrows the cohort's 8), yet the nodes had room, and the capacity profile
+    # gave it a reservation "now"; j6 (4) would delay it; j2 (1, checkpointable) backfilled past it, j6
+    # vacated it (ReservationDue) once the reservation lapsed, could not start itself when j2's leaving
+    # brought the reservation back, and j2 backfilled again. A reservation now waits for the quota too
+    # (backfill.quota_start): j1, whose quota the estimate-less running jobs never free, gets none.
     nodes_ = [node("n0", gpus=4), node("n1", gpus=8)]
     qs = [queue("q0", gpus=0, cohort="c"), queue("q1", gpus=8, cohort="c")]
     spec = [("j0", 1, 0, False), ("j1", 8, 0, False), ("j2", 1, 1, True), ("j3", 1, 0, False),
             ("j4", 1, 0, False), ("j5", 1, 0, False), ("j6", 4, 0, False)]
     jobs = [job(k, gpus=g, cq="q0", t=t, checkpointable=c) for k, g, t, c in spec]
-    run_until_still(nodes_, qs, jobs, load_policy("iass"))
+    final, history = run_until_still(nodes_, qs, jobs, load_policy("iass"))
+    assert all(h.of_type(Preempt) == [] for h in history)
+    assert {k for k, j in final.items() if j.placement} == {f"ns/j{i}" for i in (0, 3, 4, 5, 6)}
+
+
+def test_a_job_backfilled_past_another_queues_reservation_loops() -> None:
+    # Found by the property test with the fair profile's backfill on; it looped. q0 runs a-d (1 GPU each, 5,000 s);
+    # "big" (q0, 8) reserves the node for when they end; "urgent" (q2, priority 2) would delay that and
+    # waits; "gang" (q2, priority 1, checkpointable) backfills past it. big cannot vacate gang (gang is
+    # ahead of it in queue order), so gang holds the room for ever and big's reservation lapses; urgent,
+    # ahead of gang, vacated it (ReservationDue), found the reservation back, could not start, and gang
+    # backfilled again. Now a job may backfill past a reservation only if its holder may vacate it
+    # (backfill._may_vacate): gang waits.
+    nodes_ = [node("n0", gpus=8)]
+    qs = [queue(f"q{i}", gpus=g, cohort="c", fair_weight=0.0) for i, g in ((0, 4), (1, 0), (2, 4))]
+    q0 = [job(k, gpus=1, cq="q0", checkpointable=False, runtime_estimate_s=5000.0) for k in "abcd"]
+    first, _ = run_until_still(nodes_, qs, q0, FAIR)
+    rest = [job("big", gpus=8, cq="q0", t=1, checkpointable=False),
+            job("urgent", gpus=1, cq="q2", priority=2, checkpointable=False),
+            job("gang", gpus=2, pods=2, cq="q2", priority=1, checkpointable=True)]
+    final, history = run_until_still(nodes_, qs, [*first.values(), *rest], FAIR)
+    assert all(h.of_type(Preempt) == [] for h in history)
+    assert not final["ns/gang"].placement

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from queue_controller.engine import Preempt, PreemptMode, decide
+from queue_controller.engine import Preempt, PreemptMode, Snapshot, decide
 from queue_controller.engine.preemption.victim_order import VictimOrder, lost_work
 from tests.unit.engine_factory import IASS, KUEUE, job, node, queue, running, snapshot
 
@@ -71,3 +71,39 @@ def test_lost_work_is_a_checkpoint_or_the_progress_since_the_last_one() -> None:
     # CPU-only jobs are weighed by cores.
     cpu_only = running(job("c", gpus=0, cpu=4), ["n0"], started_at=990)
     assert lost_work(cpu_only, 1000, KUEUE) == (PreemptMode.KILL, 10 * 4)
+
+
+def test_a_checkpointable_victim_goes_before_a_cheaper_kill_under_iass() -> None:
+    # "short" (not checkpointable) has run 10 s: killing it loses 10 x 8 GPU-s, less than the 50 x 8 of
+    # checkpointing "ckpt". Still iass takes "ckpt": a kill throws the work away, a checkpoint keeps it.
+    # kueue kills either way, so it takes the one with the least progress.
+    short = running(job("short", checkpointable=False), ["n0"], started_at=90.0)
+    ckpt = running(job("ckpt"), ["n1"], started_at=0.0)
+    snap = snapshot([node("n0"), node("n1")], [queue(gpus=16)], [short, ckpt, job("high", priority=10, t=1)])
+    (p,) = decide(snap, 100, IASS).of_type(Preempt)
+    assert (p.victim, p.mode) == ("ns/ckpt", PreemptMode.CHECKPOINT)
+    (k,) = decide(snap, 100, KUEUE).of_type(Preempt)
+    assert (k.victim, k.mode) == ("ns/short", PreemptMode.KILL)
+
+
+def test_a_non_checkpointable_victim_only_when_the_checkpointable_ones_cannot_make_room() -> None:
+    # "high" needs 16 GPUs of 16: both go, the non-checkpointable one killed.
+    short = running(job("short", checkpointable=False), ["n0"], started_at=90.0)
+    ckpt = running(job("ckpt"), ["n1"], started_at=0.0)
+    snap = snapshot([node("n0"), node("n1")], [queue(gpus=16)],
+                    [short, ckpt, job("high", gpus=8, pods=2, priority=10, t=1)])
+    modes = {p.victim: p.mode for p in decide(snap, 100, IASS).of_type(Preempt)}
+    assert modes == {"ns/ckpt": PreemptMode.CHECKPOINT, "ns/short": PreemptMode.KILL}
+
+
+def test_iass_kills_a_victim_only_when_the_preemptor_gains_more_than_the_victim_loses() -> None:
+    # "long" (not checkpointable, 8 GPUs) has run 3,000 s and by its estimate ends in 100 s: killing it
+    # loses 3,000 x 8 GPU-s, and the 8-GPU preemptor gains only 100 x 8 by not waiting for it. iass waits,
+    # kueue kills. With 5,000 s left the preemptor gains more than the victim loses: iass kills too.
+    def snap(estimate: float) -> Snapshot:
+        long = running(job("long", checkpointable=False, runtime_estimate_s=estimate), ["n0"], started_at=0.0)
+        return snapshot([node("n0")], [queue(gpus=8)], [long, job("high", priority=10, t=1)])
+
+    assert decide(snap(3100.0), 3000, IASS).of_type(Preempt) == []
+    assert [p.victim for p in decide(snap(3100.0), 3000, KUEUE).of_type(Preempt)] == ["ns/long"]
+    assert [p.mode for p in decide(snap(8000.0), 3000, IASS).of_type(Preempt)] == [PreemptMode.KILL]

@@ -233,3 +233,25 @@ def test_modelled_mtbf_reaches_the_engine_through_the_snapshot() -> None:
     assert res.node_failures == 0  # this seed: no failure during the job
     assert res.jobs[0].periodic == 3
     assert simulate(trace, policy, ClusterSpec.uniform(1), config=EXACT).jobs[0].periodic == 0
+
+
+def test_where_the_gpu_time_went_on_the_easy_example() -> None:
+    # easy on one 8-GPU node, 0..400 s (3,200 GPU-s). Working: j1 600 + j2 800 + j3 100 + j4 400 = 1,900.
+    # Idle: 2 GPUs in [0, 1) with nothing waiting, 2 in [1, 2) while j2 (8) gathers its reservation, 2 in
+    # [52, 100) where j4 would delay it (96), 6 in [200, 400) after the last arrival with nothing waiting.
+    gt = compute(simulate(EASY_TRACE, load_policy("easy"), ClusterSpec.uniform(1), None, EXACT))["gpu_time"]
+    assert sum(gt.values()) == pytest.approx(1.0)
+    assert gt["working"] == pytest.approx(1900 / 3200)
+    assert gt["idle_reservation"] == pytest.approx(98 / 3200)
+    assert gt["idle_no_job"] == pytest.approx(1202 / 3200)
+
+
+def test_idle_gpus_go_to_the_waiting_jobs_reasons_in_queue_order() -> None:
+    from queue_controller.sim.simulator import idle_by_reason
+
+    # 10 idle: a 4-GPU job blocked by placement takes 4, a 16-GPU gang cannot use them, a 2-GPU job
+    # blocked by quota takes 2; the 4 left go to the reservation being gathered.
+    waiting = [(4, "placement"), (16, "reservation"), (2, "quota")]
+    assert idle_by_reason(10, waiting, True, True) == {"placement": 4, "quota": 2, "reservation": 4}
+    assert idle_by_reason(10, waiting[1:2], False, True) == {"gang_too_big": 10}
+    assert idle_by_reason(3, [], False, False) == {"no_job": 3}

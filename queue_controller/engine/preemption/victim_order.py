@@ -5,14 +5,19 @@ Candidates are sorted by `VictimOrder`, whose fields are the criteria, compared 
 1. `new_victim`: jobs already being vacated (False) come before new victims: their room comes back at
    no extra cost.
 2. `for_another_job`: among those, the ones vacated for this very job before the others.
-3. `lost_work`: the least work lost first, in GPU-seconds (CPU-seconds for jobs without GPUs). Under a
+3. `kills`: under a checkpoint-first policy, checkpointable victims before the ones it would have to kill.
+   A non-checkpointable victim is taken only when the checkpointable candidates cannot make the room
+   (the minimal-set walk then drops any victim it does not need, the killed ones first): whatever its
+   progress now, killing it throws work away and restarts it from scratch, while a checkpoint keeps all
+   of it. (Under a kill policy every victim is killed: this criterion ties.)
+4. `lost_work`: the least work lost first, in GPU-seconds (CPU-seconds for jobs without GPUs). Under a
    checkpoint-first policy a checkpointable victim loses its checkpoint plus restore time; any other
    victim loses its progress since it started or last checkpointed (plus a restore when it has a
    checkpoint to restart from). This is the checkpoint-first rule: a cheap checkpoint beats killing long
    progress.
-4. `priority`: the lowest priority first.
-5. `newest`: the most recently admitted first.
-6. `key`: the job key, so the order is total and deterministic.
+5. `priority`: the lowest priority first.
+6. `newest`: the most recently admitted first.
+7. `key`: the job key, so the order is total and deterministic.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class VictimOrder:
 
     new_victim: bool
     for_another_job: bool
+    kills: bool
     lost_work: float
     priority: int
     newest: float  # minus the admission (or start) time
@@ -59,12 +65,14 @@ class VictimOrder:
     @classmethod
     def leaving(cls, victim: Job, beneficiary: str) -> VictimOrder:
         """A job already being vacated: no work lost by taking its room."""
-        return cls(False, victim.preempted_for != beneficiary, 0.0, 0, 0.0, victim.key)
+        return cls(False, victim.preempted_for != beneficiary, False, 0.0, 0, 0.0, victim.key)
 
     @classmethod
-    def running(cls, victim: Job, lost: float) -> VictimOrder:
-        """A running job that would lose `lost` GPU-seconds."""
-        return cls(True, False, lost, victim.priority, -(victim.admitted_at or victim.started_at or 0.0), victim.key)
+    def running(cls, victim: Job, lost: float, kills: bool = False) -> VictimOrder:
+        """A running job that would lose `lost` GPU-seconds (`kills`: killed under a checkpoint-first
+        policy)."""
+        newest = -(victim.admitted_at or victim.started_at or 0.0)
+        return cls(True, False, kills, lost, victim.priority, newest, victim.key)
 
 
 @dataclass(frozen=True, slots=True)

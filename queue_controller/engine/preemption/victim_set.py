@@ -33,9 +33,10 @@ from queue_controller.engine.decisions import PendingReason, Preempt, PreemptMod
 from queue_controller.engine.fair_sharing import charge_estimate
 from queue_controller.engine.fit import Fit, find_fit, pool_free
 from queue_controller.engine.placement import dominant_resource
+from queue_controller.engine.policy import PreemptionMode
 from queue_controller.engine.preemption.eligibility import eligible
 from queue_controller.engine.preemption.fair_share import fair_search
-from queue_controller.engine.preemption.victim_order import Candidate, VictimOrder, lost_work
+from queue_controller.engine.preemption.victim_order import Candidate, VictimOrder, lost_work, weight
 from queue_controller.engine.profile import INF
 from queue_controller.engine.snapshot import ClusterQueue, Job
 from queue_controller.engine.workspace import NEEDS_ROOM, Running, Workspace
@@ -50,12 +51,14 @@ def _ranked(ws: Workspace, group: str) -> list[tuple[VictimOrder, Running, Preem
     ranked: list[tuple[VictimOrder, Running, PreemptMode, float]] | None = ws.victim_ranking.get(group)
     if ranked is None:
         ranked = []
+        checkpoint_first = ws.policy.preemption.mode is PreemptionMode.CHECKPOINT
         for run in ws.by_group.get(group, ()):
             mode, cost = lost_work(run.job, ws.now, ws.policy)
-            ranked.append((VictimOrder.running(run.job, cost), run, mode, cost))
+            kills = checkpoint_first and mode is PreemptMode.KILL
+            ranked.append((VictimOrder.running(run.job, cost, kills), run, mode, cost))
         # `VictimOrder`'s fields, as a tuple: compared in C, the same order as the dataclass's.
-        ranked.sort(key=lambda e: (e[0].new_victim, e[0].for_another_job, e[0].lost_work, e[0].priority,
-                                   e[0].newest, e[0].key))
+        ranked.sort(key=lambda e: (e[0].new_victim, e[0].for_another_job, e[0].kills, e[0].lost_work,
+                                   e[0].priority, e[0].newest, e[0].key))
         ws.victim_ranking[group] = ranked
     return ranked
 
@@ -86,6 +89,10 @@ def _iter_candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> Iterator[Cand
     yield from leaving
     claimed = ws.claimed
     victims = ws.victims
+    # Under a checkpoint-first policy a victim that would be killed must be worth it: the work it loses
+    # (its progress since its last checkpoint, in GPU-seconds) may not exceed what the preemptor gains by
+    # starting now instead of when that victim ends by its estimate (its GPUs x the victim's time left).
+    gain = weight(job)
     for order, run, mode, cost in _ranked(ws, group):
         v = run.job
         key = v.key
@@ -94,7 +101,18 @@ def _iter_candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> Iterator[Cand
         reason = eligible(ws, job, cq, v, borrowing)
         if reason is None:
             continue
+        if order.kills and cost > gain * _left(ws, v):
+            continue  # killing it would throw away more than the preemptor gains by not waiting for it
         yield Candidate(run, reason, mode, cost, order)
+
+
+def _left(ws: Workspace, job: Job) -> float:
+    """A running job's estimated seconds left (forever when unknown)."""
+    rem = ws.remaining(job)
+    if rem is None:
+        return INF
+    since = job.started_at if job.started_at is not None else ws.now
+    return max(rem - (ws.now - since), 0.0)
 
 
 def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason) -> bool:
