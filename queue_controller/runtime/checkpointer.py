@@ -223,16 +223,23 @@ class Checkpointer:
         writeback = Follower(images, lambda name: None if parent or self.s.key else WritebackSink(images / name),
                              block=4 << 20)
         writeback.start()
+        # Frozen for a gang checkpoint: the freeze already moved the GPU state to host memory, and the
+        # thaw (or the restore) puts it back; this dump must not touch it.
+        gpu_here = bool(gpu_pids) and not gpu.suspended(gpu_pids)
         try:
-            if gpu_pids:
+            if gpu_here:
                 gpu.suspend(gpu_pids)
+            dumped = False
             try:
                 t0 = time.monotonic()
                 dump_started = time.time()
                 self.criu.dump(pid, images, log, leave_running=leave, tcp=self.s.tcp, action_script=script,
                                env=env, waiter=self.waiter, extra=self.s.extra_criu)
+                dumped = True
             finally:
-                if gpu_pids and leave:
+                # The workload goes on after a leave-running dump, and after a failed one (CRIU
+                # continues it): either way it needs its GPU back.
+                if gpu_here and (leave or not dumped):
                     gpu.resume(gpu_pids)
         except RuntimeFailure:
             writeback.abandon()

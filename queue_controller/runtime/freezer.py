@@ -8,6 +8,13 @@ the cgroup freezer is not usable inside a pod (the cgroup filesystem is mounted 
 dumps stopped tasks as they are (it seizes them with ptrace, and records and restores the stopped
 state, so a restored tree is continued with SIGCONT by the supervisor).
 
+A CUDA process cannot be checkpointed by the driver once it is stopped (its lock waits for the
+process's own threads: on an H200 a dump of a SIGSTOPped CUDA process hung for minutes), so a freeze
+first moves every CUDA process's device state into host memory (`gpu.suspend`: lock + checkpoint)
+while it still runs, then stops the tree; a thaw continues the tree and then gives the GPU back
+(`gpu.resume`). A dump taken while frozen finds the GPU state already in host memory and leaves it
+there for the thaw (or the restore) to put back.
+
 A freeze carries a token (the Checkpoint's uid) and a hold: unless the token's owner thaws it, stops
 it after a dump, or extends the hold (a dump does), the tree thaws itself when the hold runs out, so a
 controller or agent that died mid-checkpoint never leaves the job stopped for good. Every operation is
@@ -25,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from queue_controller.runtime import procfs
+from queue_controller.runtime import gpu, procfs
 from queue_controller.runtime.errors import RuntimeFailure
 
 STOP_WAIT = 10.0  # seconds for every process to reach the stopped state after SIGSTOP
@@ -74,6 +81,7 @@ class Frozen:
     dumped: str | None = None  # the checkpoint id taken while frozen under this token
     stopped: bool = True  # the processes were stopped (False in Signal mode)
     deadline: float = 0.0  # monotonic
+    gpu_pids: tuple[int, ...] = ()  # CUDA processes whose device state was moved to host memory
 
 
 class Freezer:
@@ -104,8 +112,16 @@ class Freezer:
             return self.frozen
         if self.expired == token:
             raise RuntimeFailure(f"the freeze for {token} ran out of time and thawed; it is not frozen again")
-        pids = stop_tree(root) if stop else []
-        self.frozen = Frozen(token=token, at=time.time(), stopped=stop)
+        cuda = gpu.gpu_pids(root) if stop else []
+        if cuda:
+            gpu.suspend(cuda)  # while the processes still run: the driver cannot lock a stopped one
+        try:
+            pids = stop_tree(root) if stop else []
+        except RuntimeFailure:
+            if cuda:
+                gpu.resume(cuda)
+            raise
+        self.frozen = Frozen(token=token, at=time.time(), stopped=stop, gpu_pids=tuple(cuda))
         self._arm(hold)
         self.log(f"froze the workload for {token}: {len(pids)} process(es) stopped, hold {hold:g}s")
         return self.frozen
@@ -121,11 +137,9 @@ class Freezer:
         """Continue the tree if frozen for `token`; False if it was not (already thawed, or never)."""
         if self.frozen is None or self.frozen.token != token:
             return False
-        stopped = self.frozen.stopped
+        frozen = self.frozen
         self._release()
-        root = self.root()
-        if root is not None and stopped:
-            cont_tree(root)
+        self._continue(frozen)
         self.log(f"thawed the workload ({token})")
         return True
 
@@ -141,6 +155,14 @@ class Freezer:
             self.timer.cancel()
         self.timer = None
         self.frozen = None
+
+    def _continue(self, frozen: Frozen) -> None:
+        """Continue the stopped tree, then give the CUDA processes their device state back."""
+        root = self.root()
+        if root is not None and frozen.stopped:
+            cont_tree(root)
+            if frozen.gpu_pids:
+                gpu.resume(list(frozen.gpu_pids))
 
     def _arm(self, hold: float) -> None:
         assert self.frozen is not None
@@ -159,8 +181,6 @@ class Freezer:
                 return  # released, or re-armed since
             self.expired = frozen.token
             self._release()
-            root = self.root()
-            if root is not None and frozen.stopped:
-                cont_tree(root)
+            self._continue(frozen)
             self.log(f"the freeze for {frozen.token} was held past its deadline with no go-ahead; "
                      "thawed the workload")

@@ -170,6 +170,16 @@ def _expect(pids: list[int], state: str) -> None:
             raise RuntimeFailure(f"GPU process {pid} is {now} after the step, expected {state}")
 
 
+# The processes this ckq-run has suspended and not yet resumed (a gang freeze suspends before it stops
+# the tree; the dump taken while frozen must then neither suspend them again nor resume them).
+_suspended: set[int] = set()
+
+
+def suspended(pids: list[int]) -> bool:
+    """Every one of `pids` is already suspended by this process (a freeze did it)."""
+    return bool(pids) and _suspended.issuperset(pids)
+
+
 def suspend(pids: list[int]) -> None:
     """Lock then checkpoint (device memory → host) every CUDA process; on a failure, put back the ones done."""
     done: list[int] = []
@@ -183,6 +193,7 @@ def suspend(pids: list[int]) -> None:
     except RuntimeFailure:
         _undo(done)
         raise
+    _suspended.update(pids)
 
 
 def _undo(pids: list[int]) -> None:
@@ -198,6 +209,7 @@ def _undo(pids: list[int]) -> None:
 
 def resume(pids: list[int]) -> None:
     """Restore (host → device) and unlock every CUDA process."""
+    _suspended.difference_update(pids)
     for pid in pids:
         _action(pid, "restore")
     for pid in pids:

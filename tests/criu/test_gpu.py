@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from queue_controller.runtime import gpu
+from queue_controller.runtime import control, gpu
 from tests.plugins.criu import lines, wait_for
 
 pytestmark = [pytest.mark.criu, pytest.mark.gpu]
@@ -119,6 +119,44 @@ def test_gpu_state_survives_checkpoint_and_restore(way: str, leave: bool, pod, t
     # The restore puts the --writable log back as it was at the dump, so either way the finished log
     # is one chain: from the nonce of the first run, through the checkpoint, to the end.
     p2 = pod(ckq, cmd, "--restore", ckpt, env=env)
+    assert p2.wait() == 0, p2.output()
+    assert_one_chain(lines(log))
+
+
+@pytest.mark.parametrize("commit", ["stop", "thaw"])
+def test_gpu_state_through_the_gang_barrier(commit: str, pod, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node agent's path for a gang: the workload frozen first (SIGSTOP of its tree), dumped while
+    frozen (the driver locks and checkpoints a stopped CUDA process), then stopped (the commit of a
+    preemption) or thawed (leave-running), and restored: the chain on the GPU goes on unbroken."""
+    if (reason := _unavailable("driver-api")) is not None:
+        pytest.skip(reason)
+    monkeypatch.delenv("CKQ_CUDA_CHECKPOINT", raising=False)
+    script = tmp_path / "cuda_wl.py"
+    script.write_text(CUDA_WORKLOAD)
+    out = tmp_path / "scratch"
+    out.mkdir()
+    log = out / "gpu.log"
+    cmd = [sys.executable, str(script), str(log), str(STEPS)]
+    ckq = tmp_path / "ckq"
+    p1 = pod(ckq, cmd, "--writable", str(out))
+    wait_for(lambda: len(lines(log)) >= 10, what="the CUDA workload to start")
+
+    def ask(**payload: object) -> dict:
+        return control.request(ckq / control.SOCKET_NAME, dict(payload), timeout=180)
+
+    assert ask(op="freeze", token="uid-g", holdSeconds=300)["ok"]
+    dumped = ask(op="checkpoint", token="uid-g", leaveRunning=False)
+    assert dumped["ok"], dumped
+    assert json.loads((ckq / "checkpoints" / dumped["id"] / "manifest.json").read_text())["gpu"]["tool"] == "driver-api"
+    if commit == "stop":
+        assert ask(op="stop", token="uid-g") == {"ok": True, "stopped": True}
+        assert p1.wait() == 75, p1.output()
+    else:
+        assert ask(op="thaw", token="uid-g")["ok"]
+        assert p1.wait() == 0, p1.output()  # the GPU was given back: the run ends as if never frozen
+        assert_one_chain(lines(log))
+    p2 = pod(ckq, cmd, "--restore", dumped["id"])
     assert p2.wait() == 0, p2.output()
     assert_one_chain(lines(log))
 
