@@ -356,25 +356,31 @@ def _node_notready(t: Trial) -> None:
            f"{st['lastCheckpoint']['name']})")
     set_node_ready(t.kube.kubeconfig, node, False)
     try:
-        def restored() -> Any:
-            # Pods of a later attempt running, with the restore reference of the job's last checkpoint.
-            last = (t.status("fragile").get("lastCheckpoint") or {}).get("name")
-            pods = [p for p in t.kube.pods(t.namespace, "fragile")
-                    if int(p.metadata.labels[ATTEMPT_LABEL]) > attempt and p.status.phase == "Running"]
-            return pods and last and [(p.spec.node_name, (p.metadata.annotations or {}).get(
-                RESTORE_FROM_ANNOTATION), last) for p in pods]
-
-        seen = _wait(t, "fragile restored from a checkpoint", restored, 120)
-        t.note(f"restored: {seen}")
-        for pod_node, ref, last in seen:
-            if pod_node == node:
-                t.result.violations.append(f"fragile restored on the NotReady node {node}")
-            if ref != last:
-                t.result.violations.append(f"fragile's pod restores from {ref!r}, not its last checkpoint {last!r}")
-        if float(t.status("fragile").get("runTimeSeconds") or 0) <= 0:
-            t.result.violations.append("fragile restarted from zero though it had a checkpoint")
+        _expect_restored_elsewhere(t, node, attempt, "NotReady")
     finally:
         set_node_ready(t.kube.kubeconfig, node, True)
+
+
+def _expect_restored_elsewhere(t: Trial, node: str, attempt: int, how: str) -> None:
+    """After `node` failed (`how`): job fragile's next attempt runs elsewhere, restored from its last
+    checkpoint, not from zero; what does not hold is recorded as a violation."""
+    def restored() -> Any:
+        # Pods of a later attempt running, with the restore reference of the job's last checkpoint.
+        last = (t.status("fragile").get("lastCheckpoint") or {}).get("name")
+        pods = [p for p in t.kube.pods(t.namespace, "fragile")
+                if int(p.metadata.labels[ATTEMPT_LABEL]) > attempt and p.status.phase == "Running"]
+        return pods and last and [(p.spec.node_name, (p.metadata.annotations or {}).get(
+            RESTORE_FROM_ANNOTATION), last) for p in pods]
+
+    seen = _wait(t, "fragile restored from a checkpoint", restored, 120)
+    t.note(f"restored: {seen}")
+    for pod_node, ref, last in seen:
+        if pod_node == node:
+            t.result.violations.append(f"fragile restored on the {how} node {node}")
+        if ref != last:
+            t.result.violations.append(f"fragile's pod restores from {ref!r}, not its last checkpoint {last!r}")
+    if float(t.status("fragile").get("runTimeSeconds") or 0) <= 0:
+        t.result.violations.append("fragile restarted from zero though it had a checkpoint")
 
 
 def _etcd_restart(t: Trial) -> None:
@@ -429,22 +435,7 @@ def _node_deleted(t: Trial) -> None:
            f"{st['lastCheckpoint']['name']})")
     t.kube.core.delete_node(node)
     try:
-        def restored() -> Any:
-            last = (t.status("fragile").get("lastCheckpoint") or {}).get("name")
-            pods = [p for p in t.kube.pods(t.namespace, "fragile")
-                    if int(p.metadata.labels[ATTEMPT_LABEL]) > attempt and p.status.phase == "Running"]
-            return pods and last and [(p.spec.node_name, (p.metadata.annotations or {}).get(
-                RESTORE_FROM_ANNOTATION), last) for p in pods]
-
-        seen = _wait(t, "fragile restored from a checkpoint", restored, 120)
-        t.note(f"restored: {seen}")
-        for pod_node, ref, last in seen:
-            if pod_node == node:
-                t.result.violations.append(f"fragile restored on the deleted node {node}")
-            if ref != last:
-                t.result.violations.append(f"fragile's pod restores from {ref!r}, not its last checkpoint {last!r}")
-        if float(t.status("fragile").get("runTimeSeconds") or 0) <= 0:
-            t.result.violations.append("fragile restarted from zero though it had a checkpoint")
+        _expect_restored_elsewhere(t, node, attempt, "deleted")
     finally:
         meta = saved["metadata"]
         for k in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
