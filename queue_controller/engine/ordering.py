@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from fractions import Fraction
 
 from queue_controller.engine.quota import FR, QuotaLedger
 from queue_controller.engine.snapshot import Job
@@ -43,8 +44,13 @@ def ahead_of(a: Job, b: Job) -> bool:
 # A dominant resource share, comparable: (a zero-weight queue that borrows, the ratio). Kueue's `CompareDRS`:
 # a queue of weight 0 that borrows has an infinite share, above every other; two of them compare by their
 # unweighted ratio. Otherwise the value is the ratio divided by the weight.
-Share = tuple[bool, float]
-NO_SHARE: Share = (False, 0.0)
+# Exact (a fraction of quota quantities, over the weight taken exactly as the float it is): the fair-share
+# strategies decide on ties (S2-a's <=, S2-b's <), and a float's rounding would break them either way.
+# 6 of 10 GPUs over weight 3 is 0.19999999999999998 in floats, "less than" 2 of 10 over weight 1, 0.2:
+# a job took a victim whose share it only equalled, the victim won the room back (its share alone was
+# lower), and so on forever (tests/unit/test_engine_preemption_fair_share.py).
+Share = tuple[bool, Fraction]
+NO_SHARE: Share = (False, Fraction(0))
 
 # Kueue's `status.fairSharing.weightedShare` of a zero-weight queue that borrows: the largest int64.
 MAX_WEIGHTED_SHARE = 2**63 - 1
@@ -68,20 +74,20 @@ def dominant_share(ledger: QuotaLedger, cq: str, usage: Mapping[FR, int]) -> Sha
     if not borrowed:
         return NO_SHARE
     lendable = ledger.lendable(cohort)
-    ratio = 0.0
+    ratio = Fraction(0)
     for res, above in borrowed.items():
         pool = lendable.get(res, 0)
         if pool > 0:
-            ratio = max(ratio, above / pool)
-    if ratio == 0.0:
+            ratio = max(ratio, Fraction(above, pool))
+    if ratio == 0:
         return NO_SHARE
     if queue.fair_weight <= 0:
         return (True, ratio)
-    return (False, ratio / queue.fair_weight)
+    return (False, ratio / Fraction(queue.fair_weight))
 
 
 def weighted_share(share: Share) -> int:
     """A share as Kueue writes it into `status.fairSharing.weightedShare`: per mille, rounded up; the
     largest int64 for a zero-weight queue that borrows."""
     infinite, value = share
-    return MAX_WEIGHTED_SHARE if infinite else math.ceil(value * 1000.0 - 1e-9)
+    return MAX_WEIGHTED_SHARE if infinite else math.ceil(value * 1000)

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from queue_controller.engine import GPU, ClusterQueue, Job, Policy, Preempt, Snapshot, decide
-from queue_controller.engine.ordering import MAX_WEIGHTED_SHARE, NO_SHARE, dominant_share, weighted_share
+from queue_controller.engine.ordering import MAX_WEIGHTED_SHARE, NO_SHARE, Share, dominant_share, weighted_share
 from queue_controller.engine.policy import FairSharingStrategy
 from queue_controller.engine.quota import QuotaLedger
 from queue_controller.policies import load_policy
@@ -22,7 +22,7 @@ FAIR = load_policy("fair")
 M = 1000
 
 
-def share(queues: list[ClusterQueue], cq: str, gpus: int, flavor: str = "h100") -> tuple[bool, float]:
+def share(queues: list[ClusterQueue], cq: str, gpus: int, flavor: str = "h100") -> Share:
     return dominant_share(QuotaLedger(queues), cq, {(flavor, GPU): gpus * M})
 
 
@@ -54,6 +54,17 @@ def test_weight_zero_is_an_infinite_share_only_while_borrowing() -> None:
     assert infinite == (True, 2 / 32)  # team-a's own 4 are lendable too: 32 in the cohort
     assert infinite > share(qs, "team-b", 28)  # above every finite share
     assert share(qs, "team-a", 5) < infinite  # two zero weights compare by the unweighted ratio
+
+
+def test_shares_are_exact() -> None:
+    # The fair-share strategies decide on ties (S2-a's <=, S2-b's <). 6 of 10 lendable GPUs at weight 3 is
+    # exactly 2 of 10 at weight 1; in floats 6/10/3 is 0.19999999999999998, below 0.2, and a preemption
+    # loop came of it (test_engine_preemption_fair_share.py::test_a_share_tie_is_a_tie_in_exact_arithmetic).
+    qs = [queue("a", gpus=0, cohort="c", fair_weight=3.0), queue("b", gpus=0, cohort="c"),
+          queue("lender", gpus=10, cohort="c")]
+    assert share(qs, "a", 6) == share(qs, "b", 2)
+    assert not share(qs, "a", 6) < share(qs, "b", 2)
+    assert weighted_share(share(qs, "a", 6)) == 200
 
 
 def test_weighted_share_as_kueue_writes_it() -> None:

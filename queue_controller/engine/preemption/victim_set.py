@@ -25,7 +25,7 @@ room and the decisions are the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import chain
 
 from queue_controller.engine.backfill import hold_in_profiles, may_start_now
@@ -35,7 +35,7 @@ from queue_controller.engine.fit import Fit, find_fit, pool_free
 from queue_controller.engine.placement import dominant_resource
 from queue_controller.engine.policy import PreemptionMode
 from queue_controller.engine.preemption.eligibility import eligible
-from queue_controller.engine.preemption.fair_share import fair_search
+from queue_controller.engine.preemption.fair_share import StillFair, fair_search
 from queue_controller.engine.preemption.victim_order import Candidate, VictimOrder, lost_work, weight
 from queue_controller.engine.profile import INF
 from queue_controller.engine.snapshot import ClusterQueue, Job
@@ -115,6 +115,10 @@ def _left(ws: Workspace, job: Job) -> float:
     return max(rem - (ws.now - since), 0.0)
 
 
+def _any_set(victims: Sequence[Candidate]) -> bool:
+    return True  # without fair sharing, any set that lets the job start will do
+
+
 def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason) -> bool:
     """Plan the cheapest set of victims that lets `job` fit. True when the job now only waits for
     victims (new or already being vacated) to go."""
@@ -160,11 +164,14 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
             return False
         return _fits_after(ws, job, cq, chosen)
 
+    still_fair: StillFair = _any_set
     try:
         fits = False
         if ws.fair and cq.cohort is not None:
             # Fair sharing: which queues' jobs may go, and in which order, is decided by the shares.
-            fits = fair_search(ws, job, cq, chain((first,), cands), add, across=own or not state.unserved) is True
+            verdict, still_fair = fair_search(ws, job, cq, chain((first,), cands), add,
+                                              across=own or not state.unserved)
+            fits = verdict is True
         else:
             for cand in chain((first,), cands):
                 verdict = add(cand)
@@ -179,7 +186,7 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
             for cand in sorted(chosen, key=lambda c: c.order, reverse=True):
                 ws.restore(cand.run)
                 rest = [c for c in chosen if c is not cand]
-                if _fits_after(ws, job, cq, rest) is True:
+                if _fits_after(ws, job, cq, rest) is True and still_fair(rest):
                     chosen = rest
                 else:
                     ws.lift(cand.run)
