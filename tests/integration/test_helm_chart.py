@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import subprocess
 import tarfile
@@ -44,7 +45,8 @@ NS = wire.CONFIG_NAMESPACE  # the chart is installed in ckq-system, next to its 
 STORE = "/var/lib/ckq/store"
 AGENT_VALUES: dict[str, Any] = {"checkpoint": {"storeHostPath": STORE, "runtimeImage": "ckq.local/runtime:0.1.0"}}
 # What a controller log line says when the API server refused it (our client's errors, kopf's warnings).
-REFUSALS = ("403", "Forbidden", "forbidden", "Not enough permissions")
+# An HTTP 403 as a status, not the milliseconds of a log line's timestamp ("01:22:06,403").
+REFUSALS = re.compile(r"(?<![\d,.:])403(?!\d)|Forbidden|forbidden|Not enough permissions")
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap"}
 
 
@@ -281,7 +283,7 @@ def service_account_kubeconfig(kube: Kube, admin_kubeconfig: str, sa: str, path:
 
 
 def refusals(log: str) -> list[str]:
-    return [line for line in log.splitlines() if any(r in line for r in REFUSALS)]
+    return [line for line in log.splitlines() if REFUSALS.search(line)]
 
 
 def start_as(sa_kubeconfig: Path, log: Path, monkeypatch: pytest.MonkeyPatch, policy: str = "iass"
