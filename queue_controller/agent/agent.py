@@ -61,12 +61,13 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from queue_controller.agent import plan
+from queue_controller.agent import collect, plan
 from queue_controller.agent.dump import Dumper, DumpRequest, DumpResult, Slot
 from queue_controller.agent.kube import AgentKube, Conflict, Event, Gone, NotFound, Obj, Transient
 from queue_controller.agent.plan import PodInfo
 from queue_controller.agent.stage import Stager
 from queue_controller.api.checkpoint import Checkpoint, FrozenContainer
+from queue_controller.store.journal import Journal
 from queue_controller.store.retention import delete_images
 
 log = logging.getLogger("ckq.agent")
@@ -179,16 +180,57 @@ class Agent:
         self._labels: tuple[float, dict[str, str]] | None = None
         self._warned: set[str] = set()
         self.stager: Stager | None = None  # node-local stores only (the cli sets it)
+        self._listed_at = 0.0  # when the last full list of Checkpoints was requested (epoch)
 
     def checkpoint_of(self, namespace: str, name: str) -> Obj | None:
         with self.lock:
             return self.checkpoints.get((namespace, name))
 
     # ---- the cache ----------------------------------------------------------------------------------
+    def list_checkpoints(self) -> tuple[list[Obj], str]:
+        at = time.time()
+        items, rv = self.kube.list_checkpoints()
+        self._listed_at = at
+        return items, rv
+
     def checkpoints_listed(self, items: list[Obj]) -> None:
         with self.lock:
             self.checkpoints = {_key(o): o for o in items}
         self.requeue_all()
+        # Deletions this agent did not see (it was down, or its watch was) left images behind: collect.
+        self.dump_pool.submit(self.collect_garbage, items, self._listed_at)
+
+    def collect_garbage(self, items: list[Obj], listed_at: float) -> None:
+        """Delete this node's stored images that no listed Checkpoint accounts for (agent/collect.py)."""
+        try:
+            listed = [collect.Listed(
+                uid=str((o.get("metadata") or {}).get("uid") or ""),
+                phase=(o.get("status") or {}).get("phase"),
+                uris=frozenset(str(a["uri"]) for a in (o.get("status") or {}).get("artifacts") or ()
+                               if isinstance(a, dict) and a.get("uri")))
+                for o in items]
+            stored = self.store.list()
+            claims: dict[str, collect.Claim] = {}
+            for ns, job, pod_set, index, container in {
+                    (sc.ref.namespace, sc.ref.job, sc.ref.pod_set, sc.ref.index, sc.ref.container) for sc in stored}:
+                with self.store.open_container(ns, job, pod_set, index, container) as cfd:
+                    for e in Journal(cfd).entries():
+                        if e.checkpointId:
+                            uri = self.store.uri_for(ns, job, pod_set, index, container, e.checkpointId)
+                            claims[uri] = collect.Claim(e.uid, e.node)
+            doomed = collect.garbage(stored, claims, listed, node=self.node, node_local=self.stager is not None,
+                                     listed_at=listed_at)
+            by_ns: dict[str, list[str]] = {}
+            for sc in doomed:
+                by_ns.setdefault(sc.ref.namespace, []).append(sc.uri)
+            for ns, uris in sorted(by_ns.items()):
+                result = delete_images(self.store, ns, sorted(uris))
+                log.info("store: %d image(s) in namespace %s that no Checkpoint accounts for (deleted while this "
+                         "agent was not watching): deleted %d, kept for a later checkpoint %d, already gone %d%s",
+                         len(uris), ns, len(result.deleted), len(result.deferred), len(result.missing),
+                         "".join(f"; refused {u}: {why}" for u, why in result.refused))
+        except Exception as exc:  # retried at the next list
+            log.warning("store: collecting unaccounted images failed: %s: %s", type(exc).__name__, exc)
 
     def checkpoint_event(self, kind: str, obj: Obj) -> None:
         key = _key(obj)
@@ -580,7 +622,7 @@ class Agent:
     def start(self) -> list[threading.Thread]:
         threads = [
             threading.Thread(target=self._informer, name="ckq-watch-checkpoints", daemon=True, args=(
-                "checkpoints", self.kube.list_checkpoints,
+                "checkpoints", self.list_checkpoints,
                 lambda rv: self.kube.watch_checkpoints(rv, self.s.watch_seconds),
                 self.checkpoints_listed, self.checkpoint_event)),
             threading.Thread(target=self._informer, name="ckq-watch-pods", daemon=True, args=(

@@ -506,3 +506,47 @@ def test_a_second_checkpoint_of_the_job_waits_for_the_first_to_release_its_freez
     process(kube, agent, "preempt")
     assert [f["index"] for f in kube.status("preempt")["frozen"]] == [0]
     assert [(s, r.uid) for s, r in dumper.calls] == [(slot(), "uid-a"), (slot(), "uid-b")]
+
+
+def test_images_no_checkpoint_accounts_for_are_collected_after_a_list(tmp_path: Path) -> None:
+    """Issue 14 (found by the agent-kill chaos trial): a Checkpoint deleted while its node's agent was
+    down leaves images no DELETED event will ever remove, and so does a dump finished after its
+    Checkpoint went. After each list the agent deletes such images of its own node — and keeps the
+    recorded ones, a dump still in flight for a listed Checkpoint, anything newer than the list, other
+    nodes' dumps, and an older image a kept incremental checkpoint builds on."""
+    from queue_controller.store.journal import Journal, JournalEntry
+    from tests.unit.store_helpers import fake_checkpoint
+
+    store = FilesystemStore(tmp_path)
+    agent = Agent(FakeKube(), FakeDumper(store), AgentSettings(node="real-0"))  # type: ignore[arg-type]
+    mine, theirs = Path(store.dir_for(NS, "train", "worker", 0, "main")), Path(store.dir_for(NS, "train", "worker", 1,
+                                                                                             "main"))
+    old, new = "2026-01-02T03:04:05Z", "2026-01-02T04:00:00Z"
+    listed_at = 1767326400.0  # 2026-01-02T04:00:00Z: `new` is as young as the list
+    ids = {"recorded": "20260102-030401-aaaaaa", "orphan": "20260102-030402-bbbbbb",
+           "in-flight": "20260102-030403-cccccc", "deleted-mid-dump": "20260102-030404-dddddd",
+           "newer": "20260102-040000-eeeeee", "base": "20260102-030405-ffffff"}
+    fake_checkpoint(mine, ids["base"], created=old)  # first: "recorded" builds on it
+    for what, cid in ids.items():
+        if what != "base":
+            fake_checkpoint(mine, cid, created=new if what == "newer" else old,
+                            parent=ids["base"] if what == "recorded" else None)
+    fake_checkpoint(theirs, "20260102-030406-999999", created=old)
+    with store.open_container(NS, "train", "worker", 0, "main") as cfd:
+        j = Journal(cfd)
+        for what, uid in (("orphan", "gone-1"), ("in-flight", "live-1"), ("deleted-mid-dump", "gone-2"),
+                          ("recorded", "done-1"), ("base", "gone-3")):
+            j.put(JournalEntry(uid=uid, checkpoint=f"{NS}/x", node="real-0", pod="p", leaveRunning=True,
+                               requestedAt=0.0, checkpointId=ids[what]))
+    with store.open_container(NS, "train", "worker", 1, "main") as cfd:
+        Journal(cfd).put(JournalEntry(uid="gone-4", checkpoint=f"{NS}/y", node="real-1", pod="q", leaveRunning=True,
+                                      requestedAt=0.0, checkpointId="20260102-030406-999999"))
+    listed = [ckpt_obj("Completed", uid="done-1", name="c1", status={"artifacts": [
+                  {"podSet": "worker", "index": 0, "container": "main", "node": "real-0", "sha256": "a" * 64,
+                   "sizeBytes": 1, "uri": store.uri_for(NS, "train", "worker", 0, "main", ids["recorded"])}]}),
+              ckpt_obj("Running", uid="live-1", name="c2")]
+    agent.collect_garbage(listed, listed_at)
+    left = {p.name for p in (mine / "checkpoints").iterdir() if not p.name.startswith(".")}
+    assert left == {ids["recorded"], ids["in-flight"], ids["newer"], ids["base"]}, left
+    assert (theirs / "checkpoints" / "20260102-030406-999999").is_dir()  # real-1's agent collects its own
+    agent.shutdown()
