@@ -53,6 +53,7 @@ class Transfer:
     port: int
     token: str
     timeout: float = 600.0
+    retry_for: float = 120.0  # how long a transient failure (source unreachable, transfer cut) is retried
 
 
 def internal_ip(node: Obj) -> str | None:
@@ -73,6 +74,7 @@ class Stager:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckq-stage")
         self.lock = threading.Lock()
         self.taken: set[tuple[str, str]] = set()  # (pod uid, container): staged, failed or in flight
+        self.stopping = threading.Event()
 
     # ---- what to stage ------------------------------------------------------------------------------
     def needed(self, pod: PodInfo) -> list[tuple[str, Artifact]] | None:
@@ -123,8 +125,7 @@ class Stager:
                 raise StagingError(f"node {source_node}, which holds checkpoint {artifact.uri}, has no InternalIP")
             source = f"http://{ip}:{self.transfer.port}"
             log.info("staging %s for %s from node %s (%s)", artifact.uri, where, source_node, source)
-            installed = stage(self.store, pod.namespace, artifact.uri, artifact.sha256 or "", source,
-                              self.transfer.token, self.transfer.timeout)
+            installed = self._stage_retrying(pod, artifact, source, where)
         except StoreError as exc:
             message = f"staging checkpoint {pod.restore_from} for {where} on node {self.node} failed: {exc}"
             log.error("%s", message)
@@ -144,6 +145,24 @@ class Stager:
                    f"{what}, verified against sha256 {(artifact.sha256 or '')[:16]}…")
         log.info("%s: %s", where, message)
         self._event(pod, "Staged", message, warning=False)
+
+    def _stage_retrying(self, pod: PodInfo, artifact: Artifact, source: str, where: str) -> list[str]:
+        """`stage`, asked again while the failure is transient (the serving agent restarting, the
+        transfer cut off) for up to `transfer.retry_for` seconds with backoff: a source back within that
+        time costs the restore nothing, where failing at once would fall back to an older checkpoint —
+        from the same source, likely failing too — and then to a fresh start."""
+        deadline = time.monotonic() + self.transfer.retry_for
+        delay = 0.5
+        while True:
+            try:
+                return stage(self.store, pod.namespace, artifact.uri, artifact.sha256 or "", source,
+                             self.transfer.token, self.transfer.timeout)
+            except StagingError as exc:
+                if not exc.transient or time.monotonic() + delay > deadline or self.stopping.is_set():
+                    raise
+                log.warning("staging %s for %s: %s; asking again in %.1fs", artifact.uri, where, exc, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
 
     def _mark_failed(self, pod: PodInfo, artifact: Artifact, message: str) -> None:
         """The marker ckq-run --await-staged reads (runtime/staging.py), so the restore ends now."""
@@ -178,6 +197,7 @@ class Stager:
             log.warning("event %s on pod %s/%s not recorded: %s", reason, pod.namespace, pod.name, exc)
 
     def shutdown(self) -> None:
+        self.stopping.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -53,7 +53,13 @@ MAX_CHAIN = 1024
 
 
 class StagingError(StoreError):
-    """A checkpoint could not be staged; the message says which, from where, and why."""
+    """A checkpoint could not be staged; the message says which, from where, and why. `transient`: the
+    source could not be reached or the transfer broke off (the serving agent restarting, a network
+    blip), so asking again may succeed; a refusal or a copy that does not verify is final."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 # ---- serving -------------------------------------------------------------------------------------
@@ -178,11 +184,15 @@ def _fetch(source: str, token: str, namespace: str, uri: str, dest: Path, timeou
                 tarfile.open(fileobj=resp, mode="r|") as tar:
             tar.extractall(dest, filter="data")
     except urllib.error.HTTPError as exc:
-        raise StagingError(f"the agent at {source} refused {uri}: {exc.code} {exc.reason}") from None
+        raise StagingError(f"the agent at {source} refused {uri}: {exc.code} {exc.reason}",
+                           transient=exc.code >= 500) from None
     except urllib.error.URLError as exc:
-        raise StagingError(f"cannot reach the agent at {source} for {uri}: {exc.reason}") from None
+        raise StagingError(f"cannot reach the agent at {source} for {uri}: {exc.reason}", transient=True) from None
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise StagingError(f"the transfer of {uri} from {source} broke off or is not a checkpoint: {exc}") from None
+        # A stream cut off mid-way reads as a truncated tar: worth another try. A stream that is not a
+        # checkpoint would fail verification anyway, after the retry.
+        raise StagingError(f"the transfer of {uri} from {source} broke off or is not a checkpoint: {exc}",
+                           transient=True) from None
 
 
 @contextlib.contextmanager

@@ -287,3 +287,61 @@ def test_images_dumped_on_this_node_need_no_staging(nodes: Any) -> None:
 def test_the_server_needs_a_token(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="token"):
         TransferServer(node_store(tmp_path, "real-0"), "", "127.0.0.1", 0)
+
+
+def test_a_source_agent_down_for_a_moment_is_asked_again_not_given_up_on(tmp_path: Path) -> None:
+    """Issue 14 (chaos): the serving agent restarting while a restored pod's images are staged. The
+    transfer's failure is transient, so the stager asks again with backoff; the agent back within
+    `retry_for` costs the restore nothing (giving up at once would fall back to an older checkpoint on
+    the same, still absent, source, and then to a fresh start). A refusal is not retried."""
+    src, dst = node_store(tmp_path, "real-0"), node_store(tmp_path, "real-1")
+    m = fake_checkpoint(cdir(src), ID1)
+    probe = TransferServer(src, TOKEN, "127.0.0.1", 0)  # a free port, then closed: nobody answers there yet
+    port = probe.port
+    probe.httpd.server_close()
+    kube = FakeKube({"real-0": "127.0.0.1"})
+    obj = checkpoint_obj(uri(src, ID1), m.sha256)
+    stager = Stager(kube, dst, "real-1", Transfer(port=port, token=TOKEN, retry_for=60), lambda ns, n: obj)
+    back = threading.Event()
+
+    def source_comes_back() -> None:
+        # Once the stager has been refused at least once (its warning is the sign), the agent starts.
+        server = TransferServer(src, TOKEN, "127.0.0.1", port)
+        server.start()
+        back.set()
+        stopper.wait(30)
+        server.shutdown()
+
+    stopper = threading.Event()
+    with pytest.MonkeyPatch.context() as mp:
+        import queue_controller.agent.stage as stage_mod
+
+        real_stage = stage_mod.stage
+        calls: list[int] = []
+
+        def counting_stage(*a: Any, **kw: Any) -> list[str]:
+            calls.append(1)
+            if len(calls) == 2 and not back.is_set():
+                threading.Thread(target=source_comes_back, daemon=True).start()
+                back.wait(10)
+            return real_stage(*a, **kw)
+
+        mp.setattr(stage_mod, "stage", counting_stage)
+        try:
+            run_stager(stager, restored_pod())
+        finally:
+            stopper.set()
+    assert len(calls) >= 2  # refused first (nobody listening), then staged
+    assert (cdir(dst) / "checkpoints" / ID1 / mf.MANIFEST).is_file()
+    assert [e["reason"] for e in kube.events] == ["Staged"]
+
+    refusing = Stager(kube, node_store(tmp_path, "real-2"), "real-2",
+                      Transfer(port=port, token="wrong-token-wrong-token", retry_for=60), lambda ns, n: obj)
+    server = TransferServer(src, TOKEN, "127.0.0.1", 0)
+    server.start()
+    try:
+        refusing.transfer = Transfer(port=server.port, token="wrong-token-wrong-token", retry_for=60)
+        run_stager(refusing, restored_pod(node="real-2"))
+    finally:
+        server.shutdown()
+    assert kube.events[-1]["reason"] == "StagingFailed" and "401" in kube.events[-1]["message"]
