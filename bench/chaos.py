@@ -3,11 +3,12 @@
 Runs the chaos tier's own trials (tests/chaos/trials.py) — the same job mix, faults and invariants —
 over seeds 1..N for each fault, on a dev cluster of its own (kwok nodes: the test tier's node groups),
 or on the cluster of $KUBECONFIG when set (a `ckq dev up` cluster: the API server fault restarts its
-kube-apiserver in place).
+kube-apiserver in place). The real checkpoint path's faults (tests/chaos/real_trials.py: `agent-kill`,
+`ckq-run-kill`) run on a cluster of their own with 2 real nodes, started when one of them is asked for.
 
     python bench/chaos.py [--trials 20] [--faults controller-kill,leader-failover,...] [--first-seed 1]
 
-A trial takes 40-80 s on a 2-core machine: the default (20 trials x 7 faults) runs about 2.5 hours.
+A trial takes 40-80 s on a 2-core machine: the default (20 trials x 9 faults) runs about 3 hours.
 Prints one line per trial (a failing one with its violations and the command that replays it), then a
 table of trials / passed / failed per fault with the failing seeds and the failover times, and as its
 last line one JSON object.
@@ -31,11 +32,14 @@ sys.path.insert(0, str(ROOT))
 from kubernetes.client.rest import ApiException  # noqa: E402
 
 from queue_controller import devcluster as dc  # noqa: E402
+from tests.chaos.real_trials import REAL_FAULTS, ensure_real_flavor, run_real_trial  # noqa: E402
 from tests.chaos.trials import FAULTS, TrialResult, run_trial  # noqa: E402
 from tests.plugins.cluster import TEST_NODE_GROUPS  # noqa: E402
 from tests.plugins.controller import GROUP, VERSION, Kube  # noqa: E402
 
 CLUSTER = "ckq-chaos"
+REAL_CLUSTER = "chaosr"  # short: it appears in unix socket paths
+ALL_FAULTS = FAULTS + REAL_FAULTS
 
 
 def prepare(kube: Kube) -> None:
@@ -63,19 +67,23 @@ def table(results: dict[str, list[TrialResult]]) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=20, help="trials per fault (seeds first-seed..)")
-    ap.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, of {', '.join(FAULTS)}")
-    ap.add_argument("--first-seed", type=int, default=1)
-    ap.add_argument("--keep-logs", action="store_true", help="keep every trial's controller logs")
-    args = ap.parse_args()
-    faults = [f for f in args.faults.split(",") if f]
-    unknown = sorted(set(faults) - set(FAULTS))
-    if unknown:
-        ap.error(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+def record(fault: str, seed: int, r: TrialResult, logs: Path, keep: bool,
+           results: dict[str, list[TrialResult]]) -> None:
+    results[fault].append(r)
+    line = f"{fault:<20} seed={seed:<4} {'ok  ' if r.passed else 'FAIL'} {r.seconds:5.0f}s"
+    if r.failovers_s:
+        line += f"  failover {', '.join(f'{f:.1f}s' for f in r.failovers_s)}"
+    print(line, flush=True)
+    if not r.passed:
+        print("  " + r.report().replace("\n", "\n  "), flush=True)
+        test = "test_real_chaos_trial" if fault in REAL_FAULTS else "test_chaos_trial"
+        print(f"  replay: CKQ_CHAOS_SEED={seed} pytest 'tests/chaos/test_chaos.py::{test}"
+              f"[{fault}-seed={seed}]'; logs in {logs}", flush=True)
+    elif not keep:
+        shutil.rmtree(logs, ignore_errors=True)
 
-    work = Path(tempfile.mkdtemp(prefix="ckq-chaos-"))
+
+def soak(work: Path, faults: list[str], args: argparse.Namespace, results: dict[str, list[TrialResult]]) -> None:
     external = os.environ.get("KUBECONFIG")
     root = work / "cluster"
     if external:
@@ -86,29 +94,60 @@ def main() -> None:
         kubeconfig = state.kubeconfig
         os.environ["KUBECONFIG"] = kubeconfig
         print(f"cluster up in {time.monotonic() - t0:.0f}s")
-    results: dict[str, list[TrialResult]] = {f: [] for f in faults}
-    started = time.monotonic()
     try:
         kube = Kube(kubeconfig)
         prepare(kube)
         for fault in faults:
             for seed in range(args.first_seed, args.first_seed + args.trials):
                 logs = work / f"{fault}-{seed}"
-                r = run_trial(kube, fault, seed, logs)
-                results[fault].append(r)
-                line = f"{fault:<20} seed={seed:<4} {'ok  ' if r.passed else 'FAIL'} {r.seconds:5.0f}s"
-                if r.failovers_s:
-                    line += f"  failover {', '.join(f'{f:.1f}s' for f in r.failovers_s)}"
-                print(line, flush=True)
-                if not r.passed:
-                    print("  " + r.report().replace("\n", "\n  "), flush=True)
-                    print(f"  replay: CKQ_CHAOS_SEED={seed} pytest 'tests/chaos/test_chaos.py::test_chaos_trial"
-                          f"[{fault}-seed={seed}]'; logs in {logs}", flush=True)
-                elif not args.keep_logs:
-                    shutil.rmtree(logs, ignore_errors=True)
+                record(fault, seed, run_trial(kube, fault, seed, logs), logs, args.keep_logs, results)
     finally:
         if not external:
             dc.down(CLUSTER, root=root)
+
+
+def soak_real(work: Path, faults: list[str], args: argparse.Namespace,
+              results: dict[str, list[TrialResult]]) -> None:
+    """The real checkpoint path's trials, on a cluster of 2 real nodes of its own."""
+    from queue_controller.devcluster.nodes import NodeGroup
+
+    root = work / "real-cluster"
+    t0 = time.monotonic()
+    state, _ = dc.up(REAL_CLUSTER, [NodeGroup(name="h100", count=1, gpus=8, cpu="64", memory="512Gi")], root=root,
+                     die_with_parent=True, build=True, real_nodes=2, timeout=180)
+    print(f"real-node cluster up in {time.monotonic() - t0:.0f}s")
+    try:
+        kube = Kube(state.kubeconfig)
+        ensure_real_flavor(kube)
+        for fault in faults:
+            for seed in range(args.first_seed, args.first_seed + args.trials):
+                logs = work / f"{fault}-{seed}"
+                record(fault, seed, run_real_trial(kube, state, fault, seed, logs), logs, args.keep_logs, results)
+    finally:
+        dc.down(REAL_CLUSTER, root=root)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=20, help="trials per fault (seeds first-seed..)")
+    ap.add_argument("--faults", default=",".join(ALL_FAULTS), help=f"comma-separated, of {', '.join(ALL_FAULTS)}")
+    ap.add_argument("--first-seed", type=int, default=1)
+    ap.add_argument("--keep-logs", action="store_true", help="keep every trial's controller logs")
+    args = ap.parse_args()
+    faults = [f for f in args.faults.split(",") if f]
+    unknown = sorted(set(faults) - set(ALL_FAULTS))
+    if unknown:
+        ap.error(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(ALL_FAULTS)}")
+
+    work = Path(tempfile.mkdtemp(prefix="ckq-chaos-"))
+    results: dict[str, list[TrialResult]] = {f: [] for f in faults}
+    started = time.monotonic()
+    kwok_faults = [f for f in faults if f in FAULTS]
+    real_faults = [f for f in faults if f in REAL_FAULTS]
+    if kwok_faults:
+        soak(work, kwok_faults, args, results)
+    if real_faults:
+        soak_real(work, real_faults, args, results)
     print()
     print(table(results))
     summary = {

@@ -113,8 +113,11 @@ class Watcher:
     since the trial began)."""
 
     def __init__(self, kubeconfig: str, namespace: str, queue_of_lq: dict[str, str],
-                 limits: dict[str, QueueLimits]) -> None:
+                 limits: dict[str, QueueLimits], flavor_of: Callable[[Any], str] | None = None) -> None:
         self.kubeconfig = kubeconfig
+        # The flavor a Running pod's requests count against: by default the test node groups' label
+        # (the real-node trials, whose one flavor selects nodes by another label, say so themselves).
+        self.flavor_of = flavor_of or (lambda pod: (pod.spec.node_selector or {}).get(FLAVOR_LABEL, ""))
         self.namespace = namespace
         self.queue_of_lq = queue_of_lq
         self.limits = limits
@@ -244,7 +247,7 @@ class Watcher:
             cq = self.queue_of_lq.get(spec.get("queueName", ""))
             if cq is None:
                 continue
-            flavor = (pod.spec.node_selector or {}).get(FLAVOR_LABEL, "")
+            flavor = self.flavor_of(pod)
             for resource, value in pod_requests(pod).items():
                 used[cq][(flavor, resource)] += value
         for job, seen in attempts.items():

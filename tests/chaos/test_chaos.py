@@ -1,5 +1,6 @@
 """The chaos tier (issue 14): each fault of tests/chaos/trials.py, over a few fixed seeds, on the session's
-dev cluster (kwok nodes, Simulated checkpoints). A failure names its seed in the test id and the
+dev cluster (kwok nodes, Simulated checkpoints), and each of tests/chaos/real_trials.py on the session's
+real nodes (real CRIU checkpoints of real processes). A failure names its seed in the test id and the
 message; `CKQ_CHAOS_SEED=<seed> pytest tests/chaos -k <fault>` replays that seed's plan. `bench/chaos.py`
 runs the same trials many times."""
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.chaos.real_trials import REAL_FAULTS, ensure_real_flavor, run_real_trial
 from tests.chaos.trials import FAULTS, run_trial
 from tests.plugins.controller import Kube
+from tests.plugins.realnodes import RealCluster
 
 pytestmark = pytest.mark.chaos
 
@@ -27,5 +30,16 @@ def seeds() -> list[int]:
 @pytest.mark.parametrize("fault", FAULTS)
 def test_chaos_trial(kube: Kube, fault: str, seed: int, tmp_path: Path) -> None:
     result = run_trial(kube, fault, seed, tmp_path)
+    print(result.report())
+    assert result.passed, result.report()
+
+
+@pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed={s}")
+@pytest.mark.parametrize("fault", REAL_FAULTS)
+def test_real_chaos_trial(real_cluster: RealCluster, fault: str, seed: int, tmp_path: Path) -> None:
+    """The real checkpoint path's faults (tests/chaos/real_trials.py) on the session's real nodes."""
+    kube = Kube(real_cluster.state.kubeconfig)
+    ensure_real_flavor(kube)
+    result = run_real_trial(kube, real_cluster.state, fault, seed, tmp_path)
     print(result.report())
     assert result.passed, result.report()
