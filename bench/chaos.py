@@ -4,11 +4,12 @@ Runs the chaos tier's own trials (tests/chaos/trials.py) — the same job mix, f
 over seeds 1..N for each fault, on a dev cluster of its own (kwok nodes: the test tier's node groups),
 or on the cluster of $KUBECONFIG when set (a `ckq dev up` cluster: the API server fault restarts its
 kube-apiserver in place). The real checkpoint path's faults (tests/chaos/real_trials.py: `agent-kill`,
-`ckq-run-kill`) run on a cluster of their own with 2 real nodes, started when one of them is asked for.
+`ckq-run-kill`, `agent-kill-staging`) run on clusters of their own with 2 real nodes (node-local stores
+for the staging fault), started when one of them is asked for.
 
     python bench/chaos.py [--trials 20] [--faults controller-kill,leader-failover,...] [--first-seed 1]
 
-A trial takes 40-80 s on a 2-core machine: the default (20 trials x 9 faults) runs about 3 hours.
+A trial takes 40-80 s on a 2-core machine: the default (20 trials x 10 faults) runs about 3.5 hours.
 Prints one line per trial (a failing one with its violations and the command that replays it), then a
 table of trials / passed / failed per fault with the failing seeds and the failover times, and as its
 last line one JSON object.
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from kubernetes.client.rest import ApiException  # noqa: E402
 
 from queue_controller import devcluster as dc  # noqa: E402
-from tests.chaos.real_trials import REAL_FAULTS, ensure_real_flavor, run_real_trial  # noqa: E402
+from tests.chaos.real_trials import NODE_LOCAL_FAULTS, REAL_FAULTS, ensure_real_flavor, run_real_trial  # noqa: E402
 from tests.chaos.trials import FAULTS, TrialResult, run_trial  # noqa: E402
 from tests.plugins.cluster import TEST_NODE_GROUPS  # noqa: E402
 from tests.plugins.controller import GROUP, VERSION, Kube  # noqa: E402
@@ -108,23 +109,30 @@ def soak(work: Path, faults: list[str], args: argparse.Namespace, results: dict[
 
 def soak_real(work: Path, faults: list[str], args: argparse.Namespace,
               results: dict[str, list[TrialResult]]) -> None:
-    """The real checkpoint path's trials, on a cluster of 2 real nodes of its own."""
+    """The real checkpoint path's trials, on a cluster of 2 real nodes of its own: a shared store, and for
+    the staging fault one whose nodes keep their own stores (node-local)."""
     from queue_controller.devcluster.nodes import NodeGroup
 
-    root = work / "real-cluster"
-    t0 = time.monotonic()
-    state, _ = dc.up(REAL_CLUSTER, [NodeGroup(name="h100", count=1, gpus=8, cpu="64", memory="512Gi")], root=root,
-                     die_with_parent=True, build=True, real_nodes=2, timeout=180)
-    print(f"real-node cluster up in {time.monotonic() - t0:.0f}s")
-    try:
-        kube = Kube(state.kubeconfig)
-        ensure_real_flavor(kube)
-        for fault in faults:
-            for seed in range(args.first_seed, args.first_seed + args.trials):
-                logs = work / f"{fault}-{seed}"
-                record(fault, seed, run_real_trial(kube, state, fault, seed, logs), logs, args.keep_logs, results)
-    finally:
-        dc.down(REAL_CLUSTER, root=root)
+    for node_local in (False, True):
+        group = [f for f in faults if (f in NODE_LOCAL_FAULTS) == node_local]
+        if not group:
+            continue
+        name = REAL_CLUSTER + ("l" if node_local else "")
+        root = work / name
+        t0 = time.monotonic()
+        state, _ = dc.up(name, [NodeGroup(name="h100", count=1, gpus=8, cpu="64", memory="512Gi")], root=root,
+                         die_with_parent=True, build=True, real_nodes=2, timeout=180, node_local_store=node_local)
+        print(f"real-node cluster up in {time.monotonic() - t0:.0f}s ({state.store_mode} store)")
+        try:
+            kube = Kube(state.kubeconfig)
+            ensure_real_flavor(kube)
+            for fault in group:
+                for seed in range(args.first_seed, args.first_seed + args.trials):
+                    logs = work / f"{fault}-{seed}"
+                    record(fault, seed, run_real_trial(kube, state, fault, seed, logs), logs, args.keep_logs,
+                           results)
+        finally:
+            dc.down(name, root=root)
 
 
 def main() -> None:

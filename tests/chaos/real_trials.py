@@ -18,7 +18,12 @@ Faults (REAL_FAULTS):
   collected when it lists them again;
 - `ckq-run-kill`: the container's `ckq-run` (the workload's parent) SIGKILLed mid-checkpoint: the
   container dies with it, the checkpoint fails, and the job must come back from its last completed
-  checkpoint, losing at most about one interval.
+  checkpoint, losing at most about one interval;
+- `agent-kill-staging` (nodes with stores of their own, `storeMode: node-local`): the job is preempted on
+  one node and resumed on the other (the first cordoned), whose agent stages the images from the first
+  node's agent over HTTP; the seed picks which agent is SIGKILLed — the one serving or the one fetching
+  — and when (0-1.5 s after the restored pod is bound, so before, during or after the transfer). The
+  restore must still come back with the job's memory: a transfer cut off is asked for again.
 
 Checked after every trial, beside the tier's watcher (one attempt running at a time, quota) and the end
 state (every job Succeeded, no orphaned pods or Checkpoints): the final nonce and digest; the work lost at
@@ -48,12 +53,14 @@ from queue_controller.devcluster.cluster import AGENT_READY
 from queue_controller.devcluster.state import ClusterState
 from queue_controller.runtime.store import TMP_PREFIX
 from queue_controller.store.filesystem import CHECKPOINTS, FilesystemStore
-from queue_controller.wire import ATTEMPT_LABEL
+from queue_controller.store.transfer import STAGING_PREFIX
+from queue_controller.wire import ATTEMPT_LABEL, node_store_root
 from tests.chaos.invariants import Watcher, poll_final, queue_limits, traceback_violations
 from tests.chaos.trials import TrialResult, TrialTimeout
 from tests.plugins.controller import ControllerProcess, Kube, cjob, cluster_queue, local_queue
 
-REAL_FAULTS = ("agent-kill", "ckq-run-kill")
+REAL_FAULTS = ("agent-kill", "ckq-run-kill", "agent-kill-staging")
+NODE_LOCAL_FAULTS = {"agent-kill-staging"}  # run on a cluster whose nodes share no store
 REAL_FLAVOR = "real"
 STEPS, STEP_S = 300, 0.1
 MOMENTS = ("created", "frozen", "dumping")
@@ -96,6 +103,7 @@ class RealTrial:
         self.cq = f"{self.ns}-cq"
         self.controller: ControllerProcess | None = None
         self.nonce = ""  # what the workload's first run drew
+        self.cordoned = ""  # a node the trial cordoned (uncordoned at the end)
         self.store = FilesystemStore(Path(state.store))
         # Where each agent's log stood at the start: only this trial's part is read for tracebacks.
         self.agent_logs = {Path(p.log): Path(p.log).stat().st_size if Path(p.log).exists() else 0
@@ -244,9 +252,12 @@ def run_real_trial(kube: Kube, state: ClusterState, fault: str, seed: int, workd
     moment = rng.choice(MOMENTS)
     delay = round(rng.uniform(0.05, 1.0), 2)
     down = round(rng.uniform(0.0, 4.0), 1)
-    t.note(f"plan: buffer {buffer_mb} MiB, interval {interval}s, fault {fault} at the {which} checkpoint's "
-           f"'{moment}' moment{f' + {delay}s' if moment == 'dumping' else ''}"
-           f"{f', agent down {down}s' if fault == 'agent-kill' else ''}")
+    if fault in NODE_LOCAL_FAULTS:
+        t.note(f"plan: buffer {buffer_mb} MiB, interval {interval}s, fault {fault}, agent down {down}s")
+    else:
+        t.note(f"plan: buffer {buffer_mb} MiB, interval {interval}s, fault {fault} at the {which} checkpoint's "
+               f"'{moment}' moment{f' + {delay}s' if moment == 'dumping' else ''}"
+               f"{f', agent down {down}s' if fault == 'agent-kill' else ''}")
     cq = cluster_queue(t.cq, gpus=0, flavors=(REAL_FLAVOR,), preemption={"withinClusterQueue": "LowerPriority"})
     cq["spec"]["resourceGroups"][0]["flavors"][0]["resources"][0]["nominalQuota"] = "2"
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=t.ns)))
@@ -281,6 +292,9 @@ def run_real_trial(kube: Kube, state: ClusterState, fault: str, seed: int, workd
 
 def _trial(t: RealTrial, buffer_mb: int, interval: int, which: str, moment: str, delay: float, down: float,
            expected: dict[str, str]) -> None:
+    if t.fault == "agent-kill-staging":
+        _staging_trial(t, buffer_mb, interval, down, expected)
+        return
     body = real_job("steady", cpu="1", memory=f"{buffer_mb + 128}Mi", script=workload(buffer_mb),
                     checkpoint={"interval": f"{interval}s", "retain": 2})
     t.kube.create("checkpointablejobs", body, t.ns)
@@ -311,6 +325,39 @@ def _trial(t: RealTrial, buffer_mb: int, interval: int, which: str, moment: str,
         t.note(f"SIGKILL ckq-run (pid {ckq_run}) of steady at {name} ({phase})")
         with contextlib.suppress(ProcessLookupError):
             os.kill(ckq_run, signal.SIGKILL)
+
+
+def _staging_trial(t: RealTrial, buffer_mb: int, interval: int, down: float, expected: dict[str, str]) -> None:
+    """Preempted on node A, resumed on node B (A cordoned): an agent killed while B stages A's images."""
+    victim = t.rng.choice(["serving", "fetching"])
+    delay = round(t.rng.uniform(0.0, 1.5), 2)
+    body = real_job("steady", cpu="1", memory=f"{buffer_mb + 128}Mi", script=workload(buffer_mb),
+                    checkpoint={"interval": f"{interval}s", "retain": 2})
+    t.kube.create("checkpointablejobs", body, t.ns)
+    pod = _wait("steady's first pod running", lambda: [p for p in t.pods("steady", 1) if p.status.phase == "Running"],
+                120)[0]
+    first_node = str(pod.spec.node_name)
+    t.nonce = _wait("the nonce", lambda: _log_line(t.kube, t.ns, pod.metadata.name, r"^nonce ([0-9a-f]{32})$"),
+                    60).group(1)
+    _wait("a completed periodic checkpoint", lambda: int(t.job("steady").get("checkpoints") or 0) >= 1, 90)
+    expected["urgent"] = "Succeeded"
+    t.kube.create("checkpointablejobs", real_job("urgent", cpu="2", priority=100,
+                                                script="import time; time.sleep(3)"), t.ns)
+    _wait("steady suspended by its preemption checkpoint", lambda: t.job("steady").get("phase") == "Suspended", 120)
+    t.kube.core.patch_node(first_node, {"spec": {"unschedulable": True}})  # the restore goes to the other node
+    t.cordoned = first_node
+    restored = _wait("steady's restored pod bound to the other node",
+                     lambda: [p for p in t.pods("steady", 2) if p.spec.node_name], 180, poll=0.05)[0]
+    other = str(restored.spec.node_name)
+    time.sleep(delay)  # the moment: before, during or after the transfer
+    node = first_node if victim == "serving" else other
+    t.note(f"steady resumes on {other} from {first_node}'s images; {delay}s after the pod was bound, SIGKILL the "
+           f"{victim} agent ({node}); down {down}s")
+    kill_agent(t, node, down)
+    t.note("agent started again")
+    staged = [e.message for e in t.kube.core.list_namespaced_event(t.ns).items if e.reason in ("Staged",
+                                                                                               "StagingFailed")]
+    t.note(f"staging events so far: {[m[:100] for m in staged]}")
 
 
 def _final(t: RealTrial) -> tuple[str, str] | None:
@@ -365,13 +412,27 @@ def _check_end(t: RealTrial, buffer_mb: int, interval: int) -> None:
         t.violate(f"partial dump left in the store: {leftover}")
 
 
+def _stores(t: RealTrial) -> list[FilesystemStore]:
+    """The stores images live in: the shared one, or each real node's own (node-local)."""
+    if t.state.store_mode != "node-local":
+        return [t.store]
+    return [FilesystemStore(Path(node_store_root(t.state.store, n.name)), uri_root=t.state.store)
+            for n in t.state.real_nodes]
+
+
 def _stored(t: RealTrial) -> set[str]:
-    return {sc.uri for sc in t.store.list(namespace=t.ns) if not sc.pruned}
+    return {sc.uri for store in _stores(t) for sc in store.list(namespace=t.ns) if not sc.pruned}
 
 
 def _partial_dumps(t: RealTrial) -> list[str]:
-    root = Path(t.state.store) / t.ns
-    return [str(p) for p in root.glob(f"*/*/*/{CHECKPOINTS}/{TMP_PREFIX}*")] if root.is_dir() else []
+    """Dumps ckq-run did not finish (`.tmp-*`) and copies an agent did not finish staging."""
+    out = []
+    for store in _stores(t):
+        root = Path(store.root) / t.ns
+        if root.is_dir():
+            for prefix in (TMP_PREFIX, STAGING_PREFIX):
+                out += [str(p) for p in root.glob(f"*/*/*/{CHECKPOINTS}/{prefix}*")]
+    return out
 
 
 def _check_images_go_with_the_job(t: RealTrial) -> None:
@@ -396,6 +457,9 @@ def _logs_of_trial(t: RealTrial) -> list[Path]:
 
 
 def _cleanup(kube: Kube, t: RealTrial) -> None:
+    if t.cordoned:
+        with contextlib.suppress(Exception):
+            kube.core.patch_node(t.cordoned, {"spec": {"unschedulable": False}})
     with contextlib.suppress(Exception):
         for job in kube.list("checkpointablejobs", t.ns):
             kube.delete("checkpointablejobs", job["metadata"]["name"], t.ns)

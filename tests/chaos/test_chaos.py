@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.real_trials import REAL_FAULTS, ensure_real_flavor, run_real_trial
+from tests.chaos.real_trials import NODE_LOCAL_FAULTS, REAL_FAULTS, ensure_real_flavor, run_real_trial
 from tests.chaos.trials import FAULTS, run_trial
 from tests.plugins.controller import Kube
 from tests.plugins.realnodes import RealCluster
@@ -36,8 +36,11 @@ def test_chaos_trial(kube: Kube, fault: str, seed: int, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seed", seeds(), ids=lambda s: f"seed={s}")
 @pytest.mark.parametrize("fault", REAL_FAULTS)
-def test_real_chaos_trial(real_cluster: RealCluster, fault: str, seed: int, tmp_path: Path) -> None:
-    """The real checkpoint path's faults (tests/chaos/real_trials.py) on the session's real nodes."""
+def test_real_chaos_trial(request: pytest.FixtureRequest, fault: str, seed: int, tmp_path: Path) -> None:
+    """The real checkpoint path's faults (tests/chaos/real_trials.py) on the session's real nodes (those
+    with node-local stores for the staging fault)."""
+    real_cluster: RealCluster = request.getfixturevalue(
+        "real_cluster_local" if fault in NODE_LOCAL_FAULTS else "real_cluster")
     kube = Kube(real_cluster.state.kubeconfig)
     ensure_real_flavor(kube)
     result = run_real_trial(kube, real_cluster.state, fault, seed, tmp_path)
