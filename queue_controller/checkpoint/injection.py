@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from queue_controller.runtime import exits
 from queue_controller.wire import (
     CHECKPOINT_MOUNT,
     CHECKPOINT_VOLUME_PREFIX,
@@ -70,15 +71,16 @@ KEY_MOUNT = "/var/run/ckq/encryption"
 # Secret is mounted whole, so its data key must be this name.
 KEY_FILE = NAMESPACE_KEY_DATA
 
-# ckq-run's exit code after a dump that stopped the workload (runtime.supervisor.EXIT_CHECKPOINTED,
-# sysexits EX_TEMPFAIL): the expected end of a pod checkpointed out, not a failure.
-EXIT_CHECKPOINTED = 75
-# ckq-run's exit code when the encryption key it was given is missing or malformed (runtime.supervisor.
-# EXIT_KEY, sysexits EX_CONFIG): it started nothing; the job reports the Secret.
-EXIT_KEY_UNAVAILABLE = 78
-# ckq-run's exit code when it refuses or fails a restore (runtime.supervisor.EXIT_SETUP): the checkpoint
-# is corrupt, unknown, or cannot be restored here; it verifies every image before touching anything.
-EXIT_RESTORE_REFUSED = 69
+# ckq-run's own exit codes (runtime/exits.py), each acted on only when the container's termination
+# message carries ckq-run's note naming it (a workload may exit with the same number for its own reasons):
+# - after a dump that stopped the workload (EX_TEMPFAIL): the expected end of a pod checkpointed out;
+# - the encryption key it was given is missing or malformed (EX_CONFIG): it started nothing; the job
+#   reports the Secret;
+# - it refused or failed a restore (EX_UNAVAILABLE): the checkpoint is corrupt, unknown, or cannot be
+#   restored here; it verifies every image before touching anything.
+EXIT_CHECKPOINTED = exits.EXIT_CHECKPOINTED
+EXIT_KEY_UNAVAILABLE = exits.EXIT_KEY
+EXIT_RESTORE_REFUSED = exits.EXIT_SETUP
 
 # What ckq-run (CRIU dumping and restoring its own child tree, `--unprivileged`) needs under
 # runc/containerd, each item found necessary with real containers (docs/checkpointing.md, "Least
@@ -213,10 +215,12 @@ def secured(sc: Mapping[str, Any] | None, *, signal_mode: bool = False) -> dict[
 
 def wrapped_command(command: Sequence[str], args: Sequence[str], restore_id: str | None = None,
                     encrypted: bool = False, default_key: bool = False, await_staged: float | None = None,
-                    signal_mode: SignalMode | None = None) -> list[str]:
+                    signal_mode: SignalMode | None = None,
+                    exit_note: str = exits.DEFAULT_NOTE_PATH) -> list[str]:
     """`ckq-run --dir <mount> [<signal mode>] [--encrypt-key-file|--default-key-file <key>] [--restore <id>
-    [--await-staged <s>]] -- <command> <args>`: an argv list, never shell text — the user's command and args
-    follow `--` verbatim (ckq-run execs them without a shell), so nothing in them is ever interpreted by ckq.
+    [--await-staged <s>]] --exit-note <path> -- <command> <args>`: an argv list, never shell text — the
+    user's command and args follow `--` verbatim (ckq-run execs them without a shell), so nothing in them is
+    ever interpreted by ckq. `exit_note` is the container's terminationMessagePath (runtime/exits.py).
 
     Signal mode adds `--mode signal --signal <name> --signal-timeout <s> --pid-base 0`: the app is started
     afresh on restore, so its PIDs need not be kept clear of the supervisor's."""
@@ -227,7 +231,8 @@ def wrapped_command(command: Sequence[str], args: Sequence[str], restore_id: str
         restore += ["--await-staged", f"{await_staged:g}"]
     key = (["--encrypt-key-file", f"{KEY_MOUNT}/{KEY_FILE}"] if encrypted
            else ["--default-key-file", f"{KEY_MOUNT}/{KEY_FILE}"] if default_key else [])
-    return [CKQ_RUN, "--dir", CHECKPOINT_MOUNT, *mode, *key, *restore, "--", *command, *args]
+    return [CKQ_RUN, "--dir", CHECKPOINT_MOUNT, *mode, *key, *restore, "--exit-note", exit_note, "--", *command,
+            *args]
 
 
 def checkpoint_volume(container: str) -> str:
@@ -294,7 +299,8 @@ def inject(spec: Mapping[str, Any], *, image: str, store_root: str, namespace: s
                                        encrypted=encryption_key is not None and key_required,
                                        default_key=encryption_key is not None and not key_required,
                                        await_staged=STAGE_WAIT_S if node_local else None,
-                                       signal_mode=signal_mode)
+                                       signal_mode=signal_mode,
+                                       exit_note=str(c.get("terminationMessagePath") or exits.DEFAULT_NOTE_PATH))
         c["securityContext"] = secured(c.get("securityContext"), signal_mode=signal_mode is not None)
     out["volumes"] = volumes
     return out

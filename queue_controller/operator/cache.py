@@ -30,6 +30,7 @@ from queue_controller.operator.records import (
     PodRecord,
     QueueRecord,
 )
+from queue_controller.runtime.exits import noted_code
 from queue_controller.wire import (
     ATTEMPT_LABEL,
     CKQ_RUN_MODE_ANNOTATION,
@@ -63,12 +64,15 @@ def _requests(spec: Mapping[str, Any]) -> dict[str, int]:
     return PodTemplateSpec.model_validate({"spec": spec}).pod_requests_milli()
 
 
-def _exit_code(status: Mapping[str, Any]) -> int | None:
+def _exit(status: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """The first non-zero exit code of the pod's terminated containers, and the code ckq-run's note in
+    that container's termination message names (runtime/exits.py), if any."""
     for c in status.get("containerStatuses") or ():
-        code = ((c.get("state") or {}).get("terminated") or {}).get("exitCode")
+        terminated = (c.get("state") or {}).get("terminated") or {}
+        code = terminated.get("exitCode")
         if code:
-            return int(code)
-    return None
+            return int(code), noted_code(terminated.get("message"))
+    return None, None
 
 
 def _finished(status: Mapping[str, Any]) -> float | None:
@@ -218,6 +222,7 @@ class Cache:
                 requests = _requests(spec)
             except (ValidationError, QuantityError):
                 requests = {}
+        exit_code, exit_noted = _exit(status)
         rec = PodRecord(
             namespace=ns, name=meta["name"], uid=meta.get("uid", ""), node=spec.get("nodeName"),
             phase=status.get("phase") or "Pending", requests=requests,
@@ -228,7 +233,8 @@ class Cache:
             containers=tuple(c.get("name", "") for c in spec.get("containers") or ()),
             start_time=parse_time(status.get("startTime")),
             finish_time=_finished(status),
-            exit_code=_exit_code(status),
+            exit_code=exit_code,
+            exit_noted=exit_noted,
             injected=any(c.get("name") == RUNTIME_INIT_CONTAINER for c in spec.get("initContainers") or ()),
             restore_from=(meta.get("annotations") or {}).get(RESTORE_FROM_ANNOTATION),
             ckq_run_mode=(meta.get("annotations") or {}).get(CKQ_RUN_MODE_ANNOTATION, ""),

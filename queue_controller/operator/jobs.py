@@ -80,7 +80,7 @@ def running(job: JobRecord, pods: Iterable[PodRecord], now: float, checkpoints: 
 def _exit(pod: PodRecord) -> str:
     if pod.exit_code is None:
         return ""
-    if pod.exit_code == EXIT_CHECKPOINTED:
+    if pod.ckq_run_exit == EXIT_CHECKPOINTED:
         return f" (exit code {EXIT_CHECKPOINTED}: ckq-run stopped it after a dump the controller did not ask for)"
     return f" (exit code {pod.exit_code})"
 
@@ -143,14 +143,14 @@ class JobLifecycle:
             # failure; a pod that dies otherwise fails the dump, which the node agents report.
             await self.checkpoints.resume_interrupted(job, now)
             return
-        keyless = next((p for p in failed_pods if p.injected and p.exit_code == EXIT_KEY_UNAVAILABLE), None)
+        keyless = next((p for p in failed_pods if p.ckq_run_exit == EXIT_KEY_UNAVAILABLE), None)
         if keyless is not None and not lost_nodes:
             # ckq-run started nothing: the Secret the pod mounts (optional, so that the pod is not stuck in
             # ContainerCreating) lacks the key. Restarting cannot help until someone creates it.
             await self._key_unavailable(job, keyless, now)
             return
-        refused = next((p for p in failed_pods if p.injected and p.restore_from
-                        and p.exit_code == EXIT_RESTORE_REFUSED), None)
+        refused = next((p for p in failed_pods if p.restore_from and p.ckq_run_exit == EXIT_RESTORE_REFUSED),
+                       None)
         last = (job.status.get("lastCheckpoint") or {}).get("name")
         if refused is not None and refused.restore_from and refused.restore_from == last and not lost_nodes:
             # ckq-run verified the images and refused them (corrupt, missing, unknown, another key):

@@ -55,6 +55,7 @@ class PodRecord:
     start_time: float | None = None
     finish_time: float | None = None  # latest container finishedAt, once terminated
     exit_code: int | None = None  # the first non-zero exit code of its terminated containers
+    exit_noted: int | None = None  # the code ckq-run's exit note in that container names (runtime/exits.py)
     injected: bool = False  # it runs under ckq-run (the runtime's init container was injected)
     restore_from: str | None = None  # the Checkpoint a restored pod restores from (wire.RESTORE_FROM_ANNOTATION)
     ckq_run_mode: str = ""  # how ckq-run checkpoints it, "Signal" or "CRIU" (wire.CKQ_RUN_MODE_ANNOTATION)
@@ -62,6 +63,13 @@ class PodRecord:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def ckq_run_exit(self) -> int | None:
+        """The exit code, when ckq-run chose it itself and said so (its note); None for a workload's own
+        exit, whatever the number."""
+        return self.exit_code if self.injected and self.exit_code is not None and (
+            self.exit_noted == self.exit_code) else None
 
 
 @dataclass(slots=True)

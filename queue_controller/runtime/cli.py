@@ -20,12 +20,13 @@ import signal
 import sys
 from pathlib import Path
 
-from queue_controller.runtime import control, crypto, restorer, staging
+from queue_controller.runtime import control, crypto, exits, restorer, staging
 from queue_controller.runtime import manifest as mf
 from queue_controller.runtime.checkpointer import Settings
 from queue_controller.runtime.errors import RuntimeFailure
+from queue_controller.runtime.exits import EXIT_KEY, EXIT_SETUP
 from queue_controller.runtime.store import Store
-from queue_controller.runtime.supervisor import EXIT_KEY, EXIT_SETUP, Supervisor
+from queue_controller.runtime.supervisor import Supervisor
 
 
 def _dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,9 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="with --restore ID: wait this long for the node agent to stage the checkpoint on this "
                         "node (node-local stores); exit 69 if it fails or does not arrive")
     p.add_argument("--mode", choices=["criu", "signal"], default="criu")
+    p.add_argument("--exit-note", metavar="PATH", default=None,
+                   help="when exiting with a code of its own (69, 75, 78), write why to PATH (the container's "
+                        "termination message file), so it is not taken for the workload's exit code")
     p.add_argument("--signal", default="SIGUSR1", help="Signal mode: the signal asking the app to save")
     p.add_argument("--signal-timeout", type=float, default=300.0,
                    help="Signal mode: seconds to wait for the ack")
@@ -85,7 +89,7 @@ def _key(args: argparse.Namespace) -> bytes | None:
     return None
 
 
-def _run(argv: list[str]) -> int:
+def _run(argv: list[str]) -> tuple[int, str | None]:
     if "--" in argv:
         cut = argv.index("--")
         opts, cmd = argv[:cut], argv[cut + 1 :]
@@ -108,7 +112,8 @@ def _run(argv: list[str]) -> int:
         extra_criu=list(args.criu_opt), staging=args.staging,
     )
     sup = Supervisor(settings, cmd, args.restore, pid_base=args.pid_base, stop_timeout=args.stop_timeout)
-    return sup.run()
+    code = sup.run()
+    return code, sup.own_exit
 
 
 def _checkpoint(argv: list[str]) -> int:
@@ -150,19 +155,39 @@ def _verify(argv: list[str]) -> int:
     return 0
 
 
+def _exit_note_path(argv: list[str]) -> str | None:
+    """`--exit-note PATH` among the run options (before `--`), read without the parser: the note is
+    also written when parsing or setting up fails."""
+    opts = argv[:argv.index("--")] if "--" in argv else argv
+    for i, arg in enumerate(opts):
+        if arg == "--exit-note" and i + 1 < len(opts):
+            return opts[i + 1]
+        if arg.startswith("--exit-note="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"checkpoint": _checkpoint, "list": _list, "verify": _verify}
+    running = not (argv and argv[0] in commands)
+    why: str | None = None
     try:
-        code = commands[argv[0]](argv[1:]) if argv and argv[0] in commands else _run(argv)
+        if running:
+            code, why = _run(argv)
+        else:
+            code = commands[argv[0]](argv[1:])
     except crypto.KeyUnavailable as exc:
         print(f"ckq-run: error: {exc}", file=sys.stderr)
-        code = EXIT_KEY
+        code, why = EXIT_KEY, f"encryption key unavailable: {exc}"
     except RuntimeFailure as exc:
         print(f"ckq-run: error: {exc}", file=sys.stderr)
-        code = EXIT_SETUP if not argv or argv[0] not in commands else 1
+        code = EXIT_SETUP if running else 1
+        why = f"could not start or restore the workload: {exc}"
     except KeyboardInterrupt:
         code = 130
+    if running and why is not None:
+        exits.write_note(_exit_note_path(argv), code, why[:2000])
     sys.exit(code)
 
 

@@ -26,12 +26,10 @@ from queue_controller.runtime.checkpointer import Chain, Checkpointer, Request, 
 from queue_controller.runtime.control import Server
 from queue_controller.runtime.criu import Criu
 from queue_controller.runtime.errors import RuntimeFailure
+from queue_controller.runtime.exits import EXIT_CHECKPOINTED, EXIT_SETUP
 from queue_controller.runtime.freezer import Freezer, Frozen, cont_tree
 from queue_controller.runtime.manifest import read_manifest
 
-EXIT_CHECKPOINTED = 75  # sysexits EX_TEMPFAIL: "stopped for a checkpoint; restore to continue"
-EXIT_SETUP = 69  # EX_UNAVAILABLE: CRIU unusable, checkpoint refused, or the restore failed
-EXIT_KEY = 78  # EX_CONFIG: the encryption key asked for is missing or malformed; nothing was started
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2, signal.SIGWINCH)
 PR_SET_CHILD_SUBREAPER = 36
@@ -99,6 +97,7 @@ class Supervisor:
         self.restore_id = restore_id
         self.pid_base = pid_base
         self.stop_timeout = stop_timeout
+        self.own_exit: str | None = None  # why, when run() returns a code of ckq-run's own (runtime/exits.py)
         self.reaper = Reaper()
         self.lock = threading.Lock()  # one checkpoint at a time, and none once we are exiting
         self.checkpointed = False
@@ -370,6 +369,7 @@ class Supervisor:
             log(f"error: {exc}")
             if server is not None:
                 server.close()
+            self.own_exit = f"could not start or restore the workload: {exc}"
             return EXIT_SETUP
         self.checkpointer = Checkpointer(self.s, self.criu, self.reaper.wait, self.stdio, self.cmd)
         self.checkpointer.chain = self.chain
@@ -390,6 +390,7 @@ class Supervisor:
             shutil.rmtree(path, ignore_errors=True)
         if self.checkpointed:
             log(f"workload checkpointed and stopped; exiting with {EXIT_CHECKPOINTED}")
+            self.own_exit = "workload checkpointed and stopped"
             return EXIT_CHECKPOINTED
         code = self.reaper.root_code if self.reaper.root_code is not None else 1
         return code

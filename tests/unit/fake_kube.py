@@ -269,12 +269,17 @@ class FakeApiServer:
         pod = self.pods(job, namespace)[0]
         self._set_pod_status(pod, {**(pod.get("status") or {}), "phase": "Failed"})
 
-    def exit_pods(self, job: str, code: int, namespace: str = "team") -> None:
-        """kubelet: every running pod of the job exits with `code` now (every container)."""
+    def exit_pods(self, job: str, code: int, namespace: str = "team", *, ckq_run: bool = False) -> None:
+        """kubelet: every running pod of the job exits with `code` now (every container). `ckq_run`: the
+        code is ckq-run's own, and its note is the termination message (runtime/exits.py)."""
+        from queue_controller.runtime.exits import note_line
+
         for pod in self.pods(job, namespace):
             st = pod.get("status") or {}
             if st.get("phase") == "Running":
-                term = {"terminated": {"exitCode": code, "finishedAt": wire_time(self.clock.now)}}
+                term: dict[str, Any] = {"terminated": {"exitCode": code, "finishedAt": wire_time(self.clock.now)}}
+                if ckq_run:
+                    term["terminated"]["message"] = note_line(code, "as ckq-run says")
                 self._set_pod_status(pod, {**st, "phase": "Succeeded" if code == 0 else "Failed", "containerStatuses": [
                     {"name": c["name"], "state": term} for c in pod["spec"]["containers"]]})
 

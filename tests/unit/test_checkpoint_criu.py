@@ -24,6 +24,8 @@ from queue_controller.checkpoint.criu import CriuBackend
 from queue_controller.wire import artifact_uri, container_store_dir
 
 pytestmark = pytest.mark.unit
+CKQ_RUN = ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints"]  # how a wrapped command starts
+EXIT_NOTE = ["--exit-note", "/dev/termination-log"]  # ckq-run's last options (runtime/exits.py)
 
 T = 1_790_000_000.0
 STORE = "/srv/ckq"
@@ -104,7 +106,7 @@ def test_new_pods_run_under_ckq_run_with_the_configured_image_and_store() -> Non
     spec = info.rewrite(SPEC)
     assert spec["initContainers"][0]["image"] == "ckq.local/runtime:9"
     assert spec["volumes"][1]["hostPath"]["path"] == "/srv/ckq/team/j/w-1/train"
-    assert spec["containers"][1]["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--",
+    assert spec["containers"][1]["command"] == [*CKQ_RUN, *EXIT_NOTE, "--",
                                                 "sh", "-c", "tail -f /x"]
     with pytest.raises(LaunchRefused) as refused:
         info.rewrite({"containers": [{"name": "train", "image": "python:3"}]})

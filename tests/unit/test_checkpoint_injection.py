@@ -26,6 +26,8 @@ from queue_controller.checkpoint.injection import (
 from queue_controller.runtime.supervisor import EXIT_CHECKPOINTED as RUNTIME_EXIT_CHECKPOINTED
 
 pytestmark = pytest.mark.unit
+CKQ_RUN = ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints"]  # how a wrapped command starts
+EXIT_NOTE = ["--exit-note", "/dev/termination-log"]  # ckq-run's last options (runtime/exits.py)
 
 STORE = "/var/lib/ckq/store"
 
@@ -61,7 +63,7 @@ def test_a_fresh_pod_gets_the_runtime_its_checkpoint_directory_the_wrapped_comma
         "containers": [{
             "name": "train", "image": "python:3", "resources": {"requests": {"cpu": "1"}},
             "env": [{"name": "A", "value": "1"}],
-            "command": ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--",
+            "command": [*CKQ_RUN, *EXIT_NOTE, "--",
                         "python", "train.py", "--epochs", "3"],
             "volumeMounts": [{"name": "data", "mountPath": "/data"},
                              {"name": "ckq-runtime", "mountPath": "/ckq-runtime", "readOnly": True},
@@ -81,11 +83,11 @@ def test_a_restored_pod_starts_each_container_from_its_own_checkpoint() -> None:
     assert [c["name"] for c in out["initContainers"]] == ["ckq-runtime", "fetch"]  # the user's still run
     assert out["initContainers"][1] == spec["initContainers"][0]
     train, logger = out["containers"]
-    assert train["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--restore",
-                                "20260921T000000-0001", "--", "python", "train.py", "--epochs", "3"]
+    assert train["command"] == [*CKQ_RUN, "--restore",
+                                "20260921T000000-0001", *EXIT_NOTE, "--", "python", "train.py", "--epochs", "3"]
     assert "args" not in train
-    assert logger["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--restore",
-                                 "20260921T000000-0002", "--", "tail", "-f", "/dev/null"]
+    assert logger["command"] == [*CKQ_RUN, "--restore",
+                                 "20260921T000000-0002", *EXIT_NOTE, "--", "tail", "-f", "/dev/null"]
     assert [v["name"] for v in out["volumes"]] == ["ckq-runtime", "ckq-ckpt-train", "ckq-ckpt-logger"]
     assert out["volumes"][2]["hostPath"]["path"] == f"{STORE}/team/train/worker-1/logger"
     with pytest.raises(InjectionError, match="no checkpoint image for container"):
@@ -104,8 +106,8 @@ def test_an_encrypted_job_mounts_its_key_from_its_secret_and_ckq_run_uses_it_to_
         assert {"name": "ckq-encryption-key", "mountPath": "/var/run/ckq/encryption", "readOnly": True} in c[
             "volumeMounts"]
         resumed = ["--restore", "20260921T000000-0001"] if restore else []
-        assert c["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--encrypt-key-file",
-                                "/var/run/ckq/encryption/key", *resumed, "--", "python", "train.py", "--epochs", "3"]
+        assert c["command"] == [*CKQ_RUN, "--encrypt-key-file", "/var/run/ckq/encryption/key", *resumed,
+                                *EXIT_NOTE, "--", "python", "train.py", "--epochs", "3"]
     plain = injected(template())
     assert all(v["name"] != "ckq-encryption-key" for v in plain["volumes"])
     # ckq-run takes the flag by that name (its own parser), so the pod's command is one it accepts.
@@ -184,9 +186,8 @@ def test_a_signal_mode_pod_runs_ckq_run_in_signal_mode_and_gets_no_privilege_but
         assert c["volumeMounts"] == criu["containers"][0]["volumeMounts"]
         assert c["securityContext"] == {**LOCKED_DOWN, **SIGNAL_SECURITY_CONTEXT} == {**LOCKED_DOWN, "runAsUser": 0}
         resumed = ["--restore", "20260921T000000-0001"] if restore else []
-        assert c["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--mode", "signal",
-                                "--signal", "SIGUSR2", "--signal-timeout", "48", "--pid-base", "0", *resumed, "--",
-                                "python", "train.py", "--epochs", "3"]
+        assert c["command"] == [*CKQ_RUN, "--mode", "signal", "--signal", "SIGUSR2", "--signal-timeout", "48",
+                                "--pid-base", "0", *resumed, *EXIT_NOTE, "--", "python", "train.py", "--epochs", "3"]
         # ckq-run's own parser takes it as meant.
         from queue_controller.runtime.cli import _parse_signal, _run_parser
 
@@ -229,7 +230,7 @@ def test_a_signal_that_cannot_ask_for_a_checkpoint_is_refused_saying_why(value: 
 
 
 def test_the_wrapped_command_and_the_exit_code_match_the_runtime() -> None:
-    assert wrapped_command(["a"], ["b"]) == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--", "a", "b"]
+    assert wrapped_command(["a"], ["b"]) == [*CKQ_RUN, *EXIT_NOTE, "--", "a", "b"]
     assert EXIT_CHECKPOINTED == RUNTIME_EXIT_CHECKPOINTED == 75
 
 
@@ -258,7 +259,7 @@ def test_a_node_local_store_mounts_the_nodes_own_directory_and_a_restore_awaits_
     assert c["env"] == [{"name": "A", "value": "1"},
                         {"name": "CKQ_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                         {"name": "CKQ_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}]
-    assert c["command"][:7] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--restore",
+    assert c["command"][:7] == [*CKQ_RUN, "--restore",
                                 "20260921T000000-0001", "--await-staged", str(injection.STAGE_WAIT_S)]
     fresh = inject(template(), image="ckq.local/runtime:0.1.0", store_root=STORE, namespace="team", job="train",
                    pod_set="worker", index=1, node_local=True)

@@ -29,6 +29,8 @@ from tests.unit.operator_world import CONFIG, TRAIN_COMMAND, World, make_world
 from tests.unit.store_helpers import fake_checkpoint
 
 pytestmark = pytest.mark.unit
+CKQ_RUN = ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints"]  # how a wrapped command starts
+EXIT_NOTE = ["--exit-note", "/dev/termination-log"]  # ckq-run's last options (runtime/exits.py)
 
 STORE = CONFIG["storeHostPath"]
 CRIU = {"mode": "CRIU", "container": {"command": TRAIN_COMMAND}}
@@ -89,7 +91,7 @@ def test_a_missing_key_is_reported_by_the_job_instead_of_pods_stuck_creating() -
         w.submit("train", checkpoint={"encryptionKey": {"secretName": "absent"}}, **CRIU)
         await w.cycle()
         w.server.run_pods("train")
-        w.server.exit_pods("train", 78)
+        w.server.exit_pods("train", 78, ckq_run=True)
         await w.cycle(1)
         st = w.server.status("train")
         why = ("pod train-1-worker-0 cannot start: its checkpoint encryption key, Secret team/absent (data key "
@@ -127,7 +129,7 @@ def test_a_restore_with_another_key_fails_naming_the_key_id_and_the_secret() -> 
         await w.cycle(1)
         (pod,) = [p for p in w.server.pods("train") if p["metadata"]["labels"]["ckq.io/attempt"] == "2"]
         w.server.run_pods("train")
-        w.server.exit_pods("train", 69)  # ckq-run: wrong key for checkpoint …
+        w.server.exit_pods("train", 69, ckq_run=True)  # ckq-run: wrong key for checkpoint …
         await w.cycle(1)
         (event,) = events(w, "train", "RestoreFailed")
         assert "its images were encrypted with key id 0123456789abcdef, and this run's pods had Secret " \
@@ -168,6 +170,27 @@ def test_ckq_run_exits_78_without_starting_the_workload_when_its_key_is_missing(
         assert not marker.exists()
 
 
+def test_ckq_runs_own_exits_are_noted_and_a_workloads_are_not(tmp_path: Path) -> None:
+    """ckq-run writes `ckq-run exit <code>: <why>` to --exit-note (the container's termination message
+    file) only when it chose the code itself; a workload's own exit 78 passes through with no note, so
+    the controller does not take it for a missing key (runtime/exits.py)."""
+    from queue_controller.runtime.exits import noted_code
+
+    note = tmp_path / "termination-log"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--dir", str(tmp_path / "d"), "--encrypt-key-file", str(tmp_path / "nokey"), "--exit-note", str(note),
+              "--", "true"])
+    assert exit_.value.code == 78 and noted_code(note.read_text()) == 78
+    assert "encryption key" in note.read_text()
+    note.unlink()
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, "-m", "queue_controller.runtime.cli", "--dir", str(tmp_path / "d"),
+                           "--mode", "signal", "--exit-note", str(note), "--", "sh", "-c", "exit 78"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 78, proc.stderr
+    assert not note.exists()  # the workload's code: nothing noted
+
+
 # ---- namespace isolation: the controller ------------------------------------------------------------
 
 
@@ -198,7 +221,7 @@ def test_a_pod_never_restores_an_image_outside_its_own_store_directory(uri: str)
     info = backend.pod_info(_launch("team", own))
     assert info.rewrite is not None
     spec = info.rewrite({"containers": [{"name": "train", "image": "x", "command": ["python"]}]})
-    assert spec["containers"][0]["command"][-3:] == [ID, "--", "python"]
+    assert spec["containers"][0]["command"][-5:] == [ID, *EXIT_NOTE, "--", "python"]
 
 
 def test_a_checkpoint_naming_another_namespaces_images_is_refused_and_the_job_starts_fresh() -> None:
@@ -246,7 +269,7 @@ def test_a_hand_written_restore_from_annotation_fails_no_other_checkpoint() -> N
         stored = w.server.objects[("pods", "team", "train-1-worker-0")]
         stored["metadata"].setdefault("annotations", {})["ckq.io/restore-from"] = "victim-ckpt"  # by hand
         w.server._changed("MODIFIED", "pods", stored)
-        w.server.exit_pods("train", 69)
+        w.server.exit_pods("train", 69, ckq_run=True)
         await w.cycle(1)
         assert not events(w, "train", "RestoreFailed")
         assert events(w, "train", "Restarting")  # an ordinary failure of the run
@@ -313,7 +336,7 @@ def test_hostile_commands_are_passed_as_argv_verbatim_and_never_through_a_shell(
     assert "args" not in out["containers"][0]  # all of it is in command: no shell joins it
     cut = command.index("--")
     assert command[cut + 1:] == [*cmd, *HOSTILE_ARGS]
-    assert command[:cut] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", "--restore", ID]
+    assert command[:cut] == [*CKQ_RUN, "--restore", ID, *EXIT_NOTE]
     args = _run_parser().parse_args(command[1:cut])  # ckq-run's own options stop at the first `--`
     assert args.restore == ID and args.dir == "/ckq/checkpoints"
 

@@ -20,6 +20,8 @@ from queue_controller.wire import artifact_uri, container_store_dir, node_kind
 from tests.unit.operator_world import CONFIG, TRAIN_COMMAND, World, make_world
 
 pytestmark = pytest.mark.unit
+CKQ_RUN = ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints"]  # how a wrapped command starts
+EXIT_NOTE = ["--exit-note", "/dev/termination-log"]  # ckq-run's last options (runtime/exits.py)
 
 CRIU = {"mode": "CRIU", "container": {"command": TRAIN_COMMAND}}
 SIGNAL = {"mode": "Signal", "container": {"command": TRAIN_COMMAND}}
@@ -253,7 +255,7 @@ def test_signal_preemption_checkpoint_through_the_agents_without_privileges_and_
         c = pod["spec"]["containers"][0]
         signal_args = ["--mode", "signal", "--signal", "SIGUSR2", "--signal-timeout", "30", "--pid-base", "0"]
         key = ["--default-key-file", "/var/run/ckq/encryption/key"]  # the namespace's default key, optional
-        assert c["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *signal_args, *key, "--",
+        assert c["command"] == [*CKQ_RUN, *signal_args, *key, *EXIT_NOTE, "--",
                                 "python", "train.py"]
         assert c["securityContext"] == {**locked, "runAsUser": 0}  # nothing added but root
         assert pod["spec"]["initContainers"][0]["name"] == "ckq-runtime"
@@ -265,7 +267,8 @@ def test_signal_preemption_checkpoint_through_the_agents_without_privileges_and_
         (ckpt,) = w.server.checkpoints("train")
         name = ckpt["metadata"]["name"]
         assert ckpt["status"]["phase"] == "Running" and w.phase("train") == "Checkpointing"
-        w.server.exit_pods("train", 75)  # the app saved, got SIGTERM and exited: ckq-run's 75 is no failure
+        # The app saved, got SIGTERM and exited: ckq-run's 75 is no failure.
+        w.server.exit_pods("train", 75, ckq_run=True)
         await w.cycle(1)
         assert w.phase("train") == "Checkpointing" and "Restarting" not in w.server.event_reasons("train")
         agent_dumps(w, name, "train", size=300)
@@ -282,8 +285,8 @@ def test_signal_preemption_checkpoint_through_the_agents_without_privileges_and_
         (pod,) = w.server.pods("train")
         assert pod["metadata"]["name"] == "train-2-worker-0"
         assert pod["spec"]["containers"][0]["command"] == [
-            "/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *signal_args, *key, "--restore",
-            f"{name}-train", "--", "python", "train.py"]
+            *CKQ_RUN, *signal_args, *key, "--restore",
+            f"{name}-train", *EXIT_NOTE, "--", "python", "train.py"]
         assert pod["metadata"]["annotations"]["ckq.io/restore-from"] == name
 
     run(scenario)
@@ -322,7 +325,7 @@ def test_criu_preemption_checkpoint_through_the_agents_grace_zero_and_restore() 
         c = pod["spec"]["containers"][0]
         # No key set: the namespace's default key Secret, mounted optional (encrypted when it exists).
         key = ["--default-key-file", "/var/run/ckq/encryption/key"]
-        assert c["command"] == ["/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *key, "--", "python",
+        assert c["command"] == [*CKQ_RUN, *key, *EXIT_NOTE, "--", "python",
                                 "train.py"]
         assert {"name": "ckq-encryption-key", "secret": {"secretName": "ckq-checkpoint-key", "defaultMode": 0o400,
                                                          "optional": True}} in pod["spec"]["volumes"]
@@ -341,7 +344,7 @@ def test_criu_preemption_checkpoint_through_the_agents_grace_zero_and_restore() 
         await w.cycle(3)
         assert w.phase("train") == "Checkpointing"  # the agents have written nothing yet
         # ckq-run stops the workload after the dump: the pod exits 75, which is no failure.
-        w.server.exit_pods("train", 75)
+        w.server.exit_pods("train", 75, ckq_run=True)
         await w.cycle(1)
         assert w.phase("train") == "Checkpointing" and "Restarting" not in w.server.event_reasons("train")
         agent_dumps(w, name, "train", size=3000, restoreConstraints={"nodeLabels": {"kubernetes.io/arch": "amd64"}})
@@ -360,7 +363,7 @@ def test_criu_preemption_checkpoint_through_the_agents_grace_zero_and_restore() 
         (pod,) = w.server.pods("train")
         assert pod["metadata"]["name"] == "train-2-worker-0"
         assert pod["spec"]["containers"][0]["command"] == [
-            "/ckq-runtime/bin/ckq-run", "--dir", "/ckq/checkpoints", *key, "--restore", f"{name}-train", "--",
+            *CKQ_RUN, *key, "--restore", f"{name}-train", *EXIT_NOTE, "--",
             "python", "train.py"]
         assert w.server.pods("urgent")  # a finished job keeps its pods
 
@@ -539,7 +542,7 @@ def test_exit_75_outside_a_checkpoint_is_a_failure_that_says_so() -> None:
         w = make_world("kueue", kind="real", config=CONFIG)
         w.submit("train", **CRIU)
         await running(w, "train")
-        w.server.exit_pods("train", 75)
+        w.server.exit_pods("train", 75, ckq_run=True)
         await w.cycle(1)
         (msg,) = warnings(w, "train", "Restarting")
         assert msg == ("pod train-1-worker-0 failed (exit code 75: ckq-run stopped it after a dump the controller did "
@@ -624,7 +627,7 @@ async def checkpointing_criu(**job: Any) -> tuple[World, str]:
 async def suspended_by_criu(size: int) -> tuple[World, str]:
     """A CRIU job "train" preempted by "urgent", dumped by the agents (`size` bytes): Suspended."""
     w, name = await checkpointing_criu(pods=1, gpus=4)
-    w.server.exit_pods("train", 75)
+    w.server.exit_pods("train", 75, ckq_run=True)
     agent_dumps(w, name, "train", size=size)
     await w.cycle(1)
     return w, name
@@ -643,7 +646,7 @@ def test_a_restore_ckq_run_refuses_fails_that_checkpoint_and_falls_back() -> Non
         assert pod["metadata"]["annotations"]["ckq.io/restore-from"] == name
         w.server.run_pods("train")
         await w.cycle(1)
-        w.server.exit_pods("train", 69)  # ckq-run: "checkpoint ... is corrupted"
+        w.server.exit_pods("train", 69, ckq_run=True)  # ckq-run: "checkpoint ... is corrupted"
         await w.cycle(1)
         assert w.server.get("checkpoints", name)["status"]["phase"] == "Failed"
         st = w.server.status("train")
@@ -654,6 +657,36 @@ def test_a_restore_ckq_run_refuses_fails_that_checkpoint_and_falls_back() -> Non
         third = [p for p in w.server.pods("train") if p["metadata"]["name"] == "train-3-worker-0"]
         assert third and "ckq.io/restore-from" not in (third[0]["metadata"].get("annotations") or {})
         assert "--restore" not in third[0]["spec"]["containers"][0]["command"]  # the only checkpoint is gone
+
+    run(scenario)
+
+
+def test_a_workload_exiting_with_ckq_runs_numbers_is_an_ordinary_failure() -> None:
+    """ckq-run passes its workload's exit code through: a restored workload that exits 69 (sysexits
+    EX_UNAVAILABLE) on its own, with no ckq-run note in its termination message, is a failure of the
+    workload — restarted from the same checkpoint — not a checkpoint ckq-run refused (which would be
+    failed, and the job sent back to an older one). Likewise 78 is not a missing key."""
+    async def scenario() -> None:
+        w, name = await suspended_by_criu(size=3000)
+        await running(w, "urgent")
+        w.server.finish_pods("urgent")
+        await w.cycle(1)
+        w.server.run_pods("train")
+        await w.cycle(1)
+        w.server.exit_pods("train", 69)  # the workload's own exit: no note
+        await w.cycle(1)
+        assert w.server.get("checkpoints", name)["status"]["phase"] == "Completed"  # not failed
+        st = w.server.status("train")
+        assert st.get("restarts") == 1 and "RestoreFailed" not in w.server.event_reasons("train")
+        await w.cycle(1)
+        third = [p for p in w.server.pods("train") if p["metadata"]["name"] == "train-3-worker-0"]
+        assert third and third[0]["metadata"]["annotations"]["ckq.io/restore-from"] == name
+        w.server.run_pods("train")
+        await w.cycle(1)
+        w.server.exit_pods("train", 78)
+        await w.cycle(1)
+        assert "EncryptionKeyUnavailable" not in w.server.event_reasons("train")
+        assert w.server.status("train").get("restarts") == 2
 
     run(scenario)
 
