@@ -144,6 +144,11 @@ class Cache:
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self._versions.pop((kind, f"{namespace}/{name}"), None)
 
+    def versions(self, kind: str) -> list[tuple[str, int]]:
+        """("namespace/name", resourceVersion) of every object of `kind` the cache has seen ("/name" for
+        cluster-scoped ones)."""
+        return [(key, rv) for (k, key), rv in self._versions.items() if k == kind]
+
     def _changed(self) -> None:
         self.generation += 1
 

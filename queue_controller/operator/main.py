@@ -26,6 +26,10 @@ from queue_controller.operator.metrics import REGISTRY
 
 log = logging.getLogger("ckq.controller")
 
+SWEEP_FIRST_S = 30.0
+SWEEP_EVERY_S = 600.0
+
+
 async def prime(cache: Cache, kube: Kube, namespaces: Collection[str] = ()) -> None:
     """LIST everything once before the first cycle, so the loop never decides on a half-filled cache
     (kopf's watches start concurrently and keep it fresh afterwards). `namespaces`: only the namespaced
@@ -40,6 +44,46 @@ async def prime(cache: Cache, kube: Kube, namespaces: Collection[str] = ()) -> N
             item.setdefault("kind", list_kind)
             if cache.fresh(w.cache_kind, item):
                 w.upsert(cache, item)
+
+
+async def sweep(cache: Cache, kube: Kube, namespaces: Collection[str] = ()) -> int:
+    """LIST every watched kind again and drop what the cache holds that the API server no longer has;
+    returns how many ghosts went.
+
+    kopf hands the handlers no event for an object deleted while its watch was not running: between
+    `prime`'s LIST and kopf's own first LIST at start, or during a gap after which kopf lists again (the
+    API server away, its watch expired). Such an object stays in the cache as a ghost: a LocalQueue whose
+    status is written to a 404 every cycle, a pod still counted on its node, a job still "running". The
+    sweep removes an entry only when the listing is newer than the entry (its resourceVersion is below
+    the list's), so an object created after the LIST is never dropped; objects the listing has are
+    applied like any event (only when newer than the cache's copy)."""
+    gone = 0
+    for w in handlers.WATCHED:
+        listing = await kube.request("GET", w.list_path)
+        try:
+            list_rv = int((listing.get("metadata") or {}).get("resourceVersion") or 0)
+        except ValueError:
+            continue  # not comparable: leave this kind as it is
+        api_version, list_kind = listing.get("apiVersion"), listing.get("kind", "List").removesuffix("List")
+        present = set()
+        for item in listing.get("items") or ():
+            meta = item.get("metadata") or {}
+            if namespaces and w.namespaced and meta.get("namespace") not in namespaces:
+                continue
+            present.add(f"{meta.get('namespace', '') if w.namespaced else ''}/{meta.get('name', '')}")
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", list_kind)
+            if cache.fresh(w.cache_kind, item):
+                w.upsert(cache, item)
+        for key, rv in cache.versions(w.cache_kind):
+            if key not in present and 0 < rv < list_rv:
+                namespace, name = key.split("/", 1)
+                cache.forget(w.cache_kind, namespace, name)
+                w.delete(cache, namespace, name)
+                gone += 1
+                log.info("cache: %s %s is gone from the API server (its deletion was not seen); dropped",
+                         w.cache_kind, key.lstrip("/"))
+    return gone
 
 
 class Wakeups:
@@ -160,9 +204,23 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
         tasks.append(asyncio.create_task(controller.run(), name="ckq-scheduling-loop"))
         if elector is not None:
             tasks.append(asyncio.create_task(elector.run(), name="ckq-leader-election"))
+        tasks.append(asyncio.create_task(_sweeps(), name="ckq-cache-sweep"))
         controller.kick()
         log.info("ckq controller started: policy %s, %d jobs, %d nodes", policy.name, len(cache.jobs),
                  len(cache.nodes))
+
+    async def _sweeps() -> None:
+        # The first once kopf's watches surely run (deletions between prime's LIST and theirs), then
+        # every SWEEP_EVERY_S (deletions during a watch gap kopf listed over).
+        delay = SWEEP_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            delay = SWEEP_EVERY_S
+            try:
+                if await sweep(cache, kube, namespaces or ()):
+                    controller.kick()
+            except Exception as exc:  # the API server away: the next sweep tries again
+                log.warning("cache sweep failed (retried in %.0fs): %s", delay, exc)
 
     async def cleanup() -> None:
         health.stopping()

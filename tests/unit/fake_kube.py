@@ -125,6 +125,7 @@ class FakeApiServer:
         self.deletes: list[tuple[str, Any]] = []  # (path, body) of every DELETE: the grace it asked for
         self.reject_pods: str | None = None  # when set, pod creation answers 422 with this message
         self._rv = itertools.count(1)
+        self.revision = 0  # the last resourceVersion handed out (a LIST's own resourceVersion)
         self._uid = itertools.count(1)
 
     # ---- the HTTP boundary ------------------------------------------------------------------------
@@ -142,7 +143,8 @@ class FakeApiServer:
             if name is None:
                 items = [copy.deepcopy(b) for (p, n, _), b in sorted(self.objects.items())
                          if p == plural and (ns is None or n == ns)]
-                return {"apiVersion": "v1", "kind": "List", "items": items}
+                return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": str(self.revision)},
+                        "items": items}
             return copy.deepcopy(self._get(plural, ns, name))
         if method == "PATCH":
             assert name is not None and sub == "status", f"the controller only patches status: {path}"
@@ -163,7 +165,8 @@ class FakeApiServer:
     # ---- object store -----------------------------------------------------------------------------
 
     def _changed(self, kind: str, plural: str, body: dict[str, Any]) -> dict[str, Any]:
-        body["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.revision = next(self._rv)
+        body["metadata"]["resourceVersion"] = str(self.revision)
         self.pending.append((kind, plural, copy.deepcopy(body)))
         return copy.deepcopy(body)
 
@@ -212,6 +215,7 @@ class FakeApiServer:
     def delete(self, plural: str, ns: str | None, name: str) -> None:
         obj = self._get(plural, ns, name)
         del self.objects[(plural, ns or "", name)]
+        self.revision = next(self._rv)  # a deletion is a revision of its own, as in etcd
         self.pending.append(("DELETED", plural, copy.deepcopy(obj)))
 
     def deliver(self, cache: Cache) -> None:
