@@ -378,6 +378,11 @@ def _check_end(t: RealTrial, buffer_mb: int, interval: int) -> None:
         t.violate("steady's last pod printed no final line")
     elif final[0] != nonce:
         t.violate(f"steady ended with nonce {final[0]}, not the {nonce} it drew: its memory was lost (restarted)")
+        for p in sorted(t.pods("steady"), key=lambda p: int(p.metadata.labels[ATTEMPT_LABEL])):
+            with contextlib.suppress(Exception):
+                head = t.kube.core.read_namespaced_pod_log(p.metadata.name, t.ns).splitlines()[:6]
+                t.note(f"pod {p.metadata.name} restore-from "
+                       f"{(p.metadata.annotations or {}).get('ckq.io/restore-from')}: {head}")
     elif final[1] != expected_digest(nonce, buffer_mb):
         t.violate("steady's final digest is not an uninterrupted run's: its memory was damaged")
     lost = float(st.get("lostRunTimeSeconds") or 0)
