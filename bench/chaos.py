@@ -39,7 +39,7 @@ from tests.plugins.cluster import TEST_NODE_GROUPS  # noqa: E402
 from tests.plugins.controller import GROUP, VERSION, Kube  # noqa: E402
 
 CLUSTER = "ckq-chaos"
-REAL_CLUSTER = "chaosr"  # short: it appears in unix socket paths
+REAL_CLUSTER = os.environ.get("CKQ_CHAOS_REAL_CLUSTER", "chaosr")  # short: it appears in unix socket paths
 ALL_FAULTS = FAULTS + REAL_FAULTS
 
 

@@ -302,7 +302,7 @@ def _trial(t: RealTrial, buffer_mb: int, interval: int, which: str, moment: str,
                 120)[0]
     t.nonce = _wait("the nonce", lambda: _log_line(t.kube, t.ns, pod.metadata.name, r"^nonce ([0-9a-f]{32})$"),
                     60).group(1)
-    _wait("a completed periodic checkpoint", lambda: int(t.job("steady").get("checkpoints") or 0) >= 1, 90)
+    _wait_checkpoint_holding_the_nonce(t)
     seen = {c["metadata"]["name"] for c in t.checkpoints()}
     if which == "preemption":
         expected["urgent"] = "Succeeded"
@@ -339,7 +339,7 @@ def _staging_trial(t: RealTrial, buffer_mb: int, interval: int, down: float, exp
     first_node = str(pod.spec.node_name)
     t.nonce = _wait("the nonce", lambda: _log_line(t.kube, t.ns, pod.metadata.name, r"^nonce ([0-9a-f]{32})$"),
                     60).group(1)
-    _wait("a completed periodic checkpoint", lambda: int(t.job("steady").get("checkpoints") or 0) >= 1, 90)
+    _wait_checkpoint_holding_the_nonce(t)
     expected["urgent"] = "Succeeded"
     t.kube.create("checkpointablejobs", real_job("urgent", cpu="2", priority=100,
                                                 script="import time; time.sleep(3)"), t.ns)
@@ -358,6 +358,19 @@ def _staging_trial(t: RealTrial, buffer_mb: int, interval: int, down: float, exp
     staged = [e.message for e in t.kube.core.list_namespaced_event(t.ns).items if e.reason in ("Staged",
                                                                                                "StagingFailed")]
     t.note(f"staging events so far: {[m[:100] for m in staged]}")
+
+
+def _wait_checkpoint_holding_the_nonce(t: RealTrial) -> None:
+    """Wait for a periodic checkpoint that began after the nonce was seen in the log, so that a restore
+    from it must bring that nonce back. (One completed earlier may hold the process before it drew its
+    nonce: on a loaded machine the interpreter can take longer to start than the first interval, and a
+    restore from that checkpoint rightly draws a new one.)"""
+    before = {c["metadata"]["name"] for c in t.checkpoints()}
+
+    def done() -> bool:
+        return any(c["metadata"]["name"] not in before and c["spec"]["reason"] == "Periodic"
+                   and (c.get("status") or {}).get("phase") == "Completed" for c in t.checkpoints())
+    _wait("a periodic checkpoint begun after the nonce was printed", done, 90)
 
 
 def _final(t: RealTrial) -> tuple[str, str] | None:
@@ -380,7 +393,8 @@ def _check_end(t: RealTrial, buffer_mb: int, interval: int) -> None:
         t.violate(f"steady ended with nonce {final[0]}, not the {nonce} it drew: its memory was lost (restarted)")
         for p in sorted(t.pods("steady"), key=lambda p: int(p.metadata.labels[ATTEMPT_LABEL])):
             with contextlib.suppress(Exception):
-                head = t.kube.core.read_namespaced_pod_log(p.metadata.name, t.ns).splitlines()[:6]
+                head = [line[:300] for line in t.kube.core.read_namespaced_pod_log(p.metadata.name, t.ns).splitlines()
+                        if not line.startswith("step")]
                 t.note(f"pod {p.metadata.name} restore-from "
                        f"{(p.metadata.annotations or {}).get('ckq.io/restore-from')}: {head}")
     elif final[1] != expected_digest(nonce, buffer_mb):

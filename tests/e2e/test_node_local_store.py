@@ -27,6 +27,7 @@ from tests.e2e.test_real_checkpoints import (
     _nonce_of,
     _only_pod,
     _queue,
+    checkpoint_holding_the_nonce,
     expected_digest,
     real_job,
 )
@@ -178,8 +179,7 @@ def test_a_corrupted_transfer_is_refused_and_the_previous_checkpoint_is_staged_i
         pod = kube.wait("the first pod", lambda: _only_pod(kube, ns, "fragile", "1"), timeout=30)
         first = pod.spec.node_name
         nonce = kube.wait("the nonce", lambda: _nonce_of(kube, ns, pod.metadata.name), timeout=60)
-        kube.wait("a periodic checkpoint", lambda: int((kube.job(ns, "fragile").get("status") or {}).get(
-            "checkpoints") or 0) >= 1, timeout=60)
+        checkpoint_holding_the_nonce(kube, ns)
         handle.kubectl("cordon", first)  # the resume must be on the other node (the running pod stays)
         cordoned = first
         kube.create("checkpointablejobs", real_job("urgent", "main", pods=1, cpu="2", priority=100,

@@ -119,6 +119,17 @@ def _nonce_of(kube: Kube, ns: str, pod: str) -> str | None:
     return match.group(1) if match else None
 
 
+def checkpoint_holding_the_nonce(kube: Kube, ns: str, timeout: float = 90) -> None:
+    """Call once the nonce was read from the log: waits for a checkpoint begun after that, so that a
+    restore from it must bring the nonce back. One completed earlier may hold the process before it drew
+    its nonce (on a loaded machine the interpreter can take longer to start than the first interval), and
+    a restore from it rightly draws a new one."""
+    before = {c["metadata"]["name"] for c in kube.list("checkpoints", ns)}
+    kube.wait("a checkpoint begun after the nonce was printed", lambda: [
+        c for c in kube.list("checkpoints", ns) if c["metadata"]["name"] not in before
+        and (c.get("status") or {}).get("phase") == "Completed"], timeout=timeout)
+
+
 def _final_of(kube: Kube, ns: str, pod: str) -> tuple[str, str] | None:
     log = kube.core.read_namespaced_pod_log(pod, ns)
     match = re.search(r"^final ([0-9a-f]{32}) ([0-9a-f]{64})$", log, re.M)
@@ -262,6 +273,7 @@ def test_killed_workload_restores_from_the_last_periodic_checkpoint(
             st = kube.job(ns, "steady").get("status") or {}
             return int(st.get("checkpoints") or 0) >= 2 and int(st["checkpoints"])
 
+        checkpoint_holding_the_nonce(kube, ns, timeout=120)
         kube.wait("two periodic checkpoints", periodic_done, timeout=120)
         ckpts = [c for c in kube.list("checkpoints", ns) if c["spec"]["reason"] == "Periodic"]
         assert all(c["spec"]["leaveRunning"] for c in ckpts)
@@ -295,8 +307,7 @@ def test_a_corrupted_checkpoint_falls_back_to_the_previous_one(
         kube.wait_phase(ns, "fragile", "Running", timeout=120)
         pod = kube.wait("the first pod", lambda: _only_pod(kube, ns, "fragile", "1"), timeout=30)
         nonce = kube.wait("the nonce", lambda: _nonce_of(kube, ns, pod.metadata.name), timeout=60)
-        kube.wait("a periodic checkpoint", lambda: int((kube.job(ns, "fragile").get("status") or {}).get(
-            "checkpoints") or 0) >= 1, timeout=60)
+        checkpoint_holding_the_nonce(kube, ns)
         kube.create("checkpointablejobs", real_job("urgent", "main", pods=1, cpu="2", priority=100,
                                                    script="import time; time.sleep(4)"), ns)
         suspended = kube.wait_phase(ns, "fragile", "Suspended", timeout=180)["status"]
