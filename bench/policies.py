@@ -12,6 +12,11 @@ With `--full-load`, issue 15's evaluation instead: two seeds of traces of the is
 docs/evaluation.md (between the full-load markers) and docs/evaluation/full-load-gpu-time.png.
 
     .venv/bin/python bench/policies.py --full-load [--jobs 10000] [--seeds 1,2] [--load 0.93] [--workers 8]
+
+To iterate on a rule, one policy on a smaller trace: `--full-load --no-docs --policies iass --jobs 3000
+--seeds 1`. `--node-mtbf-days D` models node failures (each node fails after an exponential time of mean
+D days and is repaired in an hour); the engine then sizes periodic checkpoints by that rate. The default,
+and the figures in docs/evaluation.md, model none.
 """
 
 from __future__ import annotations
@@ -310,10 +315,11 @@ def full_load_goals(ms: dict[str, dict[str, Any]]) -> list[tuple[str, bool, str]
     ]
 
 
-def _full_load_run(args: tuple[int, int, str, int, float, float]) -> tuple[int, str, dict[str, Any]]:
-    seed, jobs, policy, nodes, load, interval = args
+def _full_load_run(args: tuple[int, int, str, int, float, float, float | None]) -> tuple[int, str, dict[str, Any]]:
+    seed, jobs, policy, nodes, load, interval, mtbf_days = args
     trace = generate(jobs, seed=seed, cluster_gpus=nodes * 8, load=load, mix=FULL_LOAD_MIX)
-    cfg = SimConfig(sched_interval_s=interval, record_segments=False)
+    cfg = SimConfig(sched_interval_s=interval, record_segments=False,
+                    node_mtbf_s=None if mtbf_days is None else mtbf_days * 86400.0, seed=seed)
     run = run_policy(trace, policy, ClusterSpec.uniform(nodes), None, cfg, None, plots=False)
     return seed, policy, run.metrics
 
@@ -338,7 +344,17 @@ def full_load(args: argparse.Namespace) -> int:
     from queue_controller.sim.plots import gpu_time_plot
 
     seeds = [int(x) for x in args.seeds.split(",")]
-    work = [(s, args.jobs, p, args.nodes, args.load, args.sched_interval) for s in seeds for p in POLICIES]
+    chosen = [p for p in args.policies.split(",") if p] if args.policies else list(POLICIES)
+    unknown = sorted(set(chosen) - set(POLICIES))
+    if unknown:
+        print(f"--policies: unknown policy {', '.join(unknown)} (known: {', '.join(POLICIES)})", file=sys.stderr)
+        return 2
+    if set(chosen) != set(POLICIES) and not args.no_docs:
+        # The section compares iass with every baseline: a subset is for iterating, never for the docs.
+        print("--policies: a subset of the policies needs --no-docs", file=sys.stderr)
+        return 2
+    work = [(s, args.jobs, p, args.nodes, args.load, args.sched_interval, args.node_mtbf_days)
+            for s in seeds for p in chosen]
     t0 = time.perf_counter()
     out = args.out / "full-load"
     out.mkdir(parents=True, exist_ok=True)
@@ -360,6 +376,12 @@ def full_load(args: argparse.Namespace) -> int:
              f"1000, checkpoints of ~17-140 GiB per pod); {args.nodes} nodes x 8 GPUs. Every figure is from "
              "the simulator, not a cluster.\n"]
     summary: dict[str, Any] = {"bench": "policies-full-load", "command": cmd}
+    if set(chosen) != set(POLICIES):  # iterating on a subset: the per-run figures above, and the JSON
+        print(json.dumps({f"seed{s}.{p}": {k: m[k] for k in (
+            "gpu_utilization", "utilization", "wasted_fraction", "p95_wait_s_by_priority", "mean_wait_s",
+            "preemptions_checkpoint", "preemptions_kill", "checkpoint_overhead_gpu_hours")}
+            for s, ps in metrics.items() for p, m in ps.items()}))
+        return 0
     for seed in seeds:
         ms = metrics[seed]
         trace = generate(args.jobs, seed=seed, cluster_gpus=args.nodes * 8, load=args.load, mix=FULL_LOAD_MIX)
@@ -414,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=64, help="--full-load: nodes of 8 GPUs")
     ap.add_argument("--load", type=float, default=0.93, help="--full-load: offered load")
     ap.add_argument("--workers", type=int, default=1, help="--full-load: simulations run in parallel")
+    ap.add_argument("--node-mtbf-days", type=float, default=None,
+                    help="--full-load: model node failures with this mean time between failures per node")
+    ap.add_argument("--policies", default="", help="--full-load with --no-docs: only these policies "
+                    "(comma-separated), to iterate on a smaller trace")
     args = ap.parse_args(argv)
     if args.full_load:
         return full_load(args)

@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 
 from queue_controller.engine.fit import Fit, requested
 from queue_controller.engine.ordering import ahead_of, order_key, queue_order_key
-from queue_controller.engine.policy import PreemptionMode
+from queue_controller.engine.policy import KillFor, PreemptionMode
+from queue_controller.engine.preemption.eligibility import eligible
 from queue_controller.engine.profile import INF, Profile
 from queue_controller.engine.quota import FR
 from queue_controller.engine.snapshot import ClusterQueue, Job
@@ -78,6 +79,7 @@ def reserve(ws: Workspace, job: Job, cq: ClusterQueue) -> float | None:
     # jobs behind it, no longer held back, would vacate the backfilled job themselves, find the
     # reservation back, not start, and let the backfilled job return: a loop.
     leave = vacatable_backfill(ws, job, cq)
+    leave += checkpointable_victims(ws, job, cq, {run.job.key for run, _ in leave})
     quota_at = quota_start(ws, job, cq, flavor, need, leave)
     if quota_at is None:
         return None
@@ -106,6 +108,30 @@ def vacatable_backfill(ws: Workspace, job: Job, cq: ClusterQueue) -> list[tuple[
             continue
         vq = ws.queues.get(v.cluster_queue)
         if vq is None or not (vq.name == cq.name or (cq.cohort is not None and vq.cohort == cq.cohort)):
+            continue
+        out.append((run, ws.now + v.checkpoint_cost_s))
+    return out
+
+
+def checkpointable_victims(ws: Workspace, job: Job, cq: ClusterQueue,
+                           skip: set[str]) -> list[tuple[Running, float]]:
+    """Under a checkpoint-first policy whose preemptors do not kill for a checkpointable job
+    (`killFor: NonCheckpointable`), the running jobs that `job` may preempt by checkpoint, each with the
+    time it would be gone (its checkpoint's cost). Such a job reserves because something it may not
+    kill is in its way, and it takes the rest of its room by checkpoint once that ends: counting these
+    jobs as holding their room to their estimated ends would put its reservation far too late, and let
+    work that cannot be checkpointed backfill into room the job will take back much sooner."""
+    pre = ws.policy.preemption
+    if (pre.mode is not PreemptionMode.CHECKPOINT or pre.kill_for is not KillFor.NON_CHECKPOINTABLE
+            or not job.checkpointable):
+        return []
+    members = ws.ledger.cohort_members(cq.cohort) if cq.cohort is not None else [cq.name]
+    borrowing = {name: ws.ledger.borrowing(name) for name in members}
+    out: list[tuple[Running, float]] = []
+    for run in ws.running.values():
+        v = run.job
+        if (not v.checkpointable or v.vacating or v.checkpointing or v.key in ws.claimed or v.key in skip
+                or eligible(ws, job, cq, v, borrowing) is None):
             continue
         out.append((run, ws.now + v.checkpoint_cost_s))
     return out

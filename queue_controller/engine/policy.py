@@ -39,6 +39,16 @@ class PreemptionMode(StrEnum):
     CHECKPOINT = "Checkpoint"  # checkpointable victims are checkpointed; the others are killed
 
 
+class KillFor(StrEnum):
+    """Under mode Checkpoint, which preemptors may kill a victim that cannot be checkpointed."""
+
+    ANY = "Any"  # every preemptor the other rules allow, when its gain beats the victim's loss
+    # Only a preemptor that cannot be checkpointed itself (interactive or serving work: its wait is what
+    # its priority buys). A checkpointable preemptor reserves instead and waits for the victim to end, while
+    # checkpoint-aware backfill keeps the room busy: a delay, not lost work (docs/concepts.md).
+    NON_CHECKPOINTABLE = "NonCheckpointable"
+
+
 class OnCheckpointFailure(StrEnum):
     KILL = "Kill"  # kill the victim and requeue it from its previous checkpoint
     KEEP_RUNNING = "KeepRunning"  # leave it running; the engine picks another victim next cycle
@@ -55,6 +65,8 @@ class PreemptionSettings(_Model):
     # A job that has run less than this is not a victim (Slurm's PreemptExemptTime).
     min_runtime_seconds: Annotated[float, Field(ge=0)] = 0.0
     on_checkpoint_failure: OnCheckpointFailure = OnCheckpointFailure.KILL
+    # Mode Checkpoint only: which preemptors may kill a victim that cannot be checkpointed (`KillFor`).
+    kill_for: KillFor = KillFor.ANY
 
 
 class BackfillSettings(_Model):

@@ -26,10 +26,15 @@ def test_checkpoint_first_preemption_under_iass_and_kill_under_kueue() -> None:
 
 
 def test_non_checkpointable_victim_is_killed_even_under_iass() -> None:
+    # For a preemptor that cannot be checkpointed either (iass's `killFor: NonCheckpointable`; a
+    # checkpointable one waits instead: test_engine_preemption_victim_set.py).
     snap = snapshot([node("n0")], [queue(gpus=8)],
-                    [running(job("low", checkpointable=False), ["n0"]), job("high", priority=10, t=1)])
+                    [running(job("low", checkpointable=False), ["n0"]),
+                     job("high", priority=10, t=1, checkpointable=False)])
     (p,) = decide(snap, 100, IASS).of_type(Preempt)
     assert p.mode is PreemptMode.KILL
+    assert decide(replace(snap, jobs=(*snap.jobs[:1], replace(snap.jobs[1], checkpointable=True))), 100,
+                  IASS).of_type(Preempt) == []
 
 
 def test_victims_are_chosen_to_minimise_lost_work() -> None:
@@ -87,11 +92,12 @@ def test_a_checkpointable_victim_goes_before_a_cheaper_kill_under_iass() -> None
 
 
 def test_a_non_checkpointable_victim_only_when_the_checkpointable_ones_cannot_make_room() -> None:
-    # "high" needs 16 GPUs of 16: both go, the non-checkpointable one killed.
+    # "high" needs 16 GPUs of 16: both go, the non-checkpointable one killed ("high" cannot be
+    # checkpointed either: iass's `killFor: NonCheckpointable` lets only such a preemptor kill).
     short = running(job("short", checkpointable=False), ["n0"], started_at=90.0)
     ckpt = running(job("ckpt"), ["n1"], started_at=0.0)
     snap = snapshot([node("n0"), node("n1")], [queue(gpus=16)],
-                    [short, ckpt, job("high", gpus=8, pods=2, priority=10, t=1)])
+                    [short, ckpt, job("high", gpus=8, pods=2, priority=10, t=1, checkpointable=False)])
     modes = {p.victim: p.mode for p in decide(snap, 100, IASS).of_type(Preempt)}
     assert modes == {"ns/ckpt": PreemptMode.CHECKPOINT, "ns/short": PreemptMode.KILL}
 
@@ -99,10 +105,11 @@ def test_a_non_checkpointable_victim_only_when_the_checkpointable_ones_cannot_ma
 def test_iass_kills_a_victim_only_when_the_preemptor_gains_more_than_the_victim_loses() -> None:
     # "long" (not checkpointable, 8 GPUs) has run 3,000 s and by its estimate ends in 100 s: killing it
     # loses 3,000 x 8 GPU-s, and the 8-GPU preemptor gains only 100 x 8 by not waiting for it. iass waits,
-    # kueue kills. With 5,000 s left the preemptor gains more than the victim loses: iass kills too.
+    # kueue kills. With 5,000 s left the preemptor gains more than the victim loses: iass kills too (the
+    # preemptor cannot be checkpointed, so `killFor: NonCheckpointable` lets it kill).
     def snap(estimate: float) -> Snapshot:
         long = running(job("long", checkpointable=False, runtime_estimate_s=estimate), ["n0"], started_at=0.0)
-        return snapshot([node("n0")], [queue(gpus=8)], [long, job("high", priority=10, t=1)])
+        return snapshot([node("n0")], [queue(gpus=8)], [long, job("high", priority=10, t=1, checkpointable=False)])
 
     assert decide(snap(3100.0), 3000, IASS).of_type(Preempt) == []
     assert [p.victim for p in decide(snap(3100.0), 3000, KUEUE).of_type(Preempt)] == ["ns/long"]

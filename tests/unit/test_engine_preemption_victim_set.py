@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from queue_controller.engine import PendingReason, Preempt, PreemptReason, decide
+from queue_controller.engine import PendingReason, Preempt, PreemptMode, PreemptReason, decide
+from queue_controller.engine.policy import KillFor
 from queue_controller.engine.preemption.victim_set import candidates
 from queue_controller.engine.workspace import Workspace
 from tests.unit.engine_factory import EASY, IASS, KUEUE, admitted, job, node, queue, running, snapshot
@@ -110,3 +111,39 @@ def test_candidates_come_in_victim_order() -> None:
     assert [c.run.job.key for c in cands] == ["ns/leaving", "ns/fresh", "ns/old"]
     assert [c.reason for c in cands] == [None, PreemptReason.IN_CLUSTER_QUEUE, PreemptReason.IN_CLUSTER_QUEUE]
     assert [c.lost_work for c in cands] == [0.0, 20.0, 200.0]
+
+
+def _gang_blocked_by_a_job_that_cannot_be_checkpointed() -> list[object]:
+    # n0 holds a 1-GPU job that cannot be checkpointed (ends at t=1000 by its estimate), n1 a
+    # checkpointable one. The 2-node gang needs both nodes whole.
+    batch = running(job("batch", gpus=1, runtime_estimate_s=1000, checkpointable=False), ["n0"], started_at=0)
+    ckpt = running(job("ckpt", gpus=8, runtime_estimate_s=5000), ["n1"], started_at=0)
+    gang = job("gang", gpus=8, pods=2, priority=100, t=50, runtime_estimate_s=3600)
+    return [batch, ckpt, gang]
+
+
+def test_a_checkpointable_preemptor_waits_for_a_job_that_cannot_be_checkpointed() -> None:
+    # iass (killFor: NonCheckpointable): the gang does not kill "batch" (its progress would be lost);
+    # it checkpoints nobody either (that alone makes no room) and reserves the start at which "batch"
+    # ends by its estimate.
+    snap = snapshot([node("n0"), node("n1")], [queue(gpus=64)], _gang_blocked_by_a_job_that_cannot_be_checkpointed())
+    d = decide(snap, 100, IASS)
+    assert d.of_type(Preempt) == []
+    w = d.waiting["ns/gang"]
+    assert w.reason is PendingReason.RESERVATION and w.reserved_start == 1000
+
+
+def test_under_kill_for_any_the_same_gang_kills_it() -> None:
+    policy = IASS.model_copy(update={"preemption": IASS.preemption.model_copy(update={"kill_for": KillFor.ANY})})
+    snap = snapshot([node("n0"), node("n1")], [queue(gpus=64)], _gang_blocked_by_a_job_that_cannot_be_checkpointed())
+    modes = {p.victim: p.mode for p in decide(snap, 100, policy).of_type(Preempt)}
+    assert modes == {"ns/batch": PreemptMode.KILL, "ns/ckpt": PreemptMode.CHECKPOINT}
+
+
+def test_a_preemptor_that_cannot_be_checkpointed_still_kills() -> None:
+    # An interactive job cannot wait by checkpoint either: under iass it still kills a lower-priority
+    # job that cannot be checkpointed, when the gain beats the loss (10 s of progress here).
+    low = running(job("low", gpus=8, runtime_estimate_s=1000, checkpointable=False), ["n0"], started_at=90)
+    urgent = job("urgent", gpus=8, priority=1000, t=95, checkpointable=False)
+    d = decide(snapshot([node("n0")], [queue(gpus=64)], [low, urgent]), 100, IASS)
+    assert [(p.victim, p.mode) for p in d.of_type(Preempt)] == [("ns/low", PreemptMode.KILL)]

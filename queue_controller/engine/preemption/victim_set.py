@@ -6,7 +6,10 @@ inside a what-if (the workspace's `lift` / `restore`), it lifts candidates in th
 fits, and walks the chosen set backwards, most expensive first, putting back any victim without which the
 job still fits (Kueue's reverse walk). The job must also be allowed to *start* that way: not ahead of a
 reservation it may not delay, and not by borrowing when the room comes from reclaiming quota (reclaim is
-only for taking back one's own nominal quota).
+only for taking back one's own nominal quota). Under a checkpoint-first policy a victim that would be
+killed is a candidate only when the preemptor gains more than it loses, and, under `killFor:
+NonCheckpointable`, only for a preemptor that cannot be checkpointed itself (a checkpointable one
+reserves and waits for such a victim instead: docs/concepts.md).
 
 When it works, the room is held for the rest of the cycle: the victims keep their resources until they
 are gone, and the part already free is consumed now, or a later job would take it and the preemptor
@@ -33,7 +36,7 @@ from queue_controller.engine.decisions import PendingReason, Preempt, PreemptMod
 from queue_controller.engine.fair_sharing import charge_estimate
 from queue_controller.engine.fit import Fit, find_fit, pool_free
 from queue_controller.engine.placement import dominant_resource
-from queue_controller.engine.policy import PreemptionMode
+from queue_controller.engine.policy import KillFor, PreemptionMode
 from queue_controller.engine.preemption.eligibility import eligible
 from queue_controller.engine.preemption.fair_share import StillFair, fair_search
 from queue_controller.engine.preemption.victim_order import Candidate, VictimOrder, lost_work, weight
@@ -93,6 +96,8 @@ def _iter_candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> Iterator[Cand
     # (its progress since its last checkpoint, in GPU-seconds) may not exceed what the preemptor gains by
     # starting now instead of when that victim ends by its estimate (its GPUs x the victim's time left).
     gain = weight(job)
+    # And under `killFor: NonCheckpointable` only a preemptor that cannot be checkpointed kills at all.
+    may_kill = ws.policy.preemption.kill_for is KillFor.ANY or not job.checkpointable
     for order, run, mode, cost in _ranked(ws, group):
         v = run.job
         key = v.key
@@ -101,7 +106,7 @@ def _iter_candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> Iterator[Cand
         reason = eligible(ws, job, cq, v, borrowing)
         if reason is None:
             continue
-        if order.kills and cost > gain * _left(ws, v):
+        if order.kills and (not may_kill or cost > gain * _left(ws, v)):
             continue  # killing it would throw away more than the preemptor gains by not waiting for it
         yield Candidate(run, reason, mode, cost, order)
 
