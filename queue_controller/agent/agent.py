@@ -187,6 +187,13 @@ class Agent:
             return self.checkpoints.get((namespace, name))
 
     # ---- the cache ----------------------------------------------------------------------------------
+    def uri_recorded(self, uri: str) -> bool:
+        """Whether a cached Checkpoint records `uri` as an artifact (the stager's question)."""
+        with self.lock:
+            objs = list(self.checkpoints.values())
+        return any(isinstance(a, dict) and a.get("uri") == uri
+                   for o in objs for a in (o.get("status") or {}).get("artifacts") or ())
+
     def list_checkpoints(self) -> tuple[list[Obj], str]:
         at = time.time()
         items, rv = self.kube.list_checkpoints()

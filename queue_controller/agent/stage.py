@@ -35,6 +35,7 @@ from queue_controller.runtime.staging import STAGING_FAILED_PREFIX
 from queue_controller.store import fsops
 from queue_controller.store.base import StoreError
 from queue_controller.store.filesystem import CHECKPOINTS, FilesystemStore
+from queue_controller.store.retention import delete_images
 from queue_controller.store.transfer import StagingError, stage
 from queue_controller.wire import format_time
 
@@ -65,12 +66,15 @@ def internal_ip(node: Obj) -> str | None:
 
 class Stager:
     def __init__(self, kube: StagerKube, store: FilesystemStore, node: str, transfer: Transfer,
-                 checkpoint_of: Callable[[str, str], Obj | None], workers: int = 2) -> None:
+                 checkpoint_of: Callable[[str, str], Obj | None], workers: int = 2,
+                 recorded: Callable[[str], bool] | None = None) -> None:
         self.kube = kube
         self.store = store
         self.node = node
         self.transfer = transfer
         self.checkpoint_of = checkpoint_of  # (namespace, name) -> the cached Checkpoint
+        # Whether any cached Checkpoint records an artifact uri (None: assume every one is recorded).
+        self.recorded = recorded
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ckq-stage")
         self.lock = threading.Lock()
         self.taken: set[tuple[str, str]] = set()  # (pod uid, container): staged, failed or in flight
@@ -139,6 +143,7 @@ class Stager:
             self._mark_failed(pod, artifact, message)
             self._event(pod, "StagingFailed", message, warning=True)
             return
+        self._mark_unrecorded_ancestors(pod, artifact, installed)
         what = (f"{len(installed)} checkpoint(s) ({', '.join(installed)})" if installed
                 else "nothing (already on this node)")
         message = (f"staged checkpoint {pod.restore_from} for container {container} from node {source_node}: "
@@ -163,6 +168,26 @@ class Stager:
                 log.warning("staging %s for %s: %s; asking again in %.1fs", artifact.uri, where, exc, delay)
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _mark_unrecorded_ancestors(self, pod: PodInfo, artifact: Artifact, installed: list[str]) -> None:
+        """An incremental checkpoint is staged with the ancestors it builds on, and an ancestor's own
+        Checkpoint may be gone already (retention): no DELETED event will ever name this copy. Such
+        copies are marked for deletion now, so the store keeps them only while a staged checkpoint
+        builds on them and deletes them with the last one (as retention does on the node that dumped
+        them)."""
+        if self.recorded is None or not installed:
+            return
+        try:
+            ref = self.store.parse(artifact.uri, pod.namespace)
+            orphans = [uri for uri in (self.store.uri_for(ref.namespace, ref.job, ref.pod_set, ref.index,
+                                                          ref.container, cid) for cid in installed)
+                       if uri != artifact.uri and not self.recorded(uri)]
+            if orphans:
+                result = delete_images(self.store, pod.namespace, orphans)
+                log.info("staged ancestors no Checkpoint records any more (retention): %d kept while a staged "
+                         "checkpoint builds on them, %d deleted", len(result.deferred), len(result.deleted))
+        except StoreError as exc:
+            log.warning("could not mark staged ancestors of %s for deletion: %s", artifact.uri, exc)
 
     def _mark_failed(self, pod: PodInfo, artifact: Artifact, message: str) -> None:
         """The marker ckq-run --await-staged reads (runtime/staging.py), so the restore ends now."""

@@ -112,7 +112,7 @@ def agent(
             fail(f"cannot serve images on {address}:{raw_port}: {e.strerror}")
         server.start()
         the_agent.stager = Stager(pre.kube, fs, node, Transfer(port=int(raw_port), token=token),
-                                  the_agent.checkpoint_of)
+                                  the_agent.checkpoint_of, recorded=the_agent.uri_recorded)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("ckq agent stopping (%s)", signal.Signals(signum).name)

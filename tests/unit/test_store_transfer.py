@@ -345,3 +345,26 @@ def test_a_source_agent_down_for_a_moment_is_asked_again_not_given_up_on(tmp_pat
     finally:
         server.shutdown()
     assert kube.events[-1]["reason"] == "StagingFailed" and "401" in kube.events[-1]["message"]
+
+
+def test_staged_ancestors_whose_checkpoints_are_gone_go_with_the_last_child(nodes: Any) -> None:
+    """Issue 14 (found by the agent-kill-staging chaos trial): an incremental checkpoint is staged with
+    its ancestors, and an ancestor's own Checkpoint may already be deleted (retention): no DELETED event
+    will ever name that copy. It is marked at staging, kept while the staged checkpoint builds on it,
+    and deleted with it — not left in the store for good."""
+    from queue_controller.store.retention import delete_images
+
+    src, dst, server = nodes
+    fake_checkpoint(cdir(src), ID1)
+    fake_checkpoint(cdir(src), ID2, parent=ID1)
+    top = fake_checkpoint(cdir(src), ID3, parent=ID2)
+    recorded = {uri(src, ID2), uri(src, ID3)}  # ID1's Checkpoint was pruned by retention
+    stager = Stager(FakeKube({"real-0": "127.0.0.1"}), dst, "real-1", Transfer(port=server.port, token=TOKEN),
+                    lambda ns, n: checkpoint_obj(uri(src, ID3), top.sha256), recorded=lambda u: u in recorded)
+    run_stager(stager, restored_pod())
+    held = sorted(p.name for p in (cdir(dst) / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert held == [ID1, ID2, ID3]  # ID1 is still needed: the restore reads through it
+    assert [sc.ref.checkpoint_id for sc in dst.list(NS) if sc.pruned] == [ID1]
+    delete_images(dst, NS, [uri(dst, ID3)])  # the Checkpoints of ID3, then ID2, go
+    delete_images(dst, NS, [uri(dst, ID2)])
+    assert not [p for p in (cdir(dst) / "checkpoints").iterdir() if not p.name.startswith(".")]
