@@ -153,6 +153,18 @@ def _key(obj: Obj) -> Key:
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
+def _uid(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def _rv(obj: Obj) -> int:
+    """An object's resourceVersion as a number (etcd's revision), 0 when absent or not a number."""
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -251,6 +263,9 @@ class Agent:
             self.dump_pool.submit(self.delete_images, obj)
             return
         with self.lock:
+            old = self.checkpoints.get(key)
+            if old is not None and _rv(obj) < _rv(old) and _uid(old) == _uid(obj):
+                return  # older than this agent's own write that is already cached (its event follows)
             self.checkpoints[key] = obj
         if self._relevant(obj):
             self.queue.add(key)
@@ -386,7 +401,12 @@ class Agent:
             except NotFound:
                 return None
             with self.lock:
-                if key in self.checkpoints:
+                # Only if newer than what the watch has put there meanwhile: the controller may have
+                # written the commit (Completed) right after this write, and its event may already be
+                # in the cache. Overwriting it with this older copy hid the commit from the agent until
+                # its next full list — the container stayed frozen for minutes (found by the ckq-run-kill
+                # chaos soak).
+                if key in self.checkpoints and _rv(new) >= _rv(self.checkpoints[key]):
                     self.checkpoints[key] = new
             return Checkpoint.model_validate(new)
         raise RuntimeError(f"checkpoint {ns}/{name}: {MAX_CONFLICTS} conflicting writes in a row")

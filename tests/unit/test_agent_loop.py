@@ -550,3 +550,35 @@ def test_images_no_checkpoint_accounts_for_are_collected_after_a_list(tmp_path: 
     assert left == {ids["recorded"], ids["in-flight"], ids["newer"], ids["base"]}, left
     assert (theirs / "checkpoints" / "20260102-030406-999999").is_dir()  # real-1's agent collects its own
     agent.shutdown()
+
+
+def test_the_commit_seen_on_the_watch_is_not_hidden_by_the_agents_own_older_write(
+        world: tuple[FakeKube, FakeDumper, Agent]) -> None:
+    """Found by the ckq-run-kill chaos soak: the agent recorded its artifact; the controller's commit
+    (Completed) came in on the watch while that write's response was on its way back; the agent then put
+    its own, older copy into its cache, hid the commit, and never released (thawed) the container until
+    its next full list minutes later. The cache keeps the newer object, so the release happens."""
+    kube, dumper, agent = world
+    kube.add(ckpt_obj(leave=True))
+    kube.pods = [pod("train-1-worker-0", index=0)]
+    dumper.live_slots = {slot(0, "main")}
+    written = kube.replace_checkpoint_status
+
+    def commit_arrives_meanwhile(namespace: str, name: str, body: Obj) -> Obj:
+        new = written(namespace, name, body)
+        if new["status"].get("artifacts") and new["status"].get("phase") != "Completed":
+            committed = copy.deepcopy(new)  # the controller commits right after the artifact is written
+            committed["status"]["phase"] = "Completed"
+            kube.rv += 1
+            committed["metadata"]["resourceVersion"] = str(kube.rv)
+            kube.objs[(namespace, name)] = committed
+            agent.checkpoint_event("MODIFIED", copy.deepcopy(committed))  # the watch delivers it first
+        return new
+
+    kube.replace_checkpoint_status = commit_arrives_meanwhile  # type: ignore[method-assign]
+    process(kube, agent)  # freezes, dumps (the whole gang is this one container) and records the artifact
+    kube.replace_checkpoint_status = written  # type: ignore[method-assign]
+    assert agent.checkpoint_of(NS, NAME)["status"]["phase"] == "Completed"
+    agent.process((NS, NAME))  # from the cache alone, as the queue hands it out again
+    assert dumper.releases == [(slot(0, "main"), "thaw")]
+    agent.shutdown()
