@@ -340,12 +340,14 @@ def _staging_trial(t: RealTrial, buffer_mb: int, interval: int, down: float, exp
     t.nonce = _wait("the nonce", lambda: _log_line(t.kube, t.ns, pod.metadata.name, r"^nonce ([0-9a-f]{32})$"),
                     60).group(1)
     _wait_checkpoint_holding_the_nonce(t)
+    # Cordoned first (its running pod stays): the urgent job and then the restore go to the other node.
+    # (Cordoned later, a pod the controller had just placed there could not be bound.)
+    t.kube.core.patch_node(first_node, {"spec": {"unschedulable": True}})
+    t.cordoned = first_node
     expected["urgent"] = "Succeeded"
     t.kube.create("checkpointablejobs", real_job("urgent", cpu="2", priority=100,
                                                 script="import time; time.sleep(3)"), t.ns)
     _wait("steady suspended by its preemption checkpoint", lambda: t.job("steady").get("phase") == "Suspended", 120)
-    t.kube.core.patch_node(first_node, {"spec": {"unschedulable": True}})  # the restore goes to the other node
-    t.cordoned = first_node
     restored = _wait("steady's restored pod bound to the other node",
                      lambda: [p for p in t.pods("steady", 2) if p.spec.node_name], 180, poll=0.05)[0]
     other = str(restored.spec.node_name)
