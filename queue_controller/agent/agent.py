@@ -42,7 +42,10 @@ agents and stages, before a restored pod on this node starts, the images another
 (`stage.Stager`; docs/checkpointing.md, "The checkpoint store").
 
 Every write is a read-modify-write of the status subresource with the object's resourceVersion,
-repeated on 409, since the agents of other nodes (and the controller) write the same object.
+repeated on 409, since the agents of other nodes (and the controller) write the same object. The cache
+keeps the newer (by resourceVersion) of a write's response and what the watch delivered meanwhile, so
+the agent's own write never hides the controller's commit that followed it. After every full list the
+agent also deletes its node's images no Checkpoint accounts for (agent/collect.py).
 """
 
 from __future__ import annotations
