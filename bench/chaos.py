@@ -33,10 +33,11 @@ sys.path.insert(0, str(ROOT))
 from kubernetes.client.rest import ApiException  # noqa: E402
 
 from queue_controller import devcluster as dc  # noqa: E402
-from tests.chaos.real_trials import NODE_LOCAL_FAULTS, REAL_FAULTS, ensure_real_flavor, run_real_trial  # noqa: E402
+from tests.chaos.real_trials import NODE_LOCAL_FAULTS, REAL_FAULTS, run_real_trial  # noqa: E402
 from tests.chaos.trials import FAULTS, TrialResult, run_trial  # noqa: E402
 from tests.plugins.cluster import TEST_NODE_GROUPS  # noqa: E402
 from tests.plugins.controller import GROUP, VERSION, Kube  # noqa: E402
+from tests.plugins.realnodes import ensure_real_flavor  # noqa: E402
 
 CLUSTER = "ckq-chaos"
 REAL_CLUSTER = os.environ.get("CKQ_CHAOS_REAL_CLUSTER", "chaosr")  # short: it appears in unix socket paths

@@ -56,12 +56,12 @@ from queue_controller.store.filesystem import CHECKPOINTS, FilesystemStore
 from queue_controller.store.transfer import STAGING_PREFIX
 from queue_controller.wire import ATTEMPT_LABEL, node_store_root
 from tests.chaos.invariants import Watcher, poll_final, queue_limits, traceback_violations
-from tests.chaos.trials import TrialResult, TrialTimeout
+from tests.chaos.trials import TrialResult, TrialTimeout, cleanup
 from tests.plugins.controller import ControllerProcess, Kube, cjob, cluster_queue, local_queue
+from tests.plugins.realnodes import REAL_FLAVOR
 
 REAL_FAULTS = ("agent-kill", "ckq-run-kill", "agent-kill-staging")
 NODE_LOCAL_FAULTS = {"agent-kill-staging"}  # run on a cluster whose nodes share no store
-REAL_FLAVOR = "real"
 STEPS, STEP_S = 300, 0.1
 MOMENTS = ("created", "frozen", "dumping")
 
@@ -147,17 +147,6 @@ def real_job(name: str, *, cpu: str, script: str, priority: int = 0, memory: str
                       "resources": {"requests": {"cpu": cpu, "memory": memory}}})
     body["metadata"]["annotations"] = {}
     return body
-
-
-def ensure_real_flavor(kube: Kube) -> None:
-    """The ResourceFlavor of the real nodes (what the e2e tier's fixture creates too)."""
-    body = {"apiVersion": "ckq.io/v1alpha1", "kind": "ResourceFlavor", "metadata": {"name": REAL_FLAVOR},
-            "spec": {"nodeLabels": {"ckq.io/node-kind": "real"}}}
-    try:
-        kube.create("resourceflavors", body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
 
 
 def _log_line(kube: Kube, ns: str, pod: str, pattern: str) -> re.Match[str] | None:
@@ -481,12 +470,4 @@ def _cleanup(kube: Kube, t: RealTrial) -> None:
     if t.cordoned:
         with contextlib.suppress(Exception):
             kube.core.patch_node(t.cordoned, {"spec": {"unschedulable": False}})
-    with contextlib.suppress(Exception):
-        for job in kube.list("checkpointablejobs", t.ns):
-            kube.delete("checkpointablejobs", job["metadata"]["name"], t.ns)
-    with contextlib.suppress(Exception):
-        kube.core.delete_collection_namespaced_pod(t.ns, grace_period_seconds=0)
-    with contextlib.suppress(Exception):
-        kube.delete("clusterqueues", t.cq)
-    with contextlib.suppress(Exception):
-        kube.core.delete_namespace(t.ns)
+    cleanup(kube, t.ns, t.cq)

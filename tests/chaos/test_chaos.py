@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.real_trials import NODE_LOCAL_FAULTS, REAL_FAULTS, ensure_real_flavor, run_real_trial
+from tests.chaos.real_trials import NODE_LOCAL_FAULTS, REAL_FAULTS, run_real_trial
 from tests.chaos.trials import FAULTS, run_trial
 from tests.plugins.controller import Kube
-from tests.plugins.realnodes import RealCluster
+from tests.plugins.realnodes import RealCluster, ensure_real_flavor
 
 pytestmark = pytest.mark.chaos
 

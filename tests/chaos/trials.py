@@ -538,12 +538,17 @@ def _exited(t: Trial) -> None:
 
 
 def _cleanup(kube: Kube, t: Trial) -> None:
+    cleanup(kube, t.namespace, t.cq)
+
+
+def cleanup(kube: Kube, namespace: str, cq: str) -> None:
+    """A trial's jobs, pods, ClusterQueue and namespace deleted, whatever state they are in."""
     with contextlib.suppress(Exception):
-        for job in kube.list("checkpointablejobs", t.namespace):
-            kube.delete("checkpointablejobs", job["metadata"]["name"], t.namespace)
+        for job in kube.list("checkpointablejobs", namespace):
+            kube.delete("checkpointablejobs", job["metadata"]["name"], namespace)
     with contextlib.suppress(Exception):
-        kube.core.delete_collection_namespaced_pod(t.namespace, grace_period_seconds=0)
+        kube.core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
     with contextlib.suppress(Exception):
-        kube.delete("clusterqueues", t.cq)
+        kube.delete("clusterqueues", cq)
     with contextlib.suppress(Exception):
-        kube.core.delete_namespace(t.namespace)
+        kube.core.delete_namespace(namespace)

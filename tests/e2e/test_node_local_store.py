@@ -32,7 +32,7 @@ from tests.e2e.test_real_checkpoints import (
     real_job,
 )
 from tests.plugins.controller import ControllerProcess, Kube
-from tests.plugins.realnodes import RealCluster
+from tests.plugins.realnodes import RealCluster, ensure_real_flavor
 
 pytestmark = pytest.mark.e2e
 
@@ -41,13 +41,7 @@ pytestmark = pytest.mark.e2e
 def local_kube(real_cluster_local: RealCluster) -> Kube:
     kube = Kube(real_cluster_local.state.kubeconfig)
     kube.apply_crds()
-    try:
-        kube.create("resourceflavors", {"apiVersion": "ckq.io/v1alpha1", "kind": "ResourceFlavor",
-                                        "metadata": {"name": "real"},
-                                        "spec": {"nodeLabels": {"ckq.io/node-kind": "real"}}})
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
+    ensure_real_flavor(kube)
     return kube
 
 

@@ -22,7 +22,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.plugins.controller import ControllerProcess, Kube, cjob, cluster_queue, local_queue
-from tests.plugins.realnodes import RealCluster
+from tests.plugins.realnodes import RealCluster, ensure_real_flavor
 
 pytestmark = pytest.mark.e2e
 
@@ -58,13 +58,7 @@ def expected_digest(nonce: str, steps: int = STEPS) -> str:
 def real_kube(real_cluster: RealCluster) -> Kube:
     kube = Kube(real_cluster.state.kubeconfig)
     kube.apply_crds()
-    body = {"apiVersion": "ckq.io/v1alpha1", "kind": "ResourceFlavor", "metadata": {"name": "real"},
-            "spec": {"nodeLabels": {"ckq.io/node-kind": "real"}}}
-    try:
-        kube.create("resourceflavors", body)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
+    ensure_real_flavor(kube)
     return kube
 
 

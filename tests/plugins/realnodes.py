@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,22 @@ REAL_CLUSTER_NAME = os.environ.get("CKQ_TEST_REAL_CLUSTER", "pytest-real")
 REAL_LOCAL_CLUSTER_NAME = os.environ.get("CKQ_TEST_REAL_LOCAL_CLUSTER", REAL_CLUSTER_NAME[:5] + "l")
 REAL_NODES = 2
 REAL_KWOK_GROUPS = (NodeGroup(name="h100", count=2, gpus=8, cpu="64", memory="512Gi"),)
+
+
+REAL_FLAVOR = "real"  # the ResourceFlavor of the real nodes (their label ckq.io/node-kind=real)
+
+
+def ensure_real_flavor(kube: Any) -> None:
+    """Create the real nodes' ResourceFlavor unless it exists (`kube`: tests.plugins.controller.Kube)."""
+    from kubernetes.client.exceptions import ApiException
+
+    body = {"apiVersion": "ckq.io/v1alpha1", "kind": "ResourceFlavor", "metadata": {"name": REAL_FLAVOR},
+            "spec": {"nodeLabels": {"ckq.io/node-kind": "real"}}}
+    try:
+        kube.create("resourceflavors", body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
 
 
 @dataclass(frozen=True)
