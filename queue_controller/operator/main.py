@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,15 +35,25 @@ async def prime(cache: Cache, kube: Kube, namespaces: Collection[str] = ()) -> N
     (kopf's watches start concurrently and keep it fresh afterwards). `namespaces`: only the namespaced
     objects of these (as kopf then watches only them), so nothing of another namespace is admitted."""
     for w in handlers.WATCHED:
-        listing = await kube.request("GET", w.list_path)
-        api_version, list_kind = listing.get("apiVersion"), listing.get("kind", "List").removesuffix("List")
-        for item in listing.get("items") or ():
-            if namespaces and w.namespaced and (item.get("metadata") or {}).get("namespace") not in namespaces:
-                continue
-            item.setdefault("apiVersion", api_version)
-            item.setdefault("kind", list_kind)
-            if cache.fresh(w.cache_kind, item):
-                w.upsert(cache, item)
+        _apply_listing(cache, w, await kube.request("GET", w.list_path), namespaces)
+
+
+def _apply_listing(cache: Cache, w: handlers.Watched, listing: Mapping[str, Any],
+                   namespaces: Collection[str]) -> set[str]:
+    """Feed a LIST of kind `w` to the cache like watch events (only objects newer than the cache's copy);
+    the cache keys ("namespace/name", "/name" when cluster-scoped) of what it holds."""
+    api_version, list_kind = listing.get("apiVersion"), listing.get("kind", "List").removesuffix("List")
+    present = set()
+    for item in listing.get("items") or ():
+        meta = item.get("metadata") or {}
+        if namespaces and w.namespaced and meta.get("namespace") not in namespaces:
+            continue
+        present.add(f"{meta.get('namespace', '') if w.namespaced else ''}/{meta.get('name', '')}")
+        item.setdefault("apiVersion", api_version)
+        item.setdefault("kind", list_kind)
+        if cache.fresh(w.cache_kind, item):
+            w.upsert(cache, item)
+    return present
 
 
 async def sweep(cache: Cache, kube: Kube, namespaces: Collection[str] = ()) -> int:
@@ -64,17 +74,7 @@ async def sweep(cache: Cache, kube: Kube, namespaces: Collection[str] = ()) -> i
             list_rv = int((listing.get("metadata") or {}).get("resourceVersion") or 0)
         except ValueError:
             continue  # not comparable: leave this kind as it is
-        api_version, list_kind = listing.get("apiVersion"), listing.get("kind", "List").removesuffix("List")
-        present = set()
-        for item in listing.get("items") or ():
-            meta = item.get("metadata") or {}
-            if namespaces and w.namespaced and meta.get("namespace") not in namespaces:
-                continue
-            present.add(f"{meta.get('namespace', '') if w.namespaced else ''}/{meta.get('name', '')}")
-            item.setdefault("apiVersion", api_version)
-            item.setdefault("kind", list_kind)
-            if cache.fresh(w.cache_kind, item):
-                w.upsert(cache, item)
+        present = _apply_listing(cache, w, listing, namespaces)
         for key, rv in cache.versions(w.cache_kind):
             if key not in present and 0 < rv < list_rv:
                 namespace, name = key.split("/", 1)
