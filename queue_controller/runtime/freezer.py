@@ -13,7 +13,7 @@ process's own threads: on an H200 a dump of a SIGSTOPped CUDA process hung for m
 first moves every CUDA process's device state into host memory (`gpu.suspend`: lock + checkpoint)
 while it still runs, then stops the tree; a thaw continues the tree and then gives the GPU back
 (`gpu.resume`). A dump taken while frozen finds the GPU state already in host memory and leaves it
-there for the thaw (or the restore) to put back.
+there for the thaw (or the restore, which also continues the tree first) to put back.
 
 A freeze carries a token (the Checkpoint's uid) and a hold: unless the token's owner thaws it, stops
 it after a dump, or extends the hold (a dump does), the tree thaws itself when the hold runs out, so a

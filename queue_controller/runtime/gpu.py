@@ -43,9 +43,15 @@ _LIBCUDA_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/nvidia/l
 
 
 def gpu_pids(root: int) -> list[int]:
-    """Processes of the tree that map an NVIDIA device."""
+    """CUDA processes of the tree: those that map an NVIDIA device, and those whose device state this
+    ckq-run has moved to host memory. A checkpointed CUDA process unmaps the device, so under a gang
+    freeze (which suspends before the dump) only the second test finds it; missing it would record a
+    checkpoint without its GPU processes, whose restore then never gives them their GPU back."""
     found = []
     for pid in procfs.tree(root):
+        if pid in _suspended:
+            found.append(pid)
+            continue
         try:
             maps = Path(f"/proc/{pid}/maps").read_text()
         except OSError:

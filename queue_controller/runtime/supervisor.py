@@ -223,13 +223,15 @@ class Supervisor:
                 os.close(w)
             shutil.rmtree(work, ignore_errors=True)
             prepared.cleanup()
+        if m.frozenAt is not None:  # dumped while frozen for a gang barrier: CRIU restored it stopped
+            cont_tree(pid)
+        # After the continue, as a thaw does: the driver cannot give a stopped process its GPU back
+        # (its restore waits on the process's own threads; found on an H200, where it hung).
         if runtime.get("gpuPids"):
             gpu.resume([int(p) for p in runtime["gpuPids"]])
         self._raise_last_pid()
         if not m.encryption:
             self.chain = Chain(head=m.id, depth=m.chainDepth)
-        if m.frozenAt is not None:  # dumped while frozen for a gang barrier: CRIU restored it stopped
-            cont_tree(pid)
         return pid
 
     # ---- signals and control --------------------------------------------------------------------

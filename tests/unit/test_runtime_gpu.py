@@ -52,3 +52,14 @@ def test_a_named_tool_is_used_and_its_failure_reported(tmp_path: Path, monkeypat
     assert calls.read_text().splitlines() == [
         "--action lock --pid 41 --timeout 60000", "--action checkpoint --pid 41",
         "--action restore --pid 41", "--action unlock --pid 41"]
+
+
+def test_a_process_suspended_by_a_freeze_is_still_a_gpu_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpointed CUDA process no longer maps /dev/nvidia*: the dump taken under a gang freeze must
+    still count it (found on an H200: the manifest had no GPU processes, so the restore never resumed them)."""
+    me = os.getpid()
+    assert "/dev/nvidia" not in Path(f"/proc/{me}/maps").read_text()
+    assert gpu.gpu_pids(me) == []
+    monkeypatch.setattr(gpu, "_suspended", {me})
+    assert gpu.gpu_pids(me) == [me]
+    assert gpu.suspended(gpu.gpu_pids(me))
