@@ -9,9 +9,14 @@ acts on changes, and not its position:
   engine's reason);
 - when its reason changes. Reasons of contention (quota, capacity, a reservation, a preemption under
   way, StrictFIFO, backfill) move with every admission around the job; a change among them is written at
-  most every REASON_REFRESH_S, and a change of their message alone (e.g. a reserved start moving) not at
-  all. A reason that asks the user to act (a missing queue, an invalid spec, a job that can never fit, a
-  checkpoint mode no backend serves) is written at once, message included.
+  most every REASON_REFRESH_S, only for a job at the head of its ClusterQueue (the first
+  MAX_PENDING_HEAD, the jobs whose reason is about to matter), and a change of their message alone (e.g.
+  a reserved start moving) not at all. Deeper in the queue the contention reason first written stays
+  until the job nears the head: refreshing every waiting job every REASON_REFRESH_S made the writes per
+  job grow with the wait again (O(pending) per interval; seen at 15,000 jobs, issue 13), and the live
+  reason of any job is served on demand (`ckq pending`). A reason that asks the user to act (a missing
+  queue, an invalid spec, a job that can never fit, a checkpoint mode no backend serves) is written at
+  once, message included.
 
 At most WRITES_PER_CYCLE such writes go out per cycle, reasons to act on first and then in queue order,
 so that thousands of jobs created at once do not hold the cycle (and every admission) behind their first
@@ -85,15 +90,18 @@ class _Published:
 
 
 def needs_write(stored_reason: str | None, stored_message: str | None, last: _Published | None,
-                reason: str, message: str, now: float) -> bool:
+                reason: str, message: str, now: float, position: int = 1) -> bool:
     """Whether a waiting job's status must be written: its reason (or, for a reason its user acts on,
-    its message) differs from what is stored, and for a change between contention reasons, at least
-    REASON_REFRESH_S passed since this controller last wrote it."""
+    its message) differs from what is stored, and for a change between contention reasons, the job is
+    at the head of its ClusterQueue (`position` ≤ MAX_PENDING_HEAD) and at least REASON_REFRESH_S passed
+    since this controller last wrote it."""
     if stored_reason == reason and (reason in CONTENTION or stored_message == message):
         return False
-    if last is None or reason not in CONTENTION or last.reason not in CONTENTION:
-        return True
-    return now - last.at >= REASON_REFRESH_S
+    if reason not in CONTENTION or stored_reason not in CONTENTION:
+        return True  # a new wait, or a reason to act on (or one that ended): at once
+    if last is None:
+        return position <= MAX_PENDING_HEAD  # written by an earlier controller: refresh at the head only
+    return position <= MAX_PENDING_HEAD and now - last.at >= REASON_REFRESH_S
 
 
 def mode_condition(job: JobRecord, refused: str | None, message: str) -> tuple[ConditionStatus, str, str] | None:
@@ -155,19 +163,20 @@ class Waiting:
                       priorities: Mapping[str, int]) -> None:
         """Write the status of every waiting job whose wait changed in a way its user acts on."""
         # Reasons its user must act on first, then the engine's, in queue order (heads first).
-        items: list[tuple[str, str, str]] = [
-            (key, reason, message) for key, (reason, message) in unqueued.reasons.items()
-        ] + [(w.job, str(w.reason), w.message) for w in decisions.waiting.values()]
+        items: list[tuple[str, str, str, int]] = [
+            (key, reason, message, 1) for key, (reason, message) in unqueued.reasons.items()
+        ] + [(w.job, str(w.reason), w.message, w.position) for w in decisions.waiting.values()]
         refused = unqueued.refused
         writes: list[Coroutine[Any, Any, JobRecord | None]] = []
         self.behind = False
-        for key, reason, message in items:
+        for key, reason, message, position in items:
             job = self.cache.jobs.get(key)
             if job is None:
                 continue
             status = job.status
             if status.get("phase") in WAITING_PHASES and not needs_write(
-                    status.get("pendingReason"), status.get("message"), self._published.get(key), reason, message, now):
+                    status.get("pendingReason"), status.get("message"), self._published.get(key), reason, message,
+                    now, position):
                 continue
             if len(writes) >= WRITES_PER_CYCLE:
                 # A burst of new jobs (thousands created at once) must not hold the cycle, and so every

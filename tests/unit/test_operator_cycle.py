@@ -752,3 +752,26 @@ def test_objects_deleted_while_no_watch_ran_are_swept_from_the_cache() -> None:
         assert await sweep(w.cache, w.kube) == 0
 
     run(scenario)
+
+
+def test_a_change_between_contention_reasons_is_refreshed_only_at_the_head_of_its_queue() -> None:
+    """Issue 13 at 15,000 jobs: refreshing every waiting job's contention reason every REASON_REFRESH_S made
+    the writes per job grow with its wait. Deep in a queue the reason first written stays; at the head
+    (the jobs shown in status.pendingJobs) a change is refreshed at most every REASON_REFRESH_S; a new wait
+    or a reason to act on is written at once wherever the job stands."""
+    from queue_controller.api.queues import MAX_PENDING_HEAD
+    from queue_controller.engine import PendingReason
+    from queue_controller.operator.waiting import REASON_REFRESH_S, _Published, needs_write
+
+    quota, capacity = str(PendingReason.QUOTA), str(PendingReason.CAPACITY)
+    last = _Published(quota, "", 0.0)
+    later = REASON_REFRESH_S + 1.0
+    assert needs_write(quota, "", last, capacity, "no node", later, position=1)
+    assert needs_write(quota, "", last, capacity, "no node", later, position=MAX_PENDING_HEAD)
+    assert not needs_write(quota, "", last, capacity, "no node", later, position=MAX_PENDING_HEAD + 1)
+    assert not needs_write(quota, "", last, capacity, "no node", 1.0, position=1)  # too soon
+    assert not needs_write(quota, "", None, capacity, "no node", 1.0, position=500)  # an earlier controller's
+    assert needs_write(quota, "", None, capacity, "no node", 1.0, position=2)
+    assert needs_write(None, None, None, quota, "", 0.0, position=5000)  # a new wait
+    assert needs_write(quota, "", last, "LocalQueueNotFound", "no queue", 1.0, position=5000)  # to act on
+    assert not needs_write(quota, "a", last, quota, "b", later, position=1)  # a contention message alone
