@@ -11,7 +11,9 @@ keeps them between cycles, and a cycle takes from it only what its own snapshot 
   very same object, or an equal one (the controller converts running jobs afresh every cycle);
 - the queue order, by deltas: a job that arrived, or whose priority or queue-order time changed, is
   inserted by bisection; a job that left is dropped; every other job keeps its place, since the order
-  depends only on priority, queue-order time and key (`ordering.order_key`).
+  depends only on priority, queue-order time and key (`ordering.order_key`);
+- each waiting job's shape, numbered (`Carry.shape`), while the job is the very same object (the
+  controller keeps a waiting job's engine record while its inputs are unchanged).
 
 It is a cache, never an input: a cycle given an empty `Carry` decides exactly what one given a full one
 decides (tests/unit/test_engine_incremental.py runs both side by side over random multi-cycle scenarios,
@@ -69,8 +71,31 @@ class Carry:
     accounting: Accounting | None = None
     order: list[str] = field(default_factory=list)  # the last cycle's pending jobs' keys, in queue order
     order_of: dict[str, Job] = field(default_factory=dict)  # the same jobs by key
+    # Each job's shape as a small number (`shape`), and the numbers given so far.
+    shape_of: dict[str, tuple[Job, int]] = field(default_factory=dict)
+    shape_ids: dict[tuple[object, ...], int] = field(default_factory=dict)
     # How the last cycle got each part (for the bench and the tests): "carried", "equal" or "built".
     how: dict[str, str] = field(default_factory=dict)
+
+    def begin(self, pending: int) -> None:
+        """A cycle starts with `pending` jobs waiting: drop what no longer pays for its memory."""
+        if len(self.shape_of) > 2 * pending + 1024 or len(self.shape_ids) > 65536:
+            self.shape_of, self.shape_ids = {}, {}
+
+    def shape(self, job: Job) -> int:
+        """What decides whether a job fits, without its identity, as a number: jobs of equal shapes fit
+        (or fail) alike, so the memos of a cycle are per (queue, shape). A number, kept per Job object
+        from cycle to cycle, because a memo key is looked up several times for each of 10,000 jobs per
+        cycle, and a tuple of tuples is built and hashed anew each time."""
+        hit = self.shape_of.get(job.key)
+        if hit is not None and hit[0] is job:
+            return hit[1]
+        shape = _shape(job)
+        number = self.shape_ids.get(shape)
+        if number is None:
+            number = self.shape_ids[shape] = len(self.shape_ids)
+        self.shape_of[job.key] = (job, number)
+        return number
 
     def node_index(self, nodes: tuple[Node, ...], flavors: tuple[Flavor, ...]) -> NodeIndex:
         """The index of these nodes and flavors: the carried one while they are the same."""
@@ -142,3 +167,18 @@ class Carry:
 
     def forget_order(self) -> None:
         self.order, self.order_of = [], {}
+
+
+def _shape(job: Job) -> tuple[object, ...]:
+    # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
+    sets = job.pod_sets
+    if len(sets) == 1 and not job.restore_node_labels:
+        ps = sets[0]
+        if not ps.node_selector and not ps.tolerations:
+            return (ps.count, *ps.requests.items())  # the common case
+    return (
+        tuple((ps.count, tuple(ps.requests.items()),
+               tuple(ps.node_selector.items()) if ps.node_selector else (), ps.tolerations)
+              for ps in job.pod_sets),
+        tuple(job.restore_node_labels.items()) if job.restore_node_labels else (),
+    )

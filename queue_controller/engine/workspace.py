@@ -26,7 +26,7 @@ that merges the two.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,11 +129,14 @@ class Workspace:
         # is computed once per cycle: the order does not depend on the preemptor).
         self.victim_ranking: dict[str, Any] = {}
         self._group_cache: dict[tuple[str, tuple[str, ...]], ResourceGroup | None] = {}
-        self._shapes: dict[str, tuple[object, ...]] = {}
+        # What decides whether a job fits, without its identity, as a number: equal shapes fit (or fail)
+        # alike, and the memos are per (queue, shape) (`Carry.shape`).
+        self.shape: Callable[[Job], int] = carry.shape
 
         waiting_state = JobState.PENDING
         pending = [job for job in snapshot.jobs if job.state is waiting_state]
         admitted = [job for job in snapshot.jobs if job.state is not waiting_state]
+        carry.begin(len(pending))
         admitted.sort(key=order_key)
         self._account_all(snapshot, admitted, carry)
         # Preemption candidates: running jobs by the group they may be preempted within, and the jobs
@@ -315,29 +318,6 @@ class Workspace:
         if cq is not None and cq.cohort is not None:
             return "cohort/" + cq.cohort
         return "queue/" + cq_name
-
-    def shape(self, job: Job) -> tuple[object, ...]:
-        """What decides whether a job fits, without its identity: equal shapes fit (or fail) alike."""
-        # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
-        # Cheaper to compute again than to look up, in the common case.
-        sets = job.pod_sets
-        if len(sets) == 1 and not job.restore_node_labels:
-            ps = sets[0]
-            if not ps.node_selector and not ps.tolerations:
-                return (ps.count, *ps.requests.items())  # the common case, cheaply
-        shape = self._shapes.get(job.key)
-        if shape is None:
-            shape = self._shapes[job.key] = self._compute_shape(job)
-        return shape
-
-    @staticmethod
-    def _compute_shape(job: Job) -> tuple[object, ...]:
-        return (
-            tuple((ps.count, tuple(ps.requests.items()),
-                   tuple(ps.node_selector.items()) if ps.node_selector else (), ps.tolerations)
-                  for ps in job.pod_sets),
-            tuple(job.restore_node_labels.items()) if job.restore_node_labels else (),
-        )
 
     # ---- per-queue policy lookups -----------------------------------------------------------------
 
