@@ -2,7 +2,7 @@
 
 `decide` takes over from earlier cycles what the snapshot did not change (engine/carry.py: the node
 index, the running jobs' accounting, the queue order by deltas). These scenarios (the golden tests'
-random clusters) run many cycles under each shipped policy; between cycles the decisions are applied
+random clusters) run many cycles under each shipped policy, fair sharing's included; between cycles the decisions are applied
 and the world moves: jobs arrive, finish and are vacated, pending jobs change priority or queue order,
 running jobs show up on other nodes,
 nodes change (cordoned, not ready, other pods on them), a queue's quota changes, and the snapshot is
@@ -101,7 +101,7 @@ def _handed_over(snap: Snapshot, how: str) -> Snapshot:
 def run(seed: int, paths: Counter[str]) -> None:
     rng = random.Random(seed)
     nodes, queues, initial = scenario(rng, big=seed % 3 == 0)
-    for name in POLICIES:
+    for name in (*POLICIES, "fair"):
         policy = load_policy(name)
         world = random.Random(seed * 31 + 7)
         carry = Carry()
