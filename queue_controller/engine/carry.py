@@ -13,7 +13,9 @@ keeps them between cycles, and a cycle takes from it only what its own snapshot 
   inserted by bisection; a job that left is dropped; every other job keeps its place, since the order
   depends only on priority, queue-order time and key (`ordering.order_key`);
 - each waiting job's shape, numbered (`Carry.shape`), while the job is the very same object (the
-  controller keeps a waiting job's engine record while its inputs are unchanged).
+  controller keeps a waiting job's engine record while its inputs are unchanged);
+- the waiting records (`decisions.Waiting`): a record equal in every field to the last cycle's is that
+  same object again (comparing costs half of making one, and most records do not change).
 
 It is a cache, never an input: a cycle given an empty `Carry` decides exactly what one given a full one
 decides (tests/unit/test_engine_incremental.py runs both side by side over random multi-cycle scenarios,
@@ -33,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 
+from queue_controller.engine.decisions import Waiting
 from queue_controller.engine.ordering import order_key
 from queue_controller.engine.placement import NodeIndex
 from queue_controller.engine.quota import FR
@@ -74,6 +77,8 @@ class Carry:
     # Each job's shape as a small number (`shape`), and the numbers given so far.
     shape_of: dict[str, tuple[Job, int]] = field(default_factory=dict)
     shape_ids: dict[tuple[object, ...], int] = field(default_factory=dict)
+    # The last cycle's waiting records, by job key: a record equal in every field is taken again.
+    waiting: dict[str, Waiting] = field(default_factory=dict)
     # How the last cycle got each part (for the bench and the tests): "carried", "equal" or "built".
     how: dict[str, str] = field(default_factory=dict)
 

@@ -67,17 +67,24 @@ def _decide(snapshot: Snapshot, now: float, policy: Policy, carry: Carry) -> Dec
             _consider(ws, job, deferred)
         for job in deferred:
             _consider(ws, job, None)
-    # Waiting records are made at the end, with positions in queue order.
+    # Waiting records are made at the end, with positions in queue order. Most are as they were in the
+    # last cycle: that record is taken again when every field is equal (cheaper than making one).
     positions: dict[str, int] = {}
     waiting = ws.out.waiting
     whys = ws.why
+    last = carry.waiting.get
     for job in ws.pending:
         key = job.key
         why = whys.get(key)
         if why is not None:
             q = job.cluster_queue
             pos = positions[q] = positions.get(q, 0) + 1
-            waiting[key] = Waiting(key, pos, *why)
+            w = last(key)
+            if (w is None or w.position != pos or w.reason is not why[0] or w.message != why[1]
+                    or w.reserved_start != why[2]):
+                w = Waiting(key, pos, *why)
+            waiting[key] = w
+    carry.waiting = dict(waiting)
     periodic_checkpoints(ws)
     return ws.out
 
