@@ -1,15 +1,15 @@
 """The incremental engine decides exactly what a from-scratch engine decides, cycle after cycle.
 
 `decide` takes over from earlier cycles what the snapshot did not change (engine/carry.py: the node
-index, the running jobs' accounting, the queue order by deltas). These scenarios (the golden tests'
-random clusters) run many cycles under each shipped policy, fair sharing's included; between cycles the decisions are applied
-and the world moves: jobs arrive, finish and are vacated, pending jobs change priority or queue order,
-running jobs show up on other nodes,
-nodes change (cordoned, not ready, other pods on them), a queue's quota changes, and the snapshot is
-handed over in three ways: the very same tuples (the simulator), new tuples of the same objects, and
-new equal objects (the controller converts jobs afresh). Every cycle, the carrying engine's decisions are
-compared with those of an engine given nothing (`Carry()`), and the run must have taken each carried
-path, so the comparison is not vacuous.
+index, the running jobs' accounting, the queue order by deltas, shapes, waiting records). These
+scenarios (the golden tests' random clusters) run many cycles under each shipped policy, fair sharing's
+included. Between cycles the decisions are applied and the world moves: jobs arrive, finish and are
+vacated, pending jobs change priority or queue order, running jobs show up on other nodes, nodes change
+(cordoned, not ready, other pods on them), a queue's quota changes; and the snapshot is handed over in
+three ways: the very same tuples (the simulator), new tuples of the same objects, and new equal objects
+(the controller converts jobs afresh). Every cycle, the carrying engine's decisions are compared with
+those of an engine given nothing (`Carry()`), and the run must have taken each carried path, so the
+comparison is not vacuous.
 """
 
 from __future__ import annotations
