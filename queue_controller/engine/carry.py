@@ -132,11 +132,11 @@ class Carry:
             return last
         return None
 
-    def queue_order(self, pending: list[Job]) -> list[Job]:
+    def queue_order(self, pending: list[Job], now_of: dict[str, Job]) -> list[Job]:
         """`pending` in queue order (`ordering.order_key`), from the last cycle's order and the changes.
-        Pending keys must be unique (the caller checks). The list returned is the caller's."""
+        `now_of`: the same jobs by key (keys are unique). Both are kept for the next cycle; the list
+        returned is the caller's."""
         last = self.order_of
-        now_of = {job.key: job for job in pending}
         moved: list[Job] = []
         if last:
             get = last.get

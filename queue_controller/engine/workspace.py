@@ -26,7 +26,7 @@ that merges the two.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,10 +151,11 @@ class Workspace:
                     self.owners.add(run.job.preempted_for)
             else:
                 self.by_group.setdefault(self.share_group(run.job.cluster_queue), []).append(run)
-        self.waiting: set[str] = {j.key for j in pending}
-        if len(self.waiting) == len(pending):
+        by_key = {j.key: j for j in pending}
+        self.waiting: Set[str] = by_key.keys()  # the pending jobs' keys
+        if len(by_key) == len(pending):
             # The last cycle's order, with the jobs that arrived or moved inserted (carry.py).
-            self.pending = carry.queue_order(pending)
+            self.pending = carry.queue_order(pending, by_key)
         else:
             # Duplicate keys (never from the adapters): sorted afresh, nothing carried. Under fair sharing
             # the loop takes the queues' heads in share order (fair_sharing.py); each queue's jobs are
