@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from queue_controller.checkpoint.base import CheckpointBackend
-from queue_controller.engine import Carry, Decisions, Policy, decide
+from queue_controller.engine import Decisions, Policy, decide
 from queue_controller.operator import metrics
 from queue_controller.operator.actuators import Actuators
 from queue_controller.operator.backends import JobBackends
@@ -71,7 +71,6 @@ class Controller:
         # Whether this replica may decide now (leader election; always, when it runs alone).
         self.leading: Callable[[], bool] = lambda: True
         self.memo = JobMemo()  # waiting jobs' engine records, kept between cycles
-        self.carry = Carry()  # what the engine keeps between this controller's cycles (engine/carry.py)
         self.job_backends = JobBackends(self.backends["Simulated"], cache, kube, self.settings.current)
         self.writer = StatusWriter(cache, kube)
         self.waiting = Waiting(cache, self.writer)
@@ -127,7 +126,7 @@ class Controller:
         snap = replace(snap, node_mtbf_s=self.failures.mtbf_s)
         self.intervals.update(snap.jobs)
         priorities = {j.key: j.priority for j in snap.jobs}
-        decisions = decide(snap, now, self.policy, self.carry)
+        decisions = decide(snap, now, self.policy)
         # Each decision concerns a different job, so they are carried out concurrently (bounded).
         await self.writer.bounded([self.actuators.act(a, now, priorities) for a in decisions.actions])
         await self.waiting.publish(decisions, unqueued, now, priorities)
