@@ -1,15 +1,19 @@
-"""One engine decision cycle at scale.
+"""One engine decision cycle at scale: a full cycle, and a cycle after one change.
 
 10,000 pending jobs, 1,000 running, 1,000 nodes x 8 GPUs, 20 ClusterQueues in 4 cohorts; 20 cycles per
-policy. Prints a table and, as its last line, one JSON object with the iass figures:
-{"p50_ms": ..., "p99_ms": ..., "peak_rss_mib": ..., "by_policy": {...}}.
+policy and case. CPU time is the figure that counts (this machine is shared; wall time is printed beside
+it). Prints a table and, as its last line, one JSON object with the first policy's figures and every
+policy's under "by_policy".
 
-Two measurements per policy:
-- a full cycle: every cycle gets a snapshot with fresh node and flavor tuples, as the controller builds
-  one each cycle, so nothing is carried from one cycle to the next (the p50/p99 columns);
-- a cycle after one change (`one change` columns): the previous snapshot plus one new pending job, with
-  the same node and flavor tuples, as the simulator passes them. The engine keeps only its node index
-  (pools, selector matches) between such cycles; everything else is worked out again.
+Three cases per policy:
+- full: an engine that carries nothing (an empty `Carry`), as after a restart: every part of the cycle
+  is worked out from the snapshot;
+- one change: the engine that decided the last cycle (its `Carry`: node index, running jobs'
+  accounting, queue order, shapes; engine/carry.py), given the previous snapshot plus one new pending
+  job, with the same node, flavor and queue tuples and the same Job objects (the simulator's case);
+- one change, controller-like: the same, but the running jobs are new objects equal to the last
+  cycle's, as the controller converts them afresh every cycle (its waiting jobs' records and its node,
+  flavor and queue tuples are kept while unchanged: operator/snapshot.py).
 
     python bench/engine_cycle.py [--runs 20] [--policies iass,kueue,easy,fifo]
 """
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from queue_controller.engine import (
     GPU,
     Admit,
+    Carry,
     Checkpoint,
     ClusterQueue,
     Flavor,
@@ -47,6 +52,8 @@ from queue_controller.engine import (
     Snapshot,
     decide,
 )
+from queue_controller.engine.decisions import Decisions
+from queue_controller.engine.policy import Policy
 from queue_controller.policies import load_policy
 
 M = 1000  # milli-units
@@ -104,6 +111,20 @@ def _p99(sorted_ms: list[float]) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, round(0.99 * (len(sorted_ms) - 1)))]
 
 
+def _stats(cpu: list[float], wall: list[float]) -> dict[str, float]:
+    cpu, wall = sorted(cpu), sorted(wall)
+    return {"cpu_p50_ms": round(statistics.median(cpu), 2), "cpu_p99_ms": round(_p99(cpu), 2),
+            "p50_ms": round(statistics.median(wall), 2), "p99_ms": round(_p99(wall), 2)}
+
+
+def _timed(snap: Snapshot, now: float, policy: Policy, carry: Carry, cpu: list[float], wall: list[float]) -> Decisions:
+    t, c = time.perf_counter(), time.process_time()
+    d = decide(snap, now, policy, carry)
+    wall.append((time.perf_counter() - t) * 1000)
+    cpu.append((time.process_time() - c) * 1000)
+    return d
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=20)
@@ -113,52 +134,53 @@ def main() -> None:
     snap = build()
     build_s = time.perf_counter() - t0
     rows = []
-    results = {}
+    results: dict[str, dict[str, object]] = {}
     for name in args.policies.split(","):
         policy = load_policy(name)
-        times = []
-        cpu = []
+        cpu: list[float] = []
+        wall: list[float] = []
         d = None
         for _ in range(args.runs):
-            # Fresh tuples (`tuple(list(...))`: `tuple()` of a tuple is the same object), made untimed.
+            # Fresh tuples (`tuple(list(...))`: `tuple()` of a tuple is the same object) and an empty
+            # carry: nothing is taken over from an earlier cycle.
             fresh = replace(snap, nodes=tuple(list(snap.nodes)), flavors=tuple(list(snap.flavors)))
-            t, c = time.perf_counter(), time.process_time()
-            d = decide(fresh, 5000.0, policy)
-            times.append((time.perf_counter() - t) * 1000)
-            cpu.append((time.process_time() - c) * 1000)
-        times.sort()
-        cpu_p50 = statistics.median(cpu)
-        p50 = statistics.median(times)
-        p99 = _p99(times)
+            d = _timed(fresh, 5000.0, policy, Carry(), cpu, wall)
         assert d is not None
+        full = _stats(cpu, wall)
         counts = {"admit": len(d.of_type(Admit)), "preempt": len(d.of_type(Preempt)),
                   "checkpoint": len(d.of_type(Checkpoint))}
-        # One change: the same nodes and flavors, one more pending job than the cycle before.
-        changed = []
-        prev = replace(snap, nodes=tuple(list(snap.nodes)), flavors=tuple(list(snap.flavors)))
-        decide(prev, 5000.0, policy)
-        for i in range(args.runs):
-            extra = replace(snap.jobs[-1], key=f"ns-0/extra-{i}", queue_order=10_000_000.0 + i)
-            prev = replace(prev, jobs=(*prev.jobs, extra))
-            t = time.perf_counter()
-            decide(prev, 5000.0 + i, policy)
-            changed.append((time.perf_counter() - t) * 1000)
-        changed.sort()
-        rows.append((name, p50, p99, times[-1], cpu_p50, statistics.median(changed), _p99(changed), counts,
-                     len(d.waiting)))
-        results[name] = {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2), "cpu_p50_ms": round(cpu_p50, 2),
-                         "one_change_p50_ms": round(statistics.median(changed), 2),
-                         "one_change_p99_ms": round(_p99(changed), 2)}
+        waiting = len(d.waiting)
+        # One change: the same tuples and Job objects, one more pending job than the cycle before.
+        one: dict[str, dict[str, float]] = {}
+        for case in ("sim", "controller"):
+            carry = Carry()
+            prev = snap
+            decide(prev, 5000.0, policy, carry)
+            cpu, wall = [], []
+            for i in range(args.runs):
+                extra = replace(snap.jobs[-1], key=f"ns-0/extra-{i}", queue_order=10_000_000.0 + i)
+                jobs = (*prev.jobs, extra)
+                if case == "controller":  # running jobs converted afresh: equal, not the same objects
+                    jobs = tuple(replace(j) if j.state is JobState.ADMITTED else j for j in jobs)
+                prev = replace(prev, jobs=jobs)
+                _timed(prev, 5000.0 + i, policy, carry, cpu, wall)
+            one[case] = _stats(cpu, wall)
+        rows.append((name, full, one["sim"], one["controller"], counts, waiting))
+        results[name] = {**full, "one_change": one["sim"], "one_change_controller": one["controller"]}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"snapshot: 1000 nodes x 8 GPUs, 1000 running, 10000 pending, 20 queues / 4 cohorts "
-          f"(built in {build_s * 1000:.0f} ms); {args.runs} cycles per policy")
-    # CPU time is printed beside wall time: on a shared 2-core machine it is the steadier figure.
-    print(f"{'policy':8} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} {'cpu p50':>9} {'1-change p50':>13} "
-          f"{'p99':>7}  decisions / waiting")
-    for name, p50, p99, mx, cpu_p50, c50, c99, counts, waiting in rows:
-        print(f"{name:8} {p50:9.1f} {p99:9.1f} {mx:9.1f} {cpu_p50:9.1f} {c50:13.1f} {c99:7.1f}  "
-              f"{counts} / {waiting}")
-    print(f"peak RSS: {rss:.0f} MiB; load average while running: {os.getloadavg()[0]:.1f} (2 cores)")
+          f"(built in {build_s * 1000:.0f} ms); {args.runs} cycles per policy and case; ms of CPU (wall)")
+    print(f"{'policy':8} {'full p50':>14} {'full p99':>14} {'1-change p50':>14} {'1-change p99':>14} "
+          f"{'ctrl-like p50':>14} {'ctrl-like p99':>14}  decisions / waiting")
+
+    def cell(s: dict[str, float], q: str) -> str:
+        return f"{s[f'cpu_{q}_ms']:6.1f} ({s[f'{q}_ms']:5.1f})"
+
+    for name, full, sim, ctrl, counts, waiting in rows:
+        print(f"{name:8} {cell(full, 'p50'):>14} {cell(full, 'p99'):>14} {cell(sim, 'p50'):>14} "
+              f"{cell(sim, 'p99'):>14} {cell(ctrl, 'p50'):>14} {cell(ctrl, 'p99'):>14}  {counts} / {waiting}")
+    print(f"peak RSS: {rss:.0f} MiB; load average while running: {os.getloadavg()[0]:.1f} "
+          f"({os.cpu_count()} cores)")
     first = args.policies.split(",")[0]
     print(json.dumps({**results[first], "peak_rss_mib": round(rss, 1), "policy": first,
                       "by_policy": results}))

@@ -6,6 +6,7 @@ over the cycle's state in `workspace.py` (docs/concepts.md, "Where each rule liv
 """
 
 from queue_controller.duration import parse_duration
+from queue_controller.engine.carry import Carry
 from queue_controller.engine.decisions import (
     Action,
     Admit,
@@ -50,7 +51,7 @@ from queue_controller.engine.snapshot import (
 )
 
 __all__ = [
-    "GPU", "Action", "Admit", "BackfillSettings", "Checkpoint", "CheckpointReason", "CheckpointSettings",
+    "GPU", "Action", "Admit", "BackfillSettings", "Carry", "Checkpoint", "CheckpointReason", "CheckpointSettings",
     "ClusterQueue", "Decisions", "Flavor", "FlavorQuotas", "Job", "JobState", "Node", "OnCheckpointFailure",
     "PendingReason", "PodSet", "PodSetPlacement", "Policy", "Preempt", "PreemptMode", "PreemptReason",
     "PreemptionMode", "PreemptionSettings", "QueueingStrategy", "Quota", "ReclaimWithinCohort",

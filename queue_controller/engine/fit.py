@@ -138,9 +138,11 @@ def _fit_uncached(ws: Workspace, job: Job, cq: ClusterQueue, commit: bool) -> Fi
                 continue
             ps_delta = {(fq.name, r): q * ps.count for r, q in ps.requests.items()
                         if q > 0 and ledger.covers(cq.name, fq.name, r)}
-            merged = dict(delta)
-            for k, v in ps_delta.items():
-                merged[k] = merged.get(k, 0) + v
+            merged = ps_delta  # the first pod set's (almost every job has one): nothing to add it to
+            if delta:
+                merged = dict(delta)
+                for k, v in ps_delta.items():
+                    merged[k] = merged.get(k, 0) + v
             if not ledger.fits(cq.name, merged):
                 if reason is not PendingReason.CAPACITY:
                     reason = PendingReason.QUOTA

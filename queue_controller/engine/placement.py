@@ -59,10 +59,7 @@ class Pool:
 class NodeIndex:
     """What the nodes and flavors alone decide: each flavor's pool, and which of its nodes a pod set's
     selector and tolerations allow (filled on use). It reads nothing that a cycle changes, so it is kept
-    from one cycle to the next while the snapshot carries the very same nodes and flavors (the simulator
-    reuses its tuples until a node changes; a snapshot built anew gets a new index)."""
-
-    _last: NodeIndex | None = None
+    from one cycle to the next while the snapshot's nodes and flavors stay the same (carry.py)."""
 
     def __init__(self, nodes: tuple[Node, ...], flavors: tuple[Flavor, ...]) -> None:
         self.source = (nodes, flavors)
@@ -81,23 +78,14 @@ class NodeIndex:
             self.pools[fl.name] = pool
         self.candidates: dict[tuple[object, ...], Candidates] = {}
 
-    @classmethod
-    def of(cls, nodes: Sequence[Node], flavors: Iterable[Flavor]) -> NodeIndex:
-        """The index of these nodes and flavors: the last one when they are the same objects."""
-        nodes_t = nodes if isinstance(nodes, tuple) else tuple(nodes)
-        flavors_t = flavors if isinstance(flavors, tuple) else tuple(flavors)
-        last = cls._last
-        if last is not None and last.source[0] is nodes_t and last.source[1] is flavors_t:
-            return last
-        index = cls._last = cls(nodes_t, flavors_t)
-        return index
-
 
 class Capacity:
     """Free resources of every node, changed as the cycle admits, preempts and rolls back."""
 
-    def __init__(self, nodes: Sequence[Node], flavors: Iterable[Flavor]) -> None:
-        index = NodeIndex.of(nodes, flavors)
+    def __init__(self, nodes: Sequence[Node], flavors: Iterable[Flavor], index: NodeIndex | None = None) -> None:
+        """`index`: the index of these very nodes and flavors, when the caller has it (carry.py)."""
+        if index is None:
+            index = NodeIndex(tuple(nodes), tuple(flavors))
         self.nodes = index.nodes
         self.pools = index.pools
         self.free: dict[str, dict[str, int]] = {}

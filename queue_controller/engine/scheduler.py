@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 
 from queue_controller.engine.backfill import hold_in_profiles, may_start_now, reserve, run_length
+from queue_controller.engine.carry import Carry
 from queue_controller.engine.decisions import Admit, Decisions, PendingReason, Resume, Waiting
 from queue_controller.engine.fair_sharing import fair_order
 from queue_controller.engine.fit import UNSEEN, Fit, find_fit, inadmissible, release
@@ -27,9 +28,14 @@ from queue_controller.engine.profile import INF
 from queue_controller.engine.snapshot import GPU, ClusterQueue, Job, Snapshot
 from queue_controller.engine.workspace import NEEDS_ROOM, Running, WaitReason, Workspace
 
+# What `decide` carries from one cycle to the next when its caller passes no `Carry` of its own.
+_CARRY = Carry()
 
-def decide(snapshot: Snapshot, now: float, policy: Policy) -> Decisions:
-    """Pure and deterministic: the same snapshot, time and policy always give the same decisions."""
+
+def decide(snapshot: Snapshot, now: float, policy: Policy, carry: Carry | None = None) -> Decisions:
+    """Pure and deterministic: the same snapshot, time and policy always give the same decisions.
+    `carry`: caches from earlier cycles (carry.py), which make a cycle cheaper and change no decision;
+    None: the module's own, shared by every caller that passes none."""
     # A cycle allocates tens of thousands of short-lived objects (tuples, records) beside a snapshot of
     # tens of thousands of long-lived ones. The cyclic garbage collector would walk the whole snapshot
     # several times per cycle and find nothing: the cycle builds no reference cycles, so reference
@@ -39,14 +45,14 @@ def decide(snapshot: Snapshot, now: float, policy: Policy) -> Decisions:
     if paused:
         gc.disable()
     try:
-        return _decide(snapshot, now, policy)
+        return _decide(snapshot, now, policy, _CARRY if carry is None else carry)
     finally:
         if paused:
             gc.enable()
 
 
-def _decide(snapshot: Snapshot, now: float, policy: Policy) -> Decisions:
-    ws = Workspace(snapshot, now, policy)
+def _decide(snapshot: Snapshot, now: float, policy: Policy, carry: Carry) -> Decisions:
+    ws = Workspace(snapshot, now, policy, carry)
     # Like Kueue, jobs that fit within their queue's nominal quota go before jobs that would have to
     # borrow: the first pass defers borrowers, the second takes them in order. Otherwise a borrower
     # that was just reclaimed would be re-admitted ahead of the job that reclaimed it.
@@ -61,17 +67,24 @@ def _decide(snapshot: Snapshot, now: float, policy: Policy) -> Decisions:
             _consider(ws, job, deferred)
         for job in deferred:
             _consider(ws, job, None)
-    # Waiting records are made at the end, with positions in queue order.
+    # Waiting records are made at the end, with positions in queue order. Most are as they were in the
+    # last cycle: that record is taken again when every field is equal (cheaper than making one).
     positions: dict[str, int] = {}
     waiting = ws.out.waiting
     whys = ws.why
+    last = carry.waiting.get
     for job in ws.pending:
         key = job.key
         why = whys.get(key)
         if why is not None:
             q = job.cluster_queue
             pos = positions[q] = positions.get(q, 0) + 1
-            waiting[key] = Waiting(key, pos, *why)
+            w = last(key)
+            if (w is None or w.position != pos or w.reason is not why[0] or w.message != why[1]
+                    or w.reserved_start != why[2]):
+                w = Waiting(key, pos, *why)
+            waiting[key] = w
+    carry.waiting = dict(waiting)
     periodic_checkpoints(ws)
     return ws.out
 

@@ -15,10 +15,9 @@ exactly. These are Kueue's cache snapshot `RemoveWorkload` / `AddWorkload`. Whil
 `cap.speculative` is above zero so that nothing learned then (failed shapes) is remembered as a fact
 of the cycle.
 
-Carried accounting. Accounting every running job is a fixed cost of every cycle. When a snapshot
-carries the very same node, flavor and queue tuples as the last cycle's (the simulator's case), the
-accounting starts from the last cycle's and redoes only the jobs whose Job object changed, started or
-left (`_Carried`). Nothing else is carried; a snapshot built anew (the controller's) accounts afresh.
+Carried state. What the next snapshot does not change (the node index, the running jobs' accounting,
+the queue order) is taken over from the last cycle through a `Carry` (carry.py): a cache whose absence
+changes no decision.
 
 Per-queue policy lookups. A policy profile gives defaults; a ClusterQueue's own fields (queueing
 strategy, backfill, reservation depth, preemption rules) refine them. The lookups here are the one place
@@ -27,11 +26,11 @@ that merges the two.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
-from operator import attrgetter
-from typing import Any, ClassVar
+from typing import Any
 
+from queue_controller.engine.carry import Account, Accounting, Carry
 from queue_controller.engine.decisions import Decisions, PendingReason
 from queue_controller.engine.ordering import Share, dominant_share, order_key
 from queue_controller.engine.placement import Capacity
@@ -74,30 +73,6 @@ class Running:
     by_flavor: dict[str, dict[str, int]] = field(default_factory=dict)  # aggregate requests per flavor
 
 
-@dataclass(frozen=True, slots=True)
-class _Account:
-    """What one running job holds: its quota usage, its pods on nodes, its requests per flavor."""
-
-    job: Job
-    delta: dict[FR, int]
-    nodes: list[tuple[str, Mapping[str, int]]]
-    by_flavor: dict[str, dict[str, int]]
-
-
-@dataclass(slots=True)
-class _Carried:
-    """The running jobs' accounting at the start of the last cycle, for the next cycle on the same node,
-    flavor and queue tuples (the simulator's case: it passes the same tuples until one changes, and the
-    same Job objects until a job changes). The controller builds every snapshot anew: nothing carries."""
-
-    source: tuple[object, object, object]  # the snapshot's nodes, flavors and cluster_queues
-    accounts: dict[str, _Account]  # by job key; valid for that very Job object only
-    free: dict[str, dict[str, int]]  # every node's free resources after accounting them
-    usage: dict[str, dict[FR, int]]  # every queue's usage after accounting them
-
-    last: ClassVar[_Carried | None] = None
-
-
 @dataclass(slots=True)
 class QueueState:
     """What the walk has learned about one ClusterQueue so far, and its policy settings, looked up once."""
@@ -118,13 +93,16 @@ class QueueState:
 class Workspace:
     """The mutable state of one cycle, built from a snapshot. Rules change it; the loop reads `out`."""
 
-    def __init__(self, snapshot: Snapshot, now: float, policy: Policy) -> None:
+    def __init__(self, snapshot: Snapshot, now: float, policy: Policy, carry: Carry | None = None) -> None:
+        """`carry`: what earlier cycles left (carry.py); None: nothing, every part is worked out afresh."""
+        if carry is None:
+            carry = Carry()
         self.now = now
         self.policy = policy
         self.out = Decisions()
         self.queues: dict[str, ClusterQueue] = {q.name: q for q in snapshot.cluster_queues}
         self.flavors = {f.name: f for f in snapshot.flavors}
-        self.cap = Capacity(snapshot.nodes, snapshot.flavors)
+        self.cap = Capacity(snapshot.nodes, snapshot.flavors, carry.node_index(snapshot.nodes, snapshot.flavors))
         self.ledger = QuotaLedger(snapshot.cluster_queues)
         self.qstate: dict[str, QueueState] = {
             name: QueueState(self.strict(q), self.backfill_enabled(q), self.reservation_depth(q))
@@ -151,14 +129,16 @@ class Workspace:
         # is computed once per cycle: the order does not depend on the preemptor).
         self.victim_ranking: dict[str, Any] = {}
         self._group_cache: dict[tuple[str, tuple[str, ...]], ResourceGroup | None] = {}
-        self._shapes: dict[str, tuple[object, ...]] = {}
+        # What decides whether a job fits, without its identity, as a number: equal shapes fit (or fail)
+        # alike, and the memos are per (queue, shape) (`Carry.shape`).
+        self.shape: Callable[[Job], int] = carry.shape
 
-        pending: list[Job] = []
-        admitted: list[Job] = []
-        for job in snapshot.jobs:
-            (pending if job.state is JobState.PENDING else admitted).append(job)
+        waiting_state = JobState.PENDING
+        pending = [job for job in snapshot.jobs if job.state is waiting_state]
+        admitted = [job for job in snapshot.jobs if job.state is not waiting_state]
+        carry.begin(len(pending))
         admitted.sort(key=order_key)
-        self._account_all(snapshot, admitted)
+        self._account_all(snapshot, admitted, carry)
         # Preemption candidates: running jobs by the group they may be preempted within, and the jobs
         # already being vacated (free room soon, at no extra cost).
         self.by_group: dict[str, list[Running]] = {}
@@ -171,14 +151,18 @@ class Workspace:
                     self.owners.add(run.job.preempted_for)
             else:
                 self.by_group.setdefault(self.share_group(run.job.cluster_queue), []).append(run)
-        self.waiting: set[str] = {j.key for j in pending}
-        # `order_key` in two stable sorts with C key functions: by (queue order, key), then by priority,
-        # highest first (a reverse sort keeps equal elements in their order). A third of the time of
-        # calling `order_key` for each of 10,000 jobs. (Under fair sharing the loop takes the queues'
-        # heads in share order: fair_sharing.py; each queue's jobs are still in this order.)
-        pending.sort(key=attrgetter("queue_order", "key"))
-        pending.sort(key=attrgetter("priority"), reverse=True)
-        self.pending = pending
+        by_key = {j.key: j for j in pending}
+        self.waiting: Set[str] = by_key.keys()  # the pending jobs' keys
+        if len(by_key) == len(pending):
+            # The last cycle's order, with the jobs that arrived or moved inserted (carry.py).
+            self.pending = carry.queue_order(pending, by_key)
+        else:
+            # Duplicate keys (never from the adapters): sorted afresh, nothing carried. Under fair sharing
+            # the loop takes the queues' heads in share order (fair_sharing.py); each queue's jobs are
+            # still in this order.
+            carry.forget_order()
+            pending.sort(key=order_key)
+            self.pending = pending
         # Fair sharing's book: each queue's usage as its share sees it. The ledger's usage, less the jobs
         # being vacated (their room is promised elsewhere), plus the jobs promised room by preemption
         # (which the ledger only partly holds while their victims still do). Kept only under fair sharing.
@@ -214,51 +198,53 @@ class Workspace:
 
     # ---- setup ------------------------------------------------------------------------------------
 
-    def _account_all(self, snapshot: Snapshot, admitted: list[Job]) -> None:
+    def _account_all(self, snapshot: Snapshot, admitted: list[Job], carry: Carry) -> None:
         """Account every job admitted before this cycle (in queue order), starting from what the last
-        cycle accounted when it ran on the very same nodes, flavors and queues: then only the jobs that
-        changed (started, left, or were replaced by another object) are worked out again."""
+        cycle accounted on the same nodes, flavors and queues (carry.py): then only the jobs that changed
+        (started, left, or became a different job) are worked out again."""
         source = (snapshot.nodes, snapshot.flavors, snapshot.cluster_queues)
-        last = _Carried.last
-        carried = last if last is not None and all(a is b for a, b in zip(last.source, source, strict=True)) else None
+        carried = carry.accounting_for(source)
         free = self.cap.free
         usage: dict[str, dict[FR, int]] = {}
-        accounts: dict[str, _Account] = {}
+        accounts: dict[str, Account] = {}
         by_key = {job.key: job for job in admitted}
-        if carried is not None and len(by_key) == len(admitted):
+        unique = len(by_key) == len(admitted)
+        if carried is not None and unique:
             # Start from the free capacity and usage after the last cycle's accounting; take out the jobs
-            # that are gone or changed.
+            # that are gone or changed. An equal Job (the controller's, converted afresh) is the same job.
             for name, f in carried.free.items():
                 free[name] = dict(f)
             usage = {q: dict(u) for q, u in carried.usage.items()}
             for key, kept in carried.accounts.items():
-                if by_key.get(key) is not kept.job:
-                    for node, req in kept.nodes:
-                        f = free[node]
-                        for r, q in req.items():
-                            f[r] = f.get(r, 0) + q
-                    if kept.delta:
-                        u = usage[kept.job.cluster_queue]
-                        for fr, q in kept.delta.items():
-                            u[fr] -= q
-                else:
+                now_job = by_key.get(key)
+                if now_job is kept.job or (now_job is not None and now_job == kept.job):
                     accounts[key] = kept
+                    continue
+                for node, req in kept.nodes:
+                    f = free[node]
+                    for r, q in req.items():
+                        f[r] = f.get(r, 0) + q
+                if kept.delta:
+                    u = usage[kept.job.cluster_queue]
+                    for fr, q in kept.delta.items():
+                        u[fr] -= q
+            carry.how["accounting"] = "carried"
         else:
             carried = None
+            carry.how["accounting"] = "built"
         for job in admitted:
             acct = accounts.get(job.key) if carried is not None else None
             if acct is None:
                 acct = accounts[job.key] = self._account_running(job, usage)
             self.running[job.key] = Running(job, acct.delta, acct.nodes, self._end(job), acct.by_flavor)
-        if len(by_key) == len(admitted):
-            _Carried.last = _Carried(source, accounts, {n: dict(f) for n, f in free.items()},
-                                     {q: dict(u) for q, u in usage.items()})
+        carry.accounting = (Accounting(source, accounts, {n: dict(f) for n, f in free.items()},
+                                       {q: dict(u) for q, u in usage.items()}) if unique else None)
         # Charged once per queue: the cohort's pool accounting telescopes, so the sum is the same.
         for name, total in usage.items():
             if name in self.queues:
                 self.ledger.add(name, total)
 
-    def _account_running(self, job: Job, usage: dict[str, dict[FR, int]]) -> _Account:
+    def _account_running(self, job: Job, usage: dict[str, dict[FR, int]]) -> Account:
         """Account a job admitted before this cycle: its pods on their nodes, its quota usage added to
         `usage` (per queue, for the ledger). Written for speed: it runs for every job that started since
         the last cycle, and for every running job when nothing is carried over."""
@@ -302,7 +288,7 @@ class Workspace:
                 acc = usage[cq] = {}
             for fr, q in delta.items():
                 acc[fr] = acc.get(fr, 0) + q
-        return _Account(job, delta, nodes, by_flavor)
+        return Account(job, delta, nodes, by_flavor)
 
     def _end(self, job: Job) -> float:
         """A running job's estimated end: INF when unknown, a grace period from now once overrun."""
@@ -333,29 +319,6 @@ class Workspace:
         if cq is not None and cq.cohort is not None:
             return "cohort/" + cq.cohort
         return "queue/" + cq_name
-
-    def shape(self, job: Job) -> tuple[object, ...]:
-        """What decides whether a job fits, without its identity: equal shapes fit (or fail) alike."""
-        # Unsorted items: equal jobs built the same way share a key; a miss only costs a memo hit.
-        # Cheaper to compute again than to look up, in the common case.
-        sets = job.pod_sets
-        if len(sets) == 1 and not job.restore_node_labels:
-            ps = sets[0]
-            if not ps.node_selector and not ps.tolerations:
-                return (ps.count, *ps.requests.items())  # the common case, cheaply
-        shape = self._shapes.get(job.key)
-        if shape is None:
-            shape = self._shapes[job.key] = self._compute_shape(job)
-        return shape
-
-    @staticmethod
-    def _compute_shape(job: Job) -> tuple[object, ...]:
-        return (
-            tuple((ps.count, tuple(ps.requests.items()),
-                   tuple(ps.node_selector.items()) if ps.node_selector else (), ps.tolerations)
-                  for ps in job.pod_sets),
-            tuple(job.restore_node_labels.items()) if job.restore_node_labels else (),
-        )
 
     # ---- per-queue policy lookups -----------------------------------------------------------------
 

@@ -6,7 +6,8 @@ converting each of them every cycle was most of the cycle. `JobMemo` keeps each 
 very same objects: the cache replaces a job's record or status object on every change, and its
 checkpoints' records likewise, so identity is the change test; the queue, the priority and the cluster's
 checkpoint settings and node kinds are compared by value. Jobs holding quota are converted afresh every
-cycle (their backend depends on their pods)."""
+cycle (their backend depends on their pods); the engine compares them with the last cycle's by value
+and re-accounts only those that changed (engine/carry.py)."""
 
 from __future__ import annotations
 
@@ -350,8 +351,8 @@ def build(cache: Cache, estimator: Estimator, fitter: Fitter | None = None, memo
 class _Parts:
     """The snapshot's nodes, flavors and queues kept between builds: an object is rebuilt only when its
     record (replaced by the cache on every change) or its inputs changed, and a tuple is the very same
-    tuple while its elements are — so the engine's per-cycle indexes and its accounting of running jobs
-    carry over from one cycle to the next (engine/placement.py NodeIndex, engine/workspace.py)."""
+    tuple while its elements are — so the engine's node index and its accounting of running jobs carry
+    over from one cycle to the next without comparing every element (engine/carry.py)."""
 
     def __init__(self) -> None:
         self._objects: dict[tuple[str, str], tuple[tuple[Any, ...], Any]] = {}
