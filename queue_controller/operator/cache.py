@@ -5,12 +5,18 @@ turns it into the engine's snapshot.
 A parsed job spec is the largest part of a record (a tree of pydantic models, ~4 KiB), and the jobs of
 a sweep or an array share one spec but for their names. Specs are therefore pooled: jobs whose spec
 bodies are equal share one parsed spec, its requests and its pod templates (never mutated), counted
-so that the last job to go takes it with it."""
+so that the last job to go takes it with it.
+
+A job's status is kept as the API server sends it (the writers patch from it), but slimmed: every
+watch event decodes a fresh copy, whose keys and short strings ("type", "status", "True", a reason, a
+timestamp) are new objects per job. Interning them makes 15,000 jobs share one copy of each, which
+halves what a finished job's status costs (8 conditions; see `_slim`)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +51,19 @@ from queue_controller.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+_INTERN_MAX = 64  # longer strings (messages naming a job) are rarely shared: interning them buys nothing
+
+
+def _slim(value: Any) -> Any:
+    """A copy of a decoded JSON value with its keys and short strings interned (shared by every job)."""
+    if isinstance(value, dict):
+        return {sys.intern(k): _slim(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_slim(v) for v in value]
+    if isinstance(value, str) and len(value) <= _INTERN_MAX:
+        return sys.intern(value)
+    return value
 
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -169,7 +188,7 @@ class Cache:
         rec = JobRecord(
             namespace=meta.get("namespace", ""), name=meta["name"], uid=meta.get("uid", ""),
             created=parse_time(meta.get("creationTimestamp")) or 0.0, spec=spec, spec_error=error,
-            status=dict(body.get("status") or {}), annotations=dict(meta.get("annotations") or {}),
+            status=_slim(dict(body.get("status") or {})), annotations=dict(meta.get("annotations") or {}),
             generation=generation, templates=templates, requests=requests,
         )
         self.jobs[rec.key] = rec
@@ -207,7 +226,7 @@ class Cache:
     def set_job_status(self, key: str, status: Mapping[str, Any]) -> None:
         rec = self.jobs.get(key)
         if rec is not None:
-            rec.status = dict(status)
+            rec.status = _slim(dict(status))
             self._changed()
 
     # ---- pods -------------------------------------------------------------------------------------
