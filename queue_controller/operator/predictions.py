@@ -49,8 +49,8 @@ class RuntimePredictions:
                 continue
             done = parse_time(rec.status.get("completionTime")) or 0.0
             new.append((done, rec.key, rec.namespace, float(ran), float(est)))
-        for _, _, namespace, ran, est in sorted(new):
-            self.learner.observe(namespace, ran, est)
+        for _, _, namespace, actual, estimate in sorted(new):
+            self.learner.observe(namespace, actual, estimate)
         if len(self._seen) > 2 * len(cache.jobs) + 64:  # succeeded jobs since deleted
             self._seen &= {rec.uid for rec in cache.jobs.values()}
 
