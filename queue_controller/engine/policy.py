@@ -69,6 +69,21 @@ class PreemptionSettings(_Model):
     kill_for: KillFor = KillFor.ANY
 
 
+class RuntimePredictionSettings(_Model):
+    """Learned run-time predictions (queue_controller/predictions.py). The engine reads only `enabled`:
+    the adapter learns the predictions and puts them into the snapshot; the rest tells it how."""
+
+    # Use `Job.runtime_prediction_s` instead of the user's estimate for reservations and backfill, while
+    # the job has not run past it (past it, the estimate holds).
+    enabled: bool = False
+    # The quantile of a group's actual/estimated run-time ratios taken as its correction factor: the
+    # median predicts the typical job; a higher quantile underpredicts fewer jobs and corrects less.
+    quantile: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # The last `window` finished jobs of a group count; none until it has `min_samples` of them.
+    window: Annotated[int, Field(ge=1, le=100000)] = 200
+    min_samples: Annotated[int, Field(ge=1)] = 20
+
+
 class BackfillSettings(_Model):
     enabled: bool = False
     # How many blocked jobs get a reserved start (1 = EASY; larger approaches conservative backfill).
@@ -79,6 +94,8 @@ class BackfillSettings(_Model):
     # Used for jobs without spec.runtimeEstimateSeconds; None means "unknown" (such a job can only
     # backfill where it cannot delay a reservation, or checkpoint-aware).
     default_runtime_estimate_seconds: Annotated[float | None, Field(gt=0)] = None
+    # Learned corrections of users' estimates, used in their place (`RuntimePredictionSettings`).
+    runtime_predictions: RuntimePredictionSettings = RuntimePredictionSettings()
 
 
 class CheckpointSettings(_Model):

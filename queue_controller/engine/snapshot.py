@@ -152,6 +152,9 @@ class Job:
     checkpoint_cost_s: float = 0.0
     restore_cost_s: float = 0.0
     runtime_estimate_s: float | None = None
+    # The adapter's learned prediction of the run time (queue_controller/predictions.py): used instead of
+    # the estimate, under a policy with runtime predictions, until the job has run past it.
+    runtime_prediction_s: float | None = None
     run_time_s: float = 0.0  # accumulated over finished runs (progress kept by checkpoints)
     started_at: float | None = None  # start of the current run
     last_checkpoint_at: float | None = None

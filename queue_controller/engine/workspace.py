@@ -115,6 +115,7 @@ class Workspace:
         self.victims: set[str] = set()  # chosen this cycle
         self.admitted_now: list[Running] = []  # admitted, or promised room, by this cycle
         self.preempting = policy.preemption.mode is not PreemptionMode.NEVER
+        self.predicting = policy.backfill.runtime_predictions.enabled  # `remaining`
         self.node_mtbf_s = snapshot.node_mtbf_s
         self.why: dict[str, WaitReason] = {}
         # Memos. Capacity and quota only shrink during the main pass, so a shape that failed stays failed
@@ -305,7 +306,19 @@ class Workspace:
 
     def remaining(self, job: Job) -> float | None:
         """Estimated seconds of work left (the policy's default estimate when the job gives none), or
-        None when unknown."""
+        None when unknown, not counting the current run (callers measure it from `started_at`).
+
+        Under a policy with runtime predictions, the adapter's learned prediction stands in for the
+        estimate until the job has run past it (queue_controller/predictions.py). Past it the user's
+        estimate holds again, as in Tsafrir et al.'s scheme: an underpredicted job is then planned by the
+        bound its user gave, not assumed to be about to end cycle after cycle (`OVERRUN_GRACE_S`)."""
+        pred = job.runtime_prediction_s
+        if pred is not None and self.predicting:
+            done = job.run_time_s
+            if job.started_at is not None:
+                done += self.now - job.started_at
+            if done < pred:
+                return max(pred - job.run_time_s, 0.0)
         est = job.runtime_estimate_s
         if est is None:
             est = self.policy.backfill.default_runtime_estimate_seconds

@@ -39,6 +39,7 @@ from queue_controller.operator.checkpoints import Checkpoints
 from queue_controller.operator.failures import FailureRate, Intervals
 from queue_controller.operator.jobs import JobLifecycle
 from queue_controller.operator.kube import Kube
+from queue_controller.operator.predictions import RuntimePredictions
 from queue_controller.operator.records import JobRecord
 from queue_controller.operator.runs import Runs
 from queue_controller.operator.settings import SettingsSource
@@ -76,6 +77,7 @@ class Controller:
         self.waiting = Waiting(cache, self.writer)
         self.runs = Runs(cache, kube, self.writer, self.job_backends)
         self.failures = FailureRate(policy.checkpoints.node_mtbf_seconds)
+        self.predictions = RuntimePredictions(policy.backfill.runtime_predictions)
         self.intervals = Intervals(policy, self.failures)
         self.checkpoints = Checkpoints(cache, kube, self.writer, self.job_backends, self.runs, policy, self.intervals)
         self.jobs = JobLifecycle(cache, self.writer, self.runs, self.checkpoints, self.waiting, self.intervals)
@@ -124,6 +126,8 @@ class Controller:
         snap, unqueued = build(self.cache, self.estimate, self.job_backends.admissible, self.memo,
                                (self.job_backends.settings, self.cache.present_kinds()), now)
         snap = replace(snap, node_mtbf_s=self.failures.mtbf_s)
+        self.predictions.observe(self.cache)
+        snap = self.predictions.apply(snap)
         self.intervals.update(snap.jobs)
         priorities = {j.key: j.priority for j in snap.jobs}
         decisions = decide(snap, now, self.policy)

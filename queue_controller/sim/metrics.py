@@ -21,6 +21,9 @@
   `checkpoint_preempt` (victims dumping), `restore`, `kill_grace`, and idle time by reason:
   `idle_<reason>` for the simulator's `IDLE_REASONS` (the engine's waiting reasons at each cycle), and
   `idle_between_cycles` (GPUs released after a cycle, idle until the next one).
+- drain_hours: last completion - last submit; drain_idle_fraction: the GPU time idle in that drain, as
+  a fraction of GPUs x makespan (part of the idle time above: what no scheduler can fill once nothing
+  arrives, and what the order of the last jobs decides).
 """
 
 from __future__ import annotations
@@ -147,8 +150,12 @@ def compute(res: SimResult) -> dict[str, Any]:
             **{f"idle_{k}": v / cap_s for k, v in idle_breakdown(res).items()},
         }
         gpu_time = {k: round(v, 6) for k, v in gpu_time.items()}
+    drain = max(res.makespan_end - res.last_submit, 0.0)
+    drain_idle = capacity * drain - _integrate(res.usage, res.last_submit, res.makespan_end, col)
     return {
         "gpu_time": gpu_time,
+        "drain_hours": round(drain / 3600.0, 3),
+        "drain_idle_fraction": round(drain_idle / (capacity * span), 6),
         "policy": res.policy,
         "utilization": round(useful / (capacity * span), 6),
         "gpu_utilization": round(allocated / (capacity * span), 6) if use_gpu else 0.0,

@@ -51,6 +51,7 @@ from queue_controller.engine import (
     Snapshot,
     decide,
 )
+from queue_controller.predictions import EstimateLearner
 from queue_controller.sim.cluster import GIB_MILLI, CheckpointModel, ClusterSpec, QueueLayout
 from queue_controller.sim.trace import TraceJob
 
@@ -288,6 +289,11 @@ class Simulator:
         self.decide_calls = 0
         self.decide_seconds = 0.0
         self.now = 0.0
+        # Learned run-time predictions, under a policy that uses them: the simulator is the adapter that
+        # learns (queue_controller/predictions.py). A job's group is its trace queue, the trace's closest
+        # thing to a user or team (traces carry no user).
+        rp = policy.backfill.runtime_predictions
+        self.learner = EstimateLearner(rp) if rp.enabled else None
 
     # ---- event plumbing ----------------------------------------------------------------------------
 
@@ -381,8 +387,11 @@ class Simulator:
         sj.phase = Phase.QUEUED
         sj.epoch += 1
         ckpt = f"{sj.trace.id}-ckpt-{sj.checkpoints}" if sj.ckpt_progress is not None else None
-        sj.engine = replace(sj.base, run_time_s=keep, checkpoint=ckpt)
+        sj.engine = replace(sj.base, run_time_s=keep, checkpoint=ckpt, runtime_prediction_s=self._predict(sj))
         bisect.insort(self.pending, (-sj.trace.priority, sj.trace.submit_s, sj.trace.id, sj.idx))
+
+    def _predict(self, sj: SimJob) -> float | None:
+        return None if self.learner is None else self.learner.predict(sj.trace.queue, sj.trace.estimate_s)
 
     def _remove_pending(self, sj: SimJob) -> None:
         key = (-sj.trace.priority, sj.trace.submit_s, sj.trace.id, sj.idx)
@@ -454,6 +463,14 @@ class Simulator:
 
     def _decide(self, t: float) -> int:
         depth = self.cfg.queue_depth
+        if self.learner is not None:
+            # A pending job's prediction follows its group's newest factor; a running job keeps the one it
+            # started with (a new Job object would be accounted again, and its plan should not move).
+            for e in self.pending[:depth]:
+                sj = self.jobs[e[3]]
+                pred = self._predict(sj)
+                if pred != sj.engine.runtime_prediction_s:
+                    sj.engine = replace(sj.engine, runtime_prediction_s=pred)
         jobs = [*self.admitted.values(), *(self.jobs[e[3]].engine for e in self.pending[:depth])]
         # The modelled MTBF goes in the snapshot, as the controller's measured one does: the engine uses it
         # for Young's checkpoint interval instead of the policy's nodeMtbfSeconds.
@@ -529,6 +546,8 @@ class Simulator:
                 sj.epoch += 1
                 self._release(sj, t)
                 self.done += 1
+                if self.learner is not None:
+                    self.learner.observe(sj.trace.queue, sj.trace.runtime_s, sj.trace.estimate_s)
             elif kind is _Ev.RESTORE_DONE:
                 self._start_working(sj, t)
             elif kind is _Ev.CKPT_DONE:
