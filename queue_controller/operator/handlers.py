@@ -118,6 +118,9 @@ def _on(watched: Watched) -> Callable[..., Any]:
     return handler
 
 
+IDLE_WORKER_S = 0.5  # kopf's default is 5 s
+
+
 def register() -> None:
     for w in WATCHED:
         kopf.on.event(w.group, w.version, w.plural)(_on(w))
@@ -129,6 +132,11 @@ def register() -> None:
         settings.watching.client_timeout = 660
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ckq.io")
         settings.persistence.diffbase_storage = NoDiffBase()
+        # kopf keeps a worker per object for idle_timeout after its last event, and an idle worker still
+        # holds that event's whole body (managedFields included: ~30 KiB decoded for a pod). At 15,000
+        # jobs ~5,000 such workers were alive at once, and the controller's peak RSS was 2-3x what its
+        # cache holds. Our handler only feeds the cache, so a worker that lingers saves nothing.
+        settings.queueing.idle_timeout = IDLE_WORKER_S
         for fn in RUNTIME.startup:
             result = fn()
             if asyncio.iscoroutine(result):
