@@ -7,7 +7,8 @@ Users overestimate: asked for a run time, they give a round walltime well above 
 have ended in time. HPC schedulers therefore predict run times from history and keep the user's
 estimate only as the bound it is.
 
-`EstimateLearner` does that for one adapter (the simulator now; the controller later). Each finished
+`EstimateLearner` does that for each adapter (the simulator per trace queue; the controller per namespace,
+`operator/predictions.py`). Each finished
 job with an estimate reports actual / estimated run time for its *group* (the adapter's choice: a user,
 a namespace, a local queue). A group's correction factor is a quantile of its last `window` ratios,
 once it has `min_samples` of them, and never above 1 (a prediction never exceeds the estimate). A job's
