@@ -17,6 +17,7 @@ classic EASY counts processors; the jobs that start now are still placed on conc
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 
 from queue_controller.engine.fit import Fit, requested
@@ -84,12 +85,12 @@ def reserve(ws: Workspace, job: Job, cq: ClusterQueue) -> float | None:
     if quota_at is None:
         return None
     prof = profile(ws, flavor)
-    moved = [(run, at) for run, at in leave if flavor in run.by_flavor and at < run.end]
-    for run, at in moved:
-        prof.hold(at, run.end - at, {r: -q for r, q in run.by_flavor[flavor].items()})
-    start = prof.earliest_start(need, dur, quota_at)
-    for run, at in moved:
-        prof.hold(at, run.end - at, run.by_flavor[flavor])
+    # Their room is free from when they would be gone until their estimated ends: asked about as an
+    # extra on the profile, not held in and out of it (each hold would walk the profile's segments).
+    # (`at + (end - at)`: where holding them for `end - at` from `at` would have ended, to the bit.)
+    early = [(at, at + (run.end - at), run.by_flavor[flavor]) for run, at in leave
+             if flavor in run.by_flavor and at < run.end]
+    start = prof.earliest_start(need, dur, quota_at, early)
     if start is None:
         return None
     prof.hold(start, dur, need)
@@ -102,12 +103,11 @@ def vacatable_backfill(ws: Workspace, job: Job, cq: ClusterQueue) -> list[tuple[
     """The running backfilled jobs that `job` may vacate (`ReservationDue`: behind it in queue order, in
     its queue or cohort), each with the time it would be gone if vacated now (its checkpoint's cost)."""
     out: list[tuple[Running, float]] = []
-    for run in ws.running.values():
+    # Its queue's or cohort's running jobs not vacating: its share group's (`Workspace.by_group`, in the
+    # order of `ws.running`).
+    for run in ws.by_group.get(ws.share_group(cq.name), ()):
         v = run.job
-        if not v.backfilled or v.vacating or v.key in ws.claimed or not ahead_of(job, v):
-            continue
-        vq = ws.queues.get(v.cluster_queue)
-        if vq is None or not (vq.name == cq.name or (cq.cohort is not None and vq.cohort == cq.cohort)):
+        if not v.backfilled or v.key in ws.claimed or not ahead_of(job, v):
             continue
         out.append((run, ws.now + v.checkpoint_cost_s))
     return out
@@ -128,10 +128,18 @@ def checkpointable_victims(ws: Workspace, job: Job, cq: ClusterQueue,
     members = ws.ledger.cohort_members(cq.cohort) if cq.cohort is not None else [cq.name]
     borrowing = {name: ws.ledger.borrowing(name) for name in members}
     out: list[tuple[Running, float]] = []
-    for run in ws.running.values():
+    # Only the jobs of its queue or cohort may be eligible, and those not vacating are its share group's
+    # (`Workspace.by_group`, in the order of `ws.running`); of them, the checkpointable ones not being
+    # checkpointed, picked once per cycle and group.
+    group = ws.share_group(cq.name)
+    runs = ws.checkpointable_runs.get(group)
+    if runs is None:
+        runs = ws.checkpointable_runs[group] = [
+            run for run in ws.by_group.get(group, ()) if run.job.checkpointable and not run.job.checkpointing]
+    claimed = ws.claimed
+    for run in runs:
         v = run.job
-        if (not v.checkpointable or v.vacating or v.checkpointing or v.key in ws.claimed or v.key in skip
-                or eligible(ws, job, cq, v, borrowing) is None):
+        if v.key in claimed or v.key in skip or eligible(ws, job, cq, v, borrowing) is None:
             continue
         out.append((run, ws.now + v.checkpoint_cost_s))
     return out
@@ -158,11 +166,18 @@ def quota_start(ws: Workspace, job: Job, cq: ClusterQueue, flavor: str, need: Ma
     # the ledger holds. Its use of the victims' room meanwhile is held in the capacity profile, which the
     # reservation must fit as well.
     early = {run.job.key: at for run, at in leave}
-    releases = sorted(
-        ((min(run.end, early.get(run.job.key, INF)), run.job.key, run)
-         for run in (*ws.running.values(), *ws.admitted_now)
-         if run.delta and run.job.cluster_queue in members),
-        key=lambda e: (e[0], e[1]))
+    # In order of (end, key): the running jobs as sorted once per cycle and share group, less the ones
+    # whose end moved (victims, and the jobs that may leave early for this job), merged with those and
+    # with the jobs admitted this cycle. The walk below usually stops after a few.
+    moved = {run.job.key: run for run in ws.ended_early}
+    moved.update((run.job.key, run) for run, _ in leave)
+    base = _release_order(ws, cq)
+    kept = (e for e in base if e[1] not in moved) if moved else iter(base)
+    changed = sorted(((min(run.end, early.get(key, INF)), key, run) for key, run in moved.items()
+                      if run.delta and run.job.cluster_queue in members), key=_end_key)
+    admitted = sorted(((run.end, run.job.key, run) for run in ws.admitted_now
+                       if run.delta and run.job.cluster_queue in members), key=_end_key)
+    releases = heapq.merge(kept, changed, admitted, key=_end_key)
     undo: list[tuple[str, dict[FR, int]]] = []
     at: float | None = None
     try:
@@ -183,6 +198,29 @@ def quota_start(ws: Workspace, job: Job, cq: ClusterQueue, flavor: str, need: Ma
         for q, gone in reversed(undo):
             ledger.add(q, gone)
     return at
+
+
+_Release = tuple[float, str, Running]
+
+
+def _end_key(e: _Release) -> tuple[float, str]:
+    return e[0], e[1]
+
+
+def _release_order(ws: Workspace, cq: ClusterQueue) -> list[_Release]:
+    """The running jobs (admitted before this cycle) that hold quota in `cq`'s queue or cohort (its share
+    group), by (estimated end as the cycle began, key): sorted once per cycle, for every share group in
+    one pass over the running jobs."""
+    if not ws.release_order:
+        groups: dict[str, list[_Release]] = {}
+        share_group = ws.share_group
+        for run in ws.running.values():
+            if run.delta:  # holds quota (as `quota_start` asks)
+                groups.setdefault(share_group(run.job.cluster_queue), []).append((run.end, run.job.key, run))
+        for order in groups.values():
+            order.sort(key=_end_key)
+        ws.release_order = groups
+    return ws.release_order.get(ws.share_group(cq.name), [])
 
 
 def may_start_now(ws: Workspace, job: Job, fit: Fit) -> tuple[bool, bool]:

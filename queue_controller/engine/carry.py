@@ -23,17 +23,21 @@ and test_engine_golden.py holds both to the recorded decisions). It reads no clo
 `decide` without one uses a module-wide `Carry`, so the simulator and the controller carry from cycle
 to cycle without asking; two callers taking turns on it only lose the carry, never a decision.
 
+- which (queue, shape) pairs the queues can admit at all (`fit.inadmissible`), while the queues are the
+  same or equal (a refusal is worked out each cycle: its message names the pod set of the first job
+  of its shape).
+
 Not carried, because it depends on `now` or on what the cycle has done so far: failed-shape and
-preemption memos, capacity profiles, the victim order, the per-resource free-capacity order. (The
-inadmissible memo is per cycle too: its message names the pod set of the first job of a shape.)
+preemption memos, capacity profiles, the victim order, the per-resource free-capacity order.
 """
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import compress
+from operator import attrgetter, is_not
 
 from queue_controller.engine.decisions import Waiting
 from queue_controller.engine.ordering import order_key
@@ -41,12 +45,16 @@ from queue_controller.engine.placement import NodeIndex
 from queue_controller.engine.quota import FR
 from queue_controller.engine.snapshot import ClusterQueue, Flavor, Job, Node
 
+_key_of = attrgetter("key")
+
 # Above this many pending jobs inserted at once (arrived, or moved in the order), sorting them all is
 # cheaper than inserting each one into the carried order.
 _MAX_INSERTS = 256
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made for each running job accounted afresh (1,000 in a full cycle), and a frozen
+# dataclass's constructor costs several times a plain one's. Never changed once made.
+@dataclass(slots=True)
 class Account:
     """What one running job holds: its quota usage, its pods on nodes, its requests per flavor."""
 
@@ -79,6 +87,11 @@ class Carry:
     shape_ids: dict[tuple[object, ...], int] = field(default_factory=dict)
     # The last cycle's waiting records, by job key: a record equal in every field is taken again.
     waiting: dict[str, Waiting] = field(default_factory=dict)
+    # The (queue, shape) pairs found admissible (`fit.inadmissible` said None) under these queues: that
+    # depends only on the queues' configuration and the shape. (A refusal is not kept: its message
+    # names the pod set of the first job of its shape in the cycle.)
+    admissible: set[tuple[str, int]] = field(default_factory=set)
+    admissible_source: tuple[ClusterQueue, ...] | None = None
     # How the last cycle got each part (for the bench and the tests): "carried", "equal" or "built".
     how: dict[str, str] = field(default_factory=dict)
 
@@ -86,6 +99,7 @@ class Carry:
         """A cycle starts with `pending` jobs waiting: drop what no longer pays for its memory."""
         if len(self.shape_of) > 2 * pending + 1024 or len(self.shape_ids) > 65536:
             self.shape_of, self.shape_ids = {}, {}
+            self.admissible = set()  # keyed by shape numbers, which start again
 
     def shape(self, job: Job) -> int:
         """What decides whether a job fits, without its identity, as a number: jobs of equal shapes fit
@@ -132,16 +146,27 @@ class Carry:
             return last
         return None
 
-    def queue_order(self, pending: list[Job], now_of: dict[str, Job]) -> list[Job]:
+    def admissible_for(self, queues: tuple[ClusterQueue, ...]) -> set[tuple[str, int]]:
+        """The (queue, shape) pairs known admissible, while the queues are the same or equal."""
+        last = self.admissible_source
+        if last is not queues and last != queues:
+            self.admissible = set()
+        self.admissible_source = queues
+        return self.admissible
+
+    def queue_order(self, pending: list[Job], now_of: dict[str, Job], keys: list[str] | None = None) -> list[Job]:
         """`pending` in queue order (`ordering.order_key`), from the last cycle's order and the changes.
-        `now_of`: the same jobs by key (keys are unique). Both are kept for the next cycle; the list
-        returned is the caller's."""
+        `now_of`: the same jobs by key (keys are unique); `keys`: their keys, in `pending`'s order, when
+        the caller has them. Both are kept for the next cycle; the list returned is the caller's."""
         last = self.order_of
         moved: list[Job] = []
         if last:
             get = last.get
-            # The same objects kept their places (a comprehension: this runs over every pending job).
-            for job in [job for job in pending if get(job.key) is not job]:
+            # The same objects kept their places. This runs over every pending job, so it iterates in C
+            # (map, compress), not in a comprehension.
+            if keys is None:
+                keys = list(map(_key_of, pending))
+            for job in compress(pending, map(is_not, map(get, keys), pending)):
                 old = get(job.key)
                 if old is None or old.priority != job.priority or old.queue_order != job.queue_order:
                     moved.append(job)
@@ -157,15 +182,20 @@ class Carry:
             ordered.sort(key=attrgetter("priority"), reverse=True)
         else:
             self.how["order"] = "carried"
-            # The jobs that stayed, in their old order (their order keys are unchanged), as the new objects.
-            find = now_of.get
-            if moved:
-                skip = {job.key for job in moved}
-                ordered = [j for j in (find(k) for k in self.order) if j is not None and j.key not in skip]
-            else:
-                ordered = [j for j in map(find, self.order) if j is not None]
+            # The jobs that stayed, in their old order (their order keys are unchanged), as the new objects:
+            # the keys first (membership tests on strings), then the jobs by a C-level map.
+            skip = {job.key for job in moved if job.key in last}
+            kept = list(filter(now_of.__contains__, self.order))
+            if skip:
+                kept = [k for k in kept if k not in skip]
+            ordered = list(map(now_of.__getitem__, kept))
             for job in moved:
-                insort(ordered, job, key=order_key)
+                i = bisect_right(ordered, order_key(job), key=order_key)
+                ordered.insert(i, job)
+                kept.insert(i, job.key)
+            self.order = kept
+            self.order_of = now_of
+            return ordered
         self.order = [job.key for job in ordered]
         self.order_of = now_of
         return ordered

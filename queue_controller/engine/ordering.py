@@ -3,6 +3,16 @@
 Jobs are ordered by priority (high first), then queue-order timestamp (old first; a preempted job keeps
 its original timestamp and so its place), then key, which makes every ordering total and deterministic.
 
+A policy may credit requested work (`OrderingSettings`, `credited`): within a priority, a job is ordered
+as if it had arrived earlier by `workCreditSecondsPerGpuHour` x the GPU-hours it asks for (its GPUs x
+its run-time estimate), at most `maxWorkCreditSeconds`. This is the multifactor priority of HPC
+schedulers with a queue-time (age) factor and a resource factor that favours large jobs (Moab's
+QUEUETIME plus its Resource component's processor-seconds weight; Slurm's age plus job-size factor with
+`PriorityFavorSmall=NO`): a job's score is its age plus its credit, so jobs still overtake one another
+only by the fixed credit, and a score that grows with age alone orders them as a fixed time does. The
+engine applies it once, at the start of a cycle, to each job's queue-order time; every rule after that
+(the walk, `ahead_of`, reservations, ReservationDue, fair sharing) sees the one credited order.
+
 The order is also computed outside the engine: `ckq pending` and `ckq get jobs` rank a ClusterQueue's
 waiting jobs on demand from what the API server holds (as Kueue's visibility API does), rather than the
 controller writing every waiting job's position each cycle. `queue_order_key` and `positions` take the
@@ -13,10 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from fractions import Fraction
 
+from queue_controller.engine.policy import OrderingSettings
 from queue_controller.engine.quota import FR, QuotaLedger
-from queue_controller.engine.snapshot import Job
+from queue_controller.engine.snapshot import Job, Snapshot
 
 OrderKey = tuple[int, float, str]
 
@@ -24,6 +36,42 @@ OrderKey = tuple[int, float, str]
 def queue_order_key(priority: int, queue_order: float, key: str) -> OrderKey:
     """The sort key of a job given as plain values: priority (high first), queue-order time, key."""
     return (-priority, queue_order, key)
+
+
+def work_credit(job: Job, ordering: OrderingSettings) -> float:
+    """Seconds the job is ordered ahead of its arrival: the policy's credit per requested GPU-hour times
+    its GPUs x its run-time estimate (the user's, fixed at submission, so the credit never moves), at most
+    the policy's cap. A job without an estimate, or without GPUs, gets none."""
+    rate = ordering.work_credit_seconds_per_gpu_hour
+    est = job.runtime_estimate_s
+    if rate <= 0 or est is None:
+        return 0.0
+    return min(rate * (job.gpus / 1000.0) * est / 3600.0, ordering.max_work_credit_seconds)
+
+
+# Credited jobs of the last cycles, by key: (the snapshot's job, the settings, its credited copy). A cache:
+# the same job object under the same settings gets the same copy, so the caches keyed on identity (carry.py)
+# keep working from cycle to cycle; a caller with other settings gets its own copy, never another's.
+_CREDITED: dict[str, tuple[Job, OrderingSettings, Job]] = {}
+
+
+def credited(snapshot: Snapshot, ordering: OrderingSettings) -> Snapshot:
+    """The snapshot with every job's queue-order time less its `work_credit`; the snapshot itself when the
+    policy gives no credit (so fifo, kueue and easy decide exactly as without this rule)."""
+    if ordering.work_credit_seconds_per_gpu_hour <= 0:
+        return snapshot
+    memo = _CREDITED
+    if len(memo) > 2 * len(snapshot.jobs) + 1024:
+        memo.clear()
+    jobs = []
+    for job in snapshot.jobs:
+        hit = memo.get(job.key)
+        if hit is None or hit[0] is not job or (hit[1] is not ordering and hit[1] != ordering):
+            credit = work_credit(job, ordering)
+            hit = (job, ordering, replace(job, queue_order=job.queue_order - credit) if credit else job)
+            memo[job.key] = hit
+        jobs.append(hit[2])
+    return replace(snapshot, jobs=tuple(jobs))
 
 
 def order_key(job: Job) -> OrderKey:

@@ -116,6 +116,18 @@ class CheckpointSettings(_Model):
         return v
 
 
+class OrderingSettings(_Model):
+    """The order of the jobs of one priority (engine/ordering.py): by arrival, less a credit for the work
+    they ask for, as HPC schedulers' multifactor priorities add a resource factor to the age factor."""
+
+    # Seconds a job is ordered ahead of its arrival per GPU-hour it asks for (its GPUs x its run-time
+    # estimate). 0: by arrival alone (Kueue's order).
+    work_credit_seconds_per_gpu_hour: Annotated[float, Field(ge=0)] = 0.0
+    # The most credit one job gets: a job is overtaken only by jobs that arrive less than this after it,
+    # so none waits for ever behind larger ones.
+    max_work_credit_seconds: Annotated[float, Field(gt=0)] = 24 * 3600.0
+
+
 class FairSharingStrategy(StrEnum):
     """Kueue's fair-sharing preemption strategies (KEP 1714, rules S2-a and S2-b)."""
 
@@ -154,6 +166,8 @@ class Policy(_Model):
     checkpoints: CheckpointSettings = CheckpointSettings()
     # Treat every ClusterQueue as StrictFIFO (the head blocks the queue): plain FCFS.
     strict_fifo: bool = False
+    # Within a priority: by arrival, or ahead by a credit for requested work (`OrderingSettings`).
+    ordering: OrderingSettings = OrderingSettings()
     # Kueue's fair sharing: admit from the cohort's queue with the lowest dominant resource share, and
     # preempt within the cohort to restore fair shares. `fairSharing: true` is short for `enabled: true`.
     fair_sharing: FairSharingSettings = FairSharingSettings()

@@ -9,7 +9,7 @@ For a queue with nominal quota N, lendingLimit L (default N) and borrowingLimit 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from queue_controller.engine.snapshot import ClusterQueue, Quota
@@ -35,6 +35,9 @@ class QuotaLedger:
         self._pool: dict[str, dict[FR, int]] = {}  # cohort -> lendable capacity
         self._pool_used: dict[str, dict[FR, int]] = {}  # cohort -> usage above members' guaranteed parts
         self._lendable: dict[str, dict[str, int]] = {}  # cohort -> resource -> lendable, over flavors
+        self._members: dict[str, tuple[str, ...]] = {}  # cohort -> its queues (`cohort_members`)
+        # queue -> how many of its (flavor, resource) pairs it uses above nominal quota (`borrowing`).
+        self._over: dict[str, int] = {}
         for cq in queues:
             self.queues[cq.name] = cq
             self._cohort_of[cq.name] = cq.cohort
@@ -49,6 +52,7 @@ class QuotaLedger:
                             pool[(fq.name, res)] = pool.get((fq.name, res), 0) + lendable
             self._limits[cq.name] = limits
             self.usage[cq.name] = {}
+            self._over[cq.name] = 0
             if cq.cohort is not None:
                 self._pool_used.setdefault(cq.cohort, {})
 
@@ -67,9 +71,6 @@ class QuotaLedger:
     def covers(self, cq: str, flavor: str, resource: str) -> bool:
         return (flavor, resource) in self._limits[cq]
 
-    def _contribution(self, lim: _Limits, used: int) -> int:
-        return max(0, used - lim.guaranteed)
-
     def fits(self, cq: str, delta: Mapping[FR, int]) -> bool:
         """Whether adding `delta` to `cq`'s usage stays inside every limit."""
         limits = self._limits[cq]
@@ -79,12 +80,14 @@ class QuotaLedger:
             lim = limits.get(fr)
             if lim is None:
                 return False
-            new = usage.get(fr, 0) + q
+            old = usage.get(fr, 0)
+            new = old + q
             if lim.max_usage is not None and new > lim.max_usage:
                 return False
             if cohort is not None:
-                old = usage.get(fr, 0)
-                grow = self._contribution(lim, new) - self._contribution(lim, old)
+                # `_contribution`, inlined: this runs for every fit tried, what-ifs included.
+                g = lim.guaranteed
+                grow = (new - g if new > g else 0) - (old - g if old > g else 0)
                 if grow > 0 and self._pool_used[cohort].get(fr, 0) + grow > self._pool[cohort].get(fr, 0):
                     return False
         return True
@@ -101,10 +104,11 @@ class QuotaLedger:
 
     def borrowing(self, cq: str, resources: Iterable[FR] | None = None) -> bool:
         """Whether `cq` uses more than its nominal quota (of the given flavor/resources, or of any)."""
+        if resources is None:
+            return self._over[cq] > 0
         limits = self._limits[cq]
         usage = self.usage[cq]
-        keys = usage.keys() if resources is None else resources
-        return any(usage.get(fr, 0) > limits[fr].nominal for fr in keys if fr in limits)
+        return any(usage.get(fr, 0) > limits[fr].nominal for fr in resources if fr in limits)
 
     def add(self, cq: str, delta: Mapping[FR, int], sign: int = 1) -> None:
         limits = self._limits[cq]
@@ -115,9 +119,12 @@ class QuotaLedger:
             old = usage.get(fr, 0)
             new = old + sign * q
             usage[fr] = new
-            if pu is not None:
-                lim = limits.get(fr)
-                if lim is not None:
+            lim = limits.get(fr)
+            if lim is not None:
+                n = lim.nominal
+                if (new > n) is not (old > n):
+                    self._over[cq] += 1 if new > n else -1
+                if pu is not None:
                     # `_contribution`, inlined: this runs for every lift and restore of a what-if.
                     g = lim.guaranteed
                     change = (new - g if new > g else 0) - (old - g if old > g else 0)
@@ -144,8 +151,12 @@ class QuotaLedger:
         lim = self._limits[cq].get(fr)
         return 0 if lim is None else lim.nominal
 
-    def cohort_members(self, cohort: str) -> list[str]:
-        return [name for name, c in self._cohort_of.items() if c == cohort]
+    def cohort_members(self, cohort: str) -> Sequence[str]:
+        """The cohort's queues, in the order given (worked out once: asked for every preemption search)."""
+        members = self._members.get(cohort)
+        if members is None:
+            members = self._members[cohort] = tuple(name for name, c in self._cohort_of.items() if c == cohort)
+        return members
 
     def pool_capacity(self, cohort: str, fr: FR) -> int:
         return self._pool.get(cohort, {}).get(fr, 0)

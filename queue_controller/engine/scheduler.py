@@ -15,18 +15,24 @@ gang placement within quota), `preemption/` (eligibility, victim order, minimal 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterable
+from operator import attrgetter
 
 from queue_controller.engine.backfill import hold_in_profiles, may_start_now, reserve, run_length
 from queue_controller.engine.carry import Carry
 from queue_controller.engine.decisions import Admit, Decisions, PendingReason, Resume, Waiting
 from queue_controller.engine.fair_sharing import fair_order
 from queue_controller.engine.fit import UNSEEN, Fit, find_fit, inadmissible, release
+from queue_controller.engine.ordering import credited
 from queue_controller.engine.periodic_checkpoints import periodic_checkpoints
 from queue_controller.engine.policy import Policy
 from queue_controller.engine.preemption.victim_set import preempt_for
 from queue_controller.engine.profile import INF
 from queue_controller.engine.snapshot import GPU, ClusterQueue, Job, Snapshot
-from queue_controller.engine.workspace import NEEDS_ROOM, Running, WaitReason, Workspace
+from queue_controller.engine.workspace import NEEDS_ROOM, QueueState, Running, WaitReason, Workspace
+
+_key_of = attrgetter("key")
+_queue_of = attrgetter("cluster_queue")
 
 # What `decide` carries from one cycle to the next when its caller passes no `Carry` of its own.
 _CARRY = Carry()
@@ -52,41 +58,108 @@ def decide(snapshot: Snapshot, now: float, policy: Policy, carry: Carry | None =
 
 
 def _decide(snapshot: Snapshot, now: float, policy: Policy, carry: Carry) -> Decisions:
-    ws = Workspace(snapshot, now, policy, carry)
+    # The policy's credit for requested work moves jobs' queue-order times (ordering.py), once, for every rule.
+    ws = Workspace(credited(snapshot, policy.ordering), now, policy, carry)
     # Like Kueue, jobs that fit within their queue's nominal quota go before jobs that would have to
     # borrow: the first pass defers borrowers, the second takes them in order. Otherwise a borrower
     # that was just reclaimed would be re-admitted ahead of the job that reclaimed it.
     # Under fair sharing the heads of the queues take turns by share instead (fair_sharing.py), and its
     # tournament puts the jobs that stay within nominal quota first by itself.
     if ws.fair:
-        for job in fair_order(ws, ws.pending):
-            _consider(ws, job, None)
+        _walk(ws, fair_order(ws, ws.pending), None)
     else:
         deferred: list[Job] = []
-        for job in ws.pending:
-            _consider(ws, job, deferred)
-        for job in deferred:
-            _consider(ws, job, None)
+        _walk(ws, ws.pending, deferred)
+        _walk(ws, deferred, None)
     # Waiting records are made at the end, with positions in queue order. Most are as they were in the
     # last cycle: that record is taken again when every field is equal (cheaper than making one).
+    # (The lookups per job are done by C iterators, map and zip: this runs over every pending job.)
     positions: dict[str, int] = {}
+    position = positions.get
     waiting = ws.out.waiting
-    whys = ws.why
-    last = carry.waiting.get
-    for job in ws.pending:
-        key = job.key
-        why = whys.get(key)
+    keys = list(map(_key_of, ws.pending))
+    for key, q, why, w in zip(keys, map(_queue_of, ws.pending), map(ws.why.get, keys),
+                              map(carry.waiting.get, keys), strict=True):
         if why is not None:
-            q = job.cluster_queue
-            pos = positions[q] = positions.get(q, 0) + 1
-            w = last(key)
+            pos = positions[q] = position(q, 0) + 1
             if (w is None or w.position != pos or w.reason is not why[0] or w.message != why[1]
                     or w.reserved_start != why[2]):
-                w = Waiting(key, pos, *why)
+                w = Waiting(key, pos, why[0], why[1], why[2])
             waiting[key] = w
     carry.waiting = dict(waiting)
+    carry.admissible = {memo for memo, never in ws.inadmissible.items() if never is None}
     periodic_checkpoints(ws)
     return ws.out
+
+
+def _walk(ws: Workspace, jobs: Iterable[Job], deferred: list[Job] | None) -> None:
+    """`_consider` each job in turn. Most of a long queue is decided by the memos: once its queue is
+    blocked (StrictFIFO), or has spent its preemption searches and reservations for the cycle, a job of
+    a shape already seen waits for the same reason as the first. Those cases, `_consider`'s branches
+    taken in the same order, are answered here without a call or a lookup more than they need (10,000
+    jobs a cycle pass through this loop)."""
+    states: dict[str, QueueState] = {}  # queues that exist and are not stopped, once seen
+    saturated: set[str] = set()  # ... that have spent their searches and reservations (`_saturated`)
+    # (queue, shape) known admissible and failed in this queue this cycle: its waiting reason, and whether
+    # more room would cure it. Both memos only grow and never change an entry, so neither does this.
+    failed: dict[tuple[str, int], tuple[WaitReason, bool]] = {}
+    failed_get = failed.get
+    state_of = states.get
+    shape_of = ws.shape_of.get
+    shape = ws.shape
+    never_get = ws.inadmissible.get
+    fit_failed = ws.failed_fit.get
+    owners = ws.owners
+    whys = ws.why
+    first_pass = deferred is not None
+    # Each job with its key, queue and carried shape, fetched by C iterators for a list (the usual case:
+    # this runs over every pending job); fair sharing's order is produced as the walk goes.
+    each: Iterable[tuple[Job, str, str, tuple[Job, int] | None]]
+    if isinstance(jobs, list):
+        keys = list(map(_key_of, jobs))
+        each = zip(jobs, keys, map(_queue_of, jobs), map(shape_of, keys), strict=True)
+    else:
+        each = ((job, job.key, job.cluster_queue, shape_of(job.key)) for job in jobs)
+    for job, key, q, hit in each:
+        state = state_of(q)
+        if state is not None:
+            memo = (q, hit[1] if hit is not None and hit[0] is job else shape(job))
+            if state.hard_blocked:
+                # Every job of a blocked StrictFIFO queue waits alike, once known admissible.
+                why = state.blocked_why
+                if why is not None and never_get(memo, UNSEEN) is None:
+                    whys[key] = why
+                    continue
+            elif q in saturated and not (first_pass and state.deferred):
+                answer = failed_get(memo)
+                if answer is None and never_get(memo, UNSEEN) is None:
+                    known = fit_failed(memo)
+                    if known is not None:
+                        answer = failed[memo] = (_WHY[known], known in NEEDS_ROOM)
+                # A shape known admissible that failed in this queue this cycle, and the job is not
+                # waiting for victims of its own.
+                if answer is not None and (not answer[1] or key not in owners):
+                    whys[key] = answer[0]
+                    if answer[1]:
+                        state.unserved = True
+                    if state.strict:
+                        state.hard_blocked = True
+                    continue
+        _consider(ws, job, deferred)
+        if state is None:
+            cq = ws.queues.get(q)
+            if cq is None or cq.stopped:
+                continue
+            state = states[q] = ws.qstate[q]
+        if q not in saturated and _saturated(ws, state):
+            saturated.add(q)
+
+
+def _saturated(ws: Workspace, state: QueueState) -> bool:
+    """Whether the queue has spent its preemption searches and reservations for this cycle (it never
+    gets them back within the cycle)."""
+    return ((not ws.preempting or state.preemption_attempts >= ws.preemption_budget)
+            and (not state.backfill or state.reservations >= state.depth))
 
 
 def _consider(ws: Workspace, job: Job, deferred: list[Job] | None) -> None:

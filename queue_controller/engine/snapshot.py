@@ -172,7 +172,10 @@ class Job:
 
     @property
     def gpus(self) -> int:
-        return sum(ps.count * ps.requests.get(GPU, 0) for ps in self.pod_sets)
+        sets = self.pod_sets
+        if len(sets) == 1:  # almost every job: no generator (asked for every running job each cycle)
+            return sets[0].count * sets[0].requests.get(GPU, 0)
+        return sum(ps.count * ps.requests.get(GPU, 0) for ps in sets)
 
     def total_requests(self) -> dict[str, int]:
         out: dict[str, int] = {}

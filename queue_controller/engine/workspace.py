@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import attrgetter, is_, not_
 from typing import Any
 
 from queue_controller.engine.carry import Account, Accounting, Carry
@@ -55,6 +57,9 @@ OVERRUN_GRACE_S = 60.0
 # The pending reasons that more room would cure: only jobs blocked this way may preempt or get a
 # reservation. (A set, also because looking up an enum member costs more than a set lookup.)
 NEEDS_ROOM = frozenset({PendingReason.QUOTA, PendingReason.CAPACITY})
+
+_state_of = attrgetter("state")
+_key_of = attrgetter("key")
 
 # Why a pending job waits: (reason, message, reserved start). Turned into `Waiting` records, with
 # positions in queue order, at the end of the cycle.
@@ -114,6 +119,12 @@ class Workspace:
         self.claimed: set[str] = set()  # victims (new or in flight) that some beneficiary counts on
         self.victims: set[str] = set()  # chosen this cycle
         self.admitted_now: list[Running] = []  # admitted, or promised room, by this cycle
+        # Running jobs whose estimated end this cycle moved (victims: gone once checkpointed), and per
+        # share group the running jobs by their ends as the cycle began (backfill.quota_start).
+        self.ended_early: list[Running] = []
+        self.release_order: dict[str, list[tuple[float, str, Running]]] = {}
+        # Per share group, its running jobs that could be checkpointed (backfill.checkpointable_victims).
+        self.checkpointable_runs: dict[str, list[Running]] = {}
         self.preempting = policy.preemption.mode is not PreemptionMode.NEVER
         self.predicting = policy.backfill.runtime_predictions.enabled  # `remaining`
         self.node_mtbf_s = snapshot.node_mtbf_s
@@ -123,8 +134,6 @@ class Workspace:
         # priority for which a shape found no victims.
         self.failed_fit: dict[tuple[object, ...], PendingReason] = {}
         self.failed_preemption: dict[tuple[object, ...], int] = {}
-        # (queue, shape) -> why the queue can never admit such a job, or None (fit.inadmissible).
-        self.inadmissible: dict[tuple[object, ...], WaitReason | None] = {}
         self.pool_nodes: dict[tuple[str, ...], frozenset[str]] = {}  # flavors -> their pools' nodes
         # Per share group, its running jobs in victim order (the preemption rule's, kept here so that it
         # is computed once per cycle: the order does not depend on the preemptor).
@@ -134,10 +143,18 @@ class Workspace:
         # alike, and the memos are per (queue, shape) (`Carry.shape`).
         self.shape: Callable[[Job], int] = carry.shape
 
-        waiting_state = JobState.PENDING
-        pending = [job for job in snapshot.jobs if job.state is waiting_state]
-        admitted = [job for job in snapshot.jobs if job.state is not waiting_state]
+        # Split and keyed by C-level iteration (map, compress, zip): these run over every job each cycle.
+        jobs = snapshot.jobs
+        is_pending = list(map(is_, map(_state_of, jobs), repeat(JobState.PENDING, len(jobs))))
+        pending = list(compress(jobs, is_pending))
+        admitted = list(compress(jobs, map(not_, is_pending)))
         carry.begin(len(pending))
+        # (queue, shape) -> why the queue can never admit such a job, or None (fit.inadmissible); the
+        # pairs the last cycle found admissible under the same queues to begin with.
+        self.inadmissible: dict[tuple[str, int], WaitReason | None] = dict.fromkeys(
+            carry.admissible_for(snapshot.cluster_queues))
+        # `shape`'s own memo, for the walk's fast path to look a job up without a call (scheduler._walk).
+        self.shape_of: Mapping[str, tuple[Job, int]] = carry.shape_of
         admitted.sort(key=order_key)
         self._account_all(snapshot, admitted, carry)
         # Preemption candidates: running jobs by the group they may be preempted within, and the jobs
@@ -152,11 +169,12 @@ class Workspace:
                     self.owners.add(run.job.preempted_for)
             else:
                 self.by_group.setdefault(self.share_group(run.job.cluster_queue), []).append(run)
-        by_key = {j.key: j for j in pending}
+        keys = list(map(_key_of, pending))
+        by_key = dict(zip(keys, pending, strict=True))
         self.waiting: Set[str] = by_key.keys()  # the pending jobs' keys
         if len(by_key) == len(pending):
             # The last cycle's order, with the jobs that arrived or moved inserted (carry.py).
-            self.pending = carry.queue_order(pending, by_key)
+            self.pending = carry.queue_order(pending, by_key, keys)
         else:
             # Duplicate keys (never from the adapters): sorted afresh, nothing carried. Under fair sharing
             # the loop takes the queues' heads in share order (fair_sharing.py); each queue's jobs are

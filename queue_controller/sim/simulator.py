@@ -51,6 +51,7 @@ from queue_controller.engine import (
     Snapshot,
     decide,
 )
+from queue_controller.engine.ordering import work_credit
 from queue_controller.predictions import EstimateLearner
 from queue_controller.sim.cluster import GIB_MILLI, CheckpointModel, ClusterSpec, QueueLayout
 from queue_controller.sim.trace import TraceJob
@@ -157,6 +158,9 @@ class SimJob:
     base: Job  # the pending engine view without run state
     engine: Job
     cluster_queue: str
+    # Its queue-order time under the policy (submit time less `ordering.work_credit`): the engine's order,
+    # which decides the first `queue_depth` pending jobs it is shown.
+    order: float = 0.0
     phase: Phase = Phase.QUEUED
     phase_start: float = 0.0
     epoch: int = 0  # bumps whenever scheduled events of this job become stale
@@ -265,7 +269,8 @@ class Simulator:
             base = _engine_job(tj, cq, cs, rs)
             ps = base.pod_sets[0]
             sj = SimJob(i, tj, tj.gpus, ps.requests.get("cpu", 0) * tj.pods,
-                        ps.requests.get("memory", 0) * tj.pods, cs, rs, base, base, cq)
+                        ps.requests.get("memory", 0) * tj.pods, cs, rs, base, base, cq,
+                        order=tj.submit_s - work_credit(base, policy.ordering))
             self.jobs.append(sj)
             if tj.id in self.by_key:
                 raise ValueError(f"duplicate job id {tj.id!r}")
@@ -388,13 +393,13 @@ class Simulator:
         sj.epoch += 1
         ckpt = f"{sj.trace.id}-ckpt-{sj.checkpoints}" if sj.ckpt_progress is not None else None
         sj.engine = replace(sj.base, run_time_s=keep, checkpoint=ckpt, runtime_prediction_s=self._predict(sj))
-        bisect.insort(self.pending, (-sj.trace.priority, sj.trace.submit_s, sj.trace.id, sj.idx))
+        bisect.insort(self.pending, (-sj.trace.priority, sj.order, sj.trace.id, sj.idx))
 
     def _predict(self, sj: SimJob) -> float | None:
         return None if self.learner is None else self.learner.predict(sj.trace.queue, sj.trace.estimate_s)
 
     def _remove_pending(self, sj: SimJob) -> None:
-        key = (-sj.trace.priority, sj.trace.submit_s, sj.trace.id, sj.idx)
+        key = (-sj.trace.priority, sj.order, sj.trace.id, sj.idx)
         i = bisect.bisect_left(self.pending, key)
         if i >= len(self.pending) or self.pending[i] != key:
             raise SimulationError(f"job {sj.trace.id} admitted but not pending")

@@ -30,7 +30,9 @@ def _easy_scene(short_estimate: float, long_checkpointable: bool) -> tuple[list,
     # One 8-GPU node. r runs on 6 GPUs until t=100. big (8 GPUs) is blocked: reserved for t=100.
     r = running(job("r", gpus=6, runtime_estimate_s=100), ["n0"], started_at=0)
     big = job("big", gpus=8, t=1, runtime_estimate_s=50)
-    short = job("short", gpus=2, t=2, runtime_estimate_s=short_estimate, checkpointable=long_checkpointable)
+    # short arrives 8 s after big: behind it under iass too, whose queue order credits requested work
+    # (big: 20 s x 8 GPUs x 50 s = 2.2 s; short: at most 20 s x 2 GPUs x 500 s = 5.6 s).
+    short = job("short", gpus=2, t=9, runtime_estimate_s=short_estimate, checkpointable=long_checkpointable)
     return [node("n0")], [r, big, short]
 
 

@@ -1,9 +1,9 @@
 """The incremental engine decides exactly what a from-scratch engine decides, cycle after cycle.
 
 `decide` takes over from earlier cycles what the snapshot did not change (engine/carry.py: the node
-index, the running jobs' accounting, the queue order by deltas, shapes, waiting records). These
-scenarios (the golden tests' random clusters) run many cycles under each shipped policy, fair sharing's
-included. Between cycles the decisions are applied and the world moves: jobs arrive, finish and are
+index, the running jobs' accounting, the queue order by deltas, shapes, waiting records, admissible
+shapes). These scenarios (the golden tests' random clusters) run many cycles under each shipped policy,
+fair sharing's included. Between cycles the decisions are applied and the world moves: jobs arrive, finish and are
 vacated, pending jobs change priority or queue order, running jobs show up on other nodes, nodes change
 (cordoned, not ready, other pods on them), a queue's quota changes; and the snapshot is handed over in
 three ways: the very same tuples (the simulator), new tuples of the same objects, and new equal objects
@@ -136,3 +136,24 @@ def test_carrying_engine_decides_as_a_fresh_one() -> None:
     for path in ("index:carried", "index:equal", "index:built", "accounting:carried", "accounting:built",
                  "order:carried", "order:built"):
         assert paths[path] > 0, (path, paths)
+
+
+
+@pytest.mark.parametrize("handed", ["same", "tuples", "equal"])
+def test_admissible_shapes_are_carried_only_under_the_same_queues(handed: str) -> None:
+    """Which (queue, shape) pairs a queue can admit at all is carried from cycle to cycle (carry.py); a
+    queue whose quota shrinks below a shape makes it inadmissible at once, under a carrying engine as
+    under a fresh one, and one whose quota grows back admits it again."""
+    from tests.unit.engine_factory import IASS, flavor, job, node, queue
+
+    nodes = (node("n1"), node("n2"))
+    big = job("big", gpus=8, pods=2)  # 16 GPUs
+    carry = Carry()
+    outcome = []
+    for gpus in (16, 8, 16):
+        snap = _handed_over(Snapshot(nodes, (flavor(),), (queue(gpus=gpus),), (big,)), handed)
+        got = decide(snap, 10.0, IASS, carry)
+        want = decide(snap, 10.0, IASS, Carry())
+        assert (got.actions, got.waiting) == (want.actions, want.waiting), gpus
+        outcome.append(got.waiting["ns/big"].reason.value if "ns/big" in got.waiting else "admitted")
+    assert outcome == ["admitted", "NeverFitsQuota", "admitted"]

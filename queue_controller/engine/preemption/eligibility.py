@@ -28,6 +28,15 @@ from queue_controller.engine.workspace import Workspace
 def eligible(ws: Workspace, b: Job, bq: ClusterQueue, v: Job, borrowing: Mapping[str, bool]) -> PreemptReason | None:
     """Whether running job `v` may be preempted for pending job `b` (of queue `bq`), and under which
     reason. `borrowing`: which queues use more than their nominal quota, taken before the attempt."""
+    if not v.backfilled:
+        # The common refusals first, from what is at hand (this is asked for most running jobs of a
+        # cohort per search): another queue that is not a borrowing member of the cohort, or a job of
+        # the same queue with a higher priority. Exactly what the rules below say for them.
+        if v.cluster_queue != bq.name:
+            if not borrowing.get(v.cluster_queue):
+                return None
+        elif v.priority > b.priority:
+            return None
     vq = ws.queues.get(v.cluster_queue)
     if vq is None:
         return None

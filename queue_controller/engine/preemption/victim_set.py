@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from itertools import chain
+from operator import itemgetter
 
 from queue_controller.engine.backfill import hold_in_profiles, may_start_now
 from queue_controller.engine.decisions import PendingReason, Preempt, PreemptMode, PreemptReason
@@ -47,21 +48,28 @@ from queue_controller.engine.workspace import NEEDS_ROOM, Running, Workspace
 _NEVER = -(2**62)  # below every priority: no failed search recorded for a shape
 
 
-def _ranked(ws: Workspace, group: str) -> list[tuple[VictimOrder, Running, PreemptMode, float]]:
+# A running job's place in the victim order, as `VictimOrder`'s fields in a tuple (compared in C; the
+# dataclass is made only for the candidates a search actually takes: `_iter_candidates`).
+_Rank = tuple[bool, bool, bool, float, int, float, str]
+
+
+def _ranked(ws: Workspace, group: str) -> list[tuple[_Rank, Running, PreemptMode, float]]:
     """The running jobs of a share group in victim order, with how each would be preempted and what
     that would cost. None of it depends on the preemptor, so it is computed once per cycle and group;
     `candidates` only filters it."""
-    ranked: list[tuple[VictimOrder, Running, PreemptMode, float]] | None = ws.victim_ranking.get(group)
+    ranked: list[tuple[_Rank, Running, PreemptMode, float]] | None = ws.victim_ranking.get(group)
     if ranked is None:
         ranked = []
         checkpoint_first = ws.policy.preemption.mode is PreemptionMode.CHECKPOINT
+        now, policy, kill = ws.now, ws.policy, PreemptMode.KILL
         for run in ws.by_group.get(group, ()):
-            mode, cost = lost_work(run.job, ws.now, ws.policy)
-            kills = checkpoint_first and mode is PreemptMode.KILL
-            ranked.append((VictimOrder.running(run.job, cost, kills), run, mode, cost))
-        # `VictimOrder`'s fields, as a tuple: compared in C, the same order as the dataclass's.
-        ranked.sort(key=lambda e: (e[0].new_victim, e[0].for_another_job, e[0].kills, e[0].lost_work,
-                                   e[0].priority, e[0].newest, e[0].key))
+            v = run.job
+            mode, cost = lost_work(v, now, policy)
+            # `VictimOrder.running`'s fields.
+            rank = (True, False, checkpoint_first and mode is kill, cost, v.priority,
+                    -(v.admitted_at or v.started_at or 0.0), v.key)
+            ranked.append((rank, run, mode, cost))
+        ranked.sort(key=itemgetter(0))
         ws.victim_ranking[group] = ranked
     return ranked
 
@@ -98,7 +106,7 @@ def _iter_candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> Iterator[Cand
     gain = weight(job)
     # And under `killFor: NonCheckpointable` only a preemptor that cannot be checkpointed kills at all.
     may_kill = ws.policy.preemption.kill_for is KillFor.ANY or not job.checkpointable
-    for order, run, mode, cost in _ranked(ws, group):
+    for rank, run, mode, cost in _ranked(ws, group):
         v = run.job
         key = v.key
         if key in claimed or key in victims or v.checkpointing:
@@ -106,9 +114,9 @@ def _iter_candidates(ws: Workspace, job: Job, cq: ClusterQueue) -> Iterator[Cand
         reason = eligible(ws, job, cq, v, borrowing)
         if reason is None:
             continue
-        if order.kills and (not may_kill or cost > gain * _left(ws, v)):
+        if rank[2] and (not may_kill or cost > gain * _left(ws, v)):  # it would be killed
             continue  # killing it would throw away more than the preemptor gains by not waiting for it
-        yield Candidate(run, reason, mode, cost, order)
+        yield Candidate(run, reason, mode, cost, VictimOrder(*rank))
 
 
 def _left(ws: Workspace, job: Job) -> float:
@@ -154,17 +162,21 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
     ws.cap.speculative += 1
     chosen: list[Candidate] = []
 
-    def add(cand: Candidate) -> bool | None:
-        """Lift one more victim. True: the job fits now; False: not yet; None: it fits but may not start
-        this way, and more victims will not change that."""
-        ws.lift(cand.run)
-        chosen.append(cand)
+    def shift(cand: Candidate, sign: int) -> None:
+        """Count a victim's share of the dominant resource in (1) or out of (-1) the rooms."""
         for node, req in cand.run.nodes:
             q = req.get(dom, 0)
             if q:
                 for room in rooms:
                     if node in room.nodes:
-                        room.free += q
+                        room.free += sign * q
+
+    def add(cand: Candidate) -> bool | None:
+        """Lift one more victim. True: the job fits now; False: not yet; None: it fits but may not start
+        this way, and more victims will not change that."""
+        ws.lift(cand.run)
+        chosen.append(cand)
+        shift(cand, 1)
         if all(room.free < need for room in rooms):
             return False
         return _fits_after(ws, job, cq, chosen)
@@ -189,12 +201,21 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
         if fits:
             # Drop victims that turn out unnecessary, most expensive first (Kueue's reverse walk).
             for cand in sorted(chosen, key=lambda c: c.order, reverse=True):
-                ws.restore(cand.run)
                 rest = [c for c in chosen if c is not cand]
-                if _fits_after(ws, job, cq, rest) is True and still_fair(rest):
+                if not rest:
+                    # Without any victim the job is where it was when its fit failed (nothing has been
+                    # freed since: the cycle only takes room): the last victim stays, without a fit.
+                    break
+                ws.restore(cand.run)
+                shift(cand, -1)
+                # Without it, no pool may have the job's dominant resource free even in total: then
+                # it does not fit, and the full fit is not needed to say so (as in `add`).
+                if (any(room.free >= need for room in rooms) and _fits_after(ws, job, cq, rest) is True
+                        and still_fair(rest)):
                     chosen = rest
                 else:
                     ws.lift(cand.run)
+                    shift(cand, 1)
             hold = find_fit(ws, job, cq, commit=False)
         for cand in chosen:
             ws.restore(cand.run)
@@ -221,6 +242,7 @@ def preempt_for(ws: Workspace, job: Job, cq: ClusterQueue, reason: PendingReason
         ws.victims.add(key)
         ws.out.actions.append(Preempt(key, cand.mode, job.key, cand.reason, round(cand.lost_work, 3)))
         run.end = ws.now + run.job.checkpoint_cost_s
+        ws.ended_early.append(run)
     return True
 
 
