@@ -168,6 +168,10 @@ class CheckpointBackend(Protocol):
     # True when a completed checkpoint with leaveRunning false has stopped the job's processes: its
     # pods may then be deleted without a grace period. False: they still run and get their grace.
     stops_workload: bool
+    # True when the dump reads the pods' own processes (ckq-run, driven by the node agents): a pod that
+    # died before any agent froze or dumped its containers can then never be covered, and the checkpoint
+    # is failed at once rather than at its timeout. False: the checkpoint does not touch the pods.
+    dumps_pods: bool
 
     def estimate(self, pods: Sequence[PodRef], *, policy: CheckpointPolicy) -> tuple[float, float]:
         """Expected (checkpoint, restore) seconds, used by the engine until a real one is measured."""

@@ -62,6 +62,7 @@ def checkpoint_status_path(namespace: str, name: str) -> str:
 class CriuBackend:
     name = "CRIU"
     stops_workload = True  # ckq-run stops the workload after a dump without leaveRunning (exit 75)
+    dumps_pods = True  # the agents dump the containers' processes through ckq-run
     done_message = "CRIU: {n} container(s) dumped by ckq-run"
 
     def __init__(self, runtime_image: str, store_root: str, cost: CheckpointCostModel = COST, *,

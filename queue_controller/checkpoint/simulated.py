@@ -76,6 +76,7 @@ def format_run_seconds(seconds: float) -> str:
 class SimulatedBackend:
     name = "Simulated"
     stops_workload = False  # nothing is dumped: on a real node (mode Simulated) the processes still run
+    dumps_pods = False
 
     def __init__(self, bandwidth_bytes_per_s: float = 2 * GIB, fixed_overhead_s: float = 1.0,
                  fail_jobs: frozenset[str] = frozenset()) -> None:

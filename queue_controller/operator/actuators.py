@@ -11,7 +11,8 @@ concurrently.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from queue_controller.api.common import ConditionStatus
 from queue_controller.api.job import Admission, PodSetAssignment
@@ -22,7 +23,7 @@ from queue_controller.operator.checkpoints import Checkpoints
 from queue_controller.operator.records import JobRecord
 from queue_controller.operator.runs import Runs
 from queue_controller.operator.snapshot import MODE_CONDITION
-from queue_controller.operator.status import JobStatusPatch, StatusWriter, job_conditions
+from queue_controller.operator.status import JobStatusPatch, StatusWriter, job_conditions, merge_patch
 from queue_controller.operator.waiting import Waiting
 from queue_controller.wire import WAITING_PHASES, parse_time, to_datetime
 
@@ -89,28 +90,47 @@ class Actuators:
 
     async def act(self, action: Admit | Resume | Preempt | Checkpoint, now: float,
                   priorities: Mapping[str, int]) -> None:
+        if isinstance(action, Admit | Resume):
+            write = self.admit(action, now, priorities)
+            if write is not None:
+                await write
+            return
         job = self.cache.jobs.get(action.victim if isinstance(action, Preempt) else action.job)
         if job is None:
             return
-        if isinstance(action, Admit | Resume):
-            await self._admit(job, action, now, priorities.get(job.key))
-        elif isinstance(action, Preempt):
+        if isinstance(action, Preempt):
             await self._preempt(job, action, now)
         else:
             await self.checkpoints.take(job, "Periodic", True, now)
 
-    async def _admit(self, job: JobRecord, action: Admit | Resume, now: float, priority: int | None) -> None:
+    def admit(self, action: Admit | Resume, now: float,
+              priorities: Mapping[str, int]) -> Coroutine[Any, Any, None] | None:
+        """Decide the admission's status now and have the cache assume it (so the next cycle sees the
+        quota taken); the write and the pods' creation that follow, to be awaited in the background or
+        at once. None when there is nothing to write."""
+        job = self.cache.jobs.get(action.job)
+        if job is None:
+            return None
         queued_since = parse_time(job.status.get("queuedTime")) or job.created
         # The admission check placed the job only where its checkpoint mode can be served; a placement
         # across node kinds that no one backend serves is refused here, before it takes any quota.
         placed = self.runs.backends.resolve(job, (n for p in action.placement for n in p.nodes))
         if not placed.available:
-            if (job.status.get("pendingReason"), job.status.get("message")) != (MODE_CONDITION, placed.message):
-                await self.writer.job(job, refused(job, placed.reason, placed.message, now))
-                self.writer.event(job, MODE_CONDITION, placed.message, now, warning=True)
-            return
-        patch, verb, msg = admitted(job, action, now, priority, placed.condition())
-        updated = await self.writer.job(job, patch)
+            if (job.status.get("pendingReason"), job.status.get("message")) == (MODE_CONDITION, placed.message):
+                return None
+            return self._refuse(job, refused(job, placed.reason, placed.message, now), placed.message, now)
+        patch, verb, msg = admitted(job, action, now, priorities.get(job.key), placed.condition())
+        body = merge_patch(patch)
+        self.cache.assume(job.key, body)
+        return self._write_admission(job, action, body, verb, msg, now, queued_since)
+
+    async def _refuse(self, job: JobRecord, patch: JobStatusPatch, message: str, now: float) -> None:
+        await self.writer.job(job, patch)
+        self.writer.event(job, MODE_CONDITION, message, now, warning=True)
+
+    async def _write_admission(self, job: JobRecord, action: Admit | Resume, body: Mapping[str, Any], verb: str,
+                               msg: str, now: float, queued_since: float) -> None:
+        updated = await self.writer.job(job, body)
         if updated is None:
             return
         self.admissions += 1

@@ -98,6 +98,7 @@ class Unavailable:
 
     name = "Unavailable"
     stops_workload = False
+    dumps_pods = False
 
     def __init__(self, resolution: Resolution) -> None:
         self.resolution = resolution

@@ -66,6 +66,20 @@ def _slim(value: Any) -> Any:
     return value
 
 
+def merged(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """`target` with the JSON merge patch `patch` applied (RFC 7386: objects merge, null deletes, anything
+    else replaces), as the API server applies it."""
+    out = dict(target)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merged(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
     return body.get("metadata") or {}
 
@@ -148,6 +162,11 @@ class Cache:
         # they return, so a late watch event carrying an older state must not roll the cache back
         # (that is how a controller admits a job twice).
         self._versions: dict[tuple[str, str], int] = {}
+        # Jobs whose new status is being written (the loop's write-behind): key -> (the status assumed,
+        # the status last seen from the API server). Until the write returns, the assumed status is what
+        # every step sees, so the next cycle counts the job's quota as taken and does not admit it twice
+        # (Kueue's "assume" before its asynchronous admission write).
+        self._assumed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def fresh(self, kind: str, body: Mapping[str, Any]) -> bool:
         """Record the body's resourceVersion; False when an equal or newer one was already seen."""
@@ -159,6 +178,10 @@ class Cache:
         if rv:
             self._versions[key] = rv
         return True
+
+    def version(self, kind: str, key: str) -> int | None:
+        """The newest resourceVersion seen of the object `key` ("namespace/name") of `kind`."""
+        return self._versions.get((kind, key))
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self._versions.pop((kind, f"{namespace}/{name}"), None)
@@ -191,9 +214,36 @@ class Cache:
             status=_slim(dict(body.get("status") or {})), annotations=dict(meta.get("annotations") or {}),
             generation=generation, templates=templates, requests=requests,
         )
+        assumed = self._assumed.get(rec.key)
+        if assumed is not None:  # a watch event while our write is in flight: the write decides
+            self._assumed[rec.key] = (assumed[0], rec.status)
+            rec.status = assumed[0]
         self.jobs[rec.key] = rec
         self._changed()
         return rec
+
+    def assume(self, key: str, patch: Mapping[str, Any]) -> None:
+        """Take the job's status to be its current one with the merge patch `patch` applied, until
+        `settle(key)`: the patch is being written."""
+        rec = self.jobs.get(key)
+        if rec is None:
+            return
+        real = self._assumed[key][1] if key in self._assumed else rec.status
+        rec.status = _slim(merged(real, patch))
+        self._assumed[key] = (rec.status, real)
+        self._changed()
+
+    def settle(self, key: str) -> None:
+        """The write of an assumed status returned or failed: the job's status is again the one last
+        seen from the API server (the write's response, fed in next, replaces it when it is newer)."""
+        assumed = self._assumed.pop(key, None)
+        rec = self.jobs.get(key)
+        if assumed is not None and rec is not None:
+            rec.status = assumed[1]
+            self._changed()
+
+    def assumed(self, key: str) -> bool:
+        return key in self._assumed
 
     def _pooled_spec(self, key: str, raw: Mapping[str, Any]) -> _Parsed:
         """The parsed spec for `raw`, shared with every job whose spec body is equal; `key`'s job now
@@ -219,6 +269,7 @@ class Cache:
 
     def delete_job(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
+        self._assumed.pop(key, None)
         self._release_spec(key)
         if self.jobs.pop(key, None) is not None:
             self._changed()

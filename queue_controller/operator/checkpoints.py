@@ -5,7 +5,8 @@ A completed checkpoint that was to vacate the job (`leaveRunning: false`) stops 
 it with the progress it saved; a periodic one (`leaveRunning: true`) only moves `lastCheckpoint`. A
 failed one leaves a periodic checkpoint's job running, and otherwise follows the policy's
 `onCheckpointFailure`: requeue the job from its previous checkpoint, or leave it running. A checkpoint
-the controller gives up on — its job stopped running, or its backend has no result once the policy's
+the controller gives up on — its job stopped running, a pod of the run died before the node agents
+could freeze or dump it (nothing can cover it then), or its backend has no result once the policy's
 `timeoutSeconds` have passed — is failed and cancelled through its backend.
 
 The name of a Checkpoint is deterministic (`wire.checkpoint_name`, from the job's counters) and
@@ -23,6 +24,7 @@ from queue_controller.api.checkpoint import Artifact, CheckpointReason, Checkpoi
 from queue_controller.api.common import API_VERSION, ObjectMeta, OwnerReference
 from queue_controller.api.job import CheckpointableJob, LastCheckpoint
 from queue_controller.checkpoint.base import CheckpointResult
+from queue_controller.checkpoint.injection import EXIT_CHECKPOINTED
 from queue_controller.engine import Policy
 from queue_controller.engine.policy import OnCheckpointFailure
 from queue_controller.operator import metrics
@@ -169,8 +171,20 @@ class Checkpoints:
         # The progress it keeps: what the controller noted when it created it, or (a Checkpoint its user
         # created) the job's run time now, as the dump begins.
         kept = ckpt.kept_run_time if CHECKPOINT_RUNTIME_ANNOTATION in ckpt.annotations else run_time_now(job, now)
-        ckpt = await self.writer.checkpoint(ckpt, CheckpointStatusPatch(
-            phase="Running", start_time=to_datetime(now), job_run_time_seconds=round(kept, 3)))
+        try:
+            # Only onto the version this controller saw: a node agent may have taken the Checkpoint on
+            # (agents act on Pending ones too) and even failed it already, and an unconditional merge
+            # patch would then write it back to Running — a checkpoint nobody is working on, which held
+            # the job's next periodic checkpoint back until the timeout (e2e, store read-only, in CI).
+            ckpt = await self.writer.checkpoint(ckpt, CheckpointStatusPatch(
+                phase="Running", start_time=to_datetime(now), job_run_time_seconds=round(kept, 3)),
+                resource_version=self.cache.version("checkpoint", ckpt.key))
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            # Changed meanwhile: note the progress it keeps and nothing else (the phase and start time are
+            # the agent's now); the watch brings the rest, and `reconcile` goes on from there.
+            ckpt = await self.writer.checkpoint(ckpt, CheckpointStatusPatch(job_run_time_seconds=round(kept, 3)))
         await self.backends.for_job(job).begin(self.backends.request(ckpt, job, now), api=self.backends.api)
 
     async def reconcile(self, now: float) -> None:
@@ -204,6 +218,10 @@ class Checkpoints:
             if ckpt.phase == "Failed":  # a node agent failed it
                 await self._failed(ckpt, job, recorded(ckpt), now)
                 continue
+            dead = self._died_uncovered(ckpt, job)
+            if dead is not None:
+                await self._failed(ckpt, job, CheckpointResult(False, self._elapsed(ckpt, now), message=dead), now)
+                continue
             if not ckpt.status.get("startTime"):
                 await self._begin(ckpt, job, now)
                 continue
@@ -221,6 +239,33 @@ class Checkpoints:
                 await self._completed(ckpt, job, result, now)
             else:
                 await self._failed(ckpt, job, result, now)
+
+    def _died_uncovered(self, ckpt: CheckpointRecord, job: JobRecord) -> str | None:
+        """Why `ckpt` can never complete, when a pod of the job's run died before any of its containers
+        was frozen or dumped for it; else None. The node agents act only on containers running under
+        ckq-run, so such a pod (ckq-run killed, the container OOM-killed just before the freeze) would
+        leave the checkpoint Running, and the job Checkpointing, until the policy's timeout. A pod that
+        exits 75 (ckq-run stopped it after its dump) is the expected end of a vacating dump, and a
+        container frozen or dumped already is the agents' to report on."""
+        if not self.backends.for_job(job).dumps_pods:
+            return None
+        st = ckpt.status
+        covered = {(m.get("podSet"), m.get("index"), m.get("container"))
+                   for m in [*(st.get("frozen") or ()), *(st.get("artifacts") or ())]}
+        for pod in self.runs.current_pods(job)[1].values():
+            if pod.phase != "Failed" or pod.ckq_run_exit == EXIT_CHECKPOINTED:
+                continue
+            lost = [c for c in pod.containers if (pod.pod_set, pod.index, c) not in covered]
+            if lost:
+                code = f" (exit code {pod.exit_code})" if pod.exit_code is not None else ""
+                return (f"pod {pod.name} failed{code} before container(s) {', '.join(lost)} could be frozen or "
+                        "dumped: their processes are gone, so no node agent can checkpoint them")
+        return None
+
+    @staticmethod
+    def _elapsed(ckpt: CheckpointRecord, now: float) -> float:
+        started = parse_time(ckpt.status.get("startTime"))
+        return max(now - started, 0.0) if started is not None else 0.0
 
     async def _no_job(self, ckpt: CheckpointRecord, now: float) -> None:
         msg = f"job {ckpt.job!r} does not exist in namespace {ckpt.namespace!r}: nothing to checkpoint"

@@ -5,6 +5,13 @@ cache, call `engine.decide()`, carry out the decisions, and publish why the othe
 never decide; they only feed the cache and kick the loop. The clock is read once per cycle, and every
 step of the cycle sees that same `now`.
 
+Admissions are written behind the loop, as Kueue does: the cache assumes the admitted status at once
+(`Cache.assume`), so the next cycle counts the job's quota as taken, and the status write and the pods'
+creation follow in the background while the loop goes on; the job is busy (no decision, no lifecycle
+step) until they end, and a write that fails gives its room back. A cycle used to last as long as its
+writes, and at scale that held every finished job's quota and the next admission for tens of seconds.
+A cycle that decided nothing is followed by a pause paced by its own deciding time (`PACE`).
+
 Every step is idempotent and every durable fact lives in Kubernetes objects (job and checkpoint
 status, annotations, deterministic pod and checkpoint names), so a restarted controller rebuilds its
 cache and carries on without creating anything twice. The steps live in their own modules:
@@ -26,11 +33,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
+from typing import Any
+
+import aiohttp
 
 from queue_controller.checkpoint.base import CheckpointBackend
-from queue_controller.engine import Decisions, Policy, decide
+from queue_controller.engine import Admit, Decisions, Policy, Preempt, Resume, decide
 from queue_controller.operator import metrics
 from queue_controller.operator.actuators import Actuators
 from queue_controller.operator.backends import JobBackends
@@ -38,7 +48,7 @@ from queue_controller.operator.cache import Cache
 from queue_controller.operator.checkpoints import Checkpoints
 from queue_controller.operator.failures import FailureRate, Intervals
 from queue_controller.operator.jobs import JobLifecycle
-from queue_controller.operator.kube import Kube
+from queue_controller.operator.kube import ApiError, Kube
 from queue_controller.operator.predictions import RuntimePredictions
 from queue_controller.operator.records import JobRecord
 from queue_controller.operator.runs import Runs
@@ -49,6 +59,8 @@ from queue_controller.operator.waiting import Waiting
 
 log = logging.getLogger("ckq.controller")
 POLL_S = 1.0  # checkpoints in flight are polled this often
+BEHIND_WRITES = 32  # admissions written at once behind the loop
+PACE = 9.0  # after a cycle that decided nothing, wait this many times its deciding time
 
 
 class Controller:
@@ -72,6 +84,12 @@ class Controller:
         # Whether this replica may decide now (leader election; always, when it runs alone).
         self.leading: Callable[[], bool] = lambda: True
         self.memo = JobMemo()  # waiting jobs' engine records, kept between cycles
+        self.decide_s = 0.0  # how long the last cycle's snapshot and decision took (it paces the loop)
+        self.progressed = False  # whether the last cycle decided anything
+        self.behind: dict[str, asyncio.Task[None]] = {}  # job key -> its admission being written
+        # Fewer than the client's 64 connections: the cycle's own writes (jobs finished, whose quota the
+        # next admissions wait for) must not queue behind a burst of admissions.
+        self._behind_slots = asyncio.Semaphore(BEHIND_WRITES)
         self.job_backends = JobBackends(self.backends["Simulated"], cache, kube, self.settings.current)
         self.writer = StatusWriter(cache, kube)
         self.waiting = Waiting(cache, self.writer)
@@ -95,6 +113,36 @@ class Controller:
         """(checkpoint, restore) seconds the job's backend expects, for the engine's snapshot."""
         return self.job_backends.estimate(job)
 
+    def _write_behind(self, key: str, write: Coroutine[Any, Any, None]) -> None:
+        """Run an admission's write in the background, at most BEHIND_WRITES at once; the job is
+        busy until it ends (the loop neither decides for it nor moves it on), and its end kicks the loop."""
+        async def run() -> None:
+            try:
+                async with self._behind_slots:
+                    await write
+            except (ApiError, aiohttp.ClientError, TimeoutError) as e:  # the API server refused or was away
+                log.warning("admission of %s not written (the next cycle decides again): %s", key, e)
+            except Exception:
+                log.exception("admission of %s failed", key)
+            finally:
+                write.close()  # never started (cancelled while waiting): nothing is left pending
+                self.cache.settle(key)  # a write that never ran leaves the job as the API server has it
+
+        task = asyncio.create_task(run(), name=f"admit {key}")
+        self.behind[key] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self.behind.get(key) is t:
+                del self.behind[key]
+            self.kick()
+
+        task.add_done_callback(done)
+
+    async def settled(self) -> None:
+        """Wait for the admissions being written (tests, and a clean shutdown)."""
+        while self.behind:
+            await asyncio.gather(*list(self.behind.values()), return_exceptions=True)
+
     async def run(self, debounce_s: float = 0.05) -> None:
         """Run cycles whenever something changed, or when a due date comes. Never returns."""
         while True:
@@ -103,7 +151,12 @@ class Controller:
                 timeout = max(self.next_wakeup - self.clock(), 0.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.kicked.wait(), timeout)
-            await asyncio.sleep(debounce_s)  # let a burst of events land in the cache first
+            # Let a burst of events land in the cache first. A cycle that decided nothing is followed by a
+            # pause of PACE times its deciding time (snapshot and engine, which hold the event loop): at
+            # scale every write's watch event kicks the loop, and deciding again and again that nothing can
+            # move is CPU the writes and the API server (on the same cores) do not get. A cycle that
+            # decided something is followed at once: room is being freed and filled.
+            await asyncio.sleep(debounce_s if self.progressed else max(debounce_s, PACE * self.decide_s))
             self.kicked.clear()
             if not self.leading():
                 continue  # the standby keeps its cache warm and decides nothing; taking over kicks it
@@ -122,7 +175,8 @@ class Controller:
         self.failures.observe(self.cache, now)
         await self.checkpoints.reconcile(now)
         await self.checkpoints.catch_up(now)
-        await self.jobs.reconcile(now)
+        await self.jobs.reconcile(now, busy=self.behind)
+        deciding = time.perf_counter()
         snap, unqueued = build(self.cache, self.estimate, self.job_backends.admissible, self.memo,
                                (self.job_backends.settings, self.cache.present_kinds()), now)
         snap = replace(snap, node_mtbf_s=self.failures.mtbf_s)
@@ -131,8 +185,23 @@ class Controller:
         self.intervals.update(snap.jobs)
         priorities = {j.key: j.priority for j in snap.jobs}
         decisions = decide(snap, now, self.policy)
-        # Each decision concerns a different job, so they are carried out concurrently (bounded).
-        await self.writer.bounded([self.actuators.act(a, now, priorities) for a in decisions.actions])
+        self.decide_s = time.perf_counter() - deciding  # no await in between: this is the loop's own CPU
+        self.progressed = bool(decisions.actions)
+        # Each decision concerns a different job, so they are carried out concurrently (bounded). An
+        # admission is written behind the loop: the cache assumes it at once (its quota is taken for the
+        # next cycle), and the cycle does not wait for the write and the pods' creation.
+        now_work = []
+        for a in decisions.actions:
+            key = a.victim if isinstance(a, Preempt) else a.job
+            if key in self.behind:
+                continue  # its admission is still being written; the next cycle sees how it ended
+            if isinstance(a, Admit | Resume):
+                write = self.actuators.admit(a, now, priorities)
+                if write is not None:
+                    self._write_behind(key, write)
+            else:
+                now_work.append(self.actuators.act(a, now, priorities))
+        await self.writer.bounded(now_work)
         await self.waiting.publish(decisions, unqueued, now, priorities)
         await self.waiting.publish_queues(snap, decisions, now, priorities, self.policy.fair_sharing.enabled)
         self.next_wakeup = self._wakeup(decisions, now, bool(unqueued.refused),

@@ -11,7 +11,8 @@ marks a waiting one `Suspended`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Coroutine, Iterable
+from typing import Any
 
 from queue_controller.api.common import ConditionStatus
 from queue_controller.api.job import RequeueState
@@ -34,6 +35,11 @@ from queue_controller.wire import (
     to_datetime,
 )
 
+# A starting job whose pods all run is written Running once the controller has seen them all running for
+# this long (seconds). Measured from the controller's own first sight, not the pods' start time: that has
+# whole seconds only, and under load the watch brings a pod's start and its end late by about the same
+# time, so the gap the controller sees is close to the run's length.
+RUNNING_GRACE_S = 1.0
 USER_SUSPEND: tuple[ConditionStatus, str, str] = ("True", "SuspendedByUser", "spec.suspend is true")
 
 
@@ -52,7 +58,10 @@ def suspending(job: JobRecord, checkpoint: str, now: float) -> JobStatusPatch:
 
 def succeeded(job: JobRecord, pods: Iterable[PodRecord], now: float) -> tuple[JobStatusPatch, float]:
     """The status of a job whose pods all succeeded, and its total run time."""
-    start = parse_time(job.status.get("runStartTime")) or now
+    pods = list(pods)
+    # A run that ended within the Running grace was never written Running: its start is its pods' own.
+    starts = [p.start_time for p in pods if p.start_time is not None]
+    start = parse_time(job.status.get("runStartTime")) or (max(starts) if starts else now)
     # The run ended when the last pod finished, not when this cycle noticed it.
     finished = [p.finish_time for p in pods]
     end = max(f for f in finished if f is not None) if any(finished) else now
@@ -102,20 +111,37 @@ class JobLifecycle:
         self.checkpoints = checkpoints
         self.waiting = waiting
         self.due: float | None = None  # the next pods-ready timeout of a starting job
+        # key -> (attempt, when this controller first saw all its pods running): the Running grace's start
+        self.seen_ready: dict[str, tuple[int, float]] = {}
 
-    async def reconcile(self, now: float) -> None:
+    async def reconcile(self, now: float, busy: Container[str] = ()) -> None:
+        """Move every job on by what its pods, nodes and user say. Each job's step concerns that job
+        alone, so the steps run concurrently (bounded): at scale a cycle finds hundreds of jobs finished,
+        and writing their ends one after another made the cycle, and the next admission, wait for each
+        round trip in turn. `busy`: jobs whose admission is still being written (the loop's write-behind);
+        their pods are created by that write, not here."""
         self.due = None
+        steps: list[Coroutine[Any, Any, None]] = []
+        starting: set[str] = set()
         for job in list(self.cache.jobs.values()):
             phase = job.status.get("phase") or "Pending"
-            if job.spec is None or phase in TERMINAL_PHASES:
+            if phase in STARTING_PHASES:
+                starting.add(job.key)
+            if job.spec is None or phase in TERMINAL_PHASES or job.key in busy:
                 continue
             if phase not in ACTIVE_PHASES:
                 if job.spec.suspend and job.phase != "Suspended":
-                    await self.writer.job(job, suspended_by_user(job, now))
-                    self.waiting.forget(job.key)
+                    steps.append(self._suspend_waiting(job, now))
                 continue
             if job.status.get("admission"):
-                await self._active(job, now)
+                steps.append(self._active(job, now))
+        for key in [k for k in self.seen_ready if k not in starting]:  # written Running, ended, or gone
+            del self.seen_ready[key]
+        await self.writer.bounded(steps)
+
+    async def _suspend_waiting(self, job: JobRecord, now: float) -> None:
+        await self.writer.job(job, suspended_by_user(job, now))
+        self.waiting.forget(job.key)
 
     async def _active(self, job: JobRecord, now: float) -> None:
         assert job.spec is not None
@@ -140,7 +166,8 @@ class JobLifecycle:
         if phase == "Checkpointing" or self.checkpoints.vacating(job):
             # The checkpoint in flight decides what happens next. A pod that exits EXIT_CHECKPOINTED now
             # is the expected end of a dump without leaveRunning (ckq-run stopped the workload), not a
-            # failure; a pod that dies otherwise fails the dump, which the node agents report.
+            # failure; a pod that dies otherwise fails the dump, which the node agents report (or, died
+            # before they froze it, the checkpoints' reconcile: Checkpoints._died_uncovered).
             await self.checkpoints.resume_interrupted(job, now)
             return
         keyless = next((p for p in failed_pods if p.ckq_run_exit == EXIT_KEY_UNAVAILABLE), None)
@@ -172,7 +199,9 @@ class JobLifecycle:
         if job.spec.suspend:
             await self._suspend(job, now)
             return
-        if phase in STARTING_PHASES and await self._pods_ready_timeout(job, pods.values(), now):
+        ready = bool(pods) and len(pods) == len(expected) and all(p.phase in ("Running", "Succeeded")
+                                                                   for p in pods.values())
+        if phase in STARTING_PHASES and not ready and await self._pods_ready_timeout(job, pods.values(), now):
             return
         missing = [k for k in expected if k not in pods]
         if missing and phase == "Running":
@@ -189,7 +218,17 @@ class JobLifecycle:
             return
         if not pods or len(pods) != len(expected):
             return
-        if phase in STARTING_PHASES and all(p.phase in ("Running", "Succeeded") for p in pods.values()):
+        if phase in STARTING_PHASES and ready:
+            seen = self.seen_ready.get(job.key)
+            if seen is None or seen[0] != attempt:
+                seen = self.seen_ready[job.key] = (attempt, now)
+            if now - seen[1] < RUNNING_GRACE_S:
+                # Written once the run has lasted a moment: a job that ends within it goes from Admitted
+                # straight to Succeeded, one write instead of two (its run start is the pods' own, so
+                # nothing is lost by writing it later).
+                due = seen[1] + RUNNING_GRACE_S
+                self.due = due if self.due is None else min(self.due, due)
+                return
             placed = self.runs.backends.resolve(job, expected.values())
             patch = running(job, pods.values(), now, placed.message if placed.available else "")
             interval = self.intervals.of(job.key, len(set(expected.values()))) if self.intervals is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from queue_controller.operator import handlers
 from queue_controller.operator.cache import Cache
 from queue_controller.operator.controller import Controller
 from queue_controller.operator.health import DEFAULT_STUCK_AFTER_S, Health, HealthServer
-from queue_controller.operator.kube import Kube, load_configuration
+from queue_controller.operator.kube import ApiError, Kube, load_configuration
 from queue_controller.operator.leader import LeaderElection, default_identity
 from queue_controller.operator.metrics import REGISTRY
 
@@ -28,6 +29,7 @@ log = logging.getLogger("ckq.controller")
 
 SWEEP_FIRST_S = 30.0
 SWEEP_EVERY_S = 600.0
+SETTLE_S = 10.0  # on shutdown, how long admissions being written may take to land
 
 
 async def prime(cache: Cache, kube: Kube, namespaces: Collection[str] = ()) -> None:
@@ -35,7 +37,8 @@ async def prime(cache: Cache, kube: Kube, namespaces: Collection[str] = ()) -> N
     (kopf's watches start concurrently and keep it fresh afterwards). `namespaces`: only the namespaced
     objects of these (as kopf then watches only them), so nothing of another namespace is admitted."""
     for w in handlers.WATCHED:
-        _apply_listing(cache, w, await kube.request("GET", w.list_path), namespaces)
+        async for page in kube.list_pages(w.list_path):
+            _apply_listing(cache, w, page, namespaces)
 
 
 def _apply_listing(cache: Cache, w: handlers.Watched, listing: Mapping[str, Any],
@@ -69,12 +72,19 @@ async def sweep(cache: Cache, kube: Kube, namespaces: Collection[str] = ()) -> i
     applied like any event (only when newer than the cache's copy)."""
     gone = 0
     for w in handlers.WATCHED:
-        listing = await kube.request("GET", w.list_path)
+        present: set[str] = set()
+        list_rv = 0
         try:
-            list_rv = int((listing.get("metadata") or {}).get("resourceVersion") or 0)
+            # In pages (one snapshot: every page carries the first one's resourceVersion).
+            async for page in kube.list_pages(w.list_path):
+                list_rv = int((page.get("metadata") or {}).get("resourceVersion") or 0)
+                present |= _apply_listing(cache, w, page, namespaces)
         except ValueError:
             continue  # not comparable: leave this kind as it is
-        present = _apply_listing(cache, w, listing, namespaces)
+        except ApiError as e:
+            if e.status != 410:
+                raise
+            continue  # the snapshot expired between pages (compaction): the next sweep tries again
         for key, rv in cache.versions(w.cache_kind):
             if key not in present and 0 < rv < list_rv:
                 namespace, name = key.split("/", 1)
@@ -225,6 +235,13 @@ def run(policy: Policy, *, kubeconfig: str | None = None, namespaces: list[str] 
     async def cleanup() -> None:
         health.stopping()
         wakeups.stop()
+        loop = next((t for t in tasks if t.get_name() == "ckq-scheduling-loop"), None)
+        if loop is not None:
+            loop.cancel()
+        # Admissions being written finish while this replica still holds the Lease, so that a standby
+        # taking over never decides for a job whose admission is still on its way.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(controller.settled(), SETTLE_S)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # the elector gives its Lease up

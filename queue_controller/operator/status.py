@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ log = logging.getLogger("ckq.controller")
 # {condition type: (status, reason, message)}
 ConditionChanges = Mapping[str, tuple[ConditionStatus, str, str]]
 CONDITION_MESSAGE_MAX = 1000  # conditions carry a summary; the full text is in status.message and Events
+EVENT_POSTERS = 8  # Events posted at once; the rest wait in a queue (a few bytes each), not as requests
 
 
 class JobStatusPatch(CheckpointableJobStatus):
@@ -107,24 +109,40 @@ class StatusWriter:
         self.kube = kube
         self.concurrency = concurrency
         self._queue_status: dict[str, dict[str, Any]] = {}  # what each queue's status was last written as
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # the Event posters
+        self._events: deque[tuple[str, str, str, str, str, str, float, bool]] = deque()
 
-    async def job(self, job: JobRecord, patch: JobStatusPatch) -> JobRecord | None:
-        """Write `patch` to the job's status; the job as the cache now has it, or None when it is gone."""
+    async def job(self, job: JobRecord, patch: JobStatusPatch | Mapping[str, Any]) -> JobRecord | None:
+        """Write `patch` (a model, or its merge patch) to the job's status; the job as the cache now has it,
+        or None when it is gone. A status the cache assumed for the job (`Cache.assume`) ends here, as the
+        write returns or fails."""
         try:
-            body = await self.kube.patch_status(CheckpointableJob, job.namespace, job.name, merge_patch(patch))
+            body = await self.kube.patch_status(CheckpointableJob, job.namespace, job.name,
+                                                patch if isinstance(patch, Mapping) else merge_patch(patch))
         except ApiError as e:
+            self.cache.settle(job.key)
             if e.status == 404:
                 self.cache.delete_job(job.namespace, job.name)
                 return None
             raise
+        except BaseException:  # cancelled, or the API server unreachable: the write may not have happened
+            self.cache.settle(job.key)
+            raise
+        self.cache.settle(job.key)
         if self.cache.fresh("job", body):
             return self.cache.upsert_job(body)
         return self.cache.jobs.get(job.key)
 
-    async def checkpoint(self, ckpt: CheckpointRecord, patch: CheckpointStatusPatch) -> CheckpointRecord:
-        """Write `patch` to the Checkpoint's status; the Checkpoint as the cache now has it."""
-        body = await self.kube.patch_status(Checkpoint, ckpt.namespace, ckpt.name, merge_patch(patch))
+    async def checkpoint(self, ckpt: CheckpointRecord, patch: CheckpointStatusPatch,
+                         resource_version: int | None = None) -> CheckpointRecord:
+        """Write `patch` to the Checkpoint's status; the Checkpoint as the cache now has it. With
+        `resource_version`, only onto that version of it (ApiError 409 otherwise)."""
+        if resource_version is None:
+            body = await self.kube.patch_status(Checkpoint, ckpt.namespace, ckpt.name, merge_patch(patch))
+        else:
+            body = await self.kube.merge_patch(
+                self.kube.path(Checkpoint, ckpt.namespace, ckpt.name, "status"),
+                {"metadata": {"resourceVersion": str(resource_version)}, "status": merge_patch(patch)})
         if self.cache.fresh("checkpoint", body):
             return self.cache.upsert_checkpoint(body)
         return self.cache.checkpoints.get(ckpt.key, ckpt)
@@ -166,9 +184,21 @@ class StatusWriter:
 
     def _emit(self, kind: str, namespace: str, name: str, uid: str, reason: str, message: str, now: float,
               warning: bool) -> None:
-        task = asyncio.create_task(self._post_event(kind, namespace, name, uid, reason, message, now, warning))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        # Queued, and posted by a few workers: a cycle at scale records hundreds of Events at once, and a
+        # task (with its request) for each one made the controller's memory follow the size of the batch.
+        self._events.append((kind, namespace, name, uid, reason, message, now, warning))
+        while len(self._background) < min(EVENT_POSTERS, len(self._events)):
+            task = asyncio.create_task(self._post_events())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _post_events(self) -> None:
+        """Post queued Events until none is left (a worker does not outlive the queue)."""
+        while self._events:
+            try:
+                await self._post_event(*self._events.popleft())
+            except Exception as e:  # best effort, as one Event: a worker that died would strand the queue
+                log.debug("event not recorded: %s", e)
 
     async def _post_event(self, kind: str, namespace: str, name: str, uid: str, reason: str, message: str,
                           now: float, warning: bool) -> None:

@@ -98,7 +98,9 @@ def test_backfill_fills_idle_gpus_and_is_vacated_when_the_reservation_is_due(
                                            runtimeEstimateSeconds=20), namespace)
     run_controller("iass")
     kube.wait_phase(namespace, "busy", "Running")
-    kube.create("checkpointablejobs", cjob("big", q, gpus=8, pods=4, runtime_s=10, runtimeEstimateSeconds=10),
+    # Its estimate asks for more work than the filler's, so that iass's credit for requested work
+    # (ordering.workCreditSecondsPerGpuHour) keeps big ahead of the filler that arrives after it.
+    kube.create("checkpointablejobs", cjob("big", q, gpus=8, pods=4, runtime_s=10, runtimeEstimateSeconds=600),
                 namespace)
     kube.wait("big reserved", lambda: job_status(kube, namespace, "big").get("pendingReason") == "ReservedStart")
     # A long checkpointable job backfills the idle node although it would overlap the reservation.

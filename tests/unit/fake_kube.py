@@ -122,6 +122,7 @@ class FakeApiServer:
         self.events: list[dict[str, Any]] = []  # core Events posted
         self.pending: list[tuple[str, str, dict[str, Any]]] = []  # watch events not yet delivered
         self.log: list[tuple[str, str]] = []  # (method, path) of every request
+        self.params: list[dict[str, str]] = []  # the query parameters of every request
         self.deletes: list[tuple[str, Any]] = []  # (path, body) of every DELETE: the grace it asked for
         self.reject_pods: str | None = None  # when set, pod creation answers 422 with this message
         self._rv = itertools.count(1)
@@ -130,8 +131,9 @@ class FakeApiServer:
 
     # ---- the HTTP boundary ------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, body: Any) -> dict[str, Any]:
+    def handle(self, method: str, path: str, body: Any, params: Mapping[str, str] | None = None) -> dict[str, Any]:
         self.log.append((method, path))
+        self.params.append(dict(params or {}))
         plural, ns, name, sub = _parse(path)
         if method == "POST":
             assert name is None, path
@@ -143,11 +145,20 @@ class FakeApiServer:
             if name is None:
                 items = [copy.deepcopy(b) for (p, n, _), b in sorted(self.objects.items())
                          if p == plural and (ns is None or n == ns)]
-                return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": str(self.revision)},
-                        "items": items}
+                meta: dict[str, Any] = {"resourceVersion": str(self.revision)}
+                if params and "limit" in params:  # pages, as the API server gives them (`continue`)
+                    start, limit = int(params.get("continue") or 0), int(params["limit"])
+                    if start + limit < len(items):
+                        meta["continue"] = str(start + limit)
+                    items = items[start:start + limit]
+                return {"apiVersion": "v1", "kind": "List", "metadata": meta, "items": items}
             return copy.deepcopy(self._get(plural, ns, name))
         if method == "PATCH":
             assert name is not None and sub == "status", f"the controller only patches status: {path}"
+            want = ((body or {}).get("metadata") or {}).get("resourceVersion")
+            if want is not None and want != self._get(plural, ns, name)["metadata"]["resourceVersion"]:
+                raise ApiError(409, "Conflict", {"message": f'Operation cannot be fulfilled on {plural} "{name}": '
+                                                            "the object has been modified"})
             return self.patch_status(plural, ns, name, (body or {}).get("status") or {})
         if method == "DELETE":
             assert name is not None, path
@@ -304,4 +315,4 @@ class FakeKube(Kube):
         self.requests += 1
         if method == "PATCH":
             assert content_type == "application/merge-patch+json", content_type
-        return self.server.handle(method, path, copy.deepcopy(body))
+        return self.server.handle(method, path, copy.deepcopy(body), params)

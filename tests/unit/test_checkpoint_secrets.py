@@ -114,6 +114,7 @@ def test_a_restore_with_another_key_fails_naming_the_key_id_and_the_secret() -> 
         w.submit("train", checkpoint={"encryptionKey": {"secretName": "new-key"}}, **CRIU)
         await w.cycle()
         w.server.run_pods("train")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         w.server.update_spec("checkpointablejobs", "team", "train", suspend=True)
         await w.cycle(1)
@@ -232,6 +233,7 @@ def test_a_checkpoint_naming_another_namespaces_images_is_refused_and_the_job_st
         w.submit("train", **CRIU)
         await w.cycle()
         w.server.run_pods("train")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         w.server.update_spec("checkpointablejobs", "team", "train", suspend=True)
         await w.cycle(1)
@@ -265,6 +267,7 @@ def test_a_hand_written_restore_from_annotation_fails_no_other_checkpoint() -> N
         w.submit("train", **CRIU)
         await w.cycle()
         w.server.run_pods("train")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         stored = w.server.objects[("pods", "team", "train-1-worker-0")]
         stored["metadata"].setdefault("annotations", {})["ckq.io/restore-from"] = "victim-ckpt"  # by hand

@@ -52,6 +52,7 @@ class SpyBackend(SimulatedBackend):
 async def running(w: World, job: str) -> None:
     await w.cycle()
     w.server.run_pods(job)
+    await w.cycle()  # the controller first sees the pods running
     await w.cycle(1)
     assert w.phase(job) == "Running"
 

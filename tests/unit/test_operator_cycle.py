@@ -31,6 +31,7 @@ async def running(w: World, job: str, after: float = 1.0) -> None:
     """Admit `job`, start its pods, and see it Running."""
     await w.cycle()
     w.server.run_pods(job)
+    await w.cycle()  # the controller first sees the pods running
     await w.cycle(after)
     assert w.phase(job) == "Running"
 
@@ -49,6 +50,7 @@ def test_admit_checkpoint_suspend_resume_finish() -> None:
         assert pod["metadata"]["name"] == "train-1-worker-0"
         assert pod["metadata"]["annotations"]["kwok.ckq.io/run-seconds"] == "100"
         w.server.run_pods("train")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         st = w.server.status("train")
         assert st["phase"] == "Running" and st["runStartTime"] == wire_time(T0)
@@ -107,6 +109,7 @@ def test_admit_checkpoint_suspend_resume_finish() -> None:
         env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
         assert env["CKQ_RESTORE_ID"] == "train-1-preemption-1"
         w.server.run_pods("train")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         assert w.server.status("train")["message"] == ("restored from checkpoint and running; checkpoints are "
                                                        "simulated (checkpoint mode Simulated): no process is dumped")
@@ -121,7 +124,7 @@ def test_admit_checkpoint_suspend_resume_finish() -> None:
         assert w.server.conditions("train")["Finished"]["status"] == "True"
         assert w.server.event_reasons("train") == ["Admitted", "Preempted", "Suspended", "Resumed", "Succeeded"]
         # One reading of the clock per cycle: every write and Event of a cycle carries the same instant.
-        assert w.clock.reads == w.controller.cycles == 10
+        assert w.clock.reads == w.controller.cycles == 13
 
     run(scenario)
 
@@ -144,6 +147,7 @@ def test_a_failed_pod_requeues_until_restarts_run_out() -> None:
         assert st["phase"] == "Admitted" and st["attempt"] == 2
         assert [p["metadata"]["name"] for p in w.server.pods("flaky")] == ["flaky-2-worker-0"]
         w.server.run_pods("flaky")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         w.server.fail_pod("flaky")
         await w.cycle(1)
@@ -465,6 +469,7 @@ def test_usage_metric_goes_to_zero_when_the_queue_empties_and_goes_away_with_the
         await w.cycle()
         assert usage() == 8
         w.server.run_pods("a")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         w.server.finish_pods("a")
         await w.cycle(10)
@@ -530,6 +535,7 @@ def test_a_job_deleted_behind_the_caches_back_is_forgotten_on_the_404() -> None:
         w.server.delete("checkpointablejobs", "team", "gone")
         w.server.pending = [e for e in w.server.pending if e[0] != "DELETED"]  # the watch lags behind
         w.server.run_pods("gone")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)  # writing Running answers 404: the job is dropped, the cycle carries on
         assert "team/gone" not in w.cache.jobs
         assert ("PATCH", "/apis/ckq.io/v1alpha1/namespaces/team/checkpointablejobs/gone/status") in w.server.log
@@ -698,6 +704,7 @@ def test_a_controller_limited_to_namespaces_primes_only_their_jobs() -> None:
         await prime(w.cache, w.kube, ["team"])
         w.server.pending.clear()
         await w.controller.cycle()
+        await w.controller.settled()  # the admission is written behind the loop
         assert set(w.cache.jobs) == {"team/mine"} and "team/main" in w.cache.local_queues
         assert "other/main" not in w.cache.local_queues and "cq" in w.cache.cluster_queues
         assert w.phase("mine") == "Admitted"
@@ -750,6 +757,33 @@ def test_objects_deleted_while_no_watch_ran_are_swept_from_the_cache() -> None:
         assert "team/old" not in w.cache.local_queues and f"team/{pod['metadata']['name']}" not in w.cache.pods
         assert "team/main" in w.cache.local_queues and "team/mine" in w.cache.jobs  # what exists stays
         assert await sweep(w.cache, w.kube) == 0
+
+    run(scenario)
+
+
+def test_prime_and_sweep_list_in_pages_and_miss_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 at 15,000 jobs: the sweep's unpaged LIST of every job (~120 MB of JSON, decoded at once)
+    tripled the controller's memory every ten minutes. Lists come in pages; what is on any page is in the
+    cache, and a ghost is still found only when no page has it."""
+    from queue_controller.operator import kube as kube_module
+
+    monkeypatch.setattr(kube_module, "LIST_PAGE", 4)
+
+    async def scenario() -> None:
+        w = make_world("kueue", quota_gpus=16)
+        for i in range(10):
+            w.submit(f"j{i}", gpus=0)
+        _restart(w)
+        w.server.params.clear()
+        await prime(w.cache, w.kube)
+        assert {f"team/j{i}" for i in range(10)} <= set(w.cache.jobs)
+        job_lists = [p for (m, path), p in zip(w.server.log, w.server.params, strict=True)
+                     if m == "GET" and path.endswith("/checkpointablejobs")]
+        assert [p.get("continue") for p in job_lists] == [None, "4", "8"] and {p["limit"] for p in job_lists} == {"4"}
+        w.server.delete("checkpointablejobs", "team", "j9")
+        w.server.pending.clear()  # no watch delivered the deletion
+        assert await sweep(w.cache, w.kube) == 1
+        assert "team/j9" not in w.cache.jobs and {f"team/j{i}" for i in range(9)} <= set(w.cache.jobs)
 
     run(scenario)
 

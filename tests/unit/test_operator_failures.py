@@ -41,6 +41,7 @@ def test_a_running_job_says_which_interval_is_in_force_and_why() -> None:
         await w.cycle()
         w.server.run_pods("auto")
         w.server.run_pods("fixed")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         fixed = w.server.status("fixed")["checkpointInterval"]
         assert fixed == {"seconds": 2700.0, "reason": "spec.checkpoint.interval"}

@@ -153,6 +153,7 @@ def test_the_loop_decides_only_while_leading() -> None:
             if w.controller.cycles:
                 break
         loop.cancel()
+        await w.controller.settled()  # the admission is written behind the loop
         assert w.controller.cycles >= 1 and w.phase("job") == "Admitted"
 
     asyncio.run(scenario())

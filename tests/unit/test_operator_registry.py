@@ -35,6 +35,7 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
 async def running(w: World, job: str) -> None:
     await w.cycle()
     w.server.run_pods(job)
+    await w.cycle()  # the controller first sees the pods running
     await w.cycle(1)
     assert w.phase(job) == "Running", w.server.status(job)
 
@@ -389,6 +390,65 @@ def test_a_failure_reported_by_an_agent_follows_the_policy_and_is_acknowledged()
     run(scenario)
 
 
+def test_a_pod_that_dies_before_the_agents_freeze_it_fails_the_checkpoint_at_once() -> None:
+    """ckq-run SIGKILLed before any agent froze its container: no agent acts on a dead container, so the
+    controller fails the checkpoint itself rather than leave the job Checkpointing until the timeout
+    (the chaos trial ckq-run-kill, seed 1, waited 300 s so)."""
+    async def scenario() -> None:
+        w, name = await checkpointing_criu()
+        w.server.exit_pods("train", 137)  # killed: no exit note of ckq-run's
+        await w.cycle(1)
+        st = w.server.get("checkpoints", name)["status"]
+        why = ("pod train-1-worker-0 failed (exit code 137) before container(s) train could be frozen or dumped: "
+               "their processes are gone, so no node agent can checkpoint them")
+        assert st["phase"] == "Failed" and st["message"] == why and st["completionTime"]
+        job = w.server.status("train")  # iass: onCheckpointFailure Kill
+        assert job["phase"] == "Pending" and job["checkpointFailures"] == 1
+        assert warnings(w, "train", "CheckpointFailed") == [f"checkpoint {name} failed: {why}"]
+
+    run(scenario)
+
+
+def test_beginning_a_checkpoint_never_writes_over_what_an_agent_already_wrote() -> None:
+    """Agents act on Pending Checkpoints too: one froze, dumped and failed a checkpoint before the
+    controller's begin landed, whose unconditional merge patch put it back to Running — a checkpoint no
+    agent works on, holding the job's next periodic one back until the timeout (e2e store read-only, CI).
+    The begin is written only onto the version the controller saw."""
+    async def scenario() -> None:
+        w = make_world("iass", kind="real", config=CONFIG)
+        w.submit("train", **CRIU)
+        await running(w, "train")
+        w.server.create("checkpoints", {"apiVersion": "ckq.io/v1alpha1", "kind": "Checkpoint",
+                                        "metadata": {"name": "mine"},
+                                        "spec": {"jobName": "train", "reason": "User", "leaveRunning": True}}, "team")
+        w.server.deliver(w.cache)  # the controller sees it Pending ...
+        why = "pod team/train-1-worker-0 container train on node n0: ckq-run: internal error: Read-only file system"
+        w.server.patch_checkpoint("mine", {"phase": "Failed", "message": why, "startTime": "2026-01-01T00:00:00Z"})
+        await w.controller.cycle()  # ... and begins it before it sees the agent's write
+        st = w.server.get("checkpoints", "mine")["status"]
+        assert st["phase"] == "Failed" and st["message"] == why, st
+        await w.cycle(1)
+        st = w.server.get("checkpoints", "mine")["status"]
+        assert st["phase"] == "Failed" and st["completionTime"]
+        assert w.server.status("train")["checkpointFailures"] == 1 and w.phase("train") == "Running"
+
+    run(scenario)
+
+
+def test_a_pod_that_dies_once_frozen_is_left_to_the_agents_to_report() -> None:
+    """A container already frozen for the checkpoint is its agent's: the dump's own failure says more."""
+    async def scenario() -> None:
+        w, name = await checkpointing_criu()
+        w.server.patch_checkpoint(name, {"frozen": [{"podSet": "worker", "index": 0, "container": "train",
+                                                      "node": "n0", "frozenAt": "2026-01-01T00:00:00Z"}]})
+        w.server.exit_pods("train", 137)
+        await w.cycle(1)
+        assert w.server.get("checkpoints", name)["status"]["phase"] == "Running"
+        assert w.phase("train") == "Checkpointing"
+
+    run(scenario)
+
+
 def test_a_periodic_checkpoint_an_agent_failed_is_counted_and_the_job_runs_on() -> None:
     async def scenario() -> None:
         w = make_world("iass", kind="real", config=CONFIG)
@@ -513,6 +573,7 @@ def test_pods_are_deleted_with_a_grace_period_unless_a_dump_stopped_them() -> No
                     "requests": {"cpu": "1"}}}]}}}])
         await running(w, "victim")
         w.server.run_pods("own")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         w.submit("urgent", priority=100)
         await w.cycle(1)  # kueue: killed
@@ -645,6 +706,7 @@ def test_a_restore_ckq_run_refuses_fails_that_checkpoint_and_falls_back() -> Non
         (pod,) = [p for p in w.server.pods("train") if p["metadata"]["name"] == "train-2-worker-0"]
         assert pod["metadata"]["annotations"]["ckq.io/restore-from"] == name
         w.server.run_pods("train")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         w.server.exit_pods("train", 69, ckq_run=True)  # ckq-run: "checkpoint ... is corrupted"
         await w.cycle(1)
@@ -672,6 +734,7 @@ def test_a_workload_exiting_with_ckq_runs_numbers_is_an_ordinary_failure() -> No
         w.server.finish_pods("urgent")
         await w.cycle(1)
         w.server.run_pods("train")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         w.server.exit_pods("train", 69)  # the workload's own exit: no note
         await w.cycle(1)
@@ -682,6 +745,7 @@ def test_a_workload_exiting_with_ckq_runs_numbers_is_an_ordinary_failure() -> No
         third = [p for p in w.server.pods("train") if p["metadata"]["name"] == "train-3-worker-0"]
         assert third and third[0]["metadata"]["annotations"]["ckq.io/restore-from"] == name
         w.server.run_pods("train")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         w.server.exit_pods("train", 78)
         await w.cycle(1)

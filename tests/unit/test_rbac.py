@@ -45,6 +45,7 @@ def request_of(method: str, path: str) -> tuple[str | None, str, str, str | None
 async def _running(w: World, job: str) -> None:
     await w.cycle()
     w.server.run_pods(job)
+    await w.cycle()  # the controller first sees the pods running
     await w.cycle(1)
     assert w.phase(job) == "Running"
 

@@ -25,7 +25,9 @@ def _scene(now_started: float = 0.0) -> list:
     # r cannot be checkpointed and big may not preempt it (same priority): big reserves r's end.
     r = running(job("r", gpus=6, checkpointable=False, runtime_estimate_s=1000, runtime_prediction_s=100),
                 ["n0"], started_at=now_started)
-    big = job("big", gpus=8, t=1, runtime_estimate_s=50)
+    # big asks for more work than short (8 GPUs x 1,000 s against 2 x 2,000 s), so it stays ahead of short
+    # under iass's credit for requested work too (ordering.work_credit: 44 s against 22 s).
+    big = job("big", gpus=8, t=1, runtime_estimate_s=1000)
     short = job("short", gpus=2, t=2, checkpointable=False, runtime_estimate_s=2000, runtime_prediction_s=80)
     return [r, big, short]
 
@@ -110,6 +112,7 @@ def test_the_controller_learns_from_succeeded_jobs_per_namespace_and_predicts(mo
         w.submit("a", runtime_s=100, runtimeEstimateSeconds=400)
         await w.cycle()
         w.server.run_pods("a")
+        await w.cycle()  # the controller first sees the pods running
         await w.cycle(1)
         assert seen["team/a"] is None  # nothing has finished yet: the estimate plans
         w.clock.advance(100)
