@@ -74,7 +74,7 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 from queue_controller import devcluster as dc  # noqa: E402
 from queue_controller.api.quantity import to_milli  # noqa: E402
-from queue_controller.devcluster.components import AUDIT_POLICY, admin_tls  # noqa: E402
+from queue_controller.devcluster.components import AUDIT_LOG_MAX_MB, AUDIT_POLICY, admin_tls  # noqa: E402
 from queue_controller.devcluster.state import paths_for  # noqa: E402
 from queue_controller.wire import parse_time  # noqa: E402
 
@@ -82,6 +82,14 @@ G, V = "ckq.io", "v1alpha1"
 CLUSTER = "ckq-kueue-baseline"
 FLAVOR = "rf"  # Kueue's generator's default ResourceFlavor name
 CLASS_LABEL = "kueue.x-k8s.io/performance-scheduler-class"  # Kueue's label, so the objects read alike
+# Finished pods the bench's cluster keeps before PodGC deletes the oldest (kube-controller-manager
+# --terminated-pod-gc-threshold); 0 keeps Kubernetes' default, 12,500. kwok v0.8 restarts its pod watch
+# from resourceVersion 0, replaying every pod it manages, and with ~10,000 finished pods kept, under this
+# load the API server drops its watch before it has taken a replay in (every 12-15 s from the 16th
+# minute of a 15,000-job run): kwok's CPU triples and pods go Running 15-20 s after their binding. A low
+# threshold (2,000) ends that, but costs ~1.65 requests per job more (PodGC's deletes and kwok's own)
+# and did not shorten the times to admission (docs/performance.md), so the default stays Kubernetes'.
+POD_GC_THRESHOLD = 0
 BENCH_USER_AGENT = "ckq-bench/kueue-baseline"  # tells this bench's requests apart in the audit log
 RUNTIME_ANNOTATION = "ckq.io/simulated-runtime-seconds"
 FINISHED = ("Succeeded", "Failed")
@@ -417,7 +425,8 @@ def run_ckq(sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
     per_node = max(64, math.ceil(2 * nodes_cpu / args.nodes))
     groups = [dc.NodeGroup(name="cpu", count=args.nodes, gpus=0, cpu=str(per_node), memory="4Ti", pods=2000)]
     t0 = time.time()
-    state, started = dc.up(args.cluster, groups, audit_log=args.audit, timeout=180)
+    state, started = dc.up(args.cluster, groups, audit_log=args.audit, timeout=180,
+                           pod_gc_threshold=args.pod_gc_threshold or None)
     if not started:  # a cluster left by --keep: its jobs and queues would be counted with ours
         raise SystemExit(f"cluster '{args.cluster}' is already running: `ckq dev down --name {args.cluster}` first")
     up_s = time.time() - t0
@@ -620,7 +629,7 @@ def summarize_ckq(sc: Scenario, rec: Recorder, start: float, end: float, timed_o
     out: dict[str, Any] = {
         "system": "ckq", "policy": args.policy, "scale": args.scale, "jobs": sc.jobs, "created": len(created),
         "finished": len(finished), "timed_out": timed_out, "timeout_s": args.timeout,
-        "wall_s": round(wall, 2), "cluster_up_s": round(up_s, 1),
+        "wall_s": round(wall, 2), "cluster_up_s": round(up_s, 1), "pod_gc_threshold": args.pod_gc_threshold or 12500,
         "jobs_by_class": {c: sum(1 for j in created if j.cls == c) for c in classes},
         "admitted_by_class": admitted_by_class,
         "finished_by_class": {c: sum(1 for j in finished if j.cls == c) for c in classes},
@@ -708,7 +717,7 @@ def run_kueue_once(sc: Scenario, args: argparse.Namespace, harness: Path, bins: 
     policy = work / "audit-policy.yaml"
     policy.write_text(AUDIT_POLICY)
     extra = (f' --audit-policy-file="{policy}" --audit-log-path="{audit}" --audit-log-format=json'
-             ' --audit-log-mode=blocking --audit-log-maxsize=0') if args.audit else ""
+             f' --audit-log-mode=blocking --audit-log-maxsize={AUDIT_LOG_MAX_MB}') if args.audit else ""
     wrapper = assets / "kube-apiserver"
     wrapper.write_text(f'#!/bin/sh\nexec "{Path(bins) / "kube-apiserver"}" "$@"{extra}\n')
     wrapper.chmod(0o755)
@@ -929,9 +938,14 @@ def main() -> None:
     ap.add_argument("--cluster", default=CLUSTER, help="dev cluster name (its state under $CKQ_STATE_DIR)")
     ap.add_argument("--progress", type=float, default=15.0, help="seconds between progress lines on stderr")
     ap.add_argument("--keep", action="store_true", help="leave the cluster (and Kueue's work dir) behind")
+    ap.add_argument("--pod-gc-threshold", type=int, default=POD_GC_THRESHOLD,
+                    help="finished pods the cluster keeps before PodGC deletes the oldest (0, the default: "
+                         "Kubernetes' own, 12,500; see POD_GC_THRESHOLD)")
     args = ap.parse_args()
     if not 0 < args.scale <= 1:
         ap.error("--scale must be in (0, 1]")
+    if args.pod_gc_threshold < 0:
+        ap.error("--pod-gc-threshold must be 0 (Kubernetes' default) or a number of pods")
 
     sc = Scenario().scaled(args.scale)
     print(f"scenario: Kueue baseline at scale {args.scale:g}: {sc.cohorts} cohorts x {sc.queues_per_cohort} "

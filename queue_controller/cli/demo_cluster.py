@@ -65,14 +65,18 @@ REAL_STEP_S = 0.15
 # A real process whose state cannot be recomputed from its inputs: a random nonce, then a sha256 chain.
 REAL_WORKLOAD = f"""
 import hashlib, os, time
+# One write per line: print() writes each part on its own, and a checkpoint taken between two of
+# them splits the line across two containers' logs.
+def say(*parts):
+    os.write(1, (" ".join(map(str, parts)) + "\\n").encode())
 nonce = os.urandom(16).hex()
-print("nonce", nonce, flush=True)
+say("nonce", nonce)
 state = hashlib.sha256(nonce.encode()).digest()
 ballast = bytearray(os.urandom(64 << 20))  # 64 MiB of memory the checkpoint has to carry
 for step in range({REAL_STEPS}):
     state = hashlib.sha256(state + step.to_bytes(4, "big")).digest()
     time.sleep({REAL_STEP_S})
-print("final", nonce, state.hex(), flush=True)
+say("final", nonce, state.hex())
 """
 
 

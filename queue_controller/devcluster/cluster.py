@@ -183,6 +183,7 @@ def up(
     real_node_labels: dict[str, str] | None = None,
     audit_log: bool = False,
     node_local_store: bool = False,
+    pod_gc_threshold: int | None = None,
 ) -> tuple[ClusterState, bool]:
     """Start cluster `name`, or find it already running. Returns (state, started_now).
 
@@ -191,10 +192,14 @@ def up(
     `node_local_store`: the real nodes do not share a checkpoint store: each keeps its images in its own
     directory (store/<node>/, ConfigMap storeMode: node-local) and a restore on another node has them
     staged by the agents (docs/dev-cluster.md).
+    `pod_gc_threshold`: finished pods the cluster keeps before PodGC deletes the oldest (None: Kubernetes'
+    default, 12,500); applies when the cluster is started here.
     On any failure everything started here is stopped and its state removed before raising.
     """
     if not node_groups and not real_nodes:
         raise DevClusterError("at least one node is needed (a kwok node group or --real-nodes N)")
+    if pod_gc_threshold is not None and pod_gc_threshold < 1:
+        raise DevClusterError(f"pod_gc_threshold {pod_gc_threshold} must be at least 1")
     if not 0 <= real_nodes <= realnode.MAX_REAL_NODES:
         raise DevClusterError(f"--real-nodes {real_nodes} must be 0..{realnode.MAX_REAL_NODES}")
     if real_nodes:
@@ -234,7 +239,7 @@ def up(
         elif node_local_store:
             raise DevClusterError("--node-local-store needs real nodes (--real-nodes N)")
         state = _fresh_up(name, node_groups, paths, bin_dir, api_port, timeout, die_with_parent, say, real,
-                          audit_log)
+                          audit_log, pod_gc_threshold)
         return state, True
 
 
@@ -259,6 +264,7 @@ def _fresh_up(
     say: Say,
     real: _RealSetup | None,
     audit_log: bool = False,
+    pod_gc_threshold: int | None = None,
 ) -> ClusterState:
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     if api_port is not None:
@@ -280,7 +286,7 @@ def _fresh_up(
             paths.logs.mkdir(parents=True, exist_ok=True)
             (paths.configs / "audit-policy.yaml").write_text(AUDIT_POLICY)
         state.save()
-        for comp in components(bin_dir, paths, ports, name, audit_log=audit_log):
+        for comp in components(bin_dir, paths, ports, name, audit_log=audit_log, pod_gc_threshold=pod_gc_threshold):
             _start(comp, state, timeout, die_with_parent, say)
         if real is not None:
             real.start(state, timeout, die_with_parent, say)
