@@ -69,15 +69,19 @@ MOMENTS = ("created", "frozen", "dumping")
 def workload(buffer_mb: int) -> str:
     return f"""
 import hashlib, os, time
+# One write per line: print() writes each part on its own, and a checkpoint taken between two of
+# them splits the line across two containers' logs.
+def say(*parts):
+    os.write(1, (" ".join(map(str, parts)) + "\\n").encode())
 nonce = os.urandom(16).hex()
-print("nonce", nonce, flush=True)
+say("nonce", nonce)
 buf = bytearray(hashlib.sha256(nonce.encode()).digest() * ({buffer_mb} * 32768))
 state = hashlib.sha256(nonce.encode()).digest()
 for step in range({STEPS}):
     buf[step % len(buf)] = state[0]
     state = hashlib.sha256(state + bytes(buf[:4096])).digest()
     time.sleep({STEP_S})
-print("final", nonce, state.hex(), flush=True)
+say("final", nonce, state.hex())
 """
 
 

@@ -28,15 +28,19 @@ CHECKPOINTED = 75
 STEPS = 1500
 WORKLOAD = f"""
 import hashlib, os, sys, time
+# One write per line: print() writes each part on its own, and a checkpoint taken between two of
+# them splits the line across two containers' logs.
+def say(*parts):
+    os.write(1, (" ".join(map(str, parts)) + "\\n").encode())
 nonce = os.urandom(16).hex()
-print("nonce", nonce, flush=True)
+say("nonce", nonce)
 d = hashlib.sha256(nonce.encode()).digest()
 for i in range({STEPS}):
     d = hashlib.sha256(d).digest()
     if i % 10 == 0:
-        print("step", i, flush=True)
+        say("step", i)
     time.sleep(0.01)
-print("final", nonce, d.hex(), flush=True)
+say("final", nonce, d.hex())
 """
 
 

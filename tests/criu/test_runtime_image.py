@@ -47,11 +47,15 @@ SIZE = 4 << 20  # the buffer the chain runs over: 4 MiB of state in memory
 # new nonce; only a process restored with its memory can end with the first nonce's final digest.
 WORKLOAD_PY = r"""
 import hashlib, os, sys, time
+# One write per line: print() writes each part on its own, and a checkpoint taken between two of
+# them splits the line across two containers' logs.
+def say(*parts):
+    os.write(1, (" ".join(map(str, parts)) + "\n").encode())
 steps, size, logdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 os.makedirs(logdir, exist_ok=True)
 log = open(os.path.join(logdir, "steps.log"), "a")
 nonce = os.urandom(16).hex()
-print("nonce", nonce, flush=True)
+say("nonce", nonce)
 h = hashlib.sha256(nonce.encode()).digest()
 buf = bytearray(h * (size // 32))
 for step in range(steps):
@@ -60,12 +64,12 @@ for step in range(steps):
     h = hashlib.sha256(h + buf).digest()
     log.write(f"{step}\n")
     log.flush()
-    print("step", step, h.hex(), flush=True)
+    say("step", step, h.hex())
     time.sleep(0.03)
 log.close()
 with open(os.path.join(logdir, "steps.log")) as fh:
-    print("logged", fh.read().split() == [str(i) for i in range(steps)], flush=True)
-print("final", nonce, h.hex(), flush=True)
+    say("logged", fh.read().split() == [str(i) for i in range(steps)])
+say("final", nonce, h.hex())
 """
 
 WORKLOAD_GO = """\

@@ -31,17 +31,21 @@ STEP_S = 0.1
 BUFFER = 1 << 20
 WORKLOAD = f"""
 import hashlib, os, sys, time
+# One write per line: print() writes each part on its own, and a checkpoint taken between two of
+# them splits the line across two containers' logs.
+def say(*parts):
+    os.write(1, (" ".join(map(str, parts)) + "\\n").encode())
 nonce = os.urandom(16).hex()
-print("nonce", nonce, flush=True)
+say("nonce", nonce)
 buf = bytearray(hashlib.sha256(nonce.encode()).digest() * ({BUFFER} // 32))
 state = hashlib.sha256(nonce.encode()).digest()
 for step in range({STEPS}):
     buf[step % len(buf)] = state[0]
     state = hashlib.sha256(state + bytes(buf[:4096])).digest()
     if step % 20 == 0:
-        print("step", step, state.hex(), flush=True)
+        say("step", step, state.hex())
     time.sleep({STEP_S})
-print("final", nonce, state.hex(), flush=True)
+say("final", nonce, state.hex())
 """
 
 

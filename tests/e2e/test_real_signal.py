@@ -45,6 +45,10 @@ controller = criu_e2e.controller
 SIGNAL_WORKLOAD = f"""
 import hashlib, json, os, signal, time
 from pathlib import Path
+# One write per line: print() writes each part on its own, and a checkpoint taken between two of
+# them splits the line across two containers' logs.
+def say(*parts):
+    os.write(1, (" ".join(map(str, parts)) + "\\n").encode())
 asked = False
 def on_signal(signum, frame):
     global asked
@@ -57,26 +61,26 @@ if saved:
     buf = bytearray(hashlib.sha256(nonce.encode()).digest() * ({BUFFER} // 32))
     buf[:4096] = bytes.fromhex(state_file["head"])
     state = bytes.fromhex(state_file["state"])
-    print("resumed", nonce, "at step", first, flush=True)
+    say("resumed", nonce, "at step", first)
 else:
     nonce, first = os.urandom(16).hex(), 0
-    print("nonce", nonce, flush=True)
+    say("nonce", nonce)
     buf = bytearray(hashlib.sha256(nonce.encode()).digest() * ({BUFFER} // 32))
     state = hashlib.sha256(nonce.encode()).digest()
 for step in range(first, {STEPS}):
     buf[step % len(buf)] = state[0]
     state = hashlib.sha256(state + bytes(buf[:4096])).digest()
     if step % 20 == 0:
-        print("step", step, state.hex(), flush=True)
+        say("step", step, state.hex())
     if asked:  # a safe point: the state after a whole step
         asked = False
         req = json.loads(Path(os.environ["CKQ_CHECKPOINT_DIR"], "ckq-request.json").read_text())
         Path(req["stateDir"], "state.json").write_text(json.dumps(
             {{"nonce": nonce, "step": step, "state": state.hex(), "head": buf[:4096].hex()}}))
         Path(req["ackFile"]).touch()
-        print("saved at step", step, flush=True)
+        say("saved at step", step)
     time.sleep({STEP_S})
-print("final", nonce, state.hex(), flush=True)
+say("final", nonce, state.hex())
 """
 
 DEAF_WORKLOAD = """
