@@ -163,25 +163,49 @@ def test_exec_and_port_forward(real_cluster: RealCluster, core: client.CoreV1Api
     h = real_cluster.handle
     out = h.kubectl("exec", "-n", ns, "web", "--", "sh", "-c", "echo $((6*7)) && cat /etc/os-release | head -1").stdout
     assert out.splitlines()[0] == "42" and "Debian" in out
+    # The pod is Running before its server has bound the port; kubectl port-forward gives up for good
+    # on the first refused connection, so wait (inside the pod) until the server listens.
+    probe = "import socket; socket.create_connection(('127.0.0.1', 8080), timeout=2).close()"
+    wait_until(lambda: h.kubectl("exec", "-n", ns, "web", "--", "python3", "-c", probe, check=False).returncode == 0,
+               timeout=60, what="the web server to listen inside the pod")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         local = s.getsockname()[1]
-    pf = subprocess.Popen(
-        [h.kubectl_path, f"--kubeconfig={h.kubeconfig}", "port-forward", "-n", ns, "pod/web", f"{local}:8080"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        assert pf.stdout is not None
-        wait_until(lambda: "Forwarding from" in (pf.stdout.readline() if pf.stdout else ""), timeout=30,
-                   what="kubectl port-forward to listen")
-        import urllib.request
+    import urllib.request
 
-        body = wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=5).read(),
-                          timeout=30, what="an answer through port-forward")
+    errors: list[str] = []
+    pf: subprocess.Popen[str] | None = None
+
+    def fetch() -> bytes | None:
+        nonlocal pf
+        if pf is None or pf.poll() is not None:  # not started yet, or it exited on an error: start it again
+            if pf is not None:
+                errors.append(f"port-forward exited {pf.returncode}: {pf.stdout.read() if pf.stdout else ''}")
+            pf = subprocess.Popen(
+                [h.kubectl_path, f"--kubeconfig={h.kubeconfig}", "port-forward", "-n", ns, "pod/web", f"{local}:8080"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            assert pf.stdout is not None
+            line = pf.stdout.readline()  # "Forwarding from 127.0.0.1:N -> 8080", or the error before it exits
+            if "Forwarding from" not in line:
+                errors.append(f"port-forward said {line!r}")
+                return None
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=5).read()
+        except OSError as exc:
+            errors.append(repr(exc))
+            return None
+
+    try:
+        try:
+            body = wait_until(fetch, timeout=60, what="an answer through port-forward")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last errors: {errors[-3:]}") from None
         assert body.decode() == token
     finally:
-        pf.terminate()
-        pf.wait(timeout=10)
+        if pf is not None:
+            pf.terminate()
+            pf.wait(timeout=10)
 
 
 def test_pods_on_two_real_nodes_reach_each_other(core: client.CoreV1Api, ns: str) -> None:
