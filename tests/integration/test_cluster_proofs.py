@@ -48,7 +48,8 @@ def pending_head(kube: Kube, cq: str) -> Head:
 
 def wait_head(kube: Kube, cq: str, expected: Head, timeout: float = 30.0) -> None:
     """Wait until the queue's published head is exactly `expected`. Queue status is written at most
-    every 2 s, so this is also proof that the controller decided on these jobs after they existed."""
+    every 5 s (QUEUE_STATUS_INTERVAL_S), so this is also proof that the controller decided on these jobs
+    after they existed."""
     try:
         kube.wait(f"ClusterQueue {cq} head {expected}", lambda: pending_head(kube, cq) == expected, timeout)
     except AssertionError:

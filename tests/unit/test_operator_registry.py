@@ -16,6 +16,7 @@ from queue_controller.operator.cache import Cache
 from queue_controller.operator.controller import Controller
 from queue_controller.operator.main import prime
 from queue_controller.operator.settings import ClusterSettings
+from queue_controller.operator.waiting import QUEUE_STATUS_INTERVAL_S
 from queue_controller.wire import artifact_uri, container_store_dir, node_kind
 from tests.unit.operator_world import CONFIG, TRAIN_COMMAND, World, make_world
 
@@ -758,7 +759,7 @@ def test_a_workload_exiting_with_ckq_runs_numbers_is_an_ordinary_failure() -> No
 def test_queues_report_the_checkpoint_bytes_their_jobs_keep() -> None:
     async def scenario() -> None:
         w, _ = await suspended_by_criu(size=3000)
-        await w.cycle(1)
+        await w.cycle(QUEUE_STATUS_INTERVAL_S)  # the queues' next tally
         assert w.server.get("clusterqueues", "cq", namespace=None)["status"]["checkpointBytes"] == 3000
         assert w.server.get("localqueues", "main")["status"]["checkpointBytes"] == 3000
 
