@@ -40,7 +40,7 @@ from itertools import compress
 from operator import attrgetter, is_not
 
 from queue_controller.engine.decisions import Waiting
-from queue_controller.engine.ordering import order_key
+from queue_controller.engine.ordering import CreditMemo, order_key
 from queue_controller.engine.placement import NodeIndex
 from queue_controller.engine.quota import FR
 from queue_controller.engine.snapshot import ClusterQueue, Flavor, Job, Node
@@ -92,6 +92,9 @@ class Carry:
     # names the pod set of the first job of its shape in the cycle.)
     admissible: set[tuple[str, int]] = field(default_factory=set)
     admissible_source: tuple[ClusterQueue, ...] | None = None
+    # Each job's copy with the policy's work credit (ordering.credited), kept so that it is the same object
+    # from cycle to cycle and the caches above, keyed on identity, keep working.
+    credited: CreditMemo = field(default_factory=dict)
     # How the last cycle got each part (for the bench and the tests): "carried", "equal" or "built".
     how: dict[str, str] = field(default_factory=dict)
 

@@ -49,19 +49,22 @@ def work_credit(job: Job, ordering: OrderingSettings) -> float:
     return min(rate * (job.gpus / 1000.0) * est / 3600.0, ordering.max_work_credit_seconds)
 
 
-# Credited jobs of the last cycles, by key: (the snapshot's job, the settings, its credited copy). A cache:
-# the same job object under the same settings gets the same copy, so the caches keyed on identity (carry.py)
-# keep working from cycle to cycle; a caller with other settings gets its own copy, never another's.
-_CREDITED: dict[str, tuple[Job, OrderingSettings, Job]] = {}
+# Credited jobs of the last cycles, by key: (the snapshot's job, the settings, its credited copy).
+CreditMemo = dict[str, tuple[Job, OrderingSettings, Job]]
 
 
-def credited(snapshot: Snapshot, ordering: OrderingSettings) -> Snapshot:
+def credited(snapshot: Snapshot, ordering: OrderingSettings, memo: CreditMemo | None = None) -> Snapshot:
     """The snapshot with every job's queue-order time less its `work_credit`; the snapshot itself when the
-    policy gives no credit (so fifo, kueue and easy decide exactly as without this rule)."""
+    policy gives no credit (so fifo, kueue and easy decide exactly as without this rule).
+
+    `memo` (the caller's `Carry.credited`): the same job object under the same settings gets the same
+    copy from cycle to cycle, so the caches keyed on identity (carry.py) keep working; a caller with
+    other settings gets its own copy, never another's."""
     if ordering.work_credit_seconds_per_gpu_hour <= 0:
         return snapshot
-    memo = _CREDITED
-    if len(memo) > 2 * len(snapshot.jobs) + 1024:
+    if memo is None:
+        memo = {}
+    elif len(memo) > 2 * len(snapshot.jobs) + 1024:
         memo.clear()
     jobs = []
     for job in snapshot.jobs:

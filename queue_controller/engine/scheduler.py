@@ -59,7 +59,7 @@ def decide(snapshot: Snapshot, now: float, policy: Policy, carry: Carry | None =
 
 def _decide(snapshot: Snapshot, now: float, policy: Policy, carry: Carry) -> Decisions:
     # The policy's credit for requested work moves jobs' queue-order times (ordering.py), once, for every rule.
-    ws = Workspace(credited(snapshot, policy.ordering), now, policy, carry)
+    ws = Workspace(credited(snapshot, policy.ordering, carry.credited), now, policy, carry)
     # Like Kueue, jobs that fit within their queue's nominal quota go before jobs that would have to
     # borrow: the first pass defers borrowers, the second takes them in order. Otherwise a borrower
     # that was just reclaimed would be re-admitted ahead of the job that reclaimed it.
