@@ -31,7 +31,7 @@ from tests.e2e.test_real_checkpoints import (
     expected_digest,
     real_job,
 )
-from tests.plugins.controller import ControllerProcess, Kube
+from tests.plugins.controller import ControllerProcess, Kube, free_namespace
 from tests.plugins.realnodes import RealCluster, ensure_real_flavor
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +51,7 @@ def local_ns(local_kube: Kube) -> Iterator[str]:
     local_kube.core.create_namespace({"metadata": {"name": ns}})
     local_kube.wait("default ServiceAccount", lambda: _has_sa(local_kube, ns), timeout=60)
     yield ns
-    local_kube.core.delete_namespace(ns)
+    free_namespace(local_kube, ns)
 
 
 @pytest.fixture

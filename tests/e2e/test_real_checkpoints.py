@@ -21,7 +21,16 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.plugins.controller import ControllerProcess, Kube, cjob, cluster_queue, local_queue
+from tests.plugins.controller import (
+    GROUP,
+    VERSION,
+    ControllerProcess,
+    Kube,
+    cjob,
+    cluster_queue,
+    free_namespace,
+    local_queue,
+)
 from tests.plugins.realnodes import RealCluster, ensure_real_flavor
 
 pytestmark = pytest.mark.e2e
@@ -72,9 +81,7 @@ def real_ns(real_kube: Kube) -> Iterator[str]:
     real_kube.core.create_namespace({"metadata": {"name": ns}})
     real_kube.wait("default ServiceAccount", lambda: _has_sa(real_kube, ns), timeout=60)
     yield ns
-    for job in real_kube.list("checkpointablejobs", ns):
-        real_kube.delete("checkpointablejobs", job["metadata"]["name"], ns)
-    real_kube.core.delete_namespace(ns)
+    free_namespace(real_kube, ns)
 
 
 def _has_sa(kube: Kube, ns: str) -> bool:
@@ -378,13 +385,21 @@ def test_a_controller_killed_mid_checkpoint_carries_on_and_nothing_runs_twice(
     kube, ns = real_kube, real_ns
     cq = _queue(kube, ns, "2")
     try:
-        kube.create("checkpointablejobs", real_job("steady", "main", pods=1, cpu="1"), ns)
+        # 64 MiB that cannot be compressed, so that the dump takes a while: the controller is killed
+        # while it runs, not after (a small process is dumped in well under a second).
+        script = WORKLOAD.replace("nonce = os.urandom(16).hex()",
+                                  "ballast = os.urandom(64 << 20)\nnonce = os.urandom(16).hex()")
+        kube.create("checkpointablejobs", real_job("steady", "main", pods=1, cpu="1", script=script), ns)
         kube.wait_phase(ns, "steady", "Running", timeout=120)
         pod = kube.wait("the first pod", lambda: _only_pod(kube, ns, "steady", "1"), timeout=30)
         nonce = kube.wait("the nonce", lambda: _nonce_of(kube, ns, pod.metadata.name), timeout=60)
+        # Watched, not polled: `Checkpointing` may last less than a poll's interval, and a watch started
+        # before the preemptor exists sees every phase the controller writes.
+        listed = kube.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "checkpointablejobs")
+        rv = listed["metadata"]["resourceVersion"]
         kube.create("checkpointablejobs", real_job("urgent", "main", pods=1, cpu="2", priority=100,
                                                    script="import time; time.sleep(4)"), ns)
-        kube.wait_phase(ns, "steady", "Checkpointing", timeout=60)
+        _watch_phase(kube, ns, "steady", "Checkpointing", rv, timeout=60)
         controller.kill(signal.SIGKILL)  # mid-checkpoint: the agent goes on dumping meanwhile
         controller.start()
         kube.wait_phase(ns, "steady", "Succeeded", timeout=300)
@@ -398,6 +413,26 @@ def test_a_controller_killed_mid_checkpoint_carries_on_and_nothing_runs_twice(
         assert _final_of(kube, ns, _only_pod(kube, ns, "steady", "2").metadata.name) == (nonce, expected_digest(nonce))
     finally:
         kube.delete("clusterqueues", cq)
+
+
+def _watch_phase(kube: Kube, ns: str, name: str, phase: str, resource_version: str, timeout: float) -> None:
+    """Return as soon as a watch from `resource_version` shows the job in `phase`."""
+    from kubernetes import watch
+
+    seen: list[str] = []
+    w = watch.Watch()
+    try:
+        for event in w.stream(kube.custom.list_namespaced_custom_object, GROUP, VERSION, ns, "checkpointablejobs",
+                              field_selector=f"metadata.name={name}", resource_version=resource_version,
+                              timeout_seconds=int(timeout)):
+            current = (event["object"].get("status") or {}).get("phase")
+            if current == phase:
+                return
+            if not seen or seen[-1] != current:
+                seen.append(str(current))
+    finally:
+        w.stop()
+    raise AssertionError(f"job {ns}/{name} never showed phase {phase} within {timeout:.0f}s; phases seen: {seen}")
 
 
 def job_status_of(kube: Kube, ns: str, name: str) -> dict[str, Any]:
@@ -480,9 +515,7 @@ def test_a_job_in_one_namespace_never_restores_an_image_taken_in_another(
         assert resumed is not None
         assert _final_of(kube, ns_b, resumed.metadata.name) == (nonces[ns_b], expected_digest(nonces[ns_b]))
     finally:
-        for job in kube.list("checkpointablejobs", ns_b):
-            kube.delete("checkpointablejobs", job["metadata"]["name"], ns_b)
-        kube.core.delete_namespace(ns_b)
+        free_namespace(kube, ns_b)
         kube.delete("clusterqueues", cq)
 
 

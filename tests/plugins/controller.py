@@ -166,12 +166,20 @@ def namespace(kube: Kube) -> Iterator[str]:
     kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     kube.wait("default ServiceAccount", lambda: _has_default_sa(kube, name), timeout=30)
     yield name
-    # Jobs first, so their pods go with them and free the shared nodes for the next test.
+    free_namespace(kube, name)
+
+
+def free_namespace(kube: Kube, name: str, timeout: float = 60) -> None:
+    """A test's teardown: delete its jobs, its pods at once and the namespace, and wait until the pods
+    are gone. The nodes are shared by the tests: a pod left terminating (a workload that ignores
+    SIGTERM waits out its 30 s grace) still holds its requests there, and the next test's job that
+    needs a whole node would wait for it instead of doing what the test expects."""
     for job in kube.list("checkpointablejobs", name):
         kube.delete("checkpointablejobs", job["metadata"]["name"], name)
     kube.core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
     kube.core.delete_namespace(name)
-    kube.wait("pods gone", lambda: not kube.core.list_namespaced_pod(name).items, timeout=30)
+    kube.wait(f"the pods of namespace {name} gone", lambda: not kube.core.list_namespaced_pod(name).items,
+              timeout=timeout)
 
 
 def _has_default_sa(kube: Kube, ns: str) -> bool:
