@@ -425,7 +425,8 @@ def _watch_phase(kube: Kube, ns: str, name: str, phase: str, resource_version: s
         for event in w.stream(kube.custom.list_namespaced_custom_object, GROUP, VERSION, ns, "checkpointablejobs",
                               field_selector=f"metadata.name={name}", resource_version=resource_version,
                               timeout_seconds=int(timeout)):
-            current = (event["object"].get("status") or {}).get("phase")
+            status = event["object"].get("status")  # an ERROR event's object is a Status: its `status` a string
+            current = status.get("phase") if isinstance(status, dict) else event["type"]
             if current == phase:
                 return
             if not seen or seen[-1] != current:
